@@ -1,0 +1,10 @@
+//! Model components, each built from its own folder's `config.json` and weights.
+
+pub mod clip;
+pub mod load;
+pub mod nn;
+// pub mod tokenizer; (pending)
+pub mod transformer;
+pub mod unet;
+pub mod unet_config;
+pub mod vae;

@@ -1,0 +1,253 @@
+//! Layers shared by the UNet and the VAE, each matching its diffusers module (names follow the checkpoint keys).
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+/// A 2-D convolution with square kernel, stride and symmetric padding, as `torch.nn.Conv2d`.
+pub fn conv2d(
+    vb: VarBuilder,
+    in_ch: usize,
+    out_ch: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)
+}
+
+/// diffusers `get_timestep_embedding`: sinusoidal embedding of (possibly fractional) timesteps, in f32.
+pub fn timestep_embedding(
+    timesteps: &Tensor,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    downscale_freq_shift: f64,
+) -> Result<Tensor> {
+    let half = dim / 2;
+    let device = timesteps.device();
+    // exponent = -ln(10000) * arange(half) / (half - shift), computed in f32 like torch.
+    let exponent: Vec<f32> = (0..half)
+        .map(|i| (-(10000f32.ln()) * i as f32) / (half as f32 - downscale_freq_shift as f32))
+        .collect();
+    let freqs = Tensor::new(exponent, device)?.exp()?;
+    let t = timesteps.to_dtype(DType::F32)?;
+    let args = t.unsqueeze(1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
+    let (sin, cos) = (args.sin()?, args.cos()?);
+    let emb = if flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], D::Minus1)?
+    } else {
+        Tensor::cat(&[sin, cos], D::Minus1)?
+    };
+    if dim % 2 == 1 {
+        emb.pad_with_zeros(D::Minus1, 0, 1)
+    } else {
+        Ok(emb)
+    }
+}
+
+/// diffusers `TimestepEmbedding`: linear → SiLU → linear.
+#[derive(Debug, Clone)]
+pub struct TimestepEmbedding {
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+impl TimestepEmbedding {
+    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self {
+            linear_1: candle_nn::linear(in_dim, out_dim, vb.pp("linear_1"))?,
+            linear_2: candle_nn::linear(out_dim, out_dim, vb.pp("linear_2"))?,
+        })
+    }
+}
+
+impl Module for TimestepEmbedding {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.linear_2.forward(&self.linear_1.forward(xs)?.silu()?)
+    }
+}
+
+/// diffusers `ResnetBlock2D` (time-scale-shift "default", SiLU, optional time embedding and 1×1 shortcut).
+#[derive(Debug, Clone)]
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+/// Shape parameters of a [`ResnetBlock2D`].
+#[derive(Debug, Clone, Copy)]
+pub struct ResnetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Width of the time embedding; `None` for the VAE, whose resnets take none.
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+    pub output_scale_factor: f64,
+}
+
+impl ResnetBlock2D {
+    pub fn new(vb: VarBuilder, c: ResnetConfig) -> Result<Self> {
+        let conv_shortcut = if c.in_channels != c.out_channels {
+            Some(conv2d(vb.pp("conv_shortcut"), c.in_channels, c.out_channels, 1, 1, 0)?)
+        } else {
+            None
+        };
+        let time_emb_proj = match c.temb_channels {
+            Some(t) => Some(candle_nn::linear(t, c.out_channels, vb.pp("time_emb_proj"))?),
+            None => None,
+        };
+        Ok(Self {
+            norm1: candle_nn::group_norm(c.groups, c.in_channels, c.eps, vb.pp("norm1"))?,
+            conv1: conv2d(vb.pp("conv1"), c.in_channels, c.out_channels, 3, 1, 1)?,
+            time_emb_proj,
+            norm2: candle_nn::group_norm(c.groups, c.out_channels, c.eps, vb.pp("norm2"))?,
+            conv2: conv2d(vb.pp("conv2"), c.out_channels, c.out_channels, 3, 1, 1)?,
+            conv_shortcut,
+            output_scale_factor: c.output_scale_factor,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
+        let h = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => {
+                let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+                h.broadcast_add(&t)?
+            }
+            _ => h,
+        };
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(xs)?,
+            None => xs.clone(),
+        };
+        let out = (shortcut + h)?;
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale_factor
+        }
+    }
+}
+
+/// diffusers `Downsample2D` with a conv: stride 2; `padding == 0` pads right/bottom by one like diffusers.
+#[derive(Debug, Clone)]
+pub struct Downsample2D {
+    conv: Conv2d,
+    asymmetric_pad: bool,
+}
+
+impl Downsample2D {
+    pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
+        Ok(Self {
+            conv: conv2d(vb.pp("conv"), channels, channels, 3, 2, padding)?,
+            asymmetric_pad: padding == 0,
+        })
+    }
+}
+
+impl Module for Downsample2D {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.asymmetric_pad {
+            let xs = xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
+            self.conv.forward(&xs)
+        } else {
+            self.conv.forward(xs)
+        }
+    }
+}
+
+/// diffusers `Upsample2D` with a conv: nearest-neighbour upsampling, then a 3×3 conv.
+#[derive(Debug, Clone)]
+pub struct Upsample2D {
+    conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+        Ok(Self {
+            conv: conv2d(vb.pp("conv"), channels, channels, 3, 1, 1)?,
+        })
+    }
+
+    /// Upsamples to `size` (the skip connection's size in the UNet, which handles odd sizes) or ×2.
+    pub fn forward(&self, xs: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
+        let xs = if th == 2 * h && tw == 2 * w {
+            xs.upsample_nearest2d(th, tw)?
+        } else {
+            nearest_resize(xs, th, tw)?
+        };
+        self.conv.forward(&xs)
+    }
+}
+
+/// `torch.nn.functional.interpolate(mode="nearest")` to any size: source index = floor(dst * in / out).
+pub fn nearest_resize(xs: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    let device = xs.device();
+    let rows: Vec<u32> = (0..out_h)
+        .map(|i| ((i as f64 * (h as f64 / out_h as f64)).floor() as usize).min(h - 1) as u32)
+        .collect();
+    let cols: Vec<u32> = (0..out_w)
+        .map(|j| ((j as f64 * (w as f64 / out_w as f64)).floor() as usize).min(w - 1) as u32)
+        .collect();
+    let xs = xs.index_select(&Tensor::new(rows, device)?, 2)?;
+    xs.index_select(&Tensor::new(cols, device)?, 3)
+}
+
+/// Query rows processed per attention chunk are chosen so one chunk's score matrix stays under this
+/// many elements: a 4096×4096 self-attention (SD 1.5 at 512²) never materialises whole.
+const ATTENTION_CHUNK_ELEMENTS: usize = 1 << 22;
+
+/// Multi-head scaled-dot-product attention over `(batch, len, heads·dim)` inputs, softmax in f32.
+///
+/// Rows of the query are independent, so chunking over them changes nothing numerically but bounds the
+/// memory of the score matrix.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, lq, inner) = q.dims3()?;
+    let lk = k.dim(1)?;
+    let head_dim = inner / heads;
+    let split = |t: &Tensor, l: usize| -> Result<Tensor> {
+        t.reshape((b, l, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * heads, l, head_dim))
+    };
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let q = (split(q, lq)? * scale)?;
+    let k_t = split(k, lk)?.t()?.contiguous()?;
+    let v = split(v, lk)?;
+    let in_dtype = q.dtype();
+    let rows_per_chunk = (ATTENTION_CHUNK_ELEMENTS / (lk * b * heads).max(1)).clamp(1, lq);
+    let mut outs = Vec::with_capacity(lq.div_ceil(rows_per_chunk));
+    let mut start = 0;
+    while start < lq {
+        let len = rows_per_chunk.min(lq - start);
+        let q_chunk = q.narrow(1, start, len)?;
+        let scores = q_chunk.matmul(&k_t)?.to_dtype(DType::F32)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
+        outs.push(probs.matmul(&v)?);
+        start += len;
+    }
+    let out = if outs.len() == 1 {
+        outs.pop().expect("one chunk")
+    } else {
+        Tensor::cat(&outs, 1)?
+    };
+    out.reshape((b, heads, lq, head_dim))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, lq, inner))
+}

@@ -1,0 +1,361 @@
+//! diffusers `AutoencoderKL`: encoder (image → latent distribution) and decoder (latents → image).
+
+use super::nn::{conv2d, Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+fn three() -> usize {
+    3
+}
+fn four() -> usize {
+    4
+}
+fn one() -> usize {
+    1
+}
+fn groups() -> usize {
+    32
+}
+fn channels() -> Vec<usize> {
+    vec![64]
+}
+fn scaling() -> f64 {
+    0.18215
+}
+fn yes() -> bool {
+    true
+}
+fn sample_size() -> usize {
+    32
+}
+fn silu() -> String {
+    "silu".into()
+}
+
+/// `vae/config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VaeConfig {
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    #[serde(default = "three")]
+    pub out_channels: usize,
+    #[serde(default = "channels")]
+    pub block_out_channels: Vec<usize>,
+    #[serde(default)]
+    pub down_block_types: Vec<String>,
+    #[serde(default)]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "one")]
+    pub layers_per_block: usize,
+    #[serde(default = "silu")]
+    pub act_fn: String,
+    #[serde(default = "four")]
+    pub latent_channels: usize,
+    #[serde(default = "groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "sample_size")]
+    pub sample_size: usize,
+    #[serde(default = "scaling")]
+    pub scaling_factor: f64,
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
+    #[serde(default)]
+    pub force_upcast: Option<bool>,
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub use_post_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub mid_block_add_attention: bool,
+    #[serde(default)]
+    pub latents_mean: Option<Vec<f64>>,
+    #[serde(default)]
+    pub latents_std: Option<Vec<f64>>,
+}
+
+impl VaeConfig {
+    /// Pixels per latent along each side: `2^(len(block_out_channels) - 1)`, as diffusers derives it.
+    pub fn scale_factor(&self) -> usize {
+        1 << (self.block_out_channels.len().saturating_sub(1))
+    }
+
+    fn check_supported(&self) -> std::result::Result<(), String> {
+        let mut problems = Vec::new();
+        if self.act_fn != "silu" {
+            problems.push(format!("act_fn {}", self.act_fn));
+        }
+        for t in &self.down_block_types {
+            if t != "DownEncoderBlock2D" {
+                problems.push(format!("down block type {t}"));
+            }
+        }
+        for t in &self.up_block_types {
+            if t != "UpDecoderBlock2D" {
+                problems.push(format!("up block type {t}"));
+            }
+        }
+        if self.block_out_channels.is_empty() {
+            problems.push("empty block_out_channels".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join(", "))
+        }
+    }
+}
+
+/// Single-head self-attention over pixels with a residual (the VAE mid block's `Attention`).
+/// Accepts both the current (`to_q`, `group_norm`) and the legacy (`query`, `proj_attn`) key names.
+#[derive(Debug, Clone)]
+struct PixelAttention {
+    norm: GroupNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+}
+
+impl PixelAttention {
+    fn new(vb: VarBuilder, ch: usize, groups: usize) -> Result<Self> {
+        let legacy = !vb.contains_tensor("to_q.weight") && vb.contains_tensor("query.weight");
+        let name = |new: &'static str, old: &'static str| if legacy { old } else { new };
+        Ok(Self {
+            norm: candle_nn::group_norm(groups, ch, 1e-6, vb.pp(name("group_norm", "group_norm")))?,
+            q: candle_nn::linear(ch, ch, vb.pp(name("to_q", "query")))?,
+            k: candle_nn::linear(ch, ch, vb.pp(name("to_k", "key")))?,
+            v: candle_nn::linear(ch, ch, vb.pp(name("to_v", "value")))?,
+            out: candle_nn::linear(ch, ch, vb.pp(name("to_out.0", "proj_attn")))?,
+        })
+    }
+}
+
+impl Module for PixelAttention {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let tokens = self.norm.forward(xs)?.reshape((b, c, h * w))?.transpose(1, 2)?;
+        let q = self.q.forward(&tokens)?;
+        let k = self.k.forward(&tokens)?;
+        let v = self.v.forward(&tokens)?;
+        let out = self.out.forward(&super::nn::attention(&q, &k, &v, 1)?)?;
+        let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
+        out + xs
+    }
+}
+
+#[derive(Debug, Clone)]
+struct VaeMid {
+    first: ResnetBlock2D,
+    attn: Option<PixelAttention>,
+    second: ResnetBlock2D,
+}
+
+impl VaeMid {
+    fn new(vb: VarBuilder, ch: usize, cfg: &VaeConfig) -> Result<Self> {
+        let r = resnet_cfg(ch, ch, cfg.norm_num_groups);
+        Ok(Self {
+            first: ResnetBlock2D::new(vb.pp("resnets.0"), r)?,
+            attn: if cfg.mid_block_add_attention {
+                Some(PixelAttention::new(vb.pp("attentions.0"), ch, cfg.norm_num_groups)?)
+            } else {
+                None
+            },
+            second: ResnetBlock2D::new(vb.pp("resnets.1"), r)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = self.first.forward(xs, None)?;
+        if let Some(attn) = &self.attn {
+            xs = attn.forward(&xs)?;
+        }
+        self.second.forward(&xs, None)
+    }
+}
+
+fn resnet_cfg(in_ch: usize, out_ch: usize, groups: usize) -> ResnetConfig {
+    ResnetConfig {
+        in_channels: in_ch,
+        out_channels: out_ch,
+        temb_channels: None,
+        groups,
+        eps: 1e-6,
+        output_scale_factor: 1.0,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Encoder {
+    conv_in: Conv2d,
+    blocks: Vec<(Vec<ResnetBlock2D>, Option<Downsample2D>)>,
+    mid: VaeMid,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Encoder {
+    fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+        let chs = &cfg.block_out_channels;
+        let n = chs.len();
+        let mut blocks = Vec::with_capacity(n);
+        let mut out_ch = chs[0];
+        for i in 0..n {
+            let in_ch = out_ch;
+            out_ch = chs[i];
+            let bvb = vb.pp(format!("down_blocks.{i}"));
+            let resnets = (0..cfg.layers_per_block)
+                .map(|j| {
+                    let r_in = if j == 0 { in_ch } else { out_ch };
+                    ResnetBlock2D::new(bvb.pp(format!("resnets.{j}")), resnet_cfg(r_in, out_ch, cfg.norm_num_groups))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // The VAE encoder downsamples with padding 0, i.e. diffusers' asymmetric right/bottom pad.
+            let down = if i + 1 < n { Some(Downsample2D::new(bvb.pp("downsamplers.0"), out_ch, 0)?) } else { None };
+            blocks.push((resnets, down));
+        }
+        let last = chs[n - 1];
+        Ok(Self {
+            conv_in: conv2d(vb.pp("conv_in"), cfg.in_channels, chs[0], 3, 1, 1)?,
+            blocks,
+            mid: VaeMid::new(vb.pp("mid_block"), last, cfg)?,
+            norm_out: candle_nn::group_norm(cfg.norm_num_groups, last, 1e-6, vb.pp("conv_norm_out"))?,
+            conv_out: conv2d(vb.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1, 1)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = self.conv_in.forward(xs)?;
+        for (resnets, down) in &self.blocks {
+            for r in resnets {
+                xs = r.forward(&xs, None)?;
+            }
+            if let Some(d) = down {
+                xs = d.forward(&xs)?;
+            }
+        }
+        let xs = self.mid.forward(&xs)?;
+        self.conv_out.forward(&self.norm_out.forward(&xs)?.silu()?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Decoder {
+    conv_in: Conv2d,
+    mid: VaeMid,
+    blocks: Vec<(Vec<ResnetBlock2D>, Option<Upsample2D>)>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Decoder {
+    fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+        let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
+        let n = rev.len();
+        let mut blocks = Vec::with_capacity(n);
+        let mut out_ch = rev[0];
+        for (i, &ch) in rev.iter().enumerate() {
+            let prev = out_ch;
+            out_ch = ch;
+            let bvb = vb.pp(format!("up_blocks.{i}"));
+            let resnets = (0..cfg.layers_per_block + 1)
+                .map(|j| {
+                    let r_in = if j == 0 { prev } else { out_ch };
+                    ResnetBlock2D::new(bvb.pp(format!("resnets.{j}")), resnet_cfg(r_in, out_ch, cfg.norm_num_groups))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let up = if i + 1 < n { Some(Upsample2D::new(bvb.pp("upsamplers.0"), out_ch)?) } else { None };
+            blocks.push((resnets, up));
+        }
+        let first = cfg.block_out_channels[0];
+        Ok(Self {
+            conv_in: conv2d(vb.pp("conv_in"), cfg.latent_channels, rev[0], 3, 1, 1)?,
+            mid: VaeMid::new(vb.pp("mid_block"), rev[0], cfg)?,
+            blocks,
+            norm_out: candle_nn::group_norm(cfg.norm_num_groups, first, 1e-6, vb.pp("conv_norm_out"))?,
+            conv_out: conv2d(vb.pp("conv_out"), first, cfg.out_channels, 3, 1, 1)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = self.mid.forward(&self.conv_in.forward(xs)?)?;
+        for (resnets, up) in &self.blocks {
+            for r in resnets {
+                xs = r.forward(&xs, None)?;
+            }
+            if let Some(u) = up {
+                xs = u.forward(&xs, None)?;
+            }
+        }
+        self.conv_out.forward(&self.norm_out.forward(&xs)?.silu()?)
+    }
+}
+
+/// The latent distribution the encoder predicts (`DiagonalGaussianDistribution`).
+#[derive(Debug, Clone)]
+pub struct LatentDist {
+    pub mean: Tensor,
+    pub std: Tensor,
+}
+
+impl LatentDist {
+    /// `mean + std · noise`, with `noise` drawn by the caller from the run's generator.
+    pub fn sample_with(&self, noise: &Tensor) -> Result<Tensor> {
+        self.mean.broadcast_add(&self.std.broadcast_mul(noise)?)
+    }
+}
+
+/// `AutoencoderKL`.
+#[derive(Debug, Clone)]
+pub struct AutoencoderKL {
+    config: VaeConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+}
+
+impl AutoencoderKL {
+    pub fn new(vb: VarBuilder, config: VaeConfig) -> Result<Self> {
+        if let Err(what) = config.check_supported() {
+            candle_core::bail!("this VAE config needs features autopipeline does not implement yet: {what}");
+        }
+        let lc = config.latent_channels;
+        let quant_conv = if config.use_quant_conv { Some(conv2d(vb.pp("quant_conv"), 2 * lc, 2 * lc, 1, 1, 0)?) } else { None };
+        let post_quant_conv =
+            if config.use_post_quant_conv { Some(conv2d(vb.pp("post_quant_conv"), lc, lc, 1, 1, 0)?) } else { None };
+        Ok(Self {
+            encoder: Encoder::new(vb.pp("encoder"), &config)?,
+            decoder: Decoder::new(vb.pp("decoder"), &config)?,
+            quant_conv,
+            post_quant_conv,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
+    /// Image in `[-1, 1]`, `(b, 3, h, w)` → latent distribution (unscaled).
+    pub fn encode(&self, image: &Tensor) -> Result<LatentDist> {
+        let mut moments = self.encoder.forward(image)?;
+        if let Some(q) = &self.quant_conv {
+            moments = q.forward(&moments)?;
+        }
+        let lc = self.config.latent_channels;
+        let mean = moments.narrow(1, 0, lc)?;
+        let logvar = moments.narrow(1, lc, lc)?.clamp(-30f32, 20f32)?;
+        let std = (logvar * 0.5)?.exp()?;
+        Ok(LatentDist { mean, std })
+    }
+
+    /// Unscaled latents → image in roughly `[-1, 1]`, `(b, out_channels, h·f, w·f)`.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let z = match &self.post_quant_conv {
+            Some(p) => p.forward(latents)?,
+            None => latents.clone(),
+        };
+        self.decoder.forward(&z)
+    }
+}

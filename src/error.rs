@@ -1,0 +1,45 @@
+//! One error type for the whole library; `ffi` maps each variant onto a C status code.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong, grouped by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A parameter the caller passed is wrong (bad size, NaN, invalid UTF-8, unknown name…).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A file, folder or hub repository that should exist does not.
+    #[error("{0}")]
+    NotFound(String),
+    /// The checkpoint or request is valid but not something diffusers or we can run.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A checkpoint file exists but its content is malformed (bad JSON, bad safetensors, wrong shapes).
+    #[error("{0}")]
+    InvalidModel(String),
+    /// Reading a file or talking to the hub failed.
+    #[error("{0}")]
+    Io(String),
+    /// The run was cancelled by a progress callback or a job cancel.
+    #[error("cancelled")]
+    Cancelled,
+    /// A bug or an unexpected failure inside the library (a tensor op failed, a panic was caught).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Library-wide result alias.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An I/O error on `path`, keeping the OS reason.
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
+        Error::Io(format!("{}: {err}", path.into().display()))
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Internal(format!("tensor operation failed: {e}"))
+    }
+}

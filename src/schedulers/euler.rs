@@ -1,0 +1,178 @@
+//! diffusers `EulerDiscreteScheduler` (SDXL's default): sigma-space Euler steps.
+
+use super::{alphas_cumprod, div_s, mul_s, spacing_error, SchedulerConfig};
+use crate::error::{Error, Result};
+use crate::rng::TorchCpuGenerator;
+use candle_core::Tensor;
+
+/// Euler's method over the sigmas `sqrt((1-ᾱ)/ᾱ)`.
+pub struct EulerDiscreteScheduler {
+    config: SchedulerConfig,
+    /// Training sigmas in ascending timestep order (float32 like diffusers).
+    train_sigmas: Vec<f32>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    step_index: Option<usize>,
+    begin_index: Option<usize>,
+}
+
+impl EulerDiscreteScheduler {
+    pub fn new(config: &SchedulerConfig) -> Result<Self> {
+        if !matches!(config.prediction_type.as_str(), "epsilon" | "v_prediction" | "sample" | "original_sample") {
+            return Err(Error::InvalidModel(format!(
+                "EulerDiscreteScheduler prediction_type {:?} must be 'epsilon', 'v_prediction' or 'sample'",
+                config.prediction_type
+            )));
+        }
+        if config.use_karras_sigmas || config.use_exponential_sigmas || config.use_beta_sigmas {
+            return Err(Error::Unsupported(
+                "EulerDiscreteScheduler with karras/exponential/beta sigmas is not supported yet".into(),
+            ));
+        }
+        if config.interpolation_type != "linear" {
+            return Err(Error::Unsupported(format!(
+                "EulerDiscreteScheduler interpolation_type {:?} is not supported yet",
+                config.interpolation_type
+            )));
+        }
+        if config.timestep_type != "discrete" {
+            return Err(Error::Unsupported("EulerDiscreteScheduler continuous timesteps are not supported yet".into()));
+        }
+        let ac = alphas_cumprod(config)?;
+        let train_sigmas = ac.iter().map(|a| ((1.0 - a) / a).sqrt()).collect();
+        Ok(Self {
+            config: config.clone(),
+            train_sigmas,
+            timesteps: Vec::new(),
+            sigmas: Vec::new(),
+            step_index: None,
+            begin_index: None,
+        })
+    }
+
+    fn index_for_timestep(&self, t: f64) -> usize {
+        // diffusers takes the second match when a timestep repeats, so img2img never skips a sigma.
+        let hits: Vec<usize> = (0..self.timesteps.len()).filter(|&i| self.timesteps[i] == t).collect();
+        match hits.len() {
+            0 => 0,
+            1 => hits[0],
+            _ => hits[1],
+        }
+    }
+
+    fn ensure_step_index(&mut self, t: f64) -> usize {
+        if let Some(i) = self.step_index {
+            return i;
+        }
+        let i = self.begin_index.unwrap_or_else(|| self.index_for_timestep(t));
+        self.step_index = Some(i);
+        i
+    }
+}
+
+impl super::Scheduler for EulerDiscreteScheduler {
+    fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        let t = self.config.num_train_timesteps;
+        if n == 0 || n > t {
+            return Err(Error::InvalidArgument(format!("num_inference_steps {n} must be between 1 and {t}")));
+        }
+        let ts: Vec<f32> = match self.config.timestep_spacing.as_str() {
+            "linspace" => {
+                let mut v: Vec<f32> = super::linspace_f64(0.0, (t - 1) as f64, n).iter().map(|v| *v as f32).collect();
+                v.reverse();
+                v
+            }
+            "leading" => (0..n).rev().map(|i| (i * (t / n)) as f32 + self.config.steps_offset as f32).collect(),
+            "trailing" => super::arange_desc(t as f64, t as f64 / n as f64)
+                .iter()
+                .map(|v| super::round_half_even(*v) as f32 - 1.0)
+                .collect(),
+            other => return Err(spacing_error(other)),
+        };
+        // np.interp over the integer grid of training sigmas, in float64, then cast to float32.
+        let mut sigmas: Vec<f32> = ts
+            .iter()
+            .map(|&x| {
+                let x = x as f64;
+                let lo = (x.floor().max(0.0) as usize).min(t - 1);
+                let hi = (lo + 1).min(t - 1);
+                let (f_lo, f_hi) = (self.train_sigmas[lo] as f64, self.train_sigmas[hi] as f64);
+                if x <= lo as f64 || hi == lo {
+                    f_lo as f32
+                } else {
+                    ((f_hi - f_lo) * (x - lo as f64) + f_lo) as f32
+                }
+            })
+            .collect();
+        let last = match self.config.final_sigmas_type.as_str() {
+            "zero" => 0.0,
+            "sigma_min" => self.train_sigmas[0],
+            other => {
+                return Err(Error::InvalidModel(format!(
+                    "final_sigmas_type {other:?} must be 'zero' or 'sigma_min'"
+                )))
+            }
+        };
+        sigmas.push(last);
+        self.timesteps = ts.iter().map(|&v| v as f64).collect();
+        self.sigmas = sigmas;
+        self.step_index = None;
+        self.begin_index = None;
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        let max = self.sigmas.iter().copied().fold(0f32, f32::max);
+        if matches!(self.config.timestep_spacing.as_str(), "linspace" | "trailing") {
+            max as f64
+        } else {
+            (max * max + 1.0).sqrt() as f64
+        }
+    }
+
+    fn scale_model_input(&mut self, sample: &Tensor, t: f64) -> Result<Tensor> {
+        let i = self.ensure_step_index(t);
+        let sigma = self.sigmas[i];
+        div_s(sample, (sigma * sigma + 1.0).sqrt())
+    }
+
+    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, _rng: &mut TorchCpuGenerator) -> Result<Tensor> {
+        let i = self.ensure_step_index(t);
+        let sigma = self.sigmas[i];
+        // s_churn is 0 in every pipeline call, so gamma = 0: no extra noise and sigma_hat = sigma.
+        let sigma_hat = sigma;
+        let x0 = match self.config.prediction_type.as_str() {
+            "epsilon" => (sample - mul_s(model_output, sigma_hat)?)?,
+            "v_prediction" => {
+                let a = mul_s(model_output, -sigma / (sigma * sigma + 1.0).sqrt())?;
+                (a + div_s(sample, sigma * sigma + 1.0)?)?
+            }
+            _ => model_output.clone(),
+        };
+        let derivative = div_s(&(sample - x0)?, sigma_hat)?;
+        let dt = self.sigmas[i + 1] - sigma_hat;
+        self.step_index = Some(i + 1);
+        Ok((sample + mul_s(&derivative, dt)?)?)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
+        let i = match (self.begin_index, self.step_index) {
+            (None, _) => self.index_for_timestep(t),
+            (Some(_), Some(s)) => s,
+            (Some(b), None) => b,
+        };
+        Ok((original + mul_s(noise, self.sigmas[i])?)?)
+    }
+
+    fn set_begin_index(&mut self, index: usize) {
+        self.begin_index = Some(index);
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.sigmas)
+    }
+}

@@ -1,0 +1,344 @@
+//! Noise schedulers built from `scheduler/scheduler_config.json`, faithful to diffusers 0.42 including its
+//! float32 arithmetic (so trajectories match to float noise, not just in distribution).
+
+mod ddim;
+mod euler;
+mod pndm;
+
+pub use ddim::DdimScheduler;
+pub use euler::EulerDiscreteScheduler;
+pub use pndm::PndmScheduler;
+
+use crate::error::{Error, Result};
+use crate::rng::TorchCpuGenerator;
+use candle_core::Tensor;
+use serde::Deserialize;
+
+/// Scheduler classes this build can construct.
+pub const SUPPORTED: &[&str] = &["PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler"];
+
+fn default_train() -> usize {
+    1000
+}
+fn default_beta_start() -> f64 {
+    0.0001
+}
+fn default_beta_end() -> f64 {
+    0.02
+}
+fn default_schedule() -> String {
+    "linear".into()
+}
+fn default_prediction() -> String {
+    "epsilon".into()
+}
+fn default_spacing() -> String {
+    "leading".into()
+}
+fn default_interp() -> String {
+    "linear".into()
+}
+fn default_final_sigmas() -> String {
+    "zero".into()
+}
+fn default_timestep_type() -> String {
+    "discrete".into()
+}
+fn one() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+
+/// Every key the supported schedulers read, with diffusers' class defaults where absent. Class-specific
+/// defaults that differ (e.g. `set_alpha_to_one`) are applied where the class reads them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SchedulerConfig {
+    #[serde(rename = "_class_name", default)]
+    pub class_name: String,
+    #[serde(default = "default_train")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "default_beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "default_beta_end")]
+    pub beta_end: f64,
+    #[serde(default = "default_schedule")]
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    #[serde(default = "default_prediction")]
+    pub prediction_type: String,
+    #[serde(default = "default_spacing")]
+    pub timestep_spacing: String,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default)]
+    pub set_alpha_to_one: Option<bool>,
+    #[serde(default)]
+    pub skip_prk_steps: bool,
+    #[serde(default = "yes")]
+    pub clip_sample: bool,
+    #[serde(default = "one")]
+    pub clip_sample_range: f64,
+    #[serde(default)]
+    pub thresholding: bool,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
+    #[serde(default = "default_interp")]
+    pub interpolation_type: String,
+    #[serde(default)]
+    pub use_karras_sigmas: bool,
+    #[serde(default)]
+    pub use_exponential_sigmas: bool,
+    #[serde(default)]
+    pub use_beta_sigmas: bool,
+    #[serde(default = "default_final_sigmas")]
+    pub final_sigmas_type: String,
+    #[serde(default = "default_timestep_type")]
+    pub timestep_type: String,
+}
+
+impl SchedulerConfig {
+    /// Parses a `scheduler_config.json` text; `origin` names the file in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| {
+            Error::InvalidModel(format!("{origin} is not a valid scheduler config: {e}"))
+        })
+    }
+}
+
+/// What the denoising loop needs from a scheduler. One instance serves one run: `step` keeps history
+/// (PNDM's multistep buffer, Euler's step index), so runs never share an instance.
+pub trait Scheduler: Send {
+    /// Prepares `n` inference steps (diffusers `set_timesteps`).
+    fn set_timesteps(&mut self, n: usize) -> Result<()>;
+    /// The timesteps passed to the UNet, in order (PNDM repeats one).
+    fn timesteps(&self) -> &[f64];
+    /// Model evaluations per step (2 for Heun-like schedulers); img2img truncation multiplies by it.
+    fn order(&self) -> usize {
+        1
+    }
+    /// Scale of the initial noise.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// Input scaling before the UNet (identity except for sigma-based schedulers).
+    fn scale_model_input(&mut self, sample: &Tensor, _t: f64) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
+    /// One denoising step from `sample` at `t` given the model output; may draw noise from `rng`.
+    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, rng: &mut TorchCpuGenerator) -> Result<Tensor>;
+    /// Noises clean `original` to timestep `t` (img2img start, 4-channel inpaint blending).
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor>;
+    /// Where an img2img run starts in the timestep list (diffusers `set_begin_index`).
+    fn set_begin_index(&mut self, _index: usize) {}
+    /// Sigmas after `set_timesteps`, for schedulers that have them (tests compare these).
+    fn sigmas(&self) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// Builds the scheduler named by `config.class_name`.
+pub fn build(config: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
+    Ok(match config.class_name.as_str() {
+        "PNDMScheduler" => Box::new(PndmScheduler::new(config)?),
+        "DDIMScheduler" => Box::new(DdimScheduler::new(config)?),
+        "EulerDiscreteScheduler" => Box::new(EulerDiscreteScheduler::new(config)?),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "scheduler class {other:?} is not supported yet; supported: {}",
+                SUPPORTED.join(", ")
+            )))
+        }
+    })
+}
+
+/// `alphas_cumprod` (float32, as diffusers stores it) for the config's beta schedule.
+pub(crate) fn alphas_cumprod(c: &SchedulerConfig) -> Result<Vec<f32>> {
+    let n = c.num_train_timesteps;
+    if n < 2 {
+        return Err(Error::InvalidModel(format!("num_train_timesteps {n} must be at least 2")));
+    }
+    let betas: Vec<f32> = if let Some(b) = &c.trained_betas {
+        b.iter().map(|&v| v as f32).collect()
+    } else {
+        match c.beta_schedule.as_str() {
+            "linear" => linspace_f32(c.beta_start as f32, c.beta_end as f32, n),
+            "scaled_linear" => linspace_f32(c.beta_start.sqrt() as f32, c.beta_end.sqrt() as f32, n)
+                .into_iter()
+                .map(|b| b * b)
+                .collect(),
+            "squaredcos_cap_v2" => {
+                let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+                (0..n)
+                    .map(|i| {
+                        let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+                        (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+                    })
+                    .collect()
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "beta_schedule {other:?} is not supported; use linear, scaled_linear or squaredcos_cap_v2"
+                )))
+            }
+        }
+    };
+    let betas = if c.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas };
+    // torch.cumprod on CPU accumulates in double and rounds each prefix to float.
+    let mut acc = 1.0f64;
+    let mut out: Vec<f32> = betas
+        .iter()
+        .map(|b| {
+            acc *= (1.0f32 - b) as f64;
+            acc as f32
+        })
+        .collect();
+    if c.rescale_betas_zero_snr {
+        // diffusers keeps the last alpha_cumprod just above zero so sigmas stay finite.
+        if let Some(last) = out.last_mut() {
+            *last = 2f32.powi(-24);
+        }
+    }
+    Ok(out)
+}
+
+/// `torch.linspace(start, end, n, dtype=float32)`: float arithmetic, second half counted from the end.
+pub(crate) fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 })
+        .collect()
+}
+
+/// diffusers `rescale_zero_terminal_snr` (arXiv 2305.08891, algorithm 1), in float32.
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let mut acc = 1.0f64;
+    let mut sqrt_ac: Vec<f32> = betas
+        .iter()
+        .map(|b| {
+            acc *= (1.0f32 - b) as f64;
+            (acc as f32).sqrt()
+        })
+        .collect();
+    let first = sqrt_ac[0];
+    let last = *sqrt_ac.last().expect("at least two betas");
+    for v in sqrt_ac.iter_mut() {
+        *v = (*v - last) * first / (first - last);
+    }
+    let ac: Vec<f32> = sqrt_ac.iter().map(|v| v * v).collect();
+    let mut alphas = Vec::with_capacity(ac.len());
+    alphas.push(ac[0]);
+    for i in 1..ac.len() {
+        alphas.push(ac[i] / ac[i - 1]);
+    }
+    alphas.iter().map(|a| 1.0 - a).collect()
+}
+
+/// Integer timesteps for `n` steps, descending, under the config's `timestep_spacing` (DDIM/PNDM rules).
+pub(crate) fn discrete_timesteps(c: &SchedulerConfig, n: usize) -> Result<Vec<i64>> {
+    let t = c.num_train_timesteps;
+    if n == 0 || n > t {
+        return Err(Error::InvalidArgument(format!(
+            "num_inference_steps {n} must be between 1 and the scheduler's num_train_timesteps {t}"
+        )));
+    }
+    let mut ts: Vec<i64> = match c.timestep_spacing.as_str() {
+        "linspace" => linspace_f64(0.0, (t - 1) as f64, n).iter().map(|v| round_half_even(*v) as i64).collect(),
+        "leading" => {
+            let ratio = t / n;
+            (0..n).map(|i| (i * ratio) as i64 + c.steps_offset as i64).collect()
+        }
+        "trailing" => {
+            let ratio = t as f64 / n as f64;
+            arange_desc(t as f64, ratio).iter().map(|v| round_half_even(*v) as i64 - 1).collect()
+        }
+        other => return Err(spacing_error(other)),
+    };
+    if c.timestep_spacing != "trailing" {
+        ts.reverse();
+    }
+    Ok(ts)
+}
+
+pub(crate) fn spacing_error(other: &str) -> Error {
+    Error::InvalidModel(format!(
+        "timestep_spacing {other:?} is not supported; choose one of 'leading', 'linspace' or 'trailing'"
+    ))
+}
+
+/// `np.linspace(start, end, n)` in float64.
+pub(crate) fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f64;
+    let mut v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+    v[n - 1] = end;
+    v
+}
+
+/// `np.arange(start, 0, -step)` in float64 (descending, exclusive of 0).
+pub(crate) fn arange_desc(start: f64, step: f64) -> Vec<f64> {
+    let len = (start / step).ceil() as usize;
+    (0..len).map(|i| start - i as f64 * step).collect()
+}
+
+/// numpy's `round`: halves go to the even neighbour.
+pub(crate) fn round_half_even(v: f64) -> f64 {
+    let r = v.round();
+    if (v - v.trunc()).abs() == 0.5 {
+        2.0 * (v / 2.0).round()
+    } else {
+        r
+    }
+}
+
+/// `tensor * s` as torch computes it with a float32 scalar tensor.
+pub(crate) fn mul_s(t: &Tensor, s: f32) -> Result<Tensor> {
+    Ok(t.broadcast_mul(&Tensor::new(s, t.device())?.to_dtype(t.dtype())?)?)
+}
+
+/// `tensor / s` as a true division (not multiplication by the reciprocal).
+pub(crate) fn div_s(t: &Tensor, s: f32) -> Result<Tensor> {
+    Ok(t.broadcast_div(&Tensor::new(s, t.device())?.to_dtype(t.dtype())?)?)
+}
+
+/// `s * t1 + u * t2`, the shape of most update rules.
+pub(crate) fn lin2(s: f32, t1: &Tensor, u: f32, t2: &Tensor) -> Result<Tensor> {
+    Ok((mul_s(t1, s)? + mul_s(t2, u)?)?)
+}
+
+/// `sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·noise` with diffusers' float32 rounding (DDPM-style `add_noise`).
+pub(crate) fn add_noise_alpha(alphas_cumprod: &[f32], original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
+    let idx = t as usize;
+    let a = *alphas_cumprod.get(idx).ok_or_else(|| {
+        Error::InvalidArgument(format!("timestep {t} is outside the scheduler's {} train steps", alphas_cumprod.len()))
+    })?;
+    lin2(a.sqrt(), original, (1.0 - a).sqrt(), noise)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numpy_rounding_goes_to_even() {
+        assert_eq!(round_half_even(2.5), 2.0);
+        assert_eq!(round_half_even(3.5), 4.0);
+        assert_eq!(round_half_even(-0.5), -0.0);
+        assert_eq!(round_half_even(1.4), 1.0);
+    }
+
+    #[test]
+    fn linspace_hits_both_ends() {
+        let v = linspace_f32(0.1, 0.9, 5);
+        assert_eq!(v[0], 0.1);
+        assert_eq!(v[4], 0.9);
+    }
+}

@@ -1,0 +1,38 @@
+//! Helpers shared by the integration tests: the vendored fixture folder and a minimal `.npy` reader.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// `tests/data`, where the fixture files the tests read are vendored.
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("data")
+}
+
+/// A little-endian float32 (`<f4`) or int64 (`<i8`) `.npy` array, returned as f32 values and its shape.
+pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not a .npy file", path.display());
+    let (header_len, header_start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+    };
+    let header = std::str::from_utf8(&bytes[header_start..header_start + header_len]).unwrap();
+    assert!(header.contains("'fortran_order': False"), "{}: fortran order", path.display());
+    let shape_src = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_src
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let body = &bytes[header_start + header_len..];
+    let values = if header.contains("'<f4'") {
+        body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    } else if header.contains("'<i8'") {
+        body.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+    } else {
+        panic!("{}: unsupported dtype in header {header}", path.display())
+    };
+    (shape, values)
+}
