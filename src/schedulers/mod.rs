@@ -187,6 +187,8 @@ pub(crate) fn alphas_cumprod(c: &SchedulerConfig) -> Result<Vec<f32>> {
     };
     let betas = if c.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas };
     // torch.cumprod on CPU accumulates in double and rounds each prefix to float.
+    // torch's CPU cumprod accumulates in double (its acc_type for float) and rounds each prefix.
+    // torch's vectorised linspace rounds a few betas differently, so a few sigmas differ by one ulp.
     let mut acc = 1.0f64;
     let mut out: Vec<f32> = betas
         .iter()
@@ -341,4 +343,12 @@ mod tests {
         assert_eq!(v[0], 0.1);
         assert_eq!(v[4], 0.9);
     }
+}
+
+/// diffusers `get_timesteps` for img2img/inpaint: how many leading entries of the timestep list a run
+/// with `strength` skips (`t_start · order`), and how many steps remain.
+pub fn strength_start(num_inference_steps: usize, strength: f64, order: usize) -> (usize, usize) {
+    let init = ((num_inference_steps as f64 * strength) as usize).min(num_inference_steps);
+    let t_start = num_inference_steps - init;
+    (t_start * order, num_inference_steps - t_start)
 }
