@@ -2,6 +2,7 @@
 
 pub mod components;
 pub mod error;
+pub mod image;
 pub mod rng;
 pub mod schedulers;
 

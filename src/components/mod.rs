@@ -3,7 +3,7 @@
 pub mod clip;
 pub mod load;
 pub mod nn;
-// pub mod tokenizer; (pending)
+pub mod tokenizer;
 pub mod transformer;
 pub mod unet;
 pub mod unet_config;

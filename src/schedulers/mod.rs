@@ -301,13 +301,13 @@ pub(crate) fn round_half_even(v: f64) -> f64 {
     }
 }
 
-/// `tensor * s` as torch computes it with a float32 scalar tensor.
-pub(crate) fn mul_s(t: &Tensor, s: f32) -> Result<Tensor> {
+/// `tensor * s` as torch computes it with a float32 scalar.
+pub fn mul_s(t: &Tensor, s: f32) -> Result<Tensor> {
     Ok(t.broadcast_mul(&Tensor::new(s, t.device())?.to_dtype(t.dtype())?)?)
 }
 
 /// `tensor / s` as a true division (not multiplication by the reciprocal).
-pub(crate) fn div_s(t: &Tensor, s: f32) -> Result<Tensor> {
+pub fn div_s(t: &Tensor, s: f32) -> Result<Tensor> {
     Ok(t.broadcast_div(&Tensor::new(s, t.device())?.to_dtype(t.dtype())?)?)
 }
 

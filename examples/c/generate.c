@@ -1,0 +1,186 @@
+/*
+ * generate — text-to-image, image-to-image and inpainting from the command line, through the
+ * autopipeline C API only. Copy from it freely.
+ *
+ *   generate --model DIR|ID --task text2img|img2img|inpaint --prompt S [--negative-prompt S]
+ *            [--prompt-2 S] [--negative-prompt-2 S] [--steps N] [--guidance F] [--strength F]
+ *            [--seed N] [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe] --out PNG
+ *
+ * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
+ * exits 0 on success and 1 (with ap_last_error()) on any error.
+ */
+#include "autopipeline.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: generate --model DIR|ID --task text2img|img2img|inpaint --prompt S\n"
+            "                [--negative-prompt S] [--prompt-2 S] [--negative-prompt-2 S]\n"
+            "                [--steps N] [--guidance F] [--strength F] [--seed N]\n"
+            "                [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]\n"
+            "                --out PNG\n");
+}
+
+static int fail(const char *what) {
+    fprintf(stderr, "\nerror: %s: %s\n", what, ap_last_error());
+    return 1;
+}
+
+static int bad_arg(const char *flag, const char *value) {
+    fprintf(stderr, "error: invalid value for %s: '%s'\n", flag, value ? value : "(missing)");
+    usage(stderr);
+    return 1;
+}
+
+static int parse_long(const char *s, long min, long max, long *out) {
+    char *end = NULL;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < min || v > max) return 0;
+    *out = v;
+    return 1;
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+    char *end = NULL;
+    unsigned long long v;
+    if (s[0] == '-') return 0;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0') return 0;
+    *out = (uint64_t)v;
+    return 1;
+}
+
+static int parse_float(const char *s, float *out) {
+    char *end = NULL;
+    double v;
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || v != v) return 0;
+    *out = (float)v;
+    return 1;
+}
+
+/* Draws a progress bar; returning nonzero lets the work continue. */
+static int32_t on_progress(uint32_t step, uint32_t total, void *user_data) {
+    const char *label = (const char *)user_data;
+    int width = 30, filled = total ? (int)((uint64_t)step * width / total) : width, i;
+    fprintf(stderr, "\r%-8s [", label);
+    for (i = 0; i < width; i++) fputc(i < filled ? '#' : '.', stderr);
+    fprintf(stderr, "] %u/%u", step, total);
+    if (step == total) fputc('\n', stderr);
+    fflush(stderr);
+    return 1;
+}
+
+static int task_of(const char *name, int32_t *task) {
+    if (strcmp(name, "text2img") == 0) *task = AP_TASK_TEXT2IMAGE;
+    else if (strcmp(name, "img2img") == 0) *task = AP_TASK_IMAGE2IMAGE;
+    else if (strcmp(name, "inpaint") == 0) *task = AP_TASK_INPAINT;
+    else return 0;
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    const char *model = NULL, *task_name = "text2img", *out_path = NULL;
+    const char *image_path = NULL, *mask_path = NULL;
+    int from_pipe = 0, have_prompt = 0, rc = 1, i;
+    int32_t task;
+    ap_run_params run = ap_run_params_default();
+    ap_load_params load = ap_load_params_default();
+    ap_pipeline *pipe = NULL, *base = NULL;
+    ap_image *image = NULL, *mask = NULL;
+    ap_images *images = NULL;
+
+    for (i = 1; i < argc; i++) {
+        const char *flag = argv[i];
+        const char *val = (i + 1 < argc) ? argv[i + 1] : NULL;
+        long n;
+        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(flag, "--from-pipe") == 0) {
+            from_pipe = 1;
+            continue;
+        }
+        if (!val) return bad_arg(flag, NULL);
+        i++;
+        if (strcmp(flag, "--model") == 0) model = val;
+        else if (strcmp(flag, "--task") == 0) task_name = val;
+        else if (strcmp(flag, "--prompt") == 0) { run.prompt = val; have_prompt = 1; }
+        else if (strcmp(flag, "--negative-prompt") == 0) run.negative_prompt = val;
+        else if (strcmp(flag, "--prompt-2") == 0) run.prompt_2 = val;
+        else if (strcmp(flag, "--negative-prompt-2") == 0) run.negative_prompt_2 = val;
+        else if (strcmp(flag, "--steps") == 0) {
+            if (!parse_long(val, 1, 1000, &n)) return bad_arg(flag, val);
+            run.num_inference_steps = (int32_t)n;
+        } else if (strcmp(flag, "--guidance") == 0) {
+            if (!parse_float(val, &run.guidance_scale)) return bad_arg(flag, val);
+        } else if (strcmp(flag, "--strength") == 0) {
+            if (!parse_float(val, &run.strength) || run.strength < 0.0f || run.strength > 1.0f)
+                return bad_arg(flag, val);
+        } else if (strcmp(flag, "--seed") == 0) {
+            if (!parse_u64(val, &run.seed)) return bad_arg(flag, val);
+        } else if (strcmp(flag, "--width") == 0) {
+            if (!parse_long(val, 1, 1 << 20, &n)) return bad_arg(flag, val);
+            run.width = (int32_t)n;
+        } else if (strcmp(flag, "--height") == 0) {
+            if (!parse_long(val, 1, 1 << 20, &n)) return bad_arg(flag, val);
+            run.height = (int32_t)n;
+        } else if (strcmp(flag, "--image") == 0) image_path = val;
+        else if (strcmp(flag, "--mask") == 0) mask_path = val;
+        else if (strcmp(flag, "--out") == 0) out_path = val;
+        else {
+            fprintf(stderr, "error: unknown flag %s\n", flag);
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (!model || !out_path || !have_prompt) {
+        fprintf(stderr, "error: --model, --prompt and --out are required\n");
+        usage(stderr);
+        return 1;
+    }
+    if (!task_of(task_name, &task)) return bad_arg("--task", task_name);
+
+    if (image_path && ap_image_load(image_path, &image) != AP_OK) return fail("reading --image");
+    if (mask_path && ap_image_load(mask_path, &mask) != AP_OK) { rc = fail("reading --mask"); goto done; }
+    run.image = image;
+    run.mask = mask;
+
+    load.progress = on_progress;
+    load.progress_user_data = (void *)"loading";
+    if (from_pipe) {
+        /* Load for another task, then derive the requested one from the same models. */
+        int32_t first = task == AP_TASK_TEXT2IMAGE ? AP_TASK_IMAGE2IMAGE : AP_TASK_TEXT2IMAGE;
+        if (ap_from_pretrained(model, first, &load, &base) != AP_OK) { rc = fail("loading the model"); goto done; }
+        if (ap_from_pipe(base, task, NULL, &pipe) != AP_OK) { rc = fail("from_pipe"); goto done; }
+    } else if (ap_from_pretrained(model, task, &load, &pipe) != AP_OK) {
+        rc = fail("loading the model");
+        goto done;
+    }
+
+    run.progress = on_progress;
+    run.progress_user_data = (void *)"denoise";
+    if (ap_run(pipe, &run, &images) != AP_OK) { rc = fail("generating"); goto done; }
+    if (images->count < 1 || ap_image_save_png(&images->images[0], out_path) != AP_OK) {
+        rc = fail("writing the image");
+        goto done;
+    }
+    fprintf(stderr, "wrote %s (%ux%u)\n", out_path, images->images[0].width, images->images[0].height);
+    rc = 0;
+
+done:
+    ap_images_free(images);
+    ap_pipeline_free(pipe);
+    ap_pipeline_free(base);
+    ap_image_free(image);
+    ap_image_free(mask);
+    return rc;
+}

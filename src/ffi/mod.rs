@@ -1,0 +1,83 @@
+//! The C ABI: the only place with `extern "C"` and raw pointers. Every function null-checks its
+//! arguments, converts them in one place (`convert`), runs inside [`guard`] so no panic crosses the
+//! boundary, and returns an `ap_status` with details in the thread-local `ap_last_error()`.
+
+mod api;
+mod convert;
+mod types;
+
+pub use api::*;
+pub use types::*;
+
+use crate::error::Error;
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Result code of every `ap_*` function.
+#[allow(non_camel_case_types)]
+pub type ap_status = i32;
+
+/// Success.
+pub const AP_OK: ap_status = 0;
+/// A parameter is invalid (NULL where a value is required, bad size, NaN, invalid UTF-8, …).
+pub const AP_ERR_INVALID_ARGUMENT: ap_status = 1;
+/// A file, folder or hub repository was not found.
+pub const AP_ERR_NOT_FOUND: ap_status = 2;
+/// The checkpoint or request is valid but not supported (unknown pipeline family, 9-channel UNet for
+/// text-to-image, CUDA in a CPU-only build, …).
+pub const AP_ERR_UNSUPPORTED: ap_status = 3;
+/// A checkpoint file is malformed (invalid JSON, truncated safetensors, wrong tensor shapes, …).
+pub const AP_ERR_INVALID_MODEL: ap_status = 4;
+/// Reading a file or reaching the hub failed.
+pub const AP_ERR_IO: ap_status = 5;
+/// A progress callback returned 0.
+pub const AP_ERR_CANCELLED: ap_status = 6;
+/// A bug inside the library (including a caught panic): please report it with `ap_last_error()`.
+pub const AP_ERR_INTERNAL: ap_status = 7;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(msg: &str) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+pub(crate) fn last_error_ptr() -> *const std::ffi::c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// The status code for an error, setting the thread's last-error message.
+pub(crate) fn fail(err: &Error) -> ap_status {
+    set_last_error(&err.to_string());
+    match err {
+        Error::InvalidArgument(_) => AP_ERR_INVALID_ARGUMENT,
+        Error::NotFound(_) => AP_ERR_NOT_FOUND,
+        Error::Unsupported(_) => AP_ERR_UNSUPPORTED,
+        Error::InvalidModel(_) => AP_ERR_INVALID_MODEL,
+        Error::Io(_) => AP_ERR_IO,
+        Error::Cancelled => AP_ERR_CANCELLED,
+        Error::Internal(_) => AP_ERR_INTERNAL,
+    }
+}
+
+/// Runs `body` so that neither an error nor a panic escapes: the one panic boundary of the C ABI.
+pub(crate) fn guard(body: impl FnOnce() -> crate::Result<()>) -> ap_status {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {
+            set_last_error("");
+            AP_OK
+        }
+        Ok(Err(e)) => fail(&e),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            fail(&Error::Internal(format!("internal error (caught panic): {what}")))
+        }
+    }
+}

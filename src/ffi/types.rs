@@ -1,0 +1,105 @@
+//! `#[repr(C)]` structs and callback types of the C ABI. Plain integers only (no Rust enums), so the
+//! layout is the same for every C compiler and for C# P/Invoke.
+
+use std::ffi::{c_char, c_void};
+
+/// Task: text to image (`AutoPipelineForText2Image`).
+pub const AP_TASK_TEXT2IMAGE: i32 = 0;
+/// Task: image to image (`AutoPipelineForImage2Image`).
+pub const AP_TASK_IMAGE2IMAGE: i32 = 1;
+/// Task: inpainting (`AutoPipelineForInpainting`).
+pub const AP_TASK_INPAINT: i32 = 2;
+
+/// Progress callback: `step` of `total` is done. Return nonzero to continue, 0 to cancel (the call
+/// then returns `AP_ERR_CANCELLED`). Called on the thread that runs the work.
+#[allow(non_camel_case_types)]
+pub type ap_progress_fn = Option<unsafe extern "C" fn(step: u32, total: u32, user_data: *mut c_void) -> i32>;
+
+/// An 8-bit image: `channels` 1 (mask), 3 (RGB) or 4 (RGBA); row `y` starts at `data + y * stride`.
+/// Images returned by the library are RGBA8 (or RGB8 on request) with `stride = width * channels`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(non_camel_case_types)]
+pub struct ap_image {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u32,
+    pub stride: u32,
+    pub data: *mut u8,
+}
+
+/// Images returned by `ap_run`; free with `ap_images_free`.
+#[repr(C)]
+#[derive(Debug)]
+#[allow(non_camel_case_types)]
+pub struct ap_images {
+    pub count: usize,
+    pub images: *mut ap_image,
+}
+
+/// Options of `ap_from_pretrained`. Initialise with `ap_load_params_default()`; NULL strings mean
+/// "default".
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(non_camel_case_types)]
+pub struct ap_load_params {
+    /// `sizeof(ap_load_params)`; lets the library tell header versions apart.
+    pub struct_size: u32,
+    /// `"cpu"` (default), `"cuda"` or `"cuda:N"`.
+    pub device: *const c_char,
+    /// Weight variant, e.g. `"fp16"`.
+    pub variant: *const c_char,
+    /// Hub revision (branch, tag or commit); default `"main"`.
+    pub revision: *const c_char,
+    /// HF cache folder; default `$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`.
+    pub cache_dir: *const c_char,
+    /// Hub token; default `$HF_TOKEN`.
+    pub token: *const c_char,
+    /// Nonzero: never use the network, only the local folder or HF cache.
+    pub local_files_only: i32,
+    /// Called after each loaded component; may be NULL.
+    pub progress: ap_progress_fn,
+    pub progress_user_data: *mut c_void,
+}
+
+/// Inputs of `ap_run`. Initialise with `ap_run_params_default()`; a 0 / negative / NULL field means
+/// "the pipeline's default", exactly as omitting the argument in diffusers.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(non_camel_case_types)]
+pub struct ap_run_params {
+    /// `sizeof(ap_run_params)`.
+    pub struct_size: u32,
+    /// UTF-8 prompt (required; may be empty).
+    pub prompt: *const c_char,
+    pub negative_prompt: *const c_char,
+    /// SDXL's second-encoder prompts; NULL = same as `prompt` / `negative_prompt`.
+    pub prompt_2: *const c_char,
+    pub negative_prompt_2: *const c_char,
+    /// 0 = default (50).
+    pub num_inference_steps: i32,
+    /// Negative = default (7.5 SD, 5.0 SDXL); values ≤ 1 turn classifier-free guidance off.
+    pub guidance_scale: f32,
+    /// img2img / inpaint strength in [0, 1]; negative = default.
+    pub strength: f32,
+    /// 0 = default (`unet.sample_size × vae_scale_factor`); multiples of 8.
+    pub width: i32,
+    pub height: i32,
+    /// Seed of the torch-compatible CPU generator (`torch.Generator("cpu").manual_seed(seed)`).
+    pub seed: u64,
+    /// 0 = 1.
+    pub num_images_per_prompt: i32,
+    /// diffusers `guidance_rescale` in [0, 1].
+    pub guidance_rescale: f32,
+    /// CLIP layers to skip; 0 = none.
+    pub clip_skip: i32,
+    /// 3 (RGB8) or 4 (RGBA8, default when 0).
+    pub output_channels: i32,
+    /// img2img / inpaint input (RGB8 or RGBA8); NULL when unused. Only read during the call.
+    pub image: *const ap_image,
+    /// inpaint mask (1, 3 or 4 channels; white = repaint); NULL when unused.
+    pub mask: *const ap_image,
+    /// Called after each denoising step; may be NULL.
+    pub progress: ap_progress_fn,
+    pub progress_user_data: *mut c_void,
+}

@@ -1,0 +1,127 @@
+//! The loaded models of a checkpoint, shared (through `Arc`) by every pipeline made from it.
+
+use crate::components::clip::{ClipTextConfig, ClipTextModel};
+use crate::components::load::{model_error, read_config, var_builder};
+use crate::components::tokenizer::ClipTokenizer;
+use crate::components::unet::{UNet2DConditionModel, UNetConfig};
+use crate::components::vae::{AutoencoderKL, VaeConfig};
+use crate::error::{Error, Result};
+use crate::model_index::ModelIndex;
+use crate::schedulers::SchedulerConfig;
+use crate::source::ModelSource;
+use candle_core::{DType, Device};
+
+/// A tokenizer and the text encoder it feeds.
+#[derive(Debug, Clone)]
+pub struct TextEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub model: ClipTextModel,
+}
+
+/// Every model of a checkpoint. Immutable once loaded, so runs on any number of pipelines and threads
+/// may use it at once.
+#[derive(Debug)]
+pub struct Components {
+    pub text_encoder: TextEncoder,
+    /// SDXL's second encoder (`CLIPTextModelWithProjection`).
+    pub text_encoder_2: Option<TextEncoder>,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub scheduler: SchedulerConfig,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// Files a tokenizer folder may hold; each is fetched (hub) or checked (local) before parsing.
+const TOKENIZER_FILES: &[&str] =
+    &["tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"];
+
+impl Components {
+    /// Loads every component `index` lists, reporting `(done, total)` to `progress` after each.
+    pub fn load(
+        source: &ModelSource,
+        index: &ModelIndex,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Self> {
+        let dtype = DType::F32;
+        let has_second = index.component("text_encoder_2").is_some();
+        let total = if has_second { 4 } else { 3 };
+        let mut done = 0;
+        let mut tick = |progress: &mut dyn FnMut(usize, usize) -> bool| -> Result<()> {
+            done += 1;
+            if progress(done, total) {
+                Ok(())
+            } else {
+                Err(Error::Cancelled)
+            }
+        };
+        let scheduler_path = source.file("scheduler", "scheduler_config.json")?;
+        let text = std::fs::read_to_string(&scheduler_path).map_err(|e| Error::io(&scheduler_path, e))?;
+        let scheduler = SchedulerConfig::from_json(&text, &scheduler_path.display().to_string())?;
+        crate::schedulers::build(&scheduler)?;
+
+        let text_encoder = load_text_encoder(source, "tokenizer", "text_encoder", false, device, dtype)?;
+        tick(progress)?;
+        let text_encoder_2 = if has_second {
+            let enc = load_text_encoder(source, "tokenizer_2", "text_encoder_2", true, device, dtype)?;
+            tick(progress)?;
+            Some(enc)
+        } else {
+            None
+        };
+
+        let unet_cfg: UNetConfig = read_config(&source.file("unet", "config.json")?)?;
+        let unet_dir = source.component_path("unet");
+        let vb = var_builder(&source.weights("unet", "diffusion_pytorch_model")?, dtype, device)?;
+        let unet = UNet2DConditionModel::new(vb, unet_cfg).map_err(|e| model_error("unet", &unet_dir, e))?;
+        tick(progress)?;
+
+        let vae_cfg: VaeConfig = read_config(&source.file("vae", "config.json")?)?;
+        let vae_dir = source.component_path("vae");
+        let vb = var_builder(&source.weights("vae", "diffusion_pytorch_model")?, dtype, device)?;
+        let vae = AutoencoderKL::new(vb, vae_cfg).map_err(|e| model_error("vae", &vae_dir, e))?;
+        tick(progress)?;
+
+        let ctx = text_encoder.model.config().hidden_size
+            + text_encoder_2.as_ref().map_or(0, |t| t.model.config().hidden_size);
+        if unet.config().cross_attention_dim() != ctx {
+            return Err(Error::InvalidModel(format!(
+                "unet cross_attention_dim {} does not match the text encoders' hidden size {ctx}",
+                unet.config().cross_attention_dim()
+            )));
+        }
+        Ok(Self { text_encoder, text_encoder_2, unet, vae, scheduler, device: device.clone(), dtype })
+    }
+
+    /// Pixels per latent (`2^(len(vae.block_out_channels) - 1)`).
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae.config().scale_factor()
+    }
+}
+
+fn load_text_encoder(
+    source: &ModelSource,
+    tokenizer: &str,
+    encoder: &str,
+    with_projection: bool,
+    device: &Device,
+    dtype: DType,
+) -> Result<TextEncoder> {
+    for f in TOKENIZER_FILES {
+        source.optional_file(tokenizer, f)?;
+    }
+    let tok = ClipTokenizer::from_dir(&source.component_path(tokenizer))?;
+    let cfg: ClipTextConfig = read_config(&source.file(encoder, "config.json")?)?;
+    let dir = source.component_path(encoder);
+    let vb = var_builder(&source.weights(encoder, "model")?, dtype, device)?;
+    let model = ClipTextModel::new(vb, cfg, with_projection).map_err(|e| model_error(encoder, &dir, e))?;
+    if model.config().vocab_size < tok.vocab_size() {
+        return Err(Error::InvalidModel(format!(
+            "{tokenizer} has {} tokens but {encoder} embeds only {}",
+            tok.vocab_size(),
+            model.config().vocab_size
+        )));
+    }
+    Ok(TextEncoder { tokenizer: tok, model })
+}

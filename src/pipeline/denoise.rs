@@ -1,0 +1,115 @@
+//! The one denoising loop every task and family runs: scale → UNet (with CFG) → scheduler step, with
+//! per-task hooks for what differs (extra inpaint channels, 4-channel inpaint blending).
+
+use super::Trace;
+use crate::components::unet::{AddedCond, UNet2DConditionModel};
+use crate::error::{Error, Result};
+use crate::rng::TorchCpuGenerator;
+use crate::schedulers::{mul_s, Scheduler};
+use candle_core::{Tensor, D};
+
+/// Classifier-free guidance settings; absent when guidance is off (`guidance_scale <= 1`).
+#[derive(Debug, Clone, Copy)]
+pub struct Guidance {
+    pub scale: f64,
+    pub rescale: f64,
+}
+
+/// Task-specific behaviour inside the loop.
+pub trait StepHooks {
+    /// Extra channels appended to the (CFG-doubled, scaled) UNet input: 9-channel inpainting's mask and
+    /// masked-image latents.
+    fn extra_unet_channels(&self) -> Option<&Tensor> {
+        None
+    }
+    /// Called with the latents after step `i`; returns the latents to carry on with.
+    fn after_step(&mut self, _i: usize, latents: Tensor, _scheduler: &dyn Scheduler) -> Result<Tensor> {
+        Ok(latents)
+    }
+}
+
+/// The hooks of plain text-to-image and image-to-image: none.
+pub struct NoHooks;
+impl StepHooks for NoHooks {}
+
+/// Everything the loop reads.
+pub struct Denoise<'a> {
+    pub unet: &'a UNet2DConditionModel,
+    /// `cat([negative, positive])` under CFG, else the positive embeddings.
+    pub context: &'a Tensor,
+    pub added: Option<&'a AddedCond>,
+    pub guidance: Option<Guidance>,
+    pub timesteps: &'a [f64],
+}
+
+impl Denoise<'_> {
+    /// Runs the loop from `latents`, reporting `(step, total)` after each step.
+    pub fn run(
+        &self,
+        mut latents: Tensor,
+        scheduler: &mut dyn Scheduler,
+        rng: &mut TorchCpuGenerator,
+        hooks: &mut dyn StepHooks,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+        trace: &mut Trace,
+        trace_on: bool,
+    ) -> Result<Tensor> {
+        let total = self.timesteps.len();
+        for (i, &t) in self.timesteps.iter().enumerate() {
+            let input = match self.guidance {
+                Some(_) => Tensor::cat(&[&latents, &latents], 0)?,
+                None => latents.clone(),
+            };
+            let mut input = scheduler.scale_model_input(&input, t)?;
+            if let Some(extra) = hooks.extra_unet_channels() {
+                input = Tensor::cat(&[&input, extra], 1)?;
+            }
+            let out = self.unet.forward(&input, t, self.context, self.added)?;
+            if trace_on {
+                trace.unet_timesteps.push(t);
+                if i == 0 {
+                    trace.unet_input_step0 = Some(input.clone());
+                    trace.unet_output_step0 = Some(out.clone());
+                }
+            }
+            let noise_pred = match self.guidance {
+                Some(g) => apply_guidance(&out, g)?,
+                None => out,
+            };
+            latents = scheduler.step(&noise_pred, t, &latents, rng)?;
+            latents = hooks.after_step(i, latents, &*scheduler)?;
+            if trace_on {
+                trace.latents.push(latents.clone());
+            }
+            if !progress(i + 1, total) {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(latents)
+    }
+}
+
+/// `uncond + s·(text − uncond)`, then diffusers' `rescale_noise_cfg` when `rescale > 0`.
+fn apply_guidance(out: &Tensor, g: Guidance) -> Result<Tensor> {
+    let b = out.dim(0)? / 2;
+    let uncond = out.narrow(0, 0, b)?;
+    let text = out.narrow(0, b, b)?;
+    let cfg = (&uncond + mul_s(&(&text - &uncond)?, g.scale as f32)?)?;
+    if g.rescale <= 0.0 {
+        return Ok(cfg);
+    }
+    let std_text = std_per_sample(&text)?;
+    let std_cfg = std_per_sample(&cfg)?;
+    let rescaled = cfg.broadcast_mul(&(std_text / std_cfg)?)?;
+    Ok((mul_s(&rescaled, g.rescale as f32)? + mul_s(&cfg, (1.0 - g.rescale) as f32)?)?)
+}
+
+/// Unbiased standard deviation over all but the batch dimension, kept as `(b, 1, 1, 1)`.
+fn std_per_sample(t: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = t.dims4()?;
+    let n = (c * h * w) as f64;
+    let flat = t.reshape((b, c * h * w))?;
+    let mean = flat.mean_keepdim(D::Minus1)?;
+    let var = (flat.broadcast_sub(&mean)?.sqr()?.sum_keepdim(D::Minus1)? / (n - 1.0))?;
+    Ok(var.sqrt()?.reshape((b, 1, 1, 1))?)
+}

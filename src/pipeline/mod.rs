@@ -1,0 +1,202 @@
+//! Pipelines: a task over shared, loaded components (`from_pretrained`, `from_pipe`, `run`).
+
+mod components;
+mod denoise;
+pub mod params;
+mod prompt;
+mod sd;
+
+pub use components::{Components, TextEncoder};
+pub use params::{LoadOptions, ProgressFn, RunParams};
+
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::registry::{self, Family, Task};
+use crate::source::{ModelSource, SourceOptions};
+use candle_core::{Device, Tensor};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// A ready-to-run pipeline for one task. Cheap to clone; clones and `from_pipe` siblings share the
+/// loaded models, and `run` takes `&self`, so several threads may run one pipeline at once.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    task: Task,
+    family: Family,
+    class_name: String,
+    name_or_path: String,
+    config: Map<String, Value>,
+    components: Arc<Components>,
+}
+
+/// Intermediate values of a run, recorded on request: what the parity tests compare against diffusers,
+/// and what a user chasing a difference would want to see.
+#[derive(Debug, Default, Clone)]
+pub struct Trace {
+    pub prompt_embeds: Option<Tensor>,
+    pub negative_prompt_embeds: Option<Tensor>,
+    /// Every tensor drawn from the generator, in order.
+    pub noise: Vec<Tensor>,
+    pub unet_timesteps: Vec<f64>,
+    pub unet_input_step0: Option<Tensor>,
+    pub unet_output_step0: Option<Tensor>,
+    /// Latents after each scheduler step.
+    pub latents: Vec<Tensor>,
+    /// The decoded images as floats in `[0, 1]`, `(b, 3, h, w)`.
+    pub image: Option<Tensor>,
+}
+
+/// What a run returns.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub images: Vec<Image>,
+    /// Non-fatal notes diffusers would log (e.g. a truncated prompt).
+    pub warnings: Vec<String>,
+}
+
+/// Parses `"cpu"`, `"cuda"`, `"cuda:N"`.
+pub fn parse_device(spec: Option<&str>) -> Result<Device> {
+    let spec = spec.unwrap_or("cpu").trim();
+    if spec.is_empty() || spec.eq_ignore_ascii_case("cpu") {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = if spec.eq_ignore_ascii_case("cuda") {
+        0
+    } else if let Some(n) = spec.strip_prefix("cuda:") {
+        n.parse::<usize>()
+            .map_err(|_| Error::InvalidArgument(format!("device {spec:?}: expected cpu, cuda or cuda:N")))?
+    } else {
+        return Err(Error::InvalidArgument(format!("device {spec:?}: expected cpu, cuda or cuda:N")));
+    };
+    if cfg!(feature = "cuda") {
+        Device::new_cuda(ordinal).map_err(|e| Error::Unsupported(format!("CUDA device {ordinal} is not usable: {e}")))
+    } else {
+        Err(Error::Unsupported(format!(
+            "device {spec:?} asked for, but this build of autopipeline has no CUDA support: build it with `--features cuda`"
+        )))
+    }
+}
+
+impl Pipeline {
+    /// Loads the checkpoint at `model` (a folder or a hub id) for `task`, like diffusers'
+    /// `AutoPipelineFor<Task>.from_pretrained(model)`. `progress(done, total)` is told after each
+    /// component; returning `false` cancels the load.
+    pub fn from_pretrained(
+        model: &str,
+        task: Task,
+        opts: &LoadOptions,
+        progress: Option<&mut ProgressFn>,
+    ) -> Result<Self> {
+        let device = parse_device(opts.device.as_deref())?;
+        let source_opts = SourceOptions {
+            revision: opts.revision.clone(),
+            variant: opts.variant.clone(),
+            cache_dir: opts.cache_dir.clone(),
+            token: opts.token.clone(),
+            offline: None,
+            local_files_only: opts.local_files_only,
+        };
+        let source = ModelSource::resolve(model, &source_opts)?;
+        let plan = registry::plan(&source, task)?;
+        let mut no_progress = |_: usize, _: usize| true;
+        let progress: &mut dyn FnMut(usize, usize) -> bool = match progress {
+            Some(p) => p,
+            None => &mut no_progress,
+        };
+        let components = Components::load(&source, &plan.index, &device, progress)?;
+        let mut config = plan.index.config.clone();
+        config.insert("_name_or_path".into(), Value::String(model.to_string()));
+        Ok(Self {
+            task,
+            family: plan.family,
+            class_name: plan.resolved.pipeline_class.to_string(),
+            name_or_path: model.to_string(),
+            config,
+            components: Arc::new(components),
+        })
+    }
+
+    /// A pipeline for `task` over the same loaded components (no extra model memory), like diffusers'
+    /// `AutoPipelineFor<Task>.from_pipe(self, **overrides)`: the configuration carries over and
+    /// `overrides` (pipeline config keys such as `requires_aesthetics_score`) win.
+    pub fn from_pipe(&self, task: Task, overrides: &Map<String, Value>) -> Result<Self> {
+        let resolved = registry::resolve(&self.class_name, task)?;
+        let family = resolved.family.ok_or_else(|| {
+            Error::Unsupported(format!("{} is not supported by autopipeline yet", resolved.pipeline_class))
+        })?;
+        let mut config = self.config.clone();
+        for (k, v) in overrides {
+            config.remove(&format!("_{k}"));
+            config.insert(k.clone(), v.clone());
+        }
+        Ok(Self {
+            task,
+            family,
+            class_name: resolved.pipeline_class.to_string(),
+            name_or_path: self.name_or_path.clone(),
+            config,
+            components: Arc::clone(&self.components),
+        })
+    }
+
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The diffusers pipeline class this pipeline mirrors, e.g. `StableDiffusionPipeline`.
+    pub fn class_name(&self) -> &str {
+        &self.class_name
+    }
+
+    /// The pipeline configuration (`model_index.json` scalars plus overrides).
+    pub fn config(&self) -> &Map<String, Value> {
+        &self.config
+    }
+
+    pub fn components(&self) -> &Arc<Components> {
+        &self.components
+    }
+
+    /// Whether two pipelines share the very same loaded models.
+    pub fn shares_components_with(&self, other: &Pipeline) -> bool {
+        Arc::ptr_eq(&self.components, &other.components)
+    }
+
+    /// Default output size along each side: `unet.sample_size × vae_scale_factor`.
+    pub fn default_size(&self) -> usize {
+        self.components.unet.config().sample_size * self.components.vae_scale_factor()
+    }
+
+    /// Generates images. `progress(step, total)` is called after each denoising step; returning `false`
+    /// cancels the run with [`Error::Cancelled`].
+    pub fn run(&self, params: &RunParams, progress: Option<&mut ProgressFn>) -> Result<RunOutput> {
+        self.run_traced(params, progress, None)
+    }
+
+    /// [`Pipeline::run`], recording intermediate tensors into `trace`.
+    pub fn run_traced(
+        &self,
+        params: &RunParams,
+        progress: Option<&mut ProgressFn>,
+        trace: Option<&mut Trace>,
+    ) -> Result<RunOutput> {
+        let mut no_progress = |_: usize, _: usize| true;
+        let progress: &mut dyn FnMut(usize, usize) -> bool = match progress {
+            Some(p) => p,
+            None => &mut no_progress,
+        };
+        let mut scratch = Trace::default();
+        let trace_on = trace.is_some();
+        let trace = trace.unwrap_or(&mut scratch);
+        match self.family {
+            Family::StableDiffusion => sd::run(self, params, progress, trace, trace_on),
+            Family::StableDiffusionXl => Err(Error::Unsupported(
+                "stable-diffusion-xl runs are not implemented yet in this build".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! What a caller can set for loading and for one run; `None` always means "the pipeline's default".
+
+use crate::image::Image;
+
+/// Where to run and how to find files.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `"cpu"` (default), `"cuda"` or `"cuda:N"`.
+    pub device: Option<String>,
+    /// Weight variant, e.g. `"fp16"` → `diffusion_pytorch_model.fp16.safetensors`.
+    pub variant: Option<String>,
+    /// Hub revision (branch, tag or commit); default `main`.
+    pub revision: Option<String>,
+    /// HF cache folder; default `$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Hub token; default `$HF_TOKEN`.
+    pub token: Option<String>,
+    /// Never touch the network; default from `HF_HUB_OFFLINE`.
+    pub local_files_only: bool,
+}
+
+/// Progress of a run or a load: return `false` to cancel.
+pub type ProgressFn<'a> = dyn FnMut(usize, usize) -> bool + Send + 'a;
+
+/// The inputs of one generation, mirroring the diffusers pipeline `__call__` arguments.
+#[derive(Debug, Clone)]
+pub struct RunParams {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    /// SDXL's second prompt (for `text_encoder_2`); defaults to `prompt`.
+    pub prompt_2: Option<String>,
+    pub negative_prompt_2: Option<String>,
+    pub num_inference_steps: Option<usize>,
+    pub guidance_scale: Option<f64>,
+    /// img2img / inpaint: how much of the schedule to run (1.0 = from pure noise).
+    pub strength: Option<f64>,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Seed of the `torch.Generator("cpu")` all random draws come from.
+    pub seed: u64,
+    pub num_images_per_prompt: usize,
+    /// diffusers `guidance_rescale` (0 = off).
+    pub guidance_rescale: f64,
+    /// Number of final CLIP layers to skip (diffusers `clip_skip`).
+    pub clip_skip: Option<usize>,
+    /// img2img / inpaint input image.
+    pub image: Option<Image>,
+    /// inpaint mask: white (≥ 0.5) = repaint.
+    pub mask: Option<Image>,
+    /// Channels of the returned images: 4 (RGBA, default) or 3 (RGB).
+    pub output_channels: u32,
+}
+
+impl Default for RunParams {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: None,
+            prompt_2: None,
+            negative_prompt_2: None,
+            num_inference_steps: None,
+            guidance_scale: None,
+            strength: None,
+            width: None,
+            height: None,
+            seed: 0,
+            num_images_per_prompt: 1,
+            guidance_rescale: 0.0,
+            clip_skip: None,
+            image: None,
+            mask: None,
+            output_channels: 4,
+        }
+    }
+}
