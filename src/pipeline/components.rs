@@ -10,6 +10,7 @@ use crate::model_index::ModelIndex;
 use crate::schedulers::SchedulerConfig;
 use crate::source::ModelSource;
 use candle_core::{DType, Device};
+use std::path::PathBuf;
 
 /// A tokenizer and the text encoder it feeds.
 #[derive(Debug, Clone)]
@@ -72,13 +73,13 @@ impl Components {
         };
 
         let unet_cfg: UNetConfig = read_config(&source.file("unet", "config.json")?)?;
-        let unet_dir = source.component_path("unet");
+        let unet_dir = PathBuf::from(source.component_location("unet"));
         let vb = var_builder(&source.weights("unet", "diffusion_pytorch_model")?, dtype, device)?;
         let unet = UNet2DConditionModel::new(vb, unet_cfg).map_err(|e| model_error("unet", &unet_dir, e))?;
         tick(progress)?;
 
         let vae_cfg: VaeConfig = read_config(&source.file("vae", "config.json")?)?;
-        let vae_dir = source.component_path("vae");
+        let vae_dir = PathBuf::from(source.component_location("vae"));
         let vb = var_builder(&source.weights("vae", "diffusion_pytorch_model")?, dtype, device)?;
         let vae = AutoencoderKL::new(vb, vae_cfg).map_err(|e| model_error("vae", &vae_dir, e))?;
         tick(progress)?;
@@ -108,12 +109,22 @@ fn load_text_encoder(
     device: &Device,
     dtype: DType,
 ) -> Result<TextEncoder> {
+    // Fetch (hub) or locate every tokenizer file first: the tokenizer reads its folder as a whole.
+    let mut folder = None;
     for f in TOKENIZER_FILES {
-        source.optional_file(tokenizer, f)?;
+        if let Some(path) = source.optional_file(tokenizer, f)? {
+            folder = path.parent().map(PathBuf::from);
+        }
     }
-    let tok = ClipTokenizer::from_dir(&source.component_path(tokenizer))?;
+    let folder = folder.ok_or_else(|| {
+        Error::NotFound(format!(
+            "{} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)",
+            source.component_location(tokenizer)
+        ))
+    })?;
+    let tok = ClipTokenizer::from_dir(&folder)?;
     let cfg: ClipTextConfig = read_config(&source.file(encoder, "config.json")?)?;
-    let dir = source.component_path(encoder);
+    let dir = PathBuf::from(source.component_location(encoder));
     let vb = var_builder(&source.weights(encoder, "model")?, dtype, device)?;
     let model = ClipTextModel::new(vb, cfg, with_projection).map_err(|e| model_error(encoder, &dir, e))?;
     if model.config().vocab_size < tok.vocab_size() {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the vendored fixture folder and a minimal `.npy` reader.
 #![allow(dead_code)]
 
+pub mod cases;
+
 use std::path::{Path, PathBuf};
 
 /// `tests/data`, where the fixture files the tests read are vendored.

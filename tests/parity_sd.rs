@@ -1,0 +1,29 @@
+//! SD 1.x / 2.x end to end against diffusers' recorded runs.
+
+mod common;
+
+use common::cases::{check_error_case, check_ok_case};
+
+macro_rules! ok_cases {
+    ($($name:ident => $id:literal),* $(,)?) => {
+        $( #[test] fn $name() { check_ok_case($id); } )*
+    };
+}
+
+ok_cases! {
+    sd15_t2i_cfg_neg => "sd15-t2i-cfg-neg",
+    sd15_t2i_cfg_noneg_nonsquare => "sd15-t2i-cfg-noneg-nonsquare",
+    sd15_t2i_default_size => "sd15-t2i-default-size",
+    sd15_t2i_frompipe_of_i2i => "sd15-t2i-frompipe-of-i2i",
+    sd15_t2i_longprompt => "sd15-t2i-longprompt",
+    sd15_t2i_nocfg => "sd15-t2i-nocfg",
+    sd2_t2i_cfg_neg => "sd2-t2i-cfg-neg",
+    sd2_t2i_nocfg => "sd2-t2i-nocfg",
+}
+
+#[test]
+fn nine_channel_unet_text2img_is_refused_clearly() {
+    let err = check_error_case("sd15inp-t2i");
+    assert!(matches!(err, autopipeline::Error::Unsupported(_)), "{err:?}");
+    assert!(err.to_string().contains("9 input channels"), "{err}");
+}
