@@ -17,7 +17,9 @@ impl Image {
     /// Wraps `data`, checking that its length is `width · height · channels`.
     pub fn new(width: u32, height: u32, channels: u32, data: Vec<u8>) -> Result<Self> {
         if !matches!(channels, 1 | 3 | 4) {
-            return Err(Error::InvalidArgument(format!("image channels must be 1, 3 or 4, not {channels}")));
+            return Err(Error::InvalidArgument(format!(
+                "image channels must be 1, 3 or 4, not {channels}"
+            )));
         }
         let want = width as usize * height as usize * channels as usize;
         if width == 0 || height == 0 || data.len() != want {
@@ -26,7 +28,12 @@ impl Image {
                 data.len()
             )));
         }
-        Ok(Self { width, height, channels, data })
+        Ok(Self {
+            width,
+            height,
+            channels,
+            data,
+        })
     }
 
     /// Decodes a PNG or JPEG file to RGB8.
@@ -45,8 +52,15 @@ impl Image {
             3 => image::ExtendedColorType::Rgb8,
             _ => image::ExtendedColorType::Rgba8,
         };
-        image::save_buffer_with_format(path, &self.data, self.width, self.height, color, image::ImageFormat::Png)
-            .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
+        image::save_buffer_with_format(
+            path,
+            &self.data,
+            self.width,
+            self.height,
+            color,
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
     }
 
     /// The image as float RGB `(1, 3, h, w)` in `[0, 1]` (alpha dropped, grey replicated).
@@ -69,7 +83,11 @@ impl Image {
         if c != 3 {
             return Err(Error::Internal(format!("expected 3 image channels, got {c}")));
         }
-        let data = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let data = t
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let oc = channels as usize;
         let mut out = Vec::with_capacity(b);
         for n in 0..b {

@@ -64,8 +64,7 @@ impl ModelIndex {
 
     /// Parses the text of a `model_index.json`; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| invalid_json(path, &e.to_string()))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| invalid_json(path, &e.to_string()))?;
         let Value::Object(mut map) = value else {
             return Err(Error::InvalidModel(format!(
                 "The config file at '{}' is not a JSON object.",
@@ -235,18 +234,10 @@ mod tests {
         assert!(
             matches!(ModelIndex::parse("{}", p), Err(Error::InvalidModel(m)) if m.contains("m/model_index.json"))
         );
-        assert!(matches!(
-            ModelIndex::parse("[1]", p),
-            Err(Error::InvalidModel(_))
-        ));
+        assert!(matches!(ModelIndex::parse("[1]", p), Err(Error::InvalidModel(_))));
         let half_null = r#"{"_class_name": "P", "unet": ["diffusers", null]}"#;
-        assert!(
-            matches!(ModelIndex::parse(half_null, p), Err(Error::InvalidModel(m)) if m.contains("unet"))
-        );
+        assert!(matches!(ModelIndex::parse(half_null, p), Err(Error::InvalidModel(m)) if m.contains("unet")));
         let custom = r#"{"_class_name": ["pipeline.py", "MyPipeline"]}"#;
-        assert!(matches!(
-            ModelIndex::parse(custom, p),
-            Err(Error::Unsupported(_))
-        ));
+        assert!(matches!(ModelIndex::parse(custom, p), Err(Error::Unsupported(_))));
     }
 }

@@ -144,11 +144,7 @@ pub fn resolve_with(class_name: &str, task: Task, modifiers: Modifiers) -> Resul
 
 /// `AutoPipelineFor<task>.from_pipe(pipe)` where `pipe` is a `pipeline_class` instance, with
 /// diffusers' `from_pipe` rules for `controlnet=` / `enable_pag=` (each applied as a second lookup).
-pub fn resolve_from_pipe(
-    pipeline_class: &str,
-    task: Task,
-    modifiers: Modifiers,
-) -> Result<Resolved> {
+pub fn resolve_from_pipe(pipeline_class: &str, task: Task, modifiers: Modifiers) -> Result<Resolved> {
     let mut resolved = get_task_class(task, pipeline_class)?;
     let current = |r: &Resolved| r.pipeline_class;
     if let Some(controlnet) = modifiers.controlnet {
@@ -175,9 +171,7 @@ pub fn resolve_from_pipe(
             (Task::Inpaint, ControlNet::Plain | ControlNet::Union) => cls
                 .replace("ControlNet", "")
                 .replace("InpaintPipeline", "ControlNetInpaintPipeline"),
-            (Task::Text2Image | Task::Image2Image, ControlNet::Removed) => {
-                cls.replace("ControlNet", "")
-            }
+            (Task::Text2Image | Task::Image2Image, ControlNet::Removed) => cls.replace("ControlNet", ""),
             (Task::Inpaint, ControlNet::Removed) => {
                 cls.replace("ControlNetInpaintPipeline", "InpaintPipeline")
             }
@@ -412,10 +406,7 @@ fn get_task_class(task: Task, pipeline_class: &str) -> Result<Resolved> {
 
 /// `mapping.get(family)`.
 fn lookup(mapping: &[(&'static str, &'static str)], family: &str) -> Option<&'static str> {
-    mapping
-        .iter()
-        .find(|&&(f, _)| f == family)
-        .map(|&(_, cls)| cls)
+    mapping.iter().find(|&&(f, _)| f == family).map(|&(_, cls)| cls)
 }
 
 const TASK_MAPPING_NAMES: [&str; 3] = [
@@ -434,10 +425,7 @@ const SUPPORTED_TASKS_MAPPINGS: &[(&str, &[(&str, &str)])] = &[
         "AUTO_IMAGE2IMAGE_PIPELINES_MAPPING",
         AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
     ),
-    (
-        "AUTO_INPAINT_PIPELINES_MAPPING",
-        AUTO_INPAINT_PIPELINES_MAPPING,
-    ),
+    ("AUTO_INPAINT_PIPELINES_MAPPING", AUTO_INPAINT_PIPELINES_MAPPING),
     (
         "AUTO_TEXT2VIDEO_PIPELINES_MAPPING",
         AUTO_TEXT2VIDEO_PIPELINES_MAPPING,
@@ -483,10 +471,7 @@ const AUTO_TEXT2IMAGE_PIPELINES_MAPPING: &[(&str, &str)] = &[
     ("kandinsky", "KandinskyCombinedPipeline"),
     ("kandinsky22", "KandinskyV22CombinedPipeline"),
     ("kandinsky3", "Kandinsky3Pipeline"),
-    (
-        "stable-diffusion-controlnet",
-        "StableDiffusionControlNetPipeline",
-    ),
+    ("stable-diffusion-controlnet", "StableDiffusionControlNetPipeline"),
     (
         "stable-diffusion-xl-controlnet",
         "StableDiffusionXLControlNetPipeline",
@@ -540,10 +525,7 @@ const AUTO_TEXT2IMAGE_PIPELINES_MAPPING: &[(&str, &str)] = &[
     ("qwenimage-controlnet", "QwenImageControlNetPipeline"),
     ("z-image", "ZImagePipeline"),
     ("z-image-controlnet", "ZImageControlNetPipeline"),
-    (
-        "z-image-controlnet-inpaint",
-        "ZImageControlNetInpaintPipeline",
-    ),
+    ("z-image-controlnet-inpaint", "ZImageControlNetInpaintPipeline"),
     ("z-image-omni", "ZImageOmniPipeline"),
     ("ovis", "OvisImagePipeline"),
     ("prx", "PRXPipeline"),
@@ -556,10 +538,7 @@ const AUTO_IMAGE2IMAGE_PIPELINES_MAPPING: &[(&str, &str)] = &[
     ("stable-diffusion", "StableDiffusionImg2ImgPipeline"),
     ("stable-diffusion-xl", "StableDiffusionXLImg2ImgPipeline"),
     ("stable-diffusion-3", "StableDiffusion3Img2ImgPipeline"),
-    (
-        "stable-diffusion-3-pag",
-        "StableDiffusion3PAGImg2ImgPipeline",
-    ),
+    ("stable-diffusion-3-pag", "StableDiffusion3PAGImg2ImgPipeline"),
     ("if", "IFImg2ImgPipeline"),
     ("kandinsky", "KandinskyImg2ImgCombinedPipeline"),
     ("kandinsky22", "KandinskyV22Img2ImgCombinedPipeline"),
@@ -577,10 +556,7 @@ const AUTO_IMAGE2IMAGE_PIPELINES_MAPPING: &[(&str, &str)] = &[
         "stable-diffusion-xl-controlnet-union",
         "StableDiffusionXLControlNetUnionImg2ImgPipeline",
     ),
-    (
-        "stable-diffusion-xl-pag",
-        "StableDiffusionXLPAGImg2ImgPipeline",
-    ),
+    ("stable-diffusion-xl-pag", "StableDiffusionXLPAGImg2ImgPipeline"),
     (
         "stable-diffusion-xl-controlnet-pag",
         "StableDiffusionXLControlNetPAGImg2ImgPipeline",
@@ -628,10 +604,7 @@ const AUTO_INPAINT_PIPELINES_MAPPING: &[(&str, &str)] = &[
         "stable-diffusion-3-controlnet",
         "StableDiffusion3ControlNetInpaintingPipeline",
     ),
-    (
-        "stable-diffusion-xl-pag",
-        "StableDiffusionXLPAGInpaintPipeline",
-    ),
+    ("stable-diffusion-xl-pag", "StableDiffusionXLPAGInpaintPipeline"),
     ("flux", "FluxInpaintPipeline"),
     ("flux-controlnet", "FluxControlNetInpaintPipeline"),
     ("flux-control", "FluxControlInpaintPipeline"),
@@ -644,8 +617,7 @@ const AUTO_INPAINT_PIPELINES_MAPPING: &[(&str, &str)] = &[
 const AUTO_TEXT2VIDEO_PIPELINES_MAPPING: &[(&str, &str)] =
     &[("anyflow", "AnyFlowPipeline"), ("wan", "WanPipeline")];
 
-const AUTO_CONDITION2VIDEO_PIPELINES_MAPPING: &[(&str, &str)] =
-    &[("cosmos3-omni", "Cosmos3OmniPipeline")];
+const AUTO_CONDITION2VIDEO_PIPELINES_MAPPING: &[(&str, &str)] = &[("cosmos3-omni", "Cosmos3OmniPipeline")];
 
 const AUTO_IMAGE2VIDEO_PIPELINES_MAPPING: &[(&str, &str)] = &[
     ("anyflow-far", "AnyFlowFARPipeline"),
@@ -703,14 +675,8 @@ mod tests {
             ("StableDiffusionImg2ImgPipeline", Family::StableDiffusion),
             ("StableDiffusionInpaintPipeline", Family::StableDiffusion),
             ("StableDiffusionXLPipeline", Family::StableDiffusionXl),
-            (
-                "StableDiffusionXLImg2ImgPipeline",
-                Family::StableDiffusionXl,
-            ),
-            (
-                "StableDiffusionXLInpaintPipeline",
-                Family::StableDiffusionXl,
-            ),
+            ("StableDiffusionXLImg2ImgPipeline", Family::StableDiffusionXl),
+            ("StableDiffusionXLInpaintPipeline", Family::StableDiffusionXl),
         ] {
             for task in Task::ALL {
                 let r = resolve(cls, task).unwrap();
@@ -731,9 +697,7 @@ mod tests {
     #[test]
     fn diffusers_error_texts() {
         let m = error(resolve("ShapEImg2ImgPipeline", Task::Text2Image));
-        assert!(m.starts_with(
-            "AutoPipeline can't find a pipeline linked to ShapEImg2ImgPipeline for None. "
-        ));
+        assert!(m.starts_with("AutoPipeline can't find a pipeline linked to ShapEImg2ImgPipeline for None. "));
         assert!(m.ends_with("stable-diffusion, stable-diffusion-xl"));
         let m = error(resolve("LatentConsistencyModelPipeline", Task::Inpaint));
         assert!(m.starts_with(
@@ -752,7 +716,9 @@ mod tests {
             Task::Image2Image,
             Modifiers::default(),
         ));
-        assert!(m.starts_with("AutoPipeline can't find a pipeline linked to CogView4ControlPipeline for cogview4-control."));
+        assert!(m.starts_with(
+            "AutoPipeline can't find a pipeline linked to CogView4ControlPipeline for cogview4-control."
+        ));
     }
 
     #[test]
@@ -814,12 +780,10 @@ mod tests {
             with("FluxControlPipeline", Task::Text2Image, cn),
             "FluxControlNetPipeline"
         );
-        assert!(
-            resolve_with("StableDiffusionPipeline", Task::Text2Image, pag)
-                .unwrap()
-                .family
-                .is_none()
-        );
+        assert!(resolve_with("StableDiffusionPipeline", Task::Text2Image, pag)
+            .unwrap()
+            .family
+            .is_none());
         let pipe = |c: &str, t, m| resolve_from_pipe(c, t, m).unwrap().pipeline_class;
         assert_eq!(
             pipe("StableDiffusionXLPAGPipeline", Task::Image2Image, cn),
@@ -832,11 +796,7 @@ mod tests {
         // diffusers' inpaint `controlnet=None` rename only matches `ControlNetInpaintPipeline`, so
         // the controlnet stays when PAG is on: the quirk is kept.
         assert_eq!(
-            pipe(
-                "StableDiffusionControlNetPAGInpaintPipeline",
-                Task::Inpaint,
-                off
-            ),
+            pipe("StableDiffusionControlNetPAGInpaintPipeline", Task::Inpaint, off),
             "StableDiffusionControlNetInpaintPipeline"
         );
         assert_eq!(

@@ -168,7 +168,7 @@ impl TorchCpuGenerator {
         for chunk in data.chunks_exact_mut(16) {
             normal_fill_16(chunk);
         }
-        if numel % 16 != 0 {
+        if !numel.is_multiple_of(16) {
             let tail = &mut data[numel - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();

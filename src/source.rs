@@ -94,9 +94,7 @@ impl ModelSource {
     /// Nothing is downloaded here; [`ModelSource::model_index`] is the first fetch.
     pub fn resolve(id_or_path: &str, opts: &SourceOptions) -> Result<Self> {
         if id_or_path.is_empty() {
-            return Err(Error::InvalidArgument(
-                "the model id or path is empty".into(),
-            ));
+            return Err(Error::InvalidArgument("the model id or path is empty".into()));
         }
         // Empty strings (what a C caller passes for "not set") mean "not set".
         let set = |o: &Option<String>| o.clone().filter(|s| !s.is_empty());
@@ -126,9 +124,7 @@ impl ModelSource {
                     .components()
                     .all(|c| matches!(c, PathComponent::Normal(_)))
             {
-                return Err(Error::InvalidArgument(format!(
-                    "invalid revision '{revision}'"
-                )));
+                return Err(Error::InvalidArgument(format!("invalid revision '{revision}'")));
             }
             let cache_dir = match &opts.cache_dir {
                 Some(dir) => dir.clone(),
@@ -138,8 +134,7 @@ impl ModelSource {
                 repo_id: id_or_path.to_string(),
                 revision,
                 cache_dir,
-                offline: opts.local_files_only
-                    || opts.offline.unwrap_or_else(|| env_flag("HF_HUB_OFFLINE")),
+                offline: opts.local_files_only || opts.offline.unwrap_or_else(|| env_flag("HF_HUB_OFFLINE")),
                 token: set(&opts.token).or_else(default_token),
                 endpoint: std::env::var("HF_ENDPOINT")
                     .ok()
@@ -222,10 +217,7 @@ impl ModelSource {
     pub fn component_location(&self, component: &str) -> String {
         match &self.location {
             Location::Local(local) => local.root.join(component).display().to_string(),
-            Location::Hub(hub) => format!(
-                "{}/{component} (hub, revision {})",
-                hub.repo_id, hub.revision
-            ),
+            Location::Hub(hub) => format!("{}/{component} (hub, revision {})", hub.repo_id, hub.revision),
         }
     }
 
@@ -290,10 +282,7 @@ impl ModelSource {
         let has = |name: &str| files.iter().any(|f| f == name);
 
         let mut candidates: Vec<(String, bool)> = Vec::new(); // (file name, is an index)
-        let variant = self
-            .variant
-            .as_deref()
-            .filter(|v| has_variant_files(&files, v));
+        let variant = self.variant.as_deref().filter(|v| has_variant_files(&files, v));
         if let Some(v) = variant {
             candidates.push((format!("{base}.safetensors.index.{v}.json"), true));
             candidates.push((format!("{base}.safetensors.{v}.index.json"), true));
@@ -638,9 +627,7 @@ impl HubRepo {
     /// Snapshot files are symlinks into `blobs/`: both must stay inside the repo's cache folder.
     fn contain(&self, path: &Path) -> Result<()> {
         let repo_dir = self.repo_dir();
-        let root = repo_dir
-            .canonicalize()
-            .map_err(|e| Error::io(&repo_dir, e))?;
+        let root = repo_dir.canonicalize().map_err(|e| Error::io(&repo_dir, e))?;
         let real = path.canonicalize().map_err(|e| Error::io(path, e))?;
         if real.starts_with(&root) {
             Ok(())
@@ -836,7 +823,8 @@ fn default_cache_dir() -> Result<PathBuf> {
         .or_else(|| hf_home().map(|h| h.join("hub")))
         .ok_or_else(|| {
             Error::Io(
-                "cannot locate the Hugging Face cache: set HF_HUB_CACHE or HF_HOME (no home folder found)".into(),
+                "cannot locate the Hugging Face cache: set HF_HUB_CACHE or HF_HOME (no home folder found)"
+                    .into(),
             )
         })
 }
@@ -936,8 +924,7 @@ mod tests {
                     let lower = line.to_ascii_lowercase();
                     if let Some(r) = lower.strip_prefix("range: bytes=") {
                         let (start, end) = r.trim().split_once('-').unwrap();
-                        range_start =
-                            Some((start.parse::<usize>().unwrap(), end.parse::<usize>().ok()));
+                        range_start = Some((start.parse::<usize>().unwrap(), end.parse::<usize>().ok()));
                     }
                 }
                 let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
@@ -948,10 +935,7 @@ mod tests {
                         .iter()
                         .map(|(f, _)| format!("{{\"rfilename\":\"{f}\"}}"))
                         .collect();
-                    let body = format!(
-                        "{{\"sha\":\"{COMMIT}\",\"siblings\":[{}]}}",
-                        siblings.join(",")
-                    );
+                    let body = format!("{{\"sha\":\"{COMMIT}\",\"siblings\":[{}]}}", siblings.join(","));
                     ("200 OK", String::new(), body.into_bytes())
                 } else if let Some((_, text)) = path
                     .strip_prefix(&resolve)
@@ -989,12 +973,7 @@ mod tests {
         endpoint
     }
 
-    fn hub_source(
-        repo_id: &str,
-        cache_dir: &Path,
-        endpoint: &str,
-        variant: Option<&str>,
-    ) -> ModelSource {
+    fn hub_source(repo_id: &str, cache_dir: &Path, endpoint: &str, variant: Option<&str>) -> ModelSource {
         ModelSource {
             display: repo_id.to_string(),
             variant: variant.map(str::to_string),
@@ -1011,8 +990,7 @@ mod tests {
     }
 
     fn temp_cache(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("autopipeline-unit-{}-{tag}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("autopipeline-unit-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -1060,9 +1038,7 @@ mod tests {
             offline.model_index().unwrap().class_name,
             "StableDiffusionPipeline"
         );
-        let err = offline
-            .weights("unet", "diffusion_pytorch_model")
-            .unwrap_err();
+        let err = offline.weights("unet", "diffusion_pytorch_model").unwrap_err();
         // Only the fp16 file was fetched, and without the variant the folder has no regular weights.
         assert!(matches!(err, Error::NotFound(_)), "{err:?}");
         let _ = std::fs::remove_dir_all(&cache);
@@ -1091,21 +1067,14 @@ mod tests {
             r#"{"_class_name": "StableDiffusionXLPipeline"}"#,
         )
         .unwrap();
-        std::fs::write(
-            snapshot.join("unet/diffusion_pytorch_model.safetensors"),
-            "w",
-        )
-        .unwrap();
+        std::fs::write(snapshot.join("unet/diffusion_pytorch_model.safetensors"), "w").unwrap();
         let source = hub_source("org/cached", &cache, "http://127.0.0.1:1", None);
         assert_eq!(
             source.model_index().unwrap().class_name,
             "StableDiffusionXLPipeline"
         );
         assert_eq!(
-            source
-                .weights("unet", "diffusion_pytorch_model")
-                .unwrap()
-                .len(),
+            source.weights("unet", "diffusion_pytorch_model").unwrap().len(),
             1
         );
         let err = source.file("vae", "config.json").unwrap_err();

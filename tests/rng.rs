@@ -11,14 +11,11 @@ fn randn_matches_torch_bit_exactly() {
     let dir = common::data_dir();
     let index_path = dir.join("rng").join("rng.json");
     let index: Value = serde_json::from_str(
-        &std::fs::read_to_string(&index_path)
-            .unwrap_or_else(|e| panic!("{}: {e}", index_path.display())),
+        &std::fs::read_to_string(&index_path).unwrap_or_else(|e| panic!("{}: {e}", index_path.display())),
     )
     .expect("rng.json is valid JSON");
 
-    let cases = index["cases"]
-        .as_array()
-        .expect("rng.json has a cases array");
+    let cases = index["cases"].as_array().expect("rng.json has a cases array");
     assert!(!cases.is_empty());
     let mut draws_checked = 0;
     let mut failures = Vec::new();
@@ -57,11 +54,7 @@ fn randn_matches_torch_bit_exactly() {
             draws_checked += 1;
         }
     }
-    assert!(
-        failures.is_empty(),
-        "bit mismatches:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "bit mismatches:\n{}", failures.join("\n"));
     eprintln!(
         "{draws_checked} draws over {} cases matched bit for bit",
         cases.len()

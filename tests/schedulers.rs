@@ -14,7 +14,16 @@ fn npy(rel: &str) -> Tensor {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn config_of(case: &Value) -> SchedulerConfig {
@@ -25,7 +34,10 @@ fn config_of(case: &Value) -> SchedulerConfig {
 
 fn cases() -> Vec<Value> {
     let dir = common::data_dir().join("components/schedulers");
-    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     names
         .iter()
@@ -34,7 +46,11 @@ fn cases() -> Vec<Value> {
 }
 
 fn as_f64s(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -46,9 +62,18 @@ fn set_timesteps_matches_diffusers() {
         for (n, want) in case["set_timesteps"].as_object().unwrap() {
             let mut s = build(&cfg).unwrap();
             s.set_timesteps(n.parse().unwrap()).unwrap();
-            assert_eq!(s.timesteps(), as_f64s(&want["timesteps"]).as_slice(), "{} n={n}", case["name"]);
+            assert_eq!(
+                s.timesteps(),
+                as_f64s(&want["timesteps"]).as_slice(),
+                "{} n={n}",
+                case["name"]
+            );
             let ins = want["init_noise_sigma"].as_f64().unwrap();
-            assert!((s.init_noise_sigma() - ins).abs() < 1e-6 * ins, "{} init_noise_sigma", case["name"]);
+            assert!(
+                (s.init_noise_sigma() - ins).abs() < 1e-6 * ins,
+                "{} init_noise_sigma",
+                case["name"]
+            );
             if let Some(sig) = want.get("sigmas") {
                 // torch's vectorised linspace/cumprod round a few training sigmas one float32 ulp
                 // differently; 1e-6 relative is two ulps, far below what would move an image.
@@ -57,7 +82,11 @@ fn set_timesteps_matches_diffusers() {
                 assert_eq!(got.len(), want.len(), "{} n={n} sigma count", case["name"]);
                 for (g, w) in got.iter().zip(&want) {
                     let tol = 1e-6 * w.abs();
-                    assert!((*g as f64 - w).abs() <= tol, "{} n={n} sigma {g} vs {w}", case["name"]);
+                    assert!(
+                        (*g as f64 - w).abs() <= tol,
+                        "{} n={n} sigma {g} vs {w}",
+                        case["name"]
+                    );
                 }
             }
         }
@@ -74,8 +103,18 @@ fn img2img_truncation_matches_diffusers() {
             let mut s = build(&cfg).unwrap();
             s.set_timesteps(n).unwrap();
             let (start, steps) = strength_start(n, strength, s.order());
-            assert_eq!(&s.timesteps()[start..], as_f64s(&want["timesteps"]).as_slice(), "{} {key}", case["name"]);
-            assert_eq!(steps as u64, want["effective_steps"].as_u64().unwrap(), "{} {key}", case["name"]);
+            assert_eq!(
+                &s.timesteps()[start..],
+                as_f64s(&want["timesteps"]).as_slice(),
+                "{} {key}",
+                case["name"]
+            );
+            assert_eq!(
+                steps as u64,
+                want["effective_steps"].as_u64().unwrap(),
+                "{} {key}",
+                case["name"]
+            );
         }
     }
 }
@@ -115,7 +154,11 @@ fn add_noise_matches_diffusers() {
         let t = an["timestep"].as_f64().unwrap();
         assert_eq!(s.timesteps()[start], t);
         let got = s
-            .add_noise(&npy(an["clean"].as_str().unwrap()), &npy(an["noise"].as_str().unwrap()), t)
+            .add_noise(
+                &npy(an["clean"].as_str().unwrap()),
+                &npy(an["noise"].as_str().unwrap()),
+                t,
+            )
             .unwrap();
         let d = max_diff(&got, &npy(an["result"].as_str().unwrap()));
         assert!(d < 1e-5, "{}: add_noise differs by {d}", case["name"]);
@@ -126,5 +169,8 @@ fn add_noise_matches_diffusers() {
 fn unknown_scheduler_is_refused_with_the_supported_list() {
     let cfg = SchedulerConfig::from_json(r#"{"_class_name": "FancyScheduler"}"#, "test").unwrap();
     let err = build(&cfg).err().expect("must fail").to_string();
-    assert!(err.contains("FancyScheduler") && err.contains("PNDMScheduler"), "{err}");
+    assert!(
+        err.contains("FancyScheduler") && err.contains("PNDMScheduler"),
+        "{err}"
+    );
 }

@@ -20,10 +20,7 @@ impl TempDir {
     fn new(tag: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "autopipeline-test-{}-{n}-{tag}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("autopipeline-test-{}-{n}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -94,10 +91,9 @@ const SD_INDEX: &str = r#"{
 #[test]
 fn every_errors_json_case_has_diffusers_category_and_text() {
     let data = common::data_dir();
-    let cases: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(data.join("unsupported/errors.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(data.join("unsupported/errors.json")).unwrap())
+            .unwrap();
     assert_eq!(cases.len(), 15);
     let empty_cache = TempDir::new("empty-cache");
     let prefix = format!("{}/", data.display());
@@ -136,9 +132,7 @@ fn every_errors_json_case_has_diffusers_category_and_text() {
                 assert!(matches!(err, Error::InvalidModel(_)), "{context}");
                 assert!(message.starts_with(expected), "{context}");
             }
-            "OSError"
-                if expected.contains("does not appear to have a file named model_index.json") =>
-            {
+            "OSError" if expected.contains("does not appear to have a file named model_index.json") => {
                 assert!(matches!(err, Error::NotFound(_)), "{context}");
                 let stem = expected.trim_end_matches('.');
                 assert!(message.starts_with(stem), "{context}");
@@ -174,8 +168,7 @@ fn missing_folder_given_as_a_path_is_not_found() {
 fn every_task_matrix_row_resolves_to_the_recorded_class() {
     let data = common::data_dir();
     let rows: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(data.join("task_matrix.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(data.join("task_matrix.json")).unwrap()).unwrap();
     assert_eq!(rows.len(), 15);
     for row in &rows {
         assert_eq!(row["load"], "ok");
@@ -184,10 +177,7 @@ fn every_task_matrix_row_resolves_to_the_recorded_class() {
             &SourceOptions::default(),
         );
         let plan = registry::plan(&source, task(row["task"].as_str().unwrap())).unwrap();
-        assert_eq!(
-            plan.index.class_name,
-            row["model_index_class"].as_str().unwrap()
-        );
+        assert_eq!(plan.index.class_name, row["model_index_class"].as_str().unwrap());
         assert_eq!(
             plan.resolved.pipeline_class,
             row["resolved_class"].as_str().unwrap(),
@@ -228,25 +218,13 @@ fn every_task_matrix_row_resolves_to_the_recorded_class() {
 #[test]
 fn checkpoint_files_and_configs() {
     let data = common::data_dir();
-    let sd15 = local(
-        &data.join("checkpoints/sd15-tiny"),
-        &SourceOptions::default(),
-    );
+    let sd15 = local(&data.join("checkpoints/sd15-tiny"), &SourceOptions::default());
     let index = sd15.model_index().unwrap();
     assert_eq!(index.config_bool("requires_safety_checker"), Some(false));
-    assert_eq!(
-        index.component("scheduler").unwrap().class_name,
-        "PNDMScheduler"
-    );
-    assert!(sd15
-        .file("scheduler", "scheduler_config.json")
-        .unwrap()
-        .is_file());
+    assert_eq!(index.component("scheduler").unwrap().class_name, "PNDMScheduler");
+    assert!(sd15.file("scheduler", "scheduler_config.json").unwrap().is_file());
     assert!(sd15.file("tokenizer", "vocab.json").unwrap().is_file());
-    assert_eq!(
-        sd15.optional_file("tokenizer", "tokenizer.json").unwrap(),
-        None
-    );
+    assert_eq!(sd15.optional_file("tokenizer", "tokenizer.json").unwrap(), None);
     let err = sd15.file("tokenizer", "tokenizer.json").unwrap_err();
     assert!(
         matches!(&err, Error::NotFound(m) if m.starts_with("Error no file named tokenizer.json found in directory")
@@ -259,20 +237,14 @@ fn checkpoint_files_and_configs() {
         ["config.json", "diffusion_pytorch_model.safetensors"]
     );
 
-    let sdxl = local(
-        &data.join("checkpoints/sdxl-tiny"),
-        &SourceOptions::default(),
-    );
+    let sdxl = local(&data.join("checkpoints/sdxl-tiny"), &SourceOptions::default());
     assert_eq!(
         sdxl.model_index()
             .unwrap()
             .config_bool("force_zeros_for_empty_prompt"),
         Some(true)
     );
-    assert!(sdxl
-        .file("tokenizer_2", "tokenizer.json")
-        .unwrap()
-        .is_file());
+    assert!(sdxl.file("tokenizer_2", "tokenizer.json").unwrap().is_file());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,9 +337,9 @@ fn unsupported_family_with_all_folders_is_reported_as_not_yet() {
     );
     // The task lookup comes first: lcm has no inpainting pipeline.
     let err = registry::plan(&source, Task::Inpaint).unwrap_err();
-    assert!(err.to_string().starts_with(
-        "AutoPipeline can't find a pipeline linked to LatentConsistencyModelPipeline for lcm"
-    ));
+    assert!(err
+        .to_string()
+        .starts_with("AutoPipeline can't find a pipeline linked to LatentConsistencyModelPipeline for lcm"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,8 +403,7 @@ fn variant_files_are_preferred_with_per_component_fallback() {
         ["diffusion_pytorch_model.safetensors"]
     );
 
-    let err =
-        ModelSource::resolve(dir.path().to_str().unwrap(), &with_variant("../fp16")).unwrap_err();
+    let err = ModelSource::resolve(dir.path().to_str().unwrap(), &with_variant("../fp16")).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
 }
 
@@ -447,9 +418,7 @@ fn variant_without_safetensors_of_it_falls_back_then_refuses_pickles() {
         names(&source.weights("unet", "diffusion_pytorch_model").unwrap()),
         ["diffusion_pytorch_model.safetensors"]
     );
-    let err = source
-        .weights("vae", "diffusion_pytorch_model")
-        .unwrap_err();
+    let err = source.weights("vae", "diffusion_pytorch_model").unwrap_err();
     assert!(
         matches!(&err, Error::Unsupported(m) if m.contains("diffusion_pytorch_model.fp16.bin")),
         "{err:?}"
@@ -471,11 +440,7 @@ fn sharded_weights_follow_the_index() {
     let shard2 = "diffusion_pytorch_model-00002-of-00002.safetensors";
     dir.write(
         "unet/diffusion_pytorch_model.safetensors.index.json",
-        &index_json(&[
-            ("a.weight", shard2),
-            ("b.weight", shard1),
-            ("c.weight", shard1),
-        ]),
+        &index_json(&[("a.weight", shard2), ("b.weight", shard1), ("c.weight", shard1)]),
     );
     dir.write(&format!("unet/{shard1}"), "x");
     dir.write(&format!("unet/{shard2}"), "x");
@@ -504,10 +469,7 @@ fn sharded_weights_follow_the_index() {
     );
     dir.write(&format!("vae/{legacy1}"), "x");
     let fp16 = local(dir.path(), &with_variant("fp16"));
-    assert_eq!(
-        names(&fp16.weights("text_encoder", "model").unwrap()),
-        [v1, v2]
-    );
+    assert_eq!(names(&fp16.weights("text_encoder", "model").unwrap()), [v1, v2]);
     assert_eq!(
         names(&fp16.weights("vae", "diffusion_pytorch_model").unwrap()),
         [legacy1]
@@ -532,9 +494,7 @@ fn broken_indexes_are_refused() {
         index,
         &index_json(&[("a", "diffusion_pytorch_model-00001-of-00002.safetensors")]),
     );
-    let err = source
-        .weights("unet", "diffusion_pytorch_model")
-        .unwrap_err();
+    let err = source.weights("unet", "diffusion_pytorch_model").unwrap_err();
     assert!(
         matches!(&err, Error::NotFound(m) if m.contains("diffusion_pytorch_model-00001-of-00002.safetensors")
         && m.contains("required according to the checkpoint index")),
@@ -542,16 +502,9 @@ fn broken_indexes_are_refused() {
     );
 
     dir.write("secret.safetensors", "x");
-    for shard in [
-        "../secret.safetensors",
-        "/etc/passwd",
-        "sub/x.safetensors",
-        "..",
-    ] {
+    for shard in ["../secret.safetensors", "/etc/passwd", "sub/x.safetensors", ".."] {
         dir.write(index, &index_json(&[("a", shard)]));
-        let err = source
-            .weights("unet", "diffusion_pytorch_model")
-            .unwrap_err();
+        let err = source.weights("unet", "diffusion_pytorch_model").unwrap_err();
         assert!(
             matches!(&err, Error::InvalidModel(m) if m.contains("path separator")),
             "{shard}: {err:?}"
@@ -559,9 +512,7 @@ fn broken_indexes_are_refused() {
     }
 
     dir.write(index, "{\"weight_map\": ");
-    let err = source
-        .weights("unet", "diffusion_pytorch_model")
-        .unwrap_err();
+    let err = source.weights("unet", "diffusion_pytorch_model").unwrap_err();
     assert!(
         matches!(&err, Error::InvalidModel(m) if m.contains("index.json")),
         "{err:?}"
@@ -588,11 +539,7 @@ fn pickle_weights_are_refused_and_missing_weights_are_not_found() {
     dir.write("empty/config.json", "{}");
     let source = local(dir.path(), &SourceOptions::default());
     for (component, base, file) in [
-        (
-            "unet",
-            "diffusion_pytorch_model",
-            "diffusion_pytorch_model.bin",
-        ),
+        ("unet", "diffusion_pytorch_model", "diffusion_pytorch_model.bin"),
         ("text_encoder", "model", "pytorch_model.bin"),
         ("vae", "diffusion_pytorch_model", "model.ckpt"),
     ] {
@@ -611,17 +558,12 @@ fn pickle_weights_are_refused_and_missing_weights_are_not_found() {
         );
     }
     for component in ["empty", "missing"] {
-        let err = source
-            .weights(component, "diffusion_pytorch_model")
-            .unwrap_err();
+        let err = source.weights(component, "diffusion_pytorch_model").unwrap_err();
         let expected = format!(
             "Error no file named diffusion_pytorch_model.safetensors found in directory {}.",
             dir.path().join(component).display()
         );
-        assert!(
-            matches!(&err, Error::NotFound(m) if *m == expected),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Error::NotFound(m) if *m == expected), "{err:?}");
     }
 }
 
@@ -665,11 +607,7 @@ fn names_that_leave_the_folder_are_invalid() {
         "model_index.json",
         r#"{"_class_name": "PixArtAlphaPipeline", "../vae": ["diffusers", "AutoencoderKL"]}"#,
     );
-    let err = registry::plan(
-        &local(evil.path(), &SourceOptions::default()),
-        Task::Text2Image,
-    )
-    .unwrap_err();
+    let err = registry::plan(&local(evil.path(), &SourceOptions::default()), Task::Text2Image).unwrap_err();
     assert!(matches!(err, Error::InvalidModel(_)), "{err:?}");
 }
 
@@ -683,11 +621,7 @@ fn symlinks_that_leave_the_folder_are_invalid() {
     dir.write("ckpt/model_index.json", SD_INDEX);
     dir.write("ckpt/vae/real.safetensors", "x");
     std::fs::create_dir_all(root.join("unet")).unwrap();
-    symlink(
-        &outside,
-        root.join("unet/diffusion_pytorch_model.safetensors"),
-    )
-    .unwrap();
+    symlink(&outside, root.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     symlink(dir.path().join("outside"), root.join("text_encoder")).unwrap();
     // A link that stays inside is fine.
     symlink(
@@ -697,9 +631,7 @@ fn symlinks_that_leave_the_folder_are_invalid() {
     .unwrap();
 
     let source = local(&root, &SourceOptions::default());
-    let err = source
-        .weights("unet", "diffusion_pytorch_model")
-        .unwrap_err();
+    let err = source.weights("unet", "diffusion_pytorch_model").unwrap_err();
     assert!(
         matches!(&err, Error::InvalidModel(m) if m.contains("outside the checkpoint folder")),
         "{err:?}"
@@ -797,8 +729,7 @@ fn fake_hub_cache() -> TempDir {
     );
     let v1 = format!("{repo}/snapshots/{COMMIT_V1}");
     let sdxl_index =
-        std::fs::read_to_string(common::data_dir().join("checkpoints/sdxl-tiny/model_index.json"))
-            .unwrap();
+        std::fs::read_to_string(common::data_dir().join("checkpoints/sdxl-tiny/model_index.json")).unwrap();
     put_cached(&cache, repo, &format!("{v1}/model_index.json"), &sdxl_index);
     cache
 }
@@ -830,10 +761,7 @@ fn hub_ids_are_served_from_the_cache_offline() {
     assert_eq!(source.local_dir().unwrap(), snapshot);
 
     let plan = registry::plan(&source, Task::Image2Image).unwrap();
-    assert_eq!(
-        plan.resolved.pipeline_class,
-        "StableDiffusionImg2ImgPipeline"
-    );
+    assert_eq!(plan.resolved.pipeline_class, "StableDiffusionImg2ImgPipeline");
     assert_eq!(
         source.file("unet", "config.json").unwrap(),
         snapshot.join("unet/config.json")
@@ -855,9 +783,7 @@ fn hub_ids_are_served_from_the_cache_offline() {
         && m.contains("offline")),
         "{err:?}"
     );
-    let err = source
-        .weights("vae", "diffusion_pytorch_model")
-        .unwrap_err();
+    let err = source.weights("vae", "diffusion_pytorch_model").unwrap_err();
     assert!(
         matches!(&err, Error::NotFound(m) if m.contains("diffusion_pytorch_model.safetensors") && m.contains("org/tiny-sd/vae")),
         "{err:?}"

@@ -70,8 +70,7 @@ fn check_all(
         .filter_map(|case| {
             let got = actual(case);
             let want = expected(case);
-            (&got != want)
-                .then(|| format!("  {:?}\n    got  {got:?}\n    want {want:?}", case.text))
+            (&got != want).then(|| format!("  {:?}\n    got  {got:?}\n    want {want:?}", case.text))
         })
         .collect();
     assert!(
@@ -88,10 +87,7 @@ fn full_vocab_pad_endoftext() {
     let cases = cases();
     let tok = load(&tokenizers_dir().join("clip-full"));
     assert_eq!(tok.vocab_size(), 49408);
-    assert_eq!(
-        (tok.bos_id(), tok.eos_id(), tok.pad_id()),
-        (49406, 49407, 49407)
-    );
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (49406, 49407, 49407));
     assert_eq!(tok.max_length(), 77);
     assert_eq!(
         tok.encode_unpadded("a photo of a cat"),
@@ -139,10 +135,7 @@ fn tiny_vocab_both_pads() {
     let cases = cases();
     let tok = load(&tokenizers_dir().join("clip-tiny"));
     assert_eq!(tok.vocab_size(), 1514);
-    assert_eq!(
-        (tok.bos_id(), tok.eos_id(), tok.pad_id()),
-        (1512, 1513, 1513)
-    );
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (1512, 1513, 1513));
     check_all(
         "tiny, pad <|endoftext|>",
         &cases,
@@ -178,10 +171,7 @@ fn full_vocab_legacy_files() {
     let result = std::panic::catch_unwind(|| {
         let tok = load(&tmp);
         assert_eq!(tok.vocab_size(), 49408);
-        assert_eq!(
-            (tok.bos_id(), tok.eos_id(), tok.pad_id()),
-            (49406, 49407, 49407)
-        );
+        assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (49406, 49407, 49407));
         check_all(
             "full legacy, pad <|endoftext|>",
             &cases,
@@ -261,8 +251,7 @@ fn checkpoint_layouts_load_identical_ids() {
 fn missing_files_are_reported_with_the_folder() {
     let err = ClipTokenizer::from_dir(&tokenizers_dir().join("does-not-exist")).unwrap_err();
     assert!(err.to_string().contains("does-not-exist"), "{err}");
-    let empty =
-        std::env::temp_dir().join(format!("autopipeline-clip-empty-{}", std::process::id()));
+    let empty = std::env::temp_dir().join(format!("autopipeline-clip-empty-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
     let err = ClipTokenizer::from_dir(&empty).unwrap_err().to_string();
     std::fs::remove_dir_all(&empty).ok();
@@ -293,11 +282,7 @@ fn special_tokens_in_prompts_follow_transformers() {
         ),
     ];
     for (i, (tok, upper_eos)) in cases.iter().enumerate() {
-        assert_eq!(
-            &tok.encode_unpadded("<|ENDOFTEXT|>"),
-            *upper_eos,
-            "case {i}"
-        );
+        assert_eq!(&tok.encode_unpadded("<|ENDOFTEXT|>"), *upper_eos, "case {i}");
         assert_eq!(
             tok.encode_unpadded("<|STARTOFTEXT|>"),
             vec![1512, 1512, 1513],
@@ -314,10 +299,7 @@ fn special_tokens_in_prompts_follow_transformers() {
         full.encode_unpadded("<|ENDOFTEXT|>"),
         vec![49406, 27, 347, 40786, 4160, 91, 285, 49407]
     );
-    assert_eq!(
-        full.encode_unpadded("Σ!"),
-        vec![49406, 139, 481, 256, 49407]
-    );
+    assert_eq!(full.encode_unpadded("Σ!"), vec![49406, 139, 481, 256, 49407]);
     let full = full.with_pad_token("!").unwrap();
     assert_eq!(full.encode_unpadded("Σ!"), vec![49406, 139, 481, 0, 49407]);
 }

@@ -103,7 +103,9 @@ impl EncoderLayer {
         let head_dim = h / self.heads;
         let normed = self.layer_norm1.forward(xs)?;
         let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, l, self.heads, head_dim))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, l, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split((self.q.forward(&normed)? * (head_dim as f64).powf(-0.5))?)?;
         let k = split(self.k.forward(&normed)?)?;
@@ -112,7 +114,11 @@ impl EncoderLayer {
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
         let xs = (self.out.forward(&attn)? + xs)?;
-        let mlp = self.fc2.forward(&self.act.apply(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?)?;
+        let mlp = self.fc2.forward(
+            &self
+                .act
+                .apply(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?,
+        )?;
         mlp + xs
     }
 }
@@ -144,8 +150,9 @@ pub struct ClipTextModel {
 impl ClipTextModel {
     /// Builds the model from `config`; `with_projection` loads `text_projection.weight` too.
     pub fn new(vb: VarBuilder, config: ClipTextConfig, with_projection: bool) -> Result<Self> {
-        let act = Activation::parse(&config.hidden_act)
-            .ok_or_else(|| candle_core::Error::Msg(format!("unsupported CLIP hidden_act {:?}", config.hidden_act)))?;
+        let act = Activation::parse(&config.hidden_act).ok_or_else(|| {
+            candle_core::Error::Msg(format!("unsupported CLIP hidden_act {:?}", config.hidden_act))
+        })?;
         // Hub checkpoints (transformers 4) prefix every key with `text_model.`; transformers 5 saves a
         // plain CLIPTextModel without it. Accept both.
         let tm = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
@@ -236,7 +243,9 @@ impl ClipTextModel {
                     let max = row.iter().copied().max().unwrap_or(0);
                     row.iter().position(|&t| t == max).unwrap_or(0)
                 } else {
-                    row.iter().position(|&t| t == self.config.eos_token_id).unwrap_or(0)
+                    row.iter()
+                        .position(|&t| t == self.config.eos_token_id)
+                        .unwrap_or(0)
                 }
             })
             .collect())

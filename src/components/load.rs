@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound(format!("{} not found: the checkpoint is missing this component's config", path.display()))
+            Error::NotFound(format!(
+                "{} not found: the checkpoint is missing this component's config",
+                path.display()
+            ))
         } else {
             Error::io(path, e)
         }
@@ -31,7 +34,10 @@ pub fn var_builder(weights: &[PathBuf], dtype: DType, device: &Device) -> Result
     // SAFETY: the mapped files are only read; the caller is told (above) not to modify them while in use.
     unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device) }.map_err(|e| {
         let names: Vec<String> = weights.iter().map(|p| p.display().to_string()).collect();
-        Error::InvalidModel(format!("cannot read safetensors weights {}: {e}", names.join(", ")))
+        Error::InvalidModel(format!(
+            "cannot read safetensors weights {}: {e}",
+            names.join(", ")
+        ))
     })
 }
 
@@ -41,25 +47,39 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut n = [0u8; 8];
-    let bad = |why: &str| Error::InvalidModel(format!("{} is not a valid safetensors file: {why}", path.display()));
-    f.read_exact(&mut n).map_err(|_| bad("shorter than its 8-byte header length"))?;
+    let bad = |why: &str| {
+        Error::InvalidModel(format!(
+            "{} is not a valid safetensors file: {why}",
+            path.display()
+        ))
+    };
+    f.read_exact(&mut n)
+        .map_err(|_| bad("shorter than its 8-byte header length"))?;
     let header_len = u64::from_le_bytes(n);
     if header_len > len.saturating_sub(8) || header_len > 100 << 20 {
         return Err(bad("header length exceeds the file size"));
     }
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header).map_err(|_| bad("truncated header"))?;
-    let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(&format!("header is not JSON ({e})")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(&format!("header is not JSON ({e})")))?;
     let data_len = len - 8 - header_len;
     if let Some(map) = json.as_object() {
         for (name, info) in map {
             if name == "__metadata__" {
                 continue;
             }
-            let end = info.get("data_offsets").and_then(|o| o.get(1)).and_then(|v| v.as_u64());
+            let end = info
+                .get("data_offsets")
+                .and_then(|o| o.get(1))
+                .and_then(|v| v.as_u64());
             match end {
                 Some(end) if end <= data_len => {}
-                _ => return Err(bad(&format!("tensor {name} lies beyond the end of the file (truncated download?)"))),
+                _ => {
+                    return Err(bad(&format!(
+                        "tensor {name} lies beyond the end of the file (truncated download?)"
+                    )))
+                }
             }
         }
     } else {

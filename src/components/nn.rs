@@ -98,7 +98,14 @@ pub struct ResnetConfig {
 impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, c: ResnetConfig) -> Result<Self> {
         let conv_shortcut = if c.in_channels != c.out_channels {
-            Some(conv2d(vb.pp("conv_shortcut"), c.in_channels, c.out_channels, 1, 1, 0)?)
+            Some(conv2d(
+                vb.pp("conv_shortcut"),
+                c.in_channels,
+                c.out_channels,
+                1,
+                1,
+                0,
+            )?)
         } else {
             None
         };
@@ -159,7 +166,9 @@ impl Downsample2D {
 impl Module for Downsample2D {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if self.asymmetric_pad {
-            let xs = xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
+            let xs = xs
+                .pad_with_zeros(D::Minus1, 0, 1)?
+                .pad_with_zeros(D::Minus2, 0, 1)?;
             self.conv.forward(&xs)
         } else {
             self.conv.forward(xs)

@@ -51,8 +51,7 @@ const CLIP_SPLIT_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// GPT-2's byte-level split pattern without its final `\s+(?!\S)` lookahead, which the `regex`
 /// crate lacks; [`ClipTokenizer::byte_level_split`] restores that rule by hand.
-const BYTE_LEVEL_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+const BYTE_LEVEL_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
 /// Words whose BPE result is remembered; the cache stops growing past this many entries.
 const CACHE_LIMIT: usize = 100_000;
 
@@ -245,12 +244,7 @@ impl ClipTokenizer {
         let parts = if tokenizer_json.is_file() {
             parts_from_tokenizer_json(&tokenizer_json)?
         } else if vocab_json.is_file() && merges_txt.is_file() {
-            parts_from_legacy(
-                &vocab_json,
-                &merges_txt,
-                config.as_ref(),
-                special_map.as_ref(),
-            )?
+            parts_from_legacy(&vocab_json, &merges_txt, config.as_ref(), special_map.as_ref())?
         } else {
             return Err(Error::NotFound(format!(
                 "tokenizer folder {} has neither tokenizer.json nor vocab.json + merges.txt",
@@ -411,10 +405,7 @@ impl ClipTokenizer {
                 *slot = vocab.get(&key).copied();
             }
         }
-        let unk_id = options
-            .unk_token
-            .as_ref()
-            .and_then(|unk| vocab.get(unk).copied());
+        let unk_id = options.unk_token.as_ref().and_then(|unk| vocab.get(unk).copied());
 
         let max_id = vocab
             .values()
@@ -431,9 +422,7 @@ impl ClipTokenizer {
             ("unk_token", DEFAULT_EOS),
             ("pad_token", DEFAULT_EOS),
         ] {
-            specials.push(
-                special_spec(&sources, key, config_name)?.unwrap_or_else(|| default_spec(default)),
-            );
+            specials.push(special_spec(&sources, key, config_name)?.unwrap_or_else(|| default_spec(default)));
         }
         let specials: [SpecialSpec; 4] = specials
             .try_into()
@@ -559,9 +548,9 @@ impl ClipTokenizer {
                 NormStep::Nfkd => s.nfkd().collect(),
                 // Per character, like tokenizers (no final-sigma context rule).
                 NormStep::Lowercase => s.chars().flat_map(char::to_lowercase).collect(),
-                NormStep::Replace { pattern, content } => pattern
-                    .replace_all(&s, NoExpand(content.as_str()))
-                    .into_owned(),
+                NormStep::Replace { pattern, content } => {
+                    pattern.replace_all(&s, NoExpand(content.as_str())).into_owned()
+                }
                 NormStep::Strip { left, right } => {
                     let mut t = s.as_str();
                     if *left {
@@ -595,10 +584,7 @@ impl ClipTokenizer {
                 words.push(piece);
             }
         }
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for word in words {
             if let Some(ids) = cache.get(word) {
                 out.extend_from_slice(ids);
@@ -688,10 +674,7 @@ struct Candidate {
 
 impl Ord for Candidate {
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .rank
-            .cmp(&self.rank)
-            .then_with(|| other.pos.cmp(&self.pos))
+        other.rank.cmp(&self.rank).then_with(|| other.pos.cmp(&self.pos))
     }
 }
 
@@ -881,11 +864,7 @@ fn default_spec(content: &str) -> SpecialSpec {
 }
 
 /// A special token from the first source that names it: a string or `{"content": ...}` dict.
-fn special_spec(
-    sources: &[Option<&Value>],
-    key: &str,
-    config_name: &str,
-) -> Result<Option<SpecialSpec>> {
+fn special_spec(sources: &[Option<&Value>], key: &str, config_name: &str) -> Result<Option<SpecialSpec>> {
     for source in sources.iter().flatten() {
         match source.get(key) {
             None | Some(Value::Null) => continue,
@@ -999,9 +978,7 @@ struct TokenizerJson {
 fn parse_merge_line(line: &str, number: usize, source: &str) -> Result<(String, String)> {
     let mut parts = line.split(' ');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => {
-            Ok((a.to_string(), b.to_string()))
-        }
+        (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
         _ => Err(Error::InvalidModel(format!(
             "{source}: merge {number} {line:?} is not two tokens separated by one space"
         ))),
@@ -1102,16 +1079,10 @@ fn parts_from_legacy(
     special_map: Option<&Value>,
 ) -> Result<Parts> {
     let vocab_name = vocab_path.display().to_string();
-    let vocab: HashMap<String, u32> =
-        serde_json::from_str(&read_text(vocab_path)?).map_err(|e| {
-            Error::InvalidModel(format!(
-                "{vocab_name}: not a JSON object of token → id: {e}"
-            ))
-        })?;
+    let vocab: HashMap<String, u32> = serde_json::from_str(&read_text(vocab_path)?)
+        .map_err(|e| Error::InvalidModel(format!("{vocab_name}: not a JSON object of token → id: {e}")))?;
     if vocab.is_empty() {
-        return Err(Error::InvalidModel(format!(
-            "{vocab_name}: vocabulary is empty"
-        )));
+        return Err(Error::InvalidModel(format!("{vocab_name}: vocabulary is empty")));
     }
     let merges_name = merges_path.display().to_string();
     let merges_text = read_text(merges_path)?;
@@ -1131,18 +1102,13 @@ fn parts_from_legacy(
     let mut added = Vec::new();
     if let Some(Value::Object(map)) = config.and_then(|c| c.get("added_tokens_decoder")) {
         for (id, token) in map {
-            let (Ok(id), Some(content)) = (
-                id.parse::<u32>(),
-                token.get("content").and_then(Value::as_str),
-            ) else {
+            let (Ok(id), Some(content)) = (id.parse::<u32>(), token.get("content").and_then(Value::as_str))
+            else {
                 return Err(Error::InvalidModel(format!(
                     "{config_name}: bad added_tokens_decoder entry {id:?}"
                 )));
             };
-            let normalized = token
-                .get("normalized")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            let normalized = token.get("normalized").and_then(Value::as_bool).unwrap_or(false);
             added.push((content.to_string(), id, normalized));
         }
         added.sort_by_key(|(_, id, _)| *id);
@@ -1182,9 +1148,8 @@ fn parse_pattern(value: Option<&Value>, name: &str, what: &str) -> Result<Regex>
             .map(str::to_string)
             .or_else(|| p.get("String").and_then(Value::as_str).map(regex::escape))
     });
-    let pattern = pattern.ok_or_else(|| {
-        Error::InvalidModel(format!("{name}: {what} has no Regex or String pattern"))
-    })?;
+    let pattern = pattern
+        .ok_or_else(|| Error::InvalidModel(format!("{name}: {what} has no Regex or String pattern")))?;
     compile(&pattern, &format!("{name}: {what}"))
 }
 
@@ -1203,9 +1168,7 @@ fn parse_normalizer(value: &Value, name: &str) -> Result<Vec<NormStep>> {
             let list = value
                 .get("normalizers")
                 .and_then(Value::as_array)
-                .ok_or_else(|| {
-                    Error::InvalidModel(format!("{name}: Sequence normalizer has no list"))
-                })?;
+                .ok_or_else(|| Error::InvalidModel(format!("{name}: Sequence normalizer has no list")))?;
             let mut steps = Vec::new();
             for item in list {
                 steps.extend(parse_normalizer(item, name)?);
@@ -1244,9 +1207,7 @@ fn parse_pre_tokenizer(value: &Value, name: &str) -> Result<(Vec<SplitStep>, boo
         value
             .get("pretokenizers")
             .and_then(Value::as_array)
-            .ok_or_else(|| {
-                Error::InvalidModel(format!("{name}: Sequence pre_tokenizer has no list"))
-            })?
+            .ok_or_else(|| Error::InvalidModel(format!("{name}: Sequence pre_tokenizer has no list")))?
             .iter()
             .collect()
     } else {
@@ -1263,10 +1224,7 @@ fn parse_pre_tokenizer(value: &Value, name: &str) -> Result<(Vec<SplitStep>, boo
         }
         match kind {
             "Split" => {
-                let behavior = item
-                    .get("behavior")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Removed");
+                let behavior = item.get("behavior").and_then(Value::as_str).unwrap_or("Removed");
                 let keep_both = match behavior {
                     "Removed" => false,
                     "Isolated" => true,
@@ -1288,11 +1246,7 @@ fn parse_pre_tokenizer(value: &Value, name: &str) -> Result<(Vec<SplitStep>, boo
                         "{name}: ByteLevel add_prefix_space is not supported"
                     )));
                 }
-                byte_level = Some(
-                    item.get("use_regex")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(true),
-                );
+                byte_level = Some(item.get("use_regex").and_then(Value::as_bool).unwrap_or(true));
             }
             other => {
                 return Err(Error::Unsupported(format!(
@@ -1325,25 +1279,20 @@ fn parse_post_processor(value: &Value, name: &str) -> Result<(u32, u32)> {
             .and_then(|id| u32::try_from(id).ok())
     };
     match type_of(value, name, "post_processor")? {
-        "RobertaProcessing" | "BertProcessing" => Ok((
-            pair_id("cls").ok_or_else(bad)?,
-            pair_id("sep").ok_or_else(bad)?,
-        )),
+        "RobertaProcessing" | "BertProcessing" => {
+            Ok((pair_id("cls").ok_or_else(bad)?, pair_id("sep").ok_or_else(bad)?))
+        }
         "TemplateProcessing" => {
-            let single = value
-                .get("single")
-                .and_then(Value::as_array)
-                .ok_or_else(bad)?;
+            let single = value.get("single").and_then(Value::as_array).ok_or_else(bad)?;
             let special = |item: &Value| {
                 let token = item.get("SpecialToken")?.get("id")?.as_str()?;
                 let ids = value.get("special_tokens")?.get(token)?.get("ids")?;
                 u32::try_from(ids.get(0)?.as_u64()?).ok()
             };
             match single.as_slice() {
-                [first, middle, last] if middle.get("Sequence").is_some() => Ok((
-                    special(first).ok_or_else(bad)?,
-                    special(last).ok_or_else(bad)?,
-                )),
+                [first, middle, last] if middle.get("Sequence").is_some() => {
+                    Ok((special(first).ok_or_else(bad)?, special(last).ok_or_else(bad)?))
+                }
                 _ => Err(bad()),
             }
         }

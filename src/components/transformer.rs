@@ -16,7 +16,13 @@ pub struct CrossAttention {
 }
 
 impl CrossAttention {
-    pub fn new(vb: VarBuilder, query_dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
             to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
@@ -131,7 +137,13 @@ impl Transformer2D {
         let head_dim = ch / c.heads;
         let blocks = (0..c.layers)
             .map(|i| {
-                BasicTransformerBlock::new(vb.pp(format!("transformer_blocks.{i}")), ch, c.context_dim, c.heads, head_dim)
+                BasicTransformerBlock::new(
+                    vb.pp(format!("transformer_blocks.{i}")),
+                    ch,
+                    c.context_dim,
+                    c.heads,
+                    head_dim,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {

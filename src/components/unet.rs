@@ -1,6 +1,8 @@
 //! diffusers `UNet2DConditionModel`, built from the checkpoint's own `config.json` (SD 1.x, SD 2.x, SDXL).
 
-use super::nn::{conv2d, timestep_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding, Upsample2D};
+use super::nn::{
+    conv2d, timestep_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding, Upsample2D,
+};
 use super::transformer::{Transformer2D, TransformerConfig};
 pub use super::unet_config::UNetConfig;
 use candle_core::{Module, Result, Tensor, D};
@@ -81,10 +83,24 @@ impl UNet2DConditionModel {
             use_linear_projection: c.use_linear_projection,
         };
 
-        let conv_in = conv2d(vb.pp("conv_in"), c.in_channels, ch0, c.conv_in_kernel, 1, (c.conv_in_kernel - 1) / 2)?;
+        let conv_in = conv2d(
+            vb.pp("conv_in"),
+            c.in_channels,
+            ch0,
+            c.conv_in_kernel,
+            1,
+            (c.conv_in_kernel - 1) / 2,
+        )?;
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch0, time_embed_dim)?;
-        let add_embedding = match (c.addition_embed_type.as_deref(), c.projection_class_embeddings_input_dim) {
-            (Some("text_time"), Some(dim)) => Some(TimestepEmbedding::new(vb.pp("add_embedding"), dim, time_embed_dim)?),
+        let add_embedding = match (
+            c.addition_embed_type.as_deref(),
+            c.projection_class_embeddings_input_dim,
+        ) {
+            (Some("text_time"), Some(dim)) => Some(TimestepEmbedding::new(
+                vb.pp("add_embedding"),
+                dim,
+                time_embed_dim,
+            )?),
             _ => None,
         };
 
@@ -99,7 +115,10 @@ impl UNet2DConditionModel {
             let mut attentions = Vec::new();
             for j in 0..layers[i] {
                 let r_in = if j == 0 { in_ch } else { out_ch };
-                resnets.push(ResnetBlock2D::new(vb.pp(format!("resnets.{j}")), resnet(r_in, out_ch, c.resnet_out_scale_factor))?);
+                resnets.push(ResnetBlock2D::new(
+                    vb.pp(format!("resnets.{j}")),
+                    resnet(r_in, out_ch, c.resnet_out_scale_factor),
+                )?);
                 if cross {
                     attentions.push(Transformer2D::new(
                         vb.pp(format!("attentions.{j}")),
@@ -108,21 +127,37 @@ impl UNet2DConditionModel {
                 }
             }
             let downsampler = if i + 1 < n {
-                Some(Downsample2D::new(vb.pp("downsamplers.0"), out_ch, c.downsample_padding)?)
+                Some(Downsample2D::new(
+                    vb.pp("downsamplers.0"),
+                    out_ch,
+                    c.downsample_padding,
+                )?)
             } else {
                 None
             };
-            down_blocks.push(DownBlock { resnets, attentions, downsampler });
+            down_blocks.push(DownBlock {
+                resnets,
+                attentions,
+                downsampler,
+            });
         }
 
         let last = c.block_out_channels[n - 1];
         let mid_block = match c.mid_block_type.as_deref() {
             Some(_) => {
                 let vb = vb.pp("mid_block");
-                let first = ResnetBlock2D::new(vb.pp("resnets.0"), resnet(last, last, c.mid_block_scale_factor))?;
-                let attn = Transformer2D::new(vb.pp("attentions.0"), transformer(last, heads[n - 1], tlayers[n - 1]))?;
-                let second = ResnetBlock2D::new(vb.pp("resnets.1"), resnet(last, last, c.mid_block_scale_factor))?;
-                Some(MidBlock { first, layers: vec![(attn, second)] })
+                let first =
+                    ResnetBlock2D::new(vb.pp("resnets.0"), resnet(last, last, c.mid_block_scale_factor))?;
+                let attn = Transformer2D::new(
+                    vb.pp("attentions.0"),
+                    transformer(last, heads[n - 1], tlayers[n - 1]),
+                )?;
+                let second =
+                    ResnetBlock2D::new(vb.pp("resnets.1"), resnet(last, last, c.mid_block_scale_factor))?;
+                Some(MidBlock {
+                    first,
+                    layers: vec![(attn, second)],
+                })
             }
             None => None,
         };
@@ -159,12 +194,27 @@ impl UNet2DConditionModel {
                     )?);
                 }
             }
-            let upsampler = if i + 1 < n { Some(Upsample2D::new(vb.pp("upsamplers.0"), out_ch)?) } else { None };
-            up_blocks.push(UpBlock { resnets, attentions, upsampler });
+            let upsampler = if i + 1 < n {
+                Some(Upsample2D::new(vb.pp("upsamplers.0"), out_ch)?)
+            } else {
+                None
+            };
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions,
+                upsampler,
+            });
         }
 
         let conv_norm_out = candle_nn::group_norm(groups, ch0, c.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = conv2d(vb.pp("conv_out"), ch0, c.out_channels, c.conv_out_kernel, 1, (c.conv_out_kernel - 1) / 2)?;
+        let conv_out = conv2d(
+            vb.pp("conv_out"),
+            ch0,
+            c.out_channels,
+            c.conv_out_kernel,
+            1,
+            (c.conv_out_kernel - 1) / 2,
+        )?;
         Ok(Self {
             config,
             conv_in,
@@ -186,7 +236,13 @@ impl UNet2DConditionModel {
     /// Predicts noise (or v, per the scheduler's `prediction_type`) for `sample` at `timestep`.
     ///
     /// `sample`: `(batch, in_channels, h, w)`; `context`: `(batch, tokens, cross_attention_dim)`.
-    pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor, added: Option<&AddedCond>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedCond>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let batch = sample.dim(0)?;
         let device = sample.device();
@@ -196,7 +252,9 @@ impl UNet2DConditionModel {
         let mut emb = self.time_embedding.forward(&t_emb)?;
         if let Some(add_embedding) = &self.add_embedding {
             let Some(added) = added else {
-                candle_core::bail!("this UNet (addition_embed_type text_time) needs text_embeds and time_ids");
+                candle_core::bail!(
+                    "this UNet (addition_embed_type text_time) needs text_embeds and time_ids"
+                );
             };
             let dim = c.addition_time_embed_dim.unwrap_or(0);
             let ids = added.time_ids.flatten_all()?;
@@ -207,7 +265,11 @@ impl UNet2DConditionModel {
             emb = (emb + add_embedding.forward(&add)?)?;
         }
 
-        let sample = if c.center_input_sample { ((sample * 2.0)? - 1.0)? } else { sample.clone() };
+        let sample = if c.center_input_sample {
+            ((sample * 2.0)? - 1.0)?
+        } else {
+            sample.clone()
+        };
         let mut xs = self.conv_in.forward(&sample)?;
         let mut residuals = vec![xs.clone()];
         for block in &self.down_blocks {
@@ -239,7 +301,9 @@ impl UNet2DConditionModel {
             }
             if let Some(up) = &block.upsampler {
                 // Upsample to the next skip connection's size: this is what makes odd latent sizes work.
-                let size = residuals.last().map(|r| (r.dim(2).unwrap_or(0), r.dim(3).unwrap_or(0)));
+                let size = residuals
+                    .last()
+                    .map(|r| (r.dim(2).unwrap_or(0), r.dim(3).unwrap_or(0)));
                 xs = up.forward(&xs, size)?;
             }
         }

@@ -30,14 +30,24 @@ fn default_blocks() -> Vec<usize> {
     vec![320, 640, 1280, 1280]
 }
 fn default_down() -> Vec<String> {
-    ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-        .map(String::from)
-        .to_vec()
+    [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_up() -> Vec<String> {
-    ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-        .map(String::from)
-        .to_vec()
+    [
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_mid() -> Option<String> {
     Some("UNetMidBlock2DCrossAttn".into())
@@ -217,7 +227,10 @@ impl UNetConfig {
             problems.push(format!("act_fn {}", self.act_fn));
         }
         if self.resnet_time_scale_shift != "default" {
-            problems.push(format!("resnet_time_scale_shift {}", self.resnet_time_scale_shift));
+            problems.push(format!(
+                "resnet_time_scale_shift {}",
+                self.resnet_time_scale_shift
+            ));
         }
         if self.time_embedding_type != "positional" {
             problems.push(format!("time_embedding_type {}", self.time_embedding_type));
@@ -234,7 +247,10 @@ impl UNetConfig {
         if self.dual_cross_attention || self.resnet_skip_time_act {
             problems.push("dual_cross_attention / resnet_skip_time_act".into());
         }
-        if !matches!(&self.only_cross_attention, serde_json::Value::Null | serde_json::Value::Bool(false)) {
+        if !matches!(
+            &self.only_cross_attention,
+            serde_json::Value::Null | serde_json::Value::Bool(false)
+        ) {
             problems.push("only_cross_attention".into());
         }
         if self.time_embedding_act_fn.is_some() || self.timestep_post_act.is_some() {
@@ -250,19 +266,20 @@ impl UNetConfig {
         }
         match self.addition_embed_type.as_deref() {
             None => {}
-            Some("text_time") => {
+            Some("text_time")
                 if self.addition_time_embed_dim.is_none()
-                    || self.projection_class_embeddings_input_dim.is_none()
-                {
-                    problems.push(
-                        "addition_embed_type text_time without addition_time_embed_dim and projection_class_embeddings_input_dim"
-                            .into(),
-                    );
-                }
+                    || self.projection_class_embeddings_input_dim.is_none() =>
+            {
+                problems.push(
+                    "addition_embed_type text_time without addition_time_embed_dim and \
+                     projection_class_embeddings_input_dim"
+                        .into(),
+                )
             }
+            Some("text_time") => {}
             Some(t) => problems.push(format!("addition_embed_type {t}")),
         }
-        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             problems.push("even conv_in_kernel / conv_out_kernel".into());
         }
         if let PerBlock::Each(v) = &self.cross_attention_dim {

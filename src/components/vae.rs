@@ -157,7 +157,11 @@ impl VaeMid {
         Ok(Self {
             first: ResnetBlock2D::new(vb.pp("resnets.0"), r)?,
             attn: if cfg.mid_block_add_attention {
-                Some(PixelAttention::new(vb.pp("attentions.0"), ch, cfg.norm_num_groups)?)
+                Some(PixelAttention::new(
+                    vb.pp("attentions.0"),
+                    ch,
+                    cfg.norm_num_groups,
+                )?)
             } else {
                 None
             },
@@ -200,18 +204,25 @@ impl Encoder {
         let n = chs.len();
         let mut blocks = Vec::with_capacity(n);
         let mut out_ch = chs[0];
-        for i in 0..n {
+        for (i, &ch) in chs.iter().enumerate() {
             let in_ch = out_ch;
-            out_ch = chs[i];
+            out_ch = ch;
             let bvb = vb.pp(format!("down_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block)
                 .map(|j| {
                     let r_in = if j == 0 { in_ch } else { out_ch };
-                    ResnetBlock2D::new(bvb.pp(format!("resnets.{j}")), resnet_cfg(r_in, out_ch, cfg.norm_num_groups))
+                    ResnetBlock2D::new(
+                        bvb.pp(format!("resnets.{j}")),
+                        resnet_cfg(r_in, out_ch, cfg.norm_num_groups),
+                    )
                 })
                 .collect::<Result<Vec<_>>>()?;
             // The VAE encoder downsamples with padding 0, i.e. diffusers' asymmetric right/bottom pad.
-            let down = if i + 1 < n { Some(Downsample2D::new(bvb.pp("downsamplers.0"), out_ch, 0)?) } else { None };
+            let down = if i + 1 < n {
+                Some(Downsample2D::new(bvb.pp("downsamplers.0"), out_ch, 0)?)
+            } else {
+                None
+            };
             blocks.push((resnets, down));
         }
         let last = chs[n - 1];
@@ -261,10 +272,17 @@ impl Decoder {
             let resnets = (0..cfg.layers_per_block + 1)
                 .map(|j| {
                     let r_in = if j == 0 { prev } else { out_ch };
-                    ResnetBlock2D::new(bvb.pp(format!("resnets.{j}")), resnet_cfg(r_in, out_ch, cfg.norm_num_groups))
+                    ResnetBlock2D::new(
+                        bvb.pp(format!("resnets.{j}")),
+                        resnet_cfg(r_in, out_ch, cfg.norm_num_groups),
+                    )
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let up = if i + 1 < n { Some(Upsample2D::new(bvb.pp("upsamplers.0"), out_ch)?) } else { None };
+            let up = if i + 1 < n {
+                Some(Upsample2D::new(bvb.pp("upsamplers.0"), out_ch)?)
+            } else {
+                None
+            };
             blocks.push((resnets, up));
         }
         let first = cfg.block_out_channels[0];
@@ -321,9 +339,16 @@ impl AutoencoderKL {
             candle_core::bail!("this VAE config needs features autopipeline does not implement yet: {what}");
         }
         let lc = config.latent_channels;
-        let quant_conv = if config.use_quant_conv { Some(conv2d(vb.pp("quant_conv"), 2 * lc, 2 * lc, 1, 1, 0)?) } else { None };
-        let post_quant_conv =
-            if config.use_post_quant_conv { Some(conv2d(vb.pp("post_quant_conv"), lc, lc, 1, 1, 0)?) } else { None };
+        let quant_conv = if config.use_quant_conv {
+            Some(conv2d(vb.pp("quant_conv"), 2 * lc, 2 * lc, 1, 1, 0)?)
+        } else {
+            None
+        };
+        let post_quant_conv = if config.use_post_quant_conv {
+            Some(conv2d(vb.pp("post_quant_conv"), lc, lc, 1, 1, 0)?)
+        } else {
+            None
+        };
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), &config)?,
             decoder: Decoder::new(vb.pp("decoder"), &config)?,

@@ -18,7 +18,10 @@ fn null(what: &str) -> Error {
 }
 
 /// Wraps a C progress callback as a Rust closure.
-fn progress_closure(cb: ap_progress_fn, user_data: *mut c_void) -> Option<impl FnMut(usize, usize) -> bool + Send> {
+fn progress_closure(
+    cb: ap_progress_fn,
+    user_data: *mut c_void,
+) -> Option<impl FnMut(usize, usize) -> bool + Send> {
     // The pointer is only handed back to the caller's callback, on the calling thread.
     struct UserData(*mut c_void);
     unsafe impl Send for UserData {}
@@ -154,8 +157,16 @@ pub unsafe extern "C" fn ap_from_pipe(
             None => serde_json::Map::new(),
             Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(serde_json::Value::Object(m)) => m,
-                Ok(_) => return Err(Error::InvalidArgument("overrides_json must be a JSON object".into())),
-                Err(e) => return Err(Error::InvalidArgument(format!("overrides_json is not valid JSON: {e}"))),
+                Ok(_) => {
+                    return Err(Error::InvalidArgument(
+                        "overrides_json must be a JSON object".into(),
+                    ))
+                }
+                Err(e) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "overrides_json is not valid JSON: {e}"
+                    )))
+                }
             },
         };
         let new = (*pipe).inner.from_pipe(task, &overrides)?;
@@ -205,9 +216,10 @@ pub unsafe extern "C" fn ap_run(
         let params = &*params;
         let run = convert::run_params(params)?;
         let mut progress = progress_closure(params.progress, params.progress_user_data);
-        let result = (*pipe)
-            .inner
-            .run(&run, progress.as_mut().map(|p| p as &mut crate::pipeline::ProgressFn))?;
+        let result = (*pipe).inner.run(
+            &run,
+            progress.as_mut().map(|p| p as &mut crate::pipeline::ProgressFn),
+        )?;
         *out = images_into_c(result.images);
         Ok(())
     })

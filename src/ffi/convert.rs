@@ -48,7 +48,11 @@ fn check_size(got: u32, want: usize, what: &str) -> Result<()> {
 }
 
 pub unsafe fn load_options(p: &ap_load_params) -> Result<LoadOptions> {
-    check_size(p.struct_size, std::mem::size_of::<ap_load_params>(), "ap_load_params")?;
+    check_size(
+        p.struct_size,
+        std::mem::size_of::<ap_load_params>(),
+        "ap_load_params",
+    )?;
     Ok(LoadOptions {
         device: opt_str(p.device, "device")?,
         variant: opt_str(p.variant, "variant")?,
@@ -61,7 +65,9 @@ pub unsafe fn load_options(p: &ap_load_params) -> Result<LoadOptions> {
 
 fn opt_f32(v: f32, what: &str) -> Result<Option<f64>> {
     if v.is_nan() || v.is_infinite() {
-        return Err(Error::InvalidArgument(format!("{what} is {v}; pass a finite number, or negative for the default")));
+        return Err(Error::InvalidArgument(format!(
+            "{what} is {v}; pass a finite number, or negative for the default"
+        )));
     }
     Ok((v >= 0.0).then_some(v as f64))
 }
@@ -69,7 +75,9 @@ fn opt_f32(v: f32, what: &str) -> Result<Option<f64>> {
 fn opt_positive(v: i32, what: &str) -> Result<Option<usize>> {
     match v {
         0 => Ok(None),
-        v if v < 0 => Err(Error::InvalidArgument(format!("{what} is {v}; pass a positive value, or 0 for the default"))),
+        v if v < 0 => Err(Error::InvalidArgument(format!(
+            "{what} is {v}; pass a positive value, or 0 for the default"
+        ))),
         v => Ok(Some(v as usize)),
     }
 }
@@ -90,12 +98,17 @@ pub unsafe fn image(p: *const ap_image, what: &str) -> Result<Option<Image>> {
         )));
     }
     if img.width > 16384 || img.height > 16384 {
-        return Err(Error::InvalidArgument(format!("{what} is {}x{}: larger than 16384 pixels per side", img.width, img.height)));
+        return Err(Error::InvalidArgument(format!(
+            "{what} is {}x{}: larger than 16384 pixels per side",
+            img.width, img.height
+        )));
     }
     let row = img.width as usize * img.channels as usize;
     let stride = if img.stride == 0 { row } else { img.stride as usize };
     if stride < row {
-        return Err(Error::InvalidArgument(format!("{what}.stride {stride} is smaller than width × channels = {row}")));
+        return Err(Error::InvalidArgument(format!(
+            "{what}.stride {stride} is smaller than width × channels = {row}"
+        )));
     }
     let mut data = Vec::with_capacity(row * img.height as usize);
     for y in 0..img.height as usize {
@@ -105,11 +118,19 @@ pub unsafe fn image(p: *const ap_image, what: &str) -> Result<Option<Image>> {
 }
 
 pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
-    check_size(p.struct_size, std::mem::size_of::<ap_run_params>(), "ap_run_params")?;
+    check_size(
+        p.struct_size,
+        std::mem::size_of::<ap_run_params>(),
+        "ap_run_params",
+    )?;
     let output_channels = match p.output_channels {
         0 | 4 => 4,
         3 => 3,
-        v => return Err(Error::InvalidArgument(format!("output_channels is {v}: use 3 (RGB8) or 4 (RGBA8)"))),
+        v => {
+            return Err(Error::InvalidArgument(format!(
+                "output_channels is {v}: use 3 (RGB8) or 4 (RGBA8)"
+            )))
+        }
     };
     Ok(RunParams {
         prompt: str_arg(p.prompt, "prompt")?.to_string(),

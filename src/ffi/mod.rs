@@ -81,3 +81,28 @@ pub(crate) fn guard(body: impl FnOnce() -> crate::Result<()>) -> ap_status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn committed_header_is_current() {
+        let generated = include_str!(concat!(env!("OUT_DIR"), "/autopipeline.h"));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/include/autopipeline.h");
+        let committed = std::fs::read_to_string(path).expect("include/autopipeline.h exists");
+        assert!(
+            generated == committed,
+            "include/autopipeline.h is stale: regenerate it with `AP_WRITE_HEADER=1 cargo build` and commit it"
+        );
+    }
+
+    #[test]
+    fn panics_become_internal_errors() {
+        let status = super::guard(|| panic!("boom"));
+        assert_eq!(status, super::AP_ERR_INTERNAL);
+        let msg = unsafe { std::ffi::CStr::from_ptr(super::last_error_ptr()) }
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("boom"), "{msg}");
+    }
+}

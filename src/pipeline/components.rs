@@ -34,8 +34,13 @@ pub struct Components {
 }
 
 /// Files a tokenizer folder may hold; each is fetched (hub) or checked (local) before parsing.
-const TOKENIZER_FILES: &[&str] =
-    &["tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"];
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+];
 
 impl Components {
     /// Loads every component `index` lists, reporting `(done, total)` to `progress` after each.
@@ -85,14 +90,24 @@ impl Components {
         tick(progress)?;
 
         let ctx = text_encoder.model.config().hidden_size
-            + text_encoder_2.as_ref().map_or(0, |t| t.model.config().hidden_size);
+            + text_encoder_2
+                .as_ref()
+                .map_or(0, |t| t.model.config().hidden_size);
         if unet.config().cross_attention_dim() != ctx {
             return Err(Error::InvalidModel(format!(
                 "unet cross_attention_dim {} does not match the text encoders' hidden size {ctx}",
                 unet.config().cross_attention_dim()
             )));
         }
-        Ok(Self { text_encoder, text_encoder_2, unet, vae, scheduler, device: device.clone(), dtype })
+        Ok(Self {
+            text_encoder,
+            text_encoder_2,
+            unet,
+            vae,
+            scheduler,
+            device: device.clone(),
+            dtype,
+        })
     }
 
     /// Pixels per latent (`2^(len(vae.block_out_channels) - 1)`).
@@ -134,5 +149,8 @@ fn load_text_encoder(
             model.config().vocab_size
         )));
     }
-    Ok(TextEncoder { tokenizer: tok, model })
+    Ok(TextEncoder {
+        tokenizer: tok,
+        model,
+    })
 }

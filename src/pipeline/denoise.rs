@@ -51,8 +51,7 @@ impl Denoise<'_> {
         rng: &mut TorchCpuGenerator,
         hooks: &mut dyn StepHooks,
         progress: &mut dyn FnMut(usize, usize) -> bool,
-        trace: &mut Trace,
-        trace_on: bool,
+        mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let total = self.timesteps.len();
         for (i, &t) in self.timesteps.iter().enumerate() {
@@ -65,7 +64,7 @@ impl Denoise<'_> {
                 input = Tensor::cat(&[&input, extra], 1)?;
             }
             let out = self.unet.forward(&input, t, self.context, self.added)?;
-            if trace_on {
+            if let Some(trace) = trace.as_deref_mut() {
                 trace.unet_timesteps.push(t);
                 if i == 0 {
                     trace.unet_input_step0 = Some(input.clone());
@@ -78,7 +77,7 @@ impl Denoise<'_> {
             };
             latents = scheduler.step(&noise_pred, t, &latents, rng)?;
             latents = hooks.after_step(i, latents, &*scheduler)?;
-            if trace_on {
+            if let Some(trace) = trace.as_deref_mut() {
                 trace.latents.push(latents.clone());
             }
             if !progress(i + 1, total) {

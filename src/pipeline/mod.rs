@@ -66,10 +66,13 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device> {
         n.parse::<usize>()
             .map_err(|_| Error::InvalidArgument(format!("device {spec:?}: expected cpu, cuda or cuda:N")))?
     } else {
-        return Err(Error::InvalidArgument(format!("device {spec:?}: expected cpu, cuda or cuda:N")));
+        return Err(Error::InvalidArgument(format!(
+            "device {spec:?}: expected cpu, cuda or cuda:N"
+        )));
     };
     if cfg!(feature = "cuda") {
-        Device::new_cuda(ordinal).map_err(|e| Error::Unsupported(format!("CUDA device {ordinal} is not usable: {e}")))
+        Device::new_cuda(ordinal)
+            .map_err(|e| Error::Unsupported(format!("CUDA device {ordinal} is not usable: {e}")))
     } else {
         Err(Error::Unsupported(format!(
             "device {spec:?} asked for, but this build of autopipeline has no CUDA support: build it with `--features cuda`"
@@ -122,7 +125,10 @@ impl Pipeline {
     pub fn from_pipe(&self, task: Task, overrides: &Map<String, Value>) -> Result<Self> {
         let resolved = registry::resolve(&self.class_name, task)?;
         let family = resolved.family.ok_or_else(|| {
-            Error::Unsupported(format!("{} is not supported by autopipeline yet", resolved.pipeline_class))
+            Error::Unsupported(format!(
+                "{} is not supported by autopipeline yet",
+                resolved.pipeline_class
+            ))
         })?;
         let mut config = self.config.clone();
         for (k, v) in overrides {

@@ -6,7 +6,12 @@ use candle_core::{Device, Tensor};
 
 /// Token ids of `text` (padded/truncated to the tokenizer's max length) as a `(1, len)` tensor, and a
 /// warning when the prompt was cut.
-pub fn tokenize(enc: &TextEncoder, text: &str, device: &Device, warnings: &mut Vec<String>) -> Result<Tensor> {
+pub fn tokenize(
+    enc: &TextEncoder,
+    text: &str,
+    device: &Device,
+    warnings: &mut Vec<String>,
+) -> Result<Tensor> {
     let e = enc.tokenizer.encode(text);
     if e.truncated {
         warnings.push(format!(

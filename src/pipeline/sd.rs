@@ -13,11 +13,11 @@ use candle_core::Tensor;
 
 /// Largest side we accept, in pixels: beyond this the attention and activations cannot fit anyway,
 /// and refusing early beats an allocation abort inside the host process.
-pub const MAX_SIDE: usize = 8192;
+pub(crate) const MAX_SIDE: usize = 8192;
 /// Most images one run may produce.
-pub const MAX_IMAGES: usize = 64;
+pub(crate) const MAX_IMAGES: usize = 64;
 /// Most denoising steps one run may take.
-pub const MAX_STEPS: usize = 1000;
+pub(crate) const MAX_STEPS: usize = 1000;
 
 /// Settings resolved from the params and the pipeline's defaults.
 pub(super) struct Resolved {
@@ -33,7 +33,7 @@ pub(super) fn resolve(p: &Pipeline, params: &RunParams, default_guidance: f64) -
     let size = p.default_size();
     let width = params.width.unwrap_or(size);
     let height = params.height.unwrap_or(size);
-    if width == 0 || height == 0 || width % 8 != 0 || height % 8 != 0 {
+    if width == 0 || height == 0 || !width.is_multiple_of(8) || !height.is_multiple_of(8) {
         return Err(Error::InvalidArgument(format!(
             "`height` and `width` have to be divisible by 8 but are {height} and {width}."
         )));
@@ -45,11 +45,15 @@ pub(super) fn resolve(p: &Pipeline, params: &RunParams, default_guidance: f64) -
     }
     let steps = params.num_inference_steps.unwrap_or(50);
     if steps == 0 || steps > MAX_STEPS {
-        return Err(Error::InvalidArgument(format!("num_inference_steps must be 1..={MAX_STEPS}, not {steps}")));
+        return Err(Error::InvalidArgument(format!(
+            "num_inference_steps must be 1..={MAX_STEPS}, not {steps}"
+        )));
     }
     let guidance_scale = params.guidance_scale.unwrap_or(default_guidance);
     if !guidance_scale.is_finite() {
-        return Err(Error::InvalidArgument(format!("guidance_scale must be a finite number, not {guidance_scale}")));
+        return Err(Error::InvalidArgument(format!(
+            "guidance_scale must be a finite number, not {guidance_scale}"
+        )));
     }
     if !(0.0..=1.0).contains(&params.guidance_rescale) {
         return Err(Error::InvalidArgument(format!(
@@ -59,7 +63,9 @@ pub(super) fn resolve(p: &Pipeline, params: &RunParams, default_guidance: f64) -
     }
     let batch = params.num_images_per_prompt;
     if batch == 0 || batch > MAX_IMAGES {
-        return Err(Error::InvalidArgument(format!("num_images_per_prompt must be 1..={MAX_IMAGES}, not {batch}")));
+        return Err(Error::InvalidArgument(format!(
+            "num_images_per_prompt must be 1..={MAX_IMAGES}, not {batch}"
+        )));
     }
     if !matches!(params.output_channels, 3 | 4) {
         return Err(Error::InvalidArgument(format!(
@@ -67,7 +73,13 @@ pub(super) fn resolve(p: &Pipeline, params: &RunParams, default_guidance: f64) -
             params.output_channels
         )));
     }
-    Ok(Resolved { width, height, steps, guidance_scale, batch })
+    Ok(Resolved {
+        width,
+        height,
+        steps,
+        guidance_scale,
+        batch,
+    })
 }
 
 /// Draws `shape` from the run's generator (diffusers `randn_tensor`), recording it in the trace.
@@ -164,11 +176,30 @@ pub(super) fn run(
     let latents = mul_s(&noise, scheduler.init_noise_sigma() as f32)?;
 
     // 4. Denoise.
-    let guidance = do_cfg.then_some(Guidance { scale: r.guidance_scale, rescale: params.guidance_rescale });
-    let denoise = Denoise { unet: &c.unet, context: &context, added: None, guidance, timesteps: &timesteps };
-    let latents = denoise.run(latents, scheduler.as_mut(), &mut rng, &mut NoHooks, progress, trace, trace_on)?;
+    let guidance = do_cfg.then_some(Guidance {
+        scale: r.guidance_scale,
+        rescale: params.guidance_rescale,
+    });
+    let denoise = Denoise {
+        unet: &c.unet,
+        context: &context,
+        added: None,
+        guidance,
+        timesteps: &timesteps,
+    };
+    let latents = denoise.run(
+        latents,
+        scheduler.as_mut(),
+        &mut rng,
+        &mut NoHooks,
+        progress,
+        trace_on.then_some(&mut *trace),
+    )?;
 
     // 5. Decode.
     let image = decode(p, &latents, trace, trace_on)?;
-    Ok(RunOutput { images: Image::from_tensor01(&image, params.output_channels)?, warnings })
+    Ok(RunOutput {
+        images: Image::from_tensor01(&image, params.output_channels)?,
+        warnings,
+    })
 }

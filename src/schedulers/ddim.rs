@@ -18,17 +18,26 @@ pub struct DdimScheduler {
 
 impl DdimScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        if !matches!(config.prediction_type.as_str(), "epsilon" | "v_prediction" | "sample") {
+        if !matches!(
+            config.prediction_type.as_str(),
+            "epsilon" | "v_prediction" | "sample"
+        ) {
             return Err(Error::InvalidModel(format!(
                 "DDIMScheduler prediction_type {:?} must be 'epsilon', 'v_prediction' or 'sample'",
                 config.prediction_type
             )));
         }
         if config.thresholding {
-            return Err(Error::Unsupported("DDIMScheduler thresholding is not supported yet".into()));
+            return Err(Error::Unsupported(
+                "DDIMScheduler thresholding is not supported yet".into(),
+            ));
         }
         let alphas_cumprod = alphas_cumprod(config)?;
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         Ok(Self {
             config: config.clone(),
             alphas_cumprod,
@@ -50,7 +59,10 @@ impl DdimScheduler {
 
 impl super::Scheduler for DdimScheduler {
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        self.timesteps = discrete_timesteps(&self.config, n)?.into_iter().map(|v| v as f64).collect();
+        self.timesteps = discrete_timesteps(&self.config, n)?
+            .into_iter()
+            .map(|v| v as f64)
+            .collect();
         self.num_inference_steps = n;
         Ok(())
     }
@@ -59,7 +71,13 @@ impl super::Scheduler for DdimScheduler {
         &self.timesteps
     }
 
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, rng: &mut TorchCpuGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        rng: &mut TorchCpuGenerator,
+    ) -> Result<Tensor> {
         if self.num_inference_steps == 0 {
             return Err(Error::Internal("DDIMScheduler.step before set_timesteps".into()));
         }
@@ -93,8 +111,12 @@ impl super::Scheduler for DdimScheduler {
         let direction = mul_s(&eps, (1.0 - a_prev - std_dev * std_dev).sqrt())?;
         let mut prev = (mul_s(&x0, a_prev.sqrt())? + direction)?;
         if self.eta > 0.0 {
-            let noise = Tensor::from_vec(rng.randn(model_output.elem_count()), model_output.shape(), model_output.device())?
-                .to_dtype(model_output.dtype())?;
+            let noise = Tensor::from_vec(
+                rng.randn(model_output.elem_count()),
+                model_output.shape(),
+                model_output.device(),
+            )?
+            .to_dtype(model_output.dtype())?;
             prev = (prev + mul_s(&noise, std_dev)?)?;
         }
         Ok(prev)

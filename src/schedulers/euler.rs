@@ -18,7 +18,10 @@ pub struct EulerDiscreteScheduler {
 
 impl EulerDiscreteScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        if !matches!(config.prediction_type.as_str(), "epsilon" | "v_prediction" | "sample" | "original_sample") {
+        if !matches!(
+            config.prediction_type.as_str(),
+            "epsilon" | "v_prediction" | "sample" | "original_sample"
+        ) {
             return Err(Error::InvalidModel(format!(
                 "EulerDiscreteScheduler prediction_type {:?} must be 'epsilon', 'v_prediction' or 'sample'",
                 config.prediction_type
@@ -36,7 +39,9 @@ impl EulerDiscreteScheduler {
             )));
         }
         if config.timestep_type != "discrete" {
-            return Err(Error::Unsupported("EulerDiscreteScheduler continuous timesteps are not supported yet".into()));
+            return Err(Error::Unsupported(
+                "EulerDiscreteScheduler continuous timesteps are not supported yet".into(),
+            ));
         }
         let ac = alphas_cumprod(config)?;
         let train_sigmas = ac.iter().map(|a| ((1.0 - a) / a).sqrt()).collect();
@@ -52,7 +57,9 @@ impl EulerDiscreteScheduler {
 
     fn index_for_timestep(&self, t: f64) -> usize {
         // diffusers takes the second match when a timestep repeats, so img2img never skips a sigma.
-        let hits: Vec<usize> = (0..self.timesteps.len()).filter(|&i| self.timesteps[i] == t).collect();
+        let hits: Vec<usize> = (0..self.timesteps.len())
+            .filter(|&i| self.timesteps[i] == t)
+            .collect();
         match hits.len() {
             0 => 0,
             1 => hits[0],
@@ -74,15 +81,23 @@ impl super::Scheduler for EulerDiscreteScheduler {
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let t = self.config.num_train_timesteps;
         if n == 0 || n > t {
-            return Err(Error::InvalidArgument(format!("num_inference_steps {n} must be between 1 and {t}")));
+            return Err(Error::InvalidArgument(format!(
+                "num_inference_steps {n} must be between 1 and {t}"
+            )));
         }
         let ts: Vec<f32> = match self.config.timestep_spacing.as_str() {
             "linspace" => {
-                let mut v: Vec<f32> = super::linspace_f64(0.0, (t - 1) as f64, n).iter().map(|v| *v as f32).collect();
+                let mut v: Vec<f32> = super::linspace_f64(0.0, (t - 1) as f64, n)
+                    .iter()
+                    .map(|v| *v as f32)
+                    .collect();
                 v.reverse();
                 v
             }
-            "leading" => (0..n).rev().map(|i| (i * (t / n)) as f32 + self.config.steps_offset as f32).collect(),
+            "leading" => (0..n)
+                .rev()
+                .map(|i| (i * (t / n)) as f32 + self.config.steps_offset as f32)
+                .collect(),
             "trailing" => super::arange_desc(t as f64, t as f64 / n as f64)
                 .iter()
                 .map(|v| super::round_half_even(*v) as f32 - 1.0)
@@ -140,7 +155,13 @@ impl super::Scheduler for EulerDiscreteScheduler {
         div_s(sample, (sigma * sigma + 1.0).sqrt())
     }
 
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, _rng: &mut TorchCpuGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        _rng: &mut TorchCpuGenerator,
+    ) -> Result<Tensor> {
         let i = self.ensure_step_index(t);
         let sigma = self.sigmas[i];
         // s_churn is 0 in every pipeline call, so gamma = 0: no extra noise and sigma_hat = sigma.

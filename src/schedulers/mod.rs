@@ -102,9 +102,8 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// Parses a `scheduler_config.json` text; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| {
-            Error::InvalidModel(format!("{origin} is not a valid scheduler config: {e}"))
-        })
+        serde_json::from_str(text)
+            .map_err(|e| Error::InvalidModel(format!("{origin} is not a valid scheduler config: {e}")))
     }
 }
 
@@ -128,7 +127,13 @@ pub trait Scheduler: Send {
         Ok(sample.clone())
     }
     /// One denoising step from `sample` at `t` given the model output; may draw noise from `rng`.
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, rng: &mut TorchCpuGenerator) -> Result<Tensor>;
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        rng: &mut TorchCpuGenerator,
+    ) -> Result<Tensor>;
     /// Noises clean `original` to timestep `t` (img2img start, 4-channel inpaint blending).
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor>;
     /// Where an img2img run starts in the timestep list (diffusers `set_begin_index`).
@@ -158,7 +163,9 @@ pub fn build(config: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
 pub(crate) fn alphas_cumprod(c: &SchedulerConfig) -> Result<Vec<f32>> {
     let n = c.num_train_timesteps;
     if n < 2 {
-        return Err(Error::InvalidModel(format!("num_train_timesteps {n} must be at least 2")));
+        return Err(Error::InvalidModel(format!(
+            "num_train_timesteps {n} must be at least 2"
+        )));
     }
     let betas: Vec<f32> = if let Some(b) = &c.trained_betas {
         b.iter().map(|&v| v as f32).collect()
@@ -185,7 +192,11 @@ pub(crate) fn alphas_cumprod(c: &SchedulerConfig) -> Result<Vec<f32>> {
             }
         }
     };
-    let betas = if c.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas };
+    let betas = if c.rescale_betas_zero_snr {
+        rescale_zero_terminal_snr(&betas)
+    } else {
+        betas
+    };
     // torch.cumprod on CPU accumulates in double and rounds each prefix to float.
     // torch's CPU cumprod accumulates in double (its acc_type for float) and rounds each prefix.
     // torch's vectorised linspace rounds a few betas differently, so a few sigmas differ by one ulp.
@@ -214,7 +225,13 @@ pub(crate) fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
     (0..n)
-        .map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 })
+        .map(|i| {
+            if i < half {
+                start + step * i as f32
+            } else {
+                end - step * (n - i - 1) as f32
+            }
+        })
         .collect()
 }
 
@@ -251,14 +268,22 @@ pub(crate) fn discrete_timesteps(c: &SchedulerConfig, n: usize) -> Result<Vec<i6
         )));
     }
     let mut ts: Vec<i64> = match c.timestep_spacing.as_str() {
-        "linspace" => linspace_f64(0.0, (t - 1) as f64, n).iter().map(|v| round_half_even(*v) as i64).collect(),
+        "linspace" => linspace_f64(0.0, (t - 1) as f64, n)
+            .iter()
+            .map(|v| round_half_even(*v) as i64)
+            .collect(),
         "leading" => {
             let ratio = t / n;
-            (0..n).map(|i| (i * ratio) as i64 + c.steps_offset as i64).collect()
+            (0..n)
+                .map(|i| (i * ratio) as i64 + c.steps_offset as i64)
+                .collect()
         }
         "trailing" => {
             let ratio = t as f64 / n as f64;
-            arange_desc(t as f64, ratio).iter().map(|v| round_half_even(*v) as i64 - 1).collect()
+            arange_desc(t as f64, ratio)
+                .iter()
+                .map(|v| round_half_even(*v) as i64 - 1)
+                .collect()
         }
         other => return Err(spacing_error(other)),
     };
@@ -317,12 +342,28 @@ pub(crate) fn lin2(s: f32, t1: &Tensor, u: f32, t2: &Tensor) -> Result<Tensor> {
 }
 
 /// `sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·noise` with diffusers' float32 rounding (DDPM-style `add_noise`).
-pub(crate) fn add_noise_alpha(alphas_cumprod: &[f32], original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
+pub(crate) fn add_noise_alpha(
+    alphas_cumprod: &[f32],
+    original: &Tensor,
+    noise: &Tensor,
+    t: f64,
+) -> Result<Tensor> {
     let idx = t as usize;
     let a = *alphas_cumprod.get(idx).ok_or_else(|| {
-        Error::InvalidArgument(format!("timestep {t} is outside the scheduler's {} train steps", alphas_cumprod.len()))
+        Error::InvalidArgument(format!(
+            "timestep {t} is outside the scheduler's {} train steps",
+            alphas_cumprod.len()
+        ))
     })?;
     lin2(a.sqrt(), original, (1.0 - a).sqrt(), noise)
+}
+
+/// diffusers `get_timesteps` for img2img/inpaint: how many leading entries of the timestep list a run
+/// with `strength` skips (`t_start · order`), and how many steps remain.
+pub fn strength_start(num_inference_steps: usize, strength: f64, order: usize) -> (usize, usize) {
+    let init = ((num_inference_steps as f64 * strength) as usize).min(num_inference_steps);
+    let t_start = num_inference_steps - init;
+    (t_start * order, num_inference_steps - t_start)
 }
 
 #[cfg(test)]
@@ -343,12 +384,4 @@ mod tests {
         assert_eq!(v[0], 0.1);
         assert_eq!(v[4], 0.9);
     }
-}
-
-/// diffusers `get_timesteps` for img2img/inpaint: how many leading entries of the timestep list a run
-/// with `strength` skips (`t_start · order`), and how many steps remain.
-pub fn strength_start(num_inference_steps: usize, strength: f64, order: usize) -> (usize, usize) {
-    let init = ((num_inference_steps as f64 * strength) as usize).min(num_inference_steps);
-    let t_start = num_inference_steps - init;
-    (t_start * order, num_inference_steps - t_start)
 }

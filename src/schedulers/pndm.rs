@@ -33,7 +33,11 @@ impl PndmScheduler {
             )));
         }
         let alphas_cumprod = alphas_cumprod(config)?;
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         Ok(Self {
             config: config.clone(),
             alphas_cumprod,
@@ -76,7 +80,9 @@ impl super::Scheduler for PndmScheduler {
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let t = self.config.num_train_timesteps;
         if n == 0 || n > t {
-            return Err(Error::InvalidArgument(format!("num_inference_steps {n} must be between 1 and {t}")));
+            return Err(Error::InvalidArgument(format!(
+                "num_inference_steps {n} must be between 1 and {t}"
+            )));
         }
         // Ascending base timesteps, as diffusers builds `_timesteps`.
         let base: Vec<i64> = match self.config.timestep_spacing.as_str() {
@@ -84,7 +90,9 @@ impl super::Scheduler for PndmScheduler {
                 .iter()
                 .map(|v| super::round_half_even(*v) as i64)
                 .collect(),
-            "leading" => (0..n).map(|i| (i * (t / n)) as i64 + self.config.steps_offset as i64).collect(),
+            "leading" => (0..n)
+                .map(|i| (i * (t / n)) as i64 + self.config.steps_offset as i64)
+                .collect(),
             "trailing" => {
                 let mut v: Vec<i64> = super::arange_desc(t as f64, t as f64 / n as f64)
                     .iter()
@@ -114,7 +122,13 @@ impl super::Scheduler for PndmScheduler {
         &self.timesteps
     }
 
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, _rng: &mut TorchCpuGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        _rng: &mut TorchCpuGenerator,
+    ) -> Result<Tensor> {
         if self.num_inference_steps == 0 {
             return Err(Error::Internal("PNDMScheduler.step before set_timesteps".into()));
         }

@@ -18,7 +18,16 @@ fn npy(id: &str, file: &str) -> Tensor {
 
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn task_of(name: &str) -> Task {
@@ -40,7 +49,8 @@ pub fn pipeline(case: &Value) -> Pipeline {
         } else {
             Task::Inpaint
         };
-        let base = Pipeline::from_pretrained(ckpt.to_str().unwrap(), first, &LoadOptions::default(), None).unwrap();
+        let base =
+            Pipeline::from_pretrained(ckpt.to_str().unwrap(), first, &LoadOptions::default(), None).unwrap();
         let kwargs = load["kwargs"].as_object().cloned().unwrap_or_default();
         let derived = base.from_pipe(task, &kwargs).unwrap();
         assert!(derived.shares_components_with(&base));
@@ -52,7 +62,11 @@ pub fn pipeline(case: &Value) -> Pipeline {
 
 pub fn params(case: &Value) -> RunParams {
     let s = |k: &str| case[k].as_str().map(String::from);
-    let img = |k: &str| case[k].as_str().map(|f| Image::load(&data_dir().join("images").join(f)).unwrap());
+    let img = |k: &str| {
+        case[k]
+            .as_str()
+            .map(|f| Image::load(&data_dir().join("images").join(f)).unwrap())
+    };
     RunParams {
         prompt: s("prompt").unwrap_or_default(),
         negative_prompt: s("negative_prompt"),
@@ -78,7 +92,9 @@ pub fn check_ok_case(id: &str) {
     assert_eq!(case["status"], "ok", "{id} is an error case");
     let pipe = pipeline(&case);
     let mut trace = Trace::default();
-    let out = pipe.run_traced(&params(&case), None, Some(&mut trace)).unwrap_or_else(|e| panic!("{id}: {e}"));
+    let out = pipe
+        .run_traced(&params(&case), None, Some(&mut trace))
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
     let tol = 1e-5;
 
     // Random draws: bit-exact.
@@ -89,7 +105,10 @@ pub fn check_ok_case(id: &str) {
         assert_eq!(max_abs(&trace.noise[i], &want), 0.0, "{id}: draw {i} differs");
     }
     // Embeddings.
-    for (name, got) in [("prompt_embeds", &trace.prompt_embeds), ("negative_prompt_embeds", &trace.negative_prompt_embeds)] {
+    for (name, got) in [
+        ("prompt_embeds", &trace.prompt_embeds),
+        ("negative_prompt_embeds", &trace.negative_prompt_embeds),
+    ] {
         match case["embeddings"].get(name) {
             Some(e) => {
                 let got = got.as_ref().unwrap_or_else(|| panic!("{id}: no {name}"));
@@ -100,15 +119,32 @@ pub fn check_ok_case(id: &str) {
         }
     }
     // Timesteps and the first UNet call.
-    let want_ts: Vec<f64> = case["unet_timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let want_ts: Vec<f64> = case["unet_timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     assert_eq!(trace.unet_timesteps, want_ts, "{id}: UNet timesteps");
     if let Some(f) = case.get("unet_input_step0").and_then(|v| v.get("file")) {
-        let d = max_abs(trace.unet_input_step0.as_ref().unwrap(), &npy(id, f.as_str().unwrap()));
+        let d = max_abs(
+            trace.unet_input_step0.as_ref().unwrap(),
+            &npy(id, f.as_str().unwrap()),
+        );
         assert!(d < tol, "{id}: unet input at step 0 differs by {d}");
     }
     if let Some(f) = case.get("unet_output_step0").and_then(|v| v.get("file")) {
         let want = npy(id, f.as_str().unwrap());
-        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        let scale = want
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
         let d = max_abs(trace.unet_output_step0.as_ref().unwrap(), &want);
         assert!(d < tol * scale, "{id}: unet output at step 0 differs by {d}");
     }
@@ -116,19 +152,43 @@ pub fn check_ok_case(id: &str) {
     let want = npy(id, case["latents_per_step"]["file"].as_str().unwrap());
     assert_eq!(trace.latents.len(), want.dim(0).unwrap(), "{id}: number of steps");
     for (i, got) in trace.latents.iter().enumerate() {
-        let scale = 1.0f32.max(want.get(i).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap());
+        let scale = 1.0f32.max(
+            want.get(i)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap(),
+        );
         let d = max_abs(got, &want.get(i).unwrap());
         assert!(d < 1e-4 * scale, "{id}: latents after step {i} differ by {d}");
     }
     // The image.
     let want = npy(id, "output.npy"); // (h, w, 3)
-    let got = trace.image.as_ref().unwrap().get(0).unwrap().permute((1, 2, 0)).unwrap();
+    let got = trace
+        .image
+        .as_ref()
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .permute((1, 2, 0))
+        .unwrap();
     let d = max_abs(&got, &want);
     assert!(d < 1e-4, "{id}: image differs from output.npy by {d}");
     let png = Image::load(&data_dir().join("cases").join(id).join("output.png")).unwrap();
     let ours = &out.images[0];
     assert_eq!((ours.width, ours.height), (png.width, png.height), "{id}: size");
-    let worst = ours.data.iter().zip(&png.data).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    let worst = ours
+        .data
+        .iter()
+        .zip(&png.data)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
     assert!(worst <= 1, "{id}: PNG pixels differ by up to {worst}/255");
 }
 
@@ -138,7 +198,10 @@ pub fn check_error_case(id: &str) -> autopipeline::Error {
     assert_eq!(case["status"], "error");
     let pipe = pipeline(&case);
     match pipe.run(&params(&case), None) {
-        Ok(_) => panic!("{id}: diffusers failed ({}) but we produced an image", case["error"]["message"]),
+        Ok(_) => panic!(
+            "{id}: diffusers failed ({}) but we produced an image",
+            case["error"]["message"]
+        ),
         Err(e) => e,
     }
 }

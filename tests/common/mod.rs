@@ -17,11 +17,24 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let (header_len, header_start) = if bytes[6] == 1 {
         (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
     } else {
-        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
     };
     let header = std::str::from_utf8(&bytes[header_start..header_start + header_len]).unwrap();
-    assert!(header.contains("'fortran_order': False"), "{}: fortran order", path.display());
-    let shape_src = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    assert!(
+        header.contains("'fortran_order': False"),
+        "{}: fortran order",
+        path.display()
+    );
+    let shape_src = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape: Vec<usize> = shape_src
         .split(',')
         .map(str::trim)
@@ -30,9 +43,13 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .collect();
     let body = &bytes[header_start + header_len..];
     let values = if header.contains("'<f4'") {
-        body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        body.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     } else if header.contains("'<i8'") {
-        body.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+        body.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect()
     } else {
         panic!("{}: unsupported dtype in header {header}", path.display())
     };

@@ -1,0 +1,70 @@
+//! Compiles `tests/c/api_test.c` with the system C compiler against `include/autopipeline.h`, links it
+//! to the cdylib cargo built for this test run, runs it, and compares its image with diffusers'.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/<profile>`, where cargo put the cdylib next to this test's `deps/` folder.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn c_program_generates_through_the_c_abi() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let lib = lib_dir();
+    assert!(
+        lib.join("libautopipeline.so").exists() || lib.join("libautopipeline.dylib").exists(),
+        "no cdylib in {}",
+        lib.display()
+    );
+    let work = std::env::temp_dir().join(format!("ap-c-api-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let exe = work.join("api_test");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+        .arg(format!("-I{}", root.join("include").display()))
+        .arg(root.join("tests/c/api_test.c"))
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-lautopipeline", "-o"])
+        .arg(&exe)
+        .status()
+        .expect("a C compiler (cc) is installed");
+    assert!(status.success(), "compiling tests/c/api_test.c failed");
+
+    let out_png = work.join("out.png");
+    let data = common::data_dir();
+    let output = Command::new(&exe)
+        .arg(data.join("checkpoints/sd15-tiny"))
+        .arg(data.join("unsupported"))
+        .arg(&out_png)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "api_test failed:\n{stderr}{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    let ours = autopipeline::Image::load(&out_png).unwrap();
+    let want = autopipeline::Image::load(&data.join("cases/sd15-t2i-cfg-neg/output.png")).unwrap();
+    assert_eq!((ours.width, ours.height), (want.width, want.height));
+    let worst = ours
+        .data
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        worst <= 1,
+        "C ABI image differs from diffusers by up to {worst}/255"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
