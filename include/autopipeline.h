@@ -180,6 +180,11 @@ typedef struct ap_run_params {
    */
   const struct ap_image *mask;
   /**
+   * inpaint: > 0 crops to the mask's box grown by this many pixels, inpaints the crop at full size
+   * and pastes it back (diffusers `padding_mask_crop`); 0 = off.
+   */
+  int32_t padding_mask_crop;
+  /**
    * Called after each denoising step; may be NULL.
    */
   ap_progress_fn progress;

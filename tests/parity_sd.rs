@@ -1,7 +1,8 @@
-//! SD 1.x / 2.x end to end against diffusers' recorded runs.
+//! SD 1.x / 2.x end to end against diffusers' recorded runs: every public sd15/sd2 case.
 
 mod common;
 
+use autopipeline::Error;
 use common::cases::{check_error_case, check_ok_case};
 
 macro_rules! ok_cases {
@@ -19,11 +20,29 @@ ok_cases! {
     sd15_t2i_nocfg => "sd15-t2i-nocfg",
     sd2_t2i_cfg_neg => "sd2-t2i-cfg-neg",
     sd2_t2i_nocfg => "sd2-t2i-nocfg",
+    sd15_i2i_cfg_neg => "sd15-i2i-cfg-neg",
+    sd15_i2i_frompipe => "sd15-i2i-frompipe",
+    sd15_i2i_nocfg => "sd15-i2i-nocfg",
+    sd2_i2i_cfg => "sd2-i2i-cfg",
+    sd15_inpaint4ch_cfg_soft => "sd15-inpaint4ch-cfg-soft",
+    sd15_inpaint4ch_frompipe => "sd15-inpaint4ch-frompipe",
+    sd15_inpaint4ch_nocfg => "sd15-inpaint4ch-nocfg",
+    sd2_inpaint4ch => "sd2-inpaint4ch",
+    sd15inp_inpaint_cfg => "sd15inp-inpaint-cfg",
+    sd15inp_inpaint_frompipe => "sd15inp-inpaint-frompipe",
+    sd15inp_inpaint_nocfg_strength => "sd15inp-inpaint-nocfg-strength",
 }
 
 #[test]
 fn nine_channel_unet_text2img_is_refused_clearly() {
     let err = check_error_case("sd15inp-t2i");
-    assert!(matches!(err, autopipeline::Error::Unsupported(_)), "{err:?}");
+    assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
     assert!(err.to_string().contains("9 input channels"), "{err}");
+}
+
+#[test]
+fn nine_channel_unet_img2img_is_refused_clearly() {
+    let err = check_error_case("sd15inp-i2i");
+    assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+    assert!(err.to_string().contains("inpaint"), "{err}");
 }

@@ -85,6 +85,7 @@ pub extern "C" fn ap_run_params_default() -> ap_run_params {
         output_channels: 0,
         image: std::ptr::null(),
         mask: std::ptr::null(),
+        padding_mask_crop: 0,
         progress: None,
         progress_user_data: std::ptr::null_mut(),
     }

@@ -148,6 +148,7 @@ pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
         clip_skip: opt_positive(p.clip_skip, "clip_skip")?,
         image: image(p.image, "image")?,
         mask: image(p.mask, "mask")?,
+        padding_mask_crop: opt_positive(p.padding_mask_crop, "padding_mask_crop")?.map(|v| v as u32),
         output_channels,
     })
 }

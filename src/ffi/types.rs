@@ -99,6 +99,9 @@ pub struct ap_run_params {
     pub image: *const ap_image,
     /// inpaint mask (1, 3 or 4 channels; white = repaint); NULL when unused.
     pub mask: *const ap_image,
+    /// inpaint: > 0 crops to the mask's box grown by this many pixels, inpaints the crop at full size
+    /// and pastes it back (diffusers `padding_mask_crop`); 0 = off.
+    pub padding_mask_crop: i32,
     /// Called after each denoising step; may be NULL.
     pub progress: ap_progress_fn,
     pub progress_user_data: *mut c_void,

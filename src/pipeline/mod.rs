@@ -1,10 +1,13 @@
 //! Pipelines: a task over shared, loaded components (`from_pretrained`, `from_pipe`, `run`).
 
 mod components;
+mod conditioning;
 mod denoise;
+mod generate;
 pub mod params;
 mod prompt;
 mod sd;
+mod sdxl;
 
 pub use components::{Components, TextEncoder};
 pub use params::{LoadOptions, ProgressFn, RunParams};
@@ -198,11 +201,6 @@ impl Pipeline {
         let mut scratch = Trace::default();
         let trace_on = trace.is_some();
         let trace = trace.unwrap_or(&mut scratch);
-        match self.family {
-            Family::StableDiffusion => sd::run(self, params, progress, trace, trace_on),
-            Family::StableDiffusionXl => Err(Error::Unsupported(
-                "stable-diffusion-xl runs are not implemented yet in this build".into(),
-            )),
-        }
+        generate::run(self, params, progress, trace, trace_on)
     }
 }

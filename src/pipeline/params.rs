@@ -47,6 +47,9 @@ pub struct RunParams {
     pub image: Option<Image>,
     /// inpaint mask: white (≥ 0.5) = repaint.
     pub mask: Option<Image>,
+    /// inpaint: crop to the mask's bounding box grown by this many pixels, inpaint the crop at full
+    /// resolution and paste it back (diffusers `padding_mask_crop`).
+    pub padding_mask_crop: Option<u32>,
     /// Channels of the returned images: 4 (RGBA, default) or 3 (RGB).
     pub output_channels: u32,
 }
@@ -69,6 +72,7 @@ impl Default for RunParams {
             clip_skip: None,
             image: None,
             mask: None,
+            padding_mask_crop: None,
             output_channels: 4,
         }
     }

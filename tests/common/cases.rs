@@ -65,7 +65,7 @@ pub fn params(case: &Value) -> RunParams {
     let img = |k: &str| {
         case[k]
             .as_str()
-            .map(|f| Image::load(&data_dir().join("images").join(f)).unwrap())
+            .map(|f| Image::load(&data_dir().join(f)).unwrap())
     };
     RunParams {
         prompt: s("prompt").unwrap_or_default(),
