@@ -67,6 +67,7 @@ impl Denoise<'_> {
             if let Some(trace) = trace.as_deref_mut() {
                 trace.unet_timesteps.push(t);
                 if i == 0 {
+                    trace.added_cond = self.added.cloned();
                     trace.unet_input_step0 = Some(input.clone());
                     trace.unet_output_step0 = Some(out.clone());
                 }

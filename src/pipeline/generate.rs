@@ -179,11 +179,32 @@ fn encode_image(
     let noise = randn(rng, dist.mean.dims(), image.device(), trace)?;
     let latents = dist.sample_with(&noise)?;
     let cfg = vae.config();
+    if let Some((mean, std)) = latent_stats(p, latents.device())? {
+        // SDXL-family VAEs with per-channel statistics: (z − mean) · scaling / std.
+        return Ok(mul_s(&latents.broadcast_sub(&mean)?, cfg.scaling_factor as f32)?.broadcast_div(&std)?);
+    }
     let latents = match cfg.shift_factor {
         Some(shift) => (latents - shift)?,
         None => latents,
     };
     mul_s(&latents, cfg.scaling_factor as f32)
+}
+
+/// The VAE's per-channel `latents_mean` / `latents_std` as `(1, c, 1, 1)` tensors, which only the SDXL
+/// pipelines apply (diffusers' SD pipelines ignore them).
+fn latent_stats(p: &Pipeline, device: &Device) -> Result<Option<(Tensor, Tensor)>> {
+    let cfg = p.components.vae.config();
+    match (&cfg.latents_mean, &cfg.latents_std, p.family) {
+        (Some(mean), Some(std), Family::StableDiffusionXl) => {
+            let t = |v: &Vec<f64>| -> Result<Tensor> {
+                let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                let n = v.len();
+                Ok(Tensor::from_vec(v, (1, n, 1, 1), device)?)
+            };
+            Ok(Some((t(mean)?, t(std)?)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Four-channel inpainting: after each step, everything outside the mask is replaced by the original
@@ -384,10 +405,15 @@ pub(super) fn run(
 fn decode(p: &Pipeline, latents: &Tensor, trace: Option<&mut Trace>) -> Result<Tensor> {
     let vae = &p.components.vae;
     let cfg = vae.config();
-    let mut z = div_s(latents, cfg.scaling_factor as f32)?;
-    if let Some(shift) = cfg.shift_factor {
-        z = (z + shift)?;
-    }
+    let z = if let Some((mean, std)) = latent_stats(p, latents.device())? {
+        div_s(&latents.broadcast_mul(&std)?, cfg.scaling_factor as f32)?.broadcast_add(&mean)?
+    } else {
+        let z = div_s(latents, cfg.scaling_factor as f32)?;
+        match cfg.shift_factor {
+            Some(shift) => (z + shift)?,
+            None => z,
+        }
+    };
     let image = vae.decode(&z)?;
     let image = (div_s(&image, 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
     if let Some(trace) = trace {

@@ -38,6 +38,11 @@ pub struct Pipeline {
 pub struct Trace {
     pub prompt_embeds: Option<Tensor>,
     pub negative_prompt_embeds: Option<Tensor>,
+    /// SDXL: the second encoder's pooled projection (`text_embeds`).
+    pub pooled_prompt_embeds: Option<Tensor>,
+    pub negative_pooled_prompt_embeds: Option<Tensor>,
+    /// SDXL: `added_cond_kwargs` of the first UNet call (text embeds and time ids, CFG batch included).
+    pub added_cond: Option<crate::components::unet::AddedCond>,
     /// Every tensor drawn from the generator, in order.
     pub noise: Vec<Tensor>,
     pub unet_timesteps: Vec<f64>,

@@ -31,6 +31,13 @@ fn abbreviate(text: &str) -> String {
     s
 }
 
+/// Which of SDXL's two encoders a prompt goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizedFor {
+    First,
+    Second,
+}
+
 /// SD 1.x/2.x: `last_hidden_state`, or with `clip_skip` the hidden state `clip_skip` layers earlier
 /// passed through the final layer norm.
 pub fn encode_sd(enc: &TextEncoder, ids: &Tensor, clip_skip: Option<usize>) -> Result<Tensor> {

@@ -1,19 +1,179 @@
-//! Stable Diffusion XL prompt conditioning: two text encoders and the size/crop time ids.
+//! Stable Diffusion XL conditioning (`StableDiffusionXL*Pipeline.encode_prompt` and `_get_add_time_ids`):
+//! both text encoders' penultimate hidden states concatenated, the second encoder's pooled projection,
+//! and the size/crop (or aesthetic-score) time ids.
 
 use super::generate::{Conditioning, Settings};
+use super::prompt::{repeat_batch, tokenize, TokenizedFor};
 use super::{Pipeline, RunParams, Trace};
+use crate::components::unet::AddedCond;
 use crate::error::{Error, Result};
+use crate::registry::Task;
+use candle_core::{Tensor, D};
 
-/// Not yet implemented: SDXL conditioning lands with the SDXL issue.
-pub(super) fn encode(
-    _p: &Pipeline,
-    _params: &RunParams,
-    _s: &Settings,
-    _do_cfg: bool,
-    _trace: Option<&mut Trace>,
-    _warnings: &mut Vec<String>,
-) -> Result<Conditioning> {
-    Err(Error::Unsupported(
-        "stable-diffusion-xl runs are not implemented yet in this build".into(),
+/// diffusers' defaults for the refiner-style aesthetic conditioning.
+const AESTHETIC_SCORE: f64 = 6.0;
+const NEGATIVE_AESTHETIC_SCORE: f64 = 2.5;
+
+/// `Some(s)` unless `s` is empty, like Python's `a or b`.
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|v| !v.is_empty())
+}
+
+/// Encodes `[text, text_2]` with both encoders: `(hidden states concatenated, pooled projection)`.
+fn encode_pair(
+    p: &Pipeline,
+    texts: [&str; 2],
+    clip_skip: Option<usize>,
+    warnings: &mut Vec<String>,
+) -> Result<(Tensor, Tensor)> {
+    let c = &*p.components;
+    let second = c.text_encoder_2.as_ref().ok_or_else(|| {
+        Error::InvalidModel("an SDXL checkpoint needs text_encoder_2 and tokenizer_2".into())
+    })?;
+    let mut hidden = Vec::with_capacity(2);
+    let mut pooled = None;
+    for (enc, text, which) in [
+        (&c.text_encoder, texts[0], TokenizedFor::First),
+        (second, texts[1], TokenizedFor::Second),
+    ] {
+        let ids = tokenize(enc, text, &c.device, warnings)?;
+        let out = enc.model.forward(&ids)?;
+        let n = out.hidden_states.len();
+        // SDXL always uses a pre-final-norm hidden state: the penultimate, or `clip_skip` earlier.
+        let idx = n.checked_sub(clip_skip.unwrap_or(0) + 2).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "clip_skip is too large for a text encoder with {} layers",
+                n - 1
+            ))
+        })?;
+        hidden.push(out.hidden_states[idx].clone());
+        if which == TokenizedFor::Second {
+            pooled = Some(out.pooled);
+        }
+    }
+    Ok((
+        Tensor::cat(&hidden, D::Minus1)?,
+        pooled.expect("second encoder ran"),
     ))
+}
+
+/// `_get_add_time_ids`, with diffusers' checks against the UNet's `add_embedding` width.
+fn time_ids(p: &Pipeline, s: &Settings, negative: bool) -> Result<Vec<f64>> {
+    let c = &*p.components;
+    let (h, w) = (s.height as f64, s.width as f64);
+    let aesthetics = p.task != Task::Text2Image
+        && p.config
+            .get("requires_aesthetics_score")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+    let ids = if aesthetics {
+        let score = if negative {
+            NEGATIVE_AESTHETIC_SCORE
+        } else {
+            AESTHETIC_SCORE
+        };
+        vec![h, w, 0.0, 0.0, score]
+    } else {
+        vec![h, w, 0.0, 0.0, h, w]
+    };
+    let cfg = c.unet.config();
+    let time_dim = cfg.addition_time_embed_dim.unwrap_or(0);
+    let projection = c
+        .text_encoder_2
+        .as_ref()
+        .map_or(0, |t| t.model.config().projection_dim.unwrap_or(0));
+    let passed = time_dim * ids.len() + projection;
+    let expected = cfg.projection_class_embeddings_input_dim.unwrap_or(passed);
+    if expected == passed {
+        return Ok(ids);
+    }
+    let head = format!(
+        "Model expects an added time embedding vector of length {expected}, but a vector of {passed} was created."
+    );
+    let tail = if p.task == Task::Text2Image {
+        " The model has an incorrect config. Please check `unet.config.time_embedding_type` and \
+         `text_encoder_2.config.projection_dim`."
+            .to_string()
+    } else if expected > passed && expected - passed == time_dim {
+        format!(
+            " Please make sure to enable `requires_aesthetics_score` with \
+             `pipe.register_to_config(requires_aesthetics_score=True)` to make sure `aesthetic_score` {AESTHETIC_SCORE:?} \
+             and `negative_aesthetic_score` {NEGATIVE_AESTHETIC_SCORE:?} is correctly used by the model."
+        )
+    } else if passed > expected && passed - expected == time_dim {
+        format!(
+            " Please make sure to disable `requires_aesthetics_score` with \
+             `pipe.register_to_config(requires_aesthetics_score=False)` to make sure `target_size` ({}, {}) is \
+             correctly used by the model.",
+            s.height, s.width
+        )
+    } else {
+        " The model has an incorrect config. Please check `unet.config.time_embedding_type` and \
+         `text_encoder_2.config.projection_dim`."
+            .to_string()
+    };
+    Err(Error::InvalidArgument(head + &tail))
+}
+
+/// Prompt embeddings, pooled embeddings and time ids, negative first under CFG.
+pub(super) fn encode(
+    p: &Pipeline,
+    params: &RunParams,
+    s: &Settings,
+    do_cfg: bool,
+    trace: Option<&mut Trace>,
+    warnings: &mut Vec<String>,
+) -> Result<Conditioning> {
+    let c = &*p.components;
+    let device = &c.device;
+    let pos_ids = time_ids(p, s, false)?;
+    let neg_ids = time_ids(p, s, true)?;
+
+    let prompt_2 = non_empty(&params.prompt_2).unwrap_or(&params.prompt);
+    let (embeds, pooled) = encode_pair(p, [&params.prompt, prompt_2], params.clip_skip, warnings)?;
+    let force_zeros = p
+        .config
+        .get("force_zeros_for_empty_prompt")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    let negative = if !do_cfg {
+        None
+    } else if params.negative_prompt.is_none() && force_zeros {
+        Some((embeds.zeros_like()?, pooled.zeros_like()?))
+    } else {
+        let neg = non_empty(&params.negative_prompt).unwrap_or("");
+        let neg_2 = non_empty(&params.negative_prompt_2).unwrap_or(neg);
+        // The negative prompt never uses clip_skip in diffusers.
+        Some(encode_pair(p, [neg, neg_2], None, warnings)?)
+    };
+    if let Some(trace) = trace {
+        trace.prompt_embeds = Some(embeds.clone());
+        trace.pooled_prompt_embeds = Some(pooled.clone());
+        trace.negative_prompt_embeds = negative.as_ref().map(|n| n.0.clone());
+        trace.negative_pooled_prompt_embeds = negative.as_ref().map(|n| n.1.clone());
+    }
+    let b = s.batch;
+    let ids_row = |v: &[f64]| -> Result<Tensor> {
+        let row = Tensor::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), device)?.unsqueeze(0)?;
+        repeat_batch(&row, b)
+    };
+    let (context, text_embeds, time_ids) = match &negative {
+        Some((neg, neg_pooled)) => (
+            Tensor::cat(&[&repeat_batch(neg, b)?, &repeat_batch(&embeds, b)?], 0)?,
+            Tensor::cat(&[&repeat_batch(neg_pooled, b)?, &repeat_batch(&pooled, b)?], 0)?,
+            Tensor::cat(&[&ids_row(&neg_ids)?, &ids_row(&pos_ids)?], 0)?,
+        ),
+        None => (
+            repeat_batch(&embeds, b)?,
+            repeat_batch(&pooled, b)?,
+            ids_row(&pos_ids)?,
+        ),
+    };
+    Ok(Conditioning {
+        context,
+        added: Some(AddedCond {
+            text_embeds,
+            time_ids,
+        }),
+    })
 }

@@ -118,6 +118,38 @@ pub fn check_ok_case(id: &str) {
             None => assert!(got.is_none(), "{id}: diffusers made no {name}"),
         }
     }
+    // SDXL time ids of the first UNet call (CFG batch included), exact.
+    if let Some(added) = case.get("added_cond_kwargs_step0").filter(|v| !v.is_null()) {
+        let got = trace
+            .added_cond
+            .as_ref()
+            .unwrap_or_else(|| panic!("{id}: no added_cond"));
+        let want: Vec<Vec<f32>> = added["time_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(got.time_ids.to_vec2::<f32>().unwrap(), want, "{id}: time ids");
+        let dims: Vec<usize> = added["text_embeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got.text_embeds.dims(), dims.as_slice(), "{id}: text_embeds shape");
+    } else {
+        assert!(
+            trace.added_cond.is_none(),
+            "{id}: diffusers passed no added_cond_kwargs"
+        );
+    }
     // Timesteps and the first UNet call.
     let want_ts: Vec<f64> = case["unet_timesteps"]
         .as_array()
