@@ -2,6 +2,7 @@
 
 mod components;
 mod conditioning;
+mod config;
 mod denoise;
 mod generate;
 pub mod params;
@@ -115,8 +116,9 @@ impl Pipeline {
             None => &mut no_progress,
         };
         let components = Components::load(&source, &plan.index, &device, progress)?;
-        let mut config = plan.index.config.clone();
-        config.insert("_name_or_path".into(), Value::String(model.to_string()));
+        let mut base = plan.index.config.clone();
+        base.insert("_name_or_path".into(), Value::String(model.to_string()));
+        let config = config::derive(plan.family, task, &base, &Map::new());
         Ok(Self {
             task,
             family: plan.family,
@@ -138,11 +140,7 @@ impl Pipeline {
                 resolved.pipeline_class
             ))
         })?;
-        let mut config = self.config.clone();
-        for (k, v) in overrides {
-            config.remove(&format!("_{k}"));
-            config.insert(k.clone(), v.clone());
-        }
+        let config = config::derive(family, task, &self.config, overrides);
         Ok(Self {
             task,
             family,
