@@ -5,7 +5,7 @@ use super::nn::{
 };
 use super::transformer::{Transformer2D, TransformerConfig};
 pub use super::unet_config::UNetConfig;
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, GroupNorm, VarBuilder};
 
 /// SDXL's extra conditioning (`added_cond_kwargs`): pooled text embeddings and the size/crop time ids.
@@ -236,6 +236,9 @@ impl UNet2DConditionModel {
     /// Predicts noise (or v, per the scheduler's `prediction_type`) for `sample` at `timestep`.
     ///
     /// `sample`: `(batch, in_channels, h, w)`; `context`: `(batch, tokens, cross_attention_dim)`.
+    ///
+    /// Inputs are cast to the weights' dtype (f16/bf16 models take f32 latents); the output is float32
+    /// whatever that dtype, so schedulers always step in float32.
     pub fn forward(
         &self,
         sample: &Tensor,
@@ -243,6 +246,18 @@ impl UNet2DConditionModel {
         context: &Tensor,
         added: Option<&AddedCond>,
     ) -> Result<Tensor> {
+        let dtype = self.conv_in.weight().dtype();
+        if sample.dtype() != dtype {
+            let cast = added
+                .map(|a| -> Result<AddedCond> {
+                    Ok(AddedCond { text_embeds: a.text_embeds.to_dtype(dtype)?, time_ids: a.time_ids.clone() })
+                })
+                .transpose()?;
+            return self
+                .forward(&sample.to_dtype(dtype)?, timestep, &context.to_dtype(dtype)?, cast.as_ref())?
+                .to_dtype(DType::F32);
+        }
+        let context = &context.to_dtype(dtype)?;
         let c = &self.config;
         let batch = sample.dim(0)?;
         let device = sample.device();

@@ -1,7 +1,7 @@
 //! diffusers `AutoencoderKL`: encoder (image → latent distribution) and decoder (latents → image).
 
 use super::nn::{conv2d, Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -363,12 +363,15 @@ impl AutoencoderKL {
     }
 
     /// Image in `[-1, 1]`, `(b, 3, h, w)` → latent distribution (unscaled).
+    /// Runs in the weights' dtype; mean and std come back as float32.
     pub fn encode(&self, image: &Tensor) -> Result<LatentDist> {
-        let mut moments = self.encoder.forward(image)?;
+        let dtype = self.encoder.conv_in.weight().dtype();
+        let mut moments = self.encoder.forward(&image.to_dtype(dtype)?)?;
         if let Some(q) = &self.quant_conv {
             moments = q.forward(&moments)?;
         }
         let lc = self.config.latent_channels;
+        let moments = moments.to_dtype(DType::F32)?;
         let mean = moments.narrow(1, 0, lc)?;
         let logvar = moments.narrow(1, lc, lc)?.clamp(-30f32, 20f32)?;
         let std = (logvar * 0.5)?.exp()?;
@@ -376,11 +379,13 @@ impl AutoencoderKL {
     }
 
     /// Unscaled latents → image in roughly `[-1, 1]`, `(b, out_channels, h·f, w·f)`.
+    /// Runs in the weights' dtype; the image comes back as float32.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let latents = latents.to_dtype(self.decoder.conv_in.weight().dtype())?;
         let z = match &self.post_quant_conv {
-            Some(p) => p.forward(latents)?,
-            None => latents.clone(),
+            Some(p) => p.forward(&latents)?,
+            None => latents,
         };
-        self.decoder.forward(&z)
+        self.decoder.forward(&z)?.to_dtype(DType::F32)
     }
 }

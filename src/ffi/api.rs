@@ -61,6 +61,7 @@ pub extern "C" fn ap_load_params_default() -> ap_load_params {
         local_files_only: 0,
         progress: None,
         progress_user_data: std::ptr::null_mut(),
+        dtype: std::ptr::null(),
     }
 }
 

@@ -55,6 +55,7 @@ pub unsafe fn load_options(p: &ap_load_params) -> Result<LoadOptions> {
     )?;
     Ok(LoadOptions {
         device: opt_str(p.device, "device")?,
+        dtype: opt_str(p.dtype, "dtype")?,
         variant: opt_str(p.variant, "variant")?,
         revision: opt_str(p.revision, "revision")?,
         cache_dir: opt_str(p.cache_dir, "cache_dir")?.map(Into::into),

@@ -60,6 +60,9 @@ pub struct ap_load_params {
     /// Called after each loaded component; may be NULL.
     pub progress: ap_progress_fn,
     pub progress_user_data: *mut c_void,
+    /// Compute dtype of the UNet and text encoders: "f32" (default, NULL), "f16" or "bf16". The VAE
+    /// stays f32 when its config has `force_upcast`; latents and scheduler math are always f32.
+    pub dtype: *const c_char,
 }
 
 /// Inputs of `ap_run`. Initialise with `ap_run_params_default()`; a 0 / negative / NULL field means

@@ -33,6 +33,16 @@ pub struct Components {
     pub dtype: DType,
 }
 
+/// Parses a dtype name (`f32`/`float32`, `f16`/`float16`/`fp16`, `bf16`/`bfloat16`).
+pub fn parse_dtype(name: Option<&str>) -> Result<DType> {
+    match name.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") | Some("f32") | Some("float32") | Some("fp32") => Ok(DType::F32),
+        Some("f16") | Some("float16") | Some("fp16") | Some("half") => Ok(DType::F16),
+        Some("bf16") | Some("bfloat16") => Ok(DType::BF16),
+        Some(other) => Err(Error::InvalidArgument(format!("dtype {other:?}: expected f32, f16 or bf16"))),
+    }
+}
+
 /// Files a tokenizer folder may hold; each is fetched (hub) or checked (local) before parsing.
 const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
@@ -48,9 +58,9 @@ impl Components {
         source: &ModelSource,
         index: &ModelIndex,
         device: &Device,
+        dtype: DType,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Self> {
-        let dtype = DType::F32;
         let has_second = index.component("text_encoder_2").is_some();
         let total = if has_second { 4 } else { 3 };
         let mut done = 0;
@@ -63,7 +73,7 @@ impl Components {
             }
         };
         let scheduler_path = source.file("scheduler", "scheduler_config.json")?;
-        let text = std::fs::read_to_string(&scheduler_path).map_err(|e| Error::io(&scheduler_path, e))?;
+        let text = crate::components::load::read_text_file(&scheduler_path)?;
         let scheduler = SchedulerConfig::from_json(&text, &scheduler_path.display().to_string())?;
         crate::schedulers::build(&scheduler)?;
 
@@ -85,7 +95,9 @@ impl Components {
 
         let vae_cfg: VaeConfig = read_config(&source.file("vae", "config.json")?)?;
         let vae_dir = PathBuf::from(source.component_location("vae"));
-        let vb = var_builder(&source.weights("vae", "diffusion_pytorch_model")?, dtype, device)?;
+        // diffusers keeps a `force_upcast` VAE in float32 when the pipeline runs in half precision.
+        let vae_dtype = if vae_cfg.force_upcast.unwrap_or(true) { DType::F32 } else { dtype };
+        let vb = var_builder(&source.weights("vae", "diffusion_pytorch_model")?, vae_dtype, device)?;
         let vae = AutoencoderKL::new(vb, vae_cfg).map_err(|e| model_error("vae", &vae_dir, e))?;
         tick(progress)?;
 
@@ -142,11 +154,21 @@ fn load_text_encoder(
     let dir = PathBuf::from(source.component_location(encoder));
     let vb = var_builder(&source.weights(encoder, "model")?, dtype, device)?;
     let model = ClipTextModel::new(vb, cfg, with_projection).map_err(|e| model_error(encoder, &dir, e))?;
-    if model.config().vocab_size < tok.vocab_size() {
+    // Ids or lengths the encoder cannot embed would only fail at the first run, with candle's index
+    // error; refuse the pair here, naming both folders.
+    let vocab_size = model.config().vocab_size;
+    if vocab_size < tok.vocab_size() || tok.max_id() as usize >= vocab_size {
         return Err(Error::InvalidModel(format!(
-            "{tokenizer} has {} tokens but {encoder} embeds only {}",
+            "{tokenizer} has {} tokens (largest id {}) but {encoder} embeds only {vocab_size}",
             tok.vocab_size(),
-            model.config().vocab_size
+            tok.max_id()
+        )));
+    }
+    let positions = model.config().max_position_embeddings;
+    if tok.max_length() > positions {
+        return Err(Error::InvalidModel(format!(
+            "{tokenizer}'s model_max_length {} exceeds {encoder}'s max_position_embeddings {positions}",
+            tok.max_length()
         )));
     }
     Ok(TextEncoder {

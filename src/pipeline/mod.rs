@@ -115,7 +115,16 @@ impl Pipeline {
             Some(p) => p,
             None => &mut no_progress,
         };
-        let components = Components::load(&source, &plan.index, &device, progress)?;
+        let dtype = components::parse_dtype(opts.dtype.as_deref())?;
+        if dtype == candle_core::DType::BF16 && device.is_cpu() {
+            // candle 0.11's CPU matmul has no bf16 kernel: refuse now rather than fail mid-run.
+            return Err(Error::Unsupported(
+                "bf16 is not supported on the CPU (candle has no CPU bf16 matmul): use f32 or f16 there, or bf16 on \
+                 a CUDA device"
+                    .into(),
+            ));
+        }
+        let components = Components::load(&source, &plan.index, &device, dtype, progress)?;
         let mut base = plan.index.config.clone();
         base.insert("_name_or_path".into(), Value::String(model.to_string()));
         let config = config::derive(plan.family, task, &base, &Map::new());

@@ -7,6 +7,10 @@ use crate::image::Image;
 pub struct LoadOptions {
     /// `"cpu"` (default), `"cuda"` or `"cuda:N"`.
     pub device: Option<String>,
+    /// Compute dtype of the UNet and text encoders: `"f32"` (default), `"f16"` or `"bf16"`. The VAE stays
+    /// in f32 when its config says `force_upcast` (SD/SDXL VAEs overflow in f16); latents and scheduler
+    /// steps are always f32.
+    pub dtype: Option<String>,
     /// Weight variant, e.g. `"fp16"` → `diffusion_pytorch_model.fp16.safetensors`.
     pub variant: Option<String>,
     /// Hub revision (branch, tag or commit); default `main`.
