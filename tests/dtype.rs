@@ -10,7 +10,7 @@ fn run(ckpt: &str, case: &str, dtype: &str) -> Vec<u8> {
     let dir = common::data_dir().join("checkpoints").join(ckpt);
     let opts = LoadOptions {
         dtype: Some(dtype.into()),
-        ..Default::default()
+        ..common::cases::load_options()
     };
     let pipe = Pipeline::from_pretrained(dir.to_str().unwrap(), Task::Text2Image, &opts, None).unwrap();
     let out = pipe

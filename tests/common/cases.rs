@@ -34,6 +34,11 @@ fn task_of(name: &str) -> Task {
     Task::from_name(name).unwrap_or_else(|| panic!("unknown task {name}"))
 }
 
+/// Load options for the tests: the device comes from `AP_TEST_DEVICE` (e.g. `cuda` in the GPU check).
+pub fn load_options() -> LoadOptions {
+    LoadOptions { device: std::env::var("AP_TEST_DEVICE").ok(), ..Default::default() }
+}
+
 /// Builds the pipeline as the case's `load.call` did (`from_pretrained`, or `from_pipe` of another task).
 pub fn pipeline(case: &Value) -> Pipeline {
     let ckpt = data_dir().join(case["checkpoint"].as_str().unwrap());
@@ -50,13 +55,13 @@ pub fn pipeline(case: &Value) -> Pipeline {
             Task::Inpaint
         };
         let base =
-            Pipeline::from_pretrained(ckpt.to_str().unwrap(), first, &LoadOptions::default(), None).unwrap();
+            Pipeline::from_pretrained(ckpt.to_str().unwrap(), first, &load_options(), None).unwrap();
         let kwargs = load["kwargs"].as_object().cloned().unwrap_or_default();
         let derived = base.from_pipe(task, &kwargs).unwrap();
         assert!(derived.shares_components_with(&base));
         derived
     } else {
-        Pipeline::from_pretrained(ckpt.to_str().unwrap(), task, &LoadOptions::default(), None).unwrap()
+        Pipeline::from_pretrained(ckpt.to_str().unwrap(), task, &load_options(), None).unwrap()
     }
 }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds the CUDA variant of the library (`--features cuda`) on a machine without a GPU, into
+# target-cuda/release. Needs network access to PyPI for the CUDA 13 toolchain wheels.
+# Measured on the 2-core dev machine: ~25 minutes; the .so (~55 MB, sm_90) loads libcuda.so.1,
+# libcudart.so.13, libcublas.so.13 and libcurand.so.10 at run time.
+#
+#   scripts/cuda/build.sh [COMPUTE_CAP]     # default 90 (H100/H200)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cap=${1:-90}
+venv=${CUDA_VENV:-$PWD/target-cuda/venv}
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  # cudarc 0.19 (candle 0.11) supports CUDA up to 13.4: pin the toolchain to it.
+  "$venv/bin/pip" install -q 'nvidia-cuda-nvcc==13.4.*' 'nvidia-cuda-runtime==13.4.*' 'nvidia-cuda-nvrtc==13.4.*' \
+    'nvidia-cuda-crt==13.4.*' 'nvidia-nvvm==13.4.*' nvidia-cuda-cccl nvidia-cublas nvidia-curand
+fi
+cu=$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)
+[ -x "$cu/bin/nvcc" ] || { echo "no nvcc under $cu" >&2; exit 1; }
+
+# Unversioned names for the linker.
+for lib in cudart cublas cublasLt nvrtc curand; do
+  real=$(ls "$cu"/lib/lib$lib.so.* 2>/dev/null | head -n1)
+  [ -n "$real" ] && ln -sf "$(basename "$real")" "$cu/lib/lib$lib.so"
+done
+
+# No package ships the driver library: link against a stub with every cu* symbol cudarc names. The
+# real libcuda.so.1 of the GPU machine's driver is loaded at run time.
+mkdir -p "$cu/lib/stubs"
+if [ ! -f "$cu/lib/stubs/libcuda.so" ]; then
+  src=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.*/src/driver/sys | head -n1)
+  grep -ohE 'pub (unsafe )?fn cu[A-Za-z0-9_]+' "$src"/*.rs | awk '{print $NF}' | sort -u \
+    | sed 's/.*/void &(void) {}/' > "$cu/lib/stubs/cuda_stub.c"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cu/lib/stubs/libcuda.so" "$cu/lib/stubs/cuda_stub.c"
+  ln -sf libcuda.so "$cu/lib/stubs/libcuda.so.1"
+fi
+
+export PATH="$cu/bin:$PATH" CUDA_ROOT="$cu" CUDA_PATH="$cu" CUDA_HOME="$cu" CUDA_COMPUTE_CAP="$cap"
+export LIBRARY_PATH="$cu/lib:$cu/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export CARGO_TARGET_DIR="$PWD/target-cuda"
+cargo build --release --features cuda --lib --tests --examples
+echo "built $CARGO_TARGET_DIR/release/libautopipeline.so"
