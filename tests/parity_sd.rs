@@ -46,3 +46,33 @@ fn nine_channel_unet_img2img_is_refused_clearly() {
     assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
     assert!(err.to_string().contains("inpaint"), "{err}");
 }
+
+/// No diffusers fixture covers `padding_mask_crop`; check its contract instead: the output has the
+/// original image's size, pixels outside the mask are the original's exactly, and pixels inside changed.
+#[test]
+fn padding_mask_crop_pastes_back_into_the_original() {
+    let case = common::cases::inputs("sd15-inpaint4ch-nocfg");
+    let pipe = common::cases::pipeline(&case);
+    let mut params = common::cases::params(&case);
+    params.padding_mask_crop = Some(4);
+    let out = pipe.run(&params, None).unwrap();
+    let img = &out.images[0];
+    let orig = params.image.as_ref().unwrap();
+    let mask = params.mask.as_ref().unwrap();
+    assert_eq!((img.width, img.height), (orig.width, orig.height));
+    let (mut outside, mut changed_inside) = (0, 0);
+    for i in 0..(orig.width * orig.height) as usize {
+        let m = mask.data[i * mask.channels as usize];
+        let same = img.data[i * 3..i * 3 + 3] == orig.data[i * 3..i * 3 + 3];
+        if m == 0 {
+            assert!(same, "pixel {i} outside the mask changed");
+            outside += 1;
+        } else if m == 255 && !same {
+            changed_inside += 1;
+        }
+    }
+    assert!(
+        outside > 0 && changed_inside > 0,
+        "outside {outside}, changed inside {changed_inside}"
+    );
+}

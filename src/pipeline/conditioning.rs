@@ -94,34 +94,36 @@ fn resize(img: &Image, w: u32, h: u32) -> Image {
     }
 }
 
-/// diffusers' `_resize_and_fill`: fit inside `w×h` keeping the aspect ratio, centre it, and fill the
-/// borders by stretching the image's edge rows/columns.
-fn resize_and_fill(img: &Image, w: u32, h: u32) -> Image {
+/// diffusers' `_resize_and_fill` (`fill`) and `_resize_and_crop`: resize keeping the aspect ratio so the
+/// image fits inside (fill) or covers (crop) `w×h`, centre it, and either stretch its edge pixels over
+/// the uncovered borders (fill) or leave them black (crop).
+fn resize_and_place(img: &Image, w: u32, h: u32, fill: bool) -> Image {
     let ratio = w as f64 / h as f64;
     let src_ratio = img.width as f64 / img.height as f64;
-    let src_w = if ratio < src_ratio {
-        w
+    let fit_width = if fill {
+        ratio < src_ratio
     } else {
-        img.width * h / img.height
+        ratio > src_ratio
     };
-    let src_h = if ratio >= src_ratio {
-        h
-    } else {
-        img.height * w / img.width
-    };
+    let src_w = if fit_width { w } else { img.width * h / img.height };
+    let src_h = if fit_width { img.height * w / img.width } else { h };
     let resized = resize(img, src_w.max(1), src_h.max(1));
     let c = img.channels as usize;
-    let mut out = vec![0u8; (w * h) as usize * c];
     let (ox, oy) = (
         (w / 2) as i64 - (src_w / 2) as i64,
         (h / 2) as i64 - (src_h / 2) as i64,
     );
+    let (rw, rh) = (resized.width as i64, resized.height as i64);
+    let mut out = vec![0u8; (w * h) as usize * c];
     for y in 0..h as i64 {
         for x in 0..w as i64 {
-            // Inside: the resized image; outside: the nearest edge pixel (the fill stretches edges).
-            let sx = (x - ox).clamp(0, resized.width as i64 - 1) as usize;
-            let sy = (y - oy).clamp(0, resized.height as i64 - 1) as usize;
-            let src = (sy * resized.width as usize + sx) * c;
+            let (mut sx, mut sy) = (x - ox, y - oy);
+            if fill {
+                (sx, sy) = (sx.clamp(0, rw - 1), sy.clamp(0, rh - 1));
+            } else if sx < 0 || sy < 0 || sx >= rw || sy >= rh {
+                continue;
+            }
+            let src = (sy as usize * rw as usize + sx as usize) * c;
             let dst = (y as usize * w as usize + x as usize) * c;
             out[dst..dst + c].copy_from_slice(&resized.data[src..src + c]);
         }
@@ -201,7 +203,7 @@ pub fn image_tensor(
 ) -> Result<Tensor> {
     let mut img = img.clone();
     if let Some(b) = crop_box {
-        img = resize_and_fill(&crop(&img, b), width as u32, height as u32);
+        img = resize_and_place(&crop(&img, b), width as u32, height as u32, true);
     } else {
         img = resize(&img, width as u32, height as u32);
     }
@@ -219,7 +221,7 @@ pub fn mask_tensor(
 ) -> Result<Tensor> {
     let mut m = mask.clone();
     if let Some(b) = crop_box {
-        m = resize_and_fill(&crop(&m, b), width as u32, height as u32);
+        m = resize_and_place(&crop(&m, b), width as u32, height as u32, true);
     } else {
         m = resize(&m, width as u32, height as u32);
     }
@@ -240,7 +242,7 @@ pub fn overlay(
     out_channels: u32,
 ) -> Result<Image> {
     let (x1, y1, x2, y2) = b;
-    let patch = resize_and_crop(&to_rgb(generated), x2 - x1, y2 - y1);
+    let patch = resize_and_place(&to_rgb(generated), x2 - x1, y2 - y1, false);
     let orig = to_rgb(original);
     let grey = to_grey(&resize(mask, original.width, original.height));
     let (w, h) = (original.width as usize, original.height as usize);
@@ -263,45 +265,6 @@ pub fn overlay(
         }
     }
     Image::new(original.width, original.height, out_channels, out)
-}
-
-/// diffusers `_resize_and_crop`: cover `w×h` keeping the aspect ratio and centre-crop the excess.
-fn resize_and_crop(img: &Image, w: u32, h: u32) -> Image {
-    let ratio = w as f64 / h as f64;
-    let src_ratio = img.width as f64 / img.height as f64;
-    let src_w = if ratio > src_ratio {
-        w
-    } else {
-        img.width * h / img.height
-    };
-    let src_h = if ratio <= src_ratio {
-        h
-    } else {
-        img.height * w / img.width
-    };
-    let resized = resize(img, src_w.max(1), src_h.max(1));
-    let c = img.channels as usize;
-    let (ox, oy) = (
-        (w / 2) as i64 - (src_w / 2) as i64,
-        (h / 2) as i64 - (src_h / 2) as i64,
-    );
-    let mut out = vec![0u8; (w * h) as usize * c];
-    for y in 0..h as i64 {
-        for x in 0..w as i64 {
-            let (sx, sy) = (x - ox, y - oy);
-            if sx >= 0 && sy >= 0 && sx < resized.width as i64 && sy < resized.height as i64 {
-                let src = (sy as usize * resized.width as usize + sx as usize) * c;
-                let dst = (y as usize * w as usize + x as usize) * c;
-                out[dst..dst + c].copy_from_slice(&resized.data[src..src + c]);
-            }
-        }
-    }
-    Image {
-        width: w,
-        height: h,
-        channels: img.channels,
-        data: out,
-    }
 }
 
 #[cfg(test)]
