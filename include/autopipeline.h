@@ -10,16 +10,26 @@
  *    that thread).
  *  - Strings are UTF-8, NUL-terminated; invalid UTF-8 gives AP_ERR_INVALID_ARGUMENT.
  *  - Ownership: everything the library returns through an out-parameter is owned by the caller and
- *    freed with its one free function (ap_pipeline_free, ap_images_free, ap_image_free); each accepts
- *    NULL. Inputs (strings, images) are only read during the call.
+ *    freed with its one free function (ap_pipeline_free, ap_images_free, ap_image_free, ap_job_free);
+ *    each accepts NULL. Inputs (strings, images) are only read during the call (async calls copy them).
  *  - Parameter structs start with struct_size: initialise them with ap_*_params_default().
  *  - No call lets a Rust panic escape: an internal failure returns AP_ERR_INTERNAL.
  *
  * Threading
- *  - A pipeline may be used by several threads at once: concurrent ap_run calls on one pipeline, or
- *    on pipelines sharing models through ap_from_pipe, are safe and independent.
- *  - ap_pipeline_free must not race with other calls on the same handle.
- *  - Callbacks run on the thread that called the function they were passed to.
+ *  - A pipeline may be used by several threads at once: concurrent ap_run / ap_run_async calls on one
+ *    pipeline, or on pipelines sharing models through ap_from_pipe, are safe and independent (no lock
+ *    is shared between runs). They share the device, though: on a CPU the tensor kernels of one run
+ *    already use several cores, so parallel runs mostly divide the cores rather than finish sooner;
+ *    for the lowest latency run one job at a time per device.
+ *  - ap_pipeline_free and ap_job_free must not race with other calls on the same handle. Jobs hold the
+ *    models themselves: freeing a pipeline while its jobs run is safe.
+ *  - Callbacks (progress, preview, log) of a blocking call (ap_run, ap_from_pretrained) run on the
+ *    calling thread before it returns. Those of a job (ap_run_async, ap_from_pretrained_async) run on
+ *    the job's worker thread, one at a time, and never after ap_job_free has returned. A pipeline's log
+ *    callback may run on several threads at once when several runs use it.
+ *  - Game loops: start a job, call ap_job_poll once per frame (lock-free, never blocks), take the
+ *    result when the state is AP_JOB_DONE / FAILED / CANCELLED. No call keeps a lock across calls.
+ *  - A cancelled or failed run or job leaves the pipeline fully usable.
  */
 
 #ifndef AUTOPIPELINE_H
@@ -35,6 +45,57 @@
 
 
 /**
+ * Largest JSON or text file a checkpoint may hand us (configs are kilobytes, a tokenizer.json a few
+ * megabytes): reading is refused beyond this rather than allocating whatever a file claims.
+ */
+#define MAX_TEXT_FILE (256 << 20)
+
+/**
+ * Job state: created, its worker thread not started yet.
+ */
+#define AP_JOB_QUEUED 0
+
+/**
+ * Job state: working.
+ */
+#define AP_JOB_RUNNING 1
+
+/**
+ * Job state: finished successfully; take the result.
+ */
+#define AP_JOB_DONE 2
+
+/**
+ * Job state: finished with an error; `ap_job_take_*` returns it (status and `ap_last_error()`).
+ */
+#define AP_JOB_FAILED 3
+
+/**
+ * Job state: finished because it was cancelled (`ap_job_cancel`, or a progress callback returned 0).
+ */
+#define AP_JOB_CANCELLED 4
+
+/**
+ * Log level: details (timings).
+ */
+#define AP_LOG_DEBUG 0
+
+/**
+ * Log level: notable events (a run cancelled).
+ */
+#define AP_LOG_INFO 1
+
+/**
+ * Log level: non-fatal problems (a prompt truncated to CLIP's 77 tokens, previews turned off).
+ */
+#define AP_LOG_WARN 2
+
+/**
+ * Log level: a run failed (the message also comes back through its status).
+ */
+#define AP_LOG_ERROR 3
+
+/**
  * Task: text to image (`AutoPipelineForText2Image`).
  */
 #define AP_TASK_TEXT2IMAGE 0
@@ -48,6 +109,24 @@
  * Task: inpainting (`AutoPipelineForInpainting`).
  */
 #define AP_TASK_INPAINT 2
+
+/**
+ * Preview mode: a linear latent→RGB projection (the SD 1.x/2.x or SDXL factors), at latent
+ * resolution (1/8 of the output per side). Costs microseconds.
+ */
+#define AP_PREVIEW_LATENT 0
+
+/**
+ * Preview mode: a full VAE decode at output resolution; costs about as much as the final decode.
+ */
+#define AP_PREVIEW_VAE 1
+
+/**
+ * An opaque background job: a run (`ap_run_async`) or a load (`ap_from_pretrained_async`). Observe
+ * it with `ap_job_poll` / `ap_job_wait`, stop it with `ap_job_cancel`, collect it with
+ * `ap_job_take_result` (runs) or `ap_job_take_pipeline` (loads), free it with `ap_job_free`.
+ */
+typedef struct ap_job ap_job;
 
 /**
  * An opaque loaded pipeline. Create with `ap_from_pretrained` / `ap_from_pipe`, free with
@@ -101,6 +180,11 @@ typedef struct ap_load_params {
    */
   ap_progress_fn progress;
   void *progress_user_data;
+  /**
+   * Compute dtype of the UNet and text encoders: "f32" (default, NULL), "f16" or "bf16". The VAE
+   * stays f32 when its config has `force_upcast`; latents and scheduler math are always f32.
+   */
+  const char *dtype;
 } ap_load_params;
 
 /**
@@ -114,6 +198,25 @@ typedef struct ap_image {
   uint32_t stride;
   uint8_t *data;
 } ap_image;
+
+/**
+ * Images returned by `ap_run`; free with `ap_images_free`.
+ */
+typedef struct ap_images {
+  size_t count;
+  struct ap_image *images;
+} ap_images;
+
+/**
+ * Preview callback: after denoising step `step` of `total`, `images` holds one RGBA8 preview per image
+ * of the batch (valid only during the call: copy what you keep). See `ap_run_params.preview_every`.
+ * Called on the thread that runs the work: the caller's for `ap_run`, the job's worker thread for
+ * `ap_run_async`.
+ */
+typedef void (*ap_preview_fn)(uint32_t step,
+                              uint32_t total,
+                              const struct ap_images *images,
+                              void *user_data);
 
 /**
  * Inputs of `ap_run`. Initialise with `ap_run_params_default()`; a 0 / negative / NULL field means
@@ -189,6 +292,19 @@ typedef struct ap_run_params {
    */
   ap_progress_fn progress;
   void *progress_user_data;
+  /**
+   * Called after every `preview_every`-th denoising step (step N, 2N, …); may be NULL.
+   */
+  ap_preview_fn preview;
+  void *preview_user_data;
+  /**
+   * Steps between previews; 0 = no previews.
+   */
+  int32_t preview_every;
+  /**
+   * `AP_PREVIEW_LATENT` (0, default) or `AP_PREVIEW_VAE` (1).
+   */
+  int32_t preview_mode;
 } ap_run_params;
 
 /**
@@ -197,12 +313,40 @@ typedef struct ap_run_params {
 typedef int32_t ap_status;
 
 /**
- * Images returned by `ap_run`; free with `ap_images_free`.
+ * A snapshot of a job, filled by `ap_job_poll`. Initialise with `ap_job_status_default()` (or set
+ * `struct_size` to `sizeof(ap_job_status)`).
  */
-typedef struct ap_images {
-  size_t count;
-  struct ap_image *images;
-} ap_images;
+typedef struct ap_job_status {
+  /**
+   * `sizeof(ap_job_status)`, set by the caller.
+   */
+  uint32_t struct_size;
+  /**
+   * One of `AP_JOB_*`.
+   */
+  int32_t state;
+  /**
+   * Denoising steps (runs) or components (loads) done so far.
+   */
+  uint32_t step;
+  /**
+   * Their number; 0 until known (a run knows it once its prompt is encoded).
+   */
+  uint32_t total;
+  /**
+   * Seconds since the work started (0 while queued), frozen once the job has finished.
+   */
+  double elapsed_seconds;
+} ap_job_status;
+
+/**
+ * Log callback: `message` (UTF-8, valid only during the call) at `level` (`AP_LOG_*`). Called on the
+ * thread doing the work: the caller's for `ap_run`, a job's worker thread for `ap_run_async`; runs in
+ * parallel on one pipeline may call it from several threads at once.
+ */
+typedef void (*ap_log_fn)(int32_t level,
+                          const char *message,
+                          void *user_data);
 
 /**
  * Success.
@@ -244,6 +388,11 @@ typedef struct ap_images {
  * A bug inside the library (including a caught panic): please report it with `ap_last_error()`.
  */
 #define AP_ERR_INTERNAL 7
+
+/**
+ * `ap_job_wait`'s timeout passed before the job finished (the job goes on).
+ */
+#define AP_ERR_TIMEOUT 8
 
 
 
@@ -307,8 +456,12 @@ ap_status ap_from_pipe(const struct ap_pipeline *pipe,
                        struct ap_pipeline **out);
 
 /**
- * Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`
- * still use them.
+ * Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`,
+ * or jobs started with `ap_run_async`, still use them: freeing a pipeline whose jobs are running is
+ * safe, and those jobs run to completion.
+ *
+ * Thread safety: must not race with other calls on the same handle (an `ap_run` in progress on
+ * another thread, say); jobs do not count, as they hold the models themselves.
  *
  * # Safety
  * `pipe` must be NULL or a pipeline not yet freed, and no other thread may be using it.
@@ -320,8 +473,13 @@ void ap_pipeline_free(struct ap_pipeline *pipe);
  * `AP_ERR_CANCELLED`). On success `*out` receives images to free with `ap_images_free`; on failure
  * `*out` is NULL. The pipeline stays usable after any failure.
  *
- * Thread safety: several threads may call `ap_run` on the same pipeline, or on pipelines sharing
- * models through `ap_from_pipe`, at once; each run has its own scheduler and generator.
+ * Callbacks (progress, preview, and the pipeline's log callback) are called on the calling thread,
+ * before `ap_run` returns. The run's warnings (e.g. a truncated prompt) go to the pipeline's log
+ * callback (`ap_pipeline_set_log_callback`).
+ *
+ * Thread safety: several threads may call `ap_run` (and `ap_run_async`) on the same pipeline, or on
+ * pipelines sharing models through `ap_from_pipe`, at once; each run has its own scheduler and
+ * generator. For a run that must not block the caller, use `ap_run_async`.
  *
  * # Safety
  * `pipe` must be a live pipeline, `params` valid, `out` a valid pointer.
@@ -364,6 +522,158 @@ ap_status ap_image_load(const char *path,
  * `image` must be NULL or returned by `ap_image_load` and not yet freed.
  */
 void ap_image_free(struct ap_image *image);
+
+/**
+ * `ap_job_status` with `struct_size` set and the rest zeroed.
+ */
+struct ap_job_status ap_job_status_default(void);
+
+/**
+ * Sets the pipeline's log callback: runs started afterwards on this pipeline (`ap_run`,
+ * `ap_run_async`) send it their messages at `min_level` (`AP_LOG_*`) and above, including their
+ * warnings (e.g. a prompt truncated to 77 tokens). `callback` NULL turns logging off (the default). A
+ * run already in progress keeps the callback it started with. Pipelines made with `ap_from_pipe` start
+ * without one.
+ *
+ * Thread safety: may be called while runs on this pipeline are in progress on other threads. The
+ * callback may be called from several threads at once (parallel runs) and from job worker threads;
+ * keep `user_data` alive until this pipeline and every job started from it are freed (or until the
+ * callback is replaced and the runs that used it have finished).
+ *
+ * # Safety
+ * `pipe` must be a live pipeline; `callback` must be callable with `user_data` from any thread.
+ */
+ap_status ap_pipeline_set_log_callback(struct ap_pipeline *pipe,
+                                       ap_log_fn callback,
+                                       void *user_data,
+                                       int32_t min_level);
+
+/**
+ * Starts a run in the background and returns at once: like `ap_run`, but on a worker thread of its
+ * own. On success `*out` receives a job to observe with `ap_job_poll` / `ap_job_wait`, collect with
+ * `ap_job_take_result`, and free with `ap_job_free`; on failure (invalid parameters, found before
+ * the job starts) `*out` is NULL.
+ *
+ * `params` and everything it points to (prompts, images) are copied before this returns. The job
+ * holds the pipeline's models itself: `pipe` may be freed while the job runs.
+ *
+ * Callbacks: `params.progress`, `params.preview` and the pipeline's log callback are called on the
+ * job's worker thread, never after `ap_job_free` has returned. A progress callback returning 0
+ * cancels the job, as `ap_job_cancel` does. The image of an async run equals the image of `ap_run`
+ * with the same parameters, bit for bit.
+ *
+ * Thread safety: any number of jobs and `ap_run` calls may run at once on one pipeline and on its
+ * `ap_from_pipe` siblings; each job has its own thread (there is no queue), so on a CPU they share
+ * its cores.
+ *
+ * # Safety
+ * `pipe` must be a live pipeline, `params` valid, `out` a valid pointer; the callbacks must be
+ * callable with their `user_data` from another thread.
+ */
+ap_status ap_run_async(const struct ap_pipeline *pipe,
+                       const struct ap_run_params *params,
+                       struct ap_job **out);
+
+/**
+ * Starts loading a checkpoint in the background and returns at once: like `ap_from_pretrained`, on a
+ * worker thread of its own. On success `*out` receives a job; collect the pipeline with
+ * `ap_job_take_pipeline` once it is done. `step` / `total` in `ap_job_poll` count components.
+ * `ap_job_cancel` takes effect between components (locating the files before the first one, which
+ * may download from the hub, cannot be interrupted).
+ *
+ * `model` and `params` (strings included) are copied before this returns. `params->progress` is called
+ * on the job's worker thread after each component, never after `ap_job_free` has returned; returning 0
+ * cancels.
+ *
+ * # Safety
+ * `model` must be a NUL-terminated string, `params` NULL or valid, `out` a valid pointer; the
+ * progress callback must be callable with its `user_data` from another thread.
+ */
+ap_status ap_from_pretrained_async(const char *model,
+                                   int32_t task,
+                                   const struct ap_load_params *params,
+                                   struct ap_job **out);
+
+/**
+ * Fills `*status` with the job's state (`AP_JOB_*`), progress and elapsed time. Never blocks (no
+ * lock is taken): call it once per frame.
+ *
+ * Thread safety: may be called from any thread, concurrently with every `ap_job_*` call on the same
+ * job except `ap_job_free`.
+ *
+ * # Safety
+ * `job` must be a live job; `status` must point to an `ap_job_status` whose `struct_size` is set.
+ */
+ap_status ap_job_poll(const struct ap_job *job,
+                      struct ap_job_status *status);
+
+/**
+ * Waits until the job has finished (done, failed or cancelled) or `timeout_ms` milliseconds have
+ * passed: `AP_OK` when it has finished (whatever its outcome: take it to see), `AP_ERR_TIMEOUT` when
+ * the time passed first (the job goes on). `timeout_ms` 0 only checks; negative waits without limit.
+ *
+ * Thread safety: may be called from any thread, several at once. Do not wait without limit from
+ * inside one of the job's own callbacks: the job cannot finish while its callback waits.
+ *
+ * # Safety
+ * `job` must be a live job.
+ */
+ap_status ap_job_wait(const struct ap_job *job,
+                      int32_t timeout_ms);
+
+/**
+ * Asks the job to stop and returns at once. A run stops after the denoising step in progress, a load
+ * after the component in progress; the job then reports `AP_JOB_CANCELLED` (or its real outcome, if
+ * it had already finished). The pipeline stays fully usable.
+ *
+ * Thread safety: may be called from any thread, including from inside the job's own callbacks.
+ *
+ * # Safety
+ * `job` must be a live job.
+ */
+ap_status ap_job_cancel(const struct ap_job *job);
+
+/**
+ * Collects a finished run's images: `AP_OK` with `*out` set (free with `ap_images_free`), or the
+ * job's own error status with its message in `ap_last_error()` (`AP_ERR_CANCELLED` for a cancelled
+ * job) and `*out` NULL. `AP_ERR_INVALID_ARGUMENT` when the job has not finished yet, is a load job,
+ * or its result was already taken (a result is handed out once).
+ *
+ * Thread safety: may be called from any thread, but only one thread gets the result.
+ *
+ * # Safety
+ * `job` must be a live job, `out` a valid pointer.
+ */
+ap_status ap_job_take_result(const struct ap_job *job,
+                             struct ap_images **out);
+
+/**
+ * Collects a finished load's pipeline: `AP_OK` with `*out` set (free with `ap_pipeline_free`), or
+ * the job's own error status with its message in `ap_last_error()` and `*out` NULL.
+ * `AP_ERR_INVALID_ARGUMENT` when the job has not finished yet, is a run job, or its pipeline was
+ * already taken.
+ *
+ * Thread safety: as `ap_job_take_result`.
+ *
+ * # Safety
+ * `job` must be a live job, `out` a valid pointer.
+ */
+ap_status ap_job_take_pipeline(const struct ap_job *job,
+                               struct ap_pipeline **out);
+
+/**
+ * Frees a job. NULL is ignored. A job still running is cancelled and left to stop on its own thread
+ * (after the denoising step or component in progress), freeing what it holds, including a result
+ * nobody took; `ap_job_free` does not wait for that. It only waits for a callback of this job that
+ * is executing at that moment to return; after it returns, none of the job's callbacks is called
+ * again. Calling it from inside one of the job's own callbacks is allowed.
+ *
+ * Thread safety: must not race with other calls on the same job.
+ *
+ * # Safety
+ * `job` must be NULL or a job not yet freed.
+ */
+void ap_job_free(struct ap_job *job);
 
 #ifdef __cplusplus
 }  // extern "C"

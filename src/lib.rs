@@ -18,6 +18,7 @@ pub mod model_index;
 pub mod pipeline;
 pub mod registry;
 pub mod rng;
+pub mod runtime;
 pub mod schedulers;
 pub mod source;
 

@@ -12,8 +12,9 @@ fn lib_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-#[test]
-fn c_program_generates_through_the_c_abi() {
+/// Compiles `tests/c/<name>.c` into a fresh folder (strict C99) against the cdylib; returns the folder
+/// and the executable.
+fn compile(name: &str) -> (PathBuf, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let lib = lib_dir();
     assert!(
@@ -21,21 +22,43 @@ fn c_program_generates_through_the_c_abi() {
         "no cdylib in {}",
         lib.display()
     );
-    let work = std::env::temp_dir().join(format!("ap-c-api-{}", std::process::id()));
+    let work = std::env::temp_dir().join(format!("ap-c-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
-    let exe = work.join("api_test");
+    let exe = work.join(name);
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"])
         .arg(format!("-I{}", root.join("include").display()))
-        .arg(root.join("tests/c/api_test.c"))
+        .arg(root.join(format!("tests/c/{name}.c")))
         .arg(format!("-L{}", lib.display()))
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         .args(["-lautopipeline", "-o"])
         .arg(&exe)
         .status()
         .expect("a C compiler (cc) is installed");
-    assert!(status.success(), "compiling tests/c/api_test.c failed");
+    assert!(status.success(), "compiling tests/c/{name}.c failed");
+    (work, exe)
+}
+
+#[test]
+fn c_program_drives_the_async_job_api() {
+    let (work, exe) = compile("jobs_test");
+    let output = Command::new(&exe)
+        .arg(common::data_dir().join("checkpoints/sd15-tiny"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "jobs_test failed:\n{}{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn c_program_generates_through_the_c_abi() {
+    let (work, exe) = compile("api_test");
 
     let out_png = work.join("out.png");
     let data = common::data_dir();

@@ -4,10 +4,12 @@
  *
  *   generate --model DIR|ID --task text2img|img2img|inpaint --prompt S [--negative-prompt S]
  *            [--prompt-2 S] [--negative-prompt-2 S] [--steps N] [--guidance F] [--strength F]
- *            [--seed N] [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe] --out PNG
+ *            [--seed N] [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]
+ *            [--preview-every N --preview-dir DIR] --out PNG
  *
  * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
- * exits 0 on success and 1 (with ap_last_error()) on any error.
+ * exits 0 on success and 1 (with ap_last_error()) on any error. With --preview-every N, writes a cheap
+ * preview of the latents after every N-th denoising step to DIR/step-NNNN.png (DIR must exist).
  */
 #include "autopipeline.h"
 
@@ -22,7 +24,7 @@ static void usage(FILE *f) {
             "                [--negative-prompt S] [--prompt-2 S] [--negative-prompt-2 S]\n"
             "                [--steps N] [--guidance F] [--strength F] [--seed N]\n"
             "                [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]\n"
-            "                --out PNG\n");
+            "                [--preview-every N --preview-dir DIR] --out PNG\n");
 }
 
 static int fail(const char *what) {
@@ -79,6 +81,26 @@ static int32_t on_progress(uint32_t step, uint32_t total, void *user_data) {
     return 1;
 }
 
+/* Writes each preview (one per image of the batch) as DIR/step-NNNN[-I].png. */
+static void on_preview(uint32_t step, uint32_t total, const ap_images *images, void *user_data) {
+    const char *dir = (const char *)user_data;
+    char path[4096];
+    size_t i;
+    (void)total;
+    for (i = 0; i < images->count; i++) {
+        if (images->count == 1) snprintf(path, sizeof path, "%s/step-%04u.png", dir, step);
+        else snprintf(path, sizeof path, "%s/step-%04u-%u.png", dir, step, (unsigned)i);
+        if (ap_image_save_png(&images->images[i], path) != AP_OK)
+            fprintf(stderr, "\nwarning: preview %s: %s\n", path, ap_last_error());
+    }
+}
+
+/* The run's warnings (e.g. a truncated prompt) arrive through the pipeline's log callback. */
+static void on_log(int32_t level, const char *message, void *user_data) {
+    (void)user_data;
+    fprintf(stderr, "\n%s: %s\n", level >= AP_LOG_ERROR ? "error" : "warning", message);
+}
+
 static int task_of(const char *name, int32_t *task) {
     if (strcmp(name, "text2img") == 0) *task = AP_TASK_TEXT2IMAGE;
     else if (strcmp(name, "img2img") == 0) *task = AP_TASK_IMAGE2IMAGE;
@@ -89,7 +111,7 @@ static int task_of(const char *name, int32_t *task) {
 
 int main(int argc, char **argv) {
     const char *model = NULL, *task_name = "text2img", *out_path = NULL;
-    const char *image_path = NULL, *mask_path = NULL;
+    const char *image_path = NULL, *mask_path = NULL, *preview_dir = NULL;
     int from_pipe = 0, have_prompt = 0, rc = 1, i;
     int32_t task;
     ap_run_params run = ap_run_params_default();
@@ -136,6 +158,10 @@ int main(int argc, char **argv) {
         } else if (strcmp(flag, "--image") == 0) image_path = val;
         else if (strcmp(flag, "--mask") == 0) mask_path = val;
         else if (strcmp(flag, "--out") == 0) out_path = val;
+        else if (strcmp(flag, "--preview-every") == 0) {
+            if (!parse_long(val, 1, 1000, &n)) return bad_arg(flag, val);
+            run.preview_every = (int32_t)n;
+        } else if (strcmp(flag, "--preview-dir") == 0) preview_dir = val;
         else {
             fprintf(stderr, "error: unknown flag %s\n", flag);
             usage(stderr);
@@ -148,6 +174,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (!task_of(task_name, &task)) return bad_arg("--task", task_name);
+    if ((run.preview_every > 0) != (preview_dir != NULL)) {
+        fprintf(stderr, "error: --preview-every and --preview-dir go together\n");
+        usage(stderr);
+        return 1;
+    }
 
     if (image_path && ap_image_load(image_path, &image) != AP_OK) return fail("reading --image");
     if (mask_path && ap_image_load(mask_path, &mask) != AP_OK) { rc = fail("reading --mask"); goto done; }
@@ -166,8 +197,17 @@ int main(int argc, char **argv) {
         goto done;
     }
 
+    if (ap_pipeline_set_log_callback(pipe, on_log, NULL, AP_LOG_WARN) != AP_OK) {
+        rc = fail("setting the log callback");
+        goto done;
+    }
     run.progress = on_progress;
     run.progress_user_data = (void *)"denoise";
+    if (preview_dir) {
+        run.preview = on_preview;
+        run.preview_user_data = (void *)preview_dir;
+        run.preview_mode = AP_PREVIEW_LATENT;
+    }
     if (ap_run(pipe, &run, &images) != AP_OK) { rc = fail("generating"); goto done; }
     if (images->count < 1 || ap_image_save_png(&images->images[0], out_path) != AP_OK) {
         rc = fail("writing the image");

@@ -10,7 +10,18 @@ use std::ffi::{c_char, c_void};
 /// `ap_pipeline_free`.
 #[allow(non_camel_case_types)]
 pub struct ap_pipeline {
-    inner: Pipeline,
+    pub(super) inner: Pipeline,
+    /// Set by `ap_pipeline_set_log_callback`; each run copies it when it starts.
+    pub(super) log: std::sync::Mutex<Option<super::jobs::LogCallback>>,
+}
+
+impl ap_pipeline {
+    pub(super) fn new(inner: Pipeline) -> Self {
+        Self {
+            inner,
+            log: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 fn null(what: &str) -> Error {
@@ -89,6 +100,10 @@ pub extern "C" fn ap_run_params_default() -> ap_run_params {
         padding_mask_crop: 0,
         progress: None,
         progress_user_data: std::ptr::null_mut(),
+        preview: None,
+        preview_user_data: std::ptr::null_mut(),
+        preview_every: 0,
+        preview_mode: AP_PREVIEW_LATENT,
     }
 }
 
@@ -125,7 +140,7 @@ pub unsafe extern "C" fn ap_from_pretrained(
             &opts,
             progress.as_mut().map(|p| p as &mut crate::pipeline::ProgressFn),
         )?;
-        *out = Box::into_raw(Box::new(ap_pipeline { inner: pipe }));
+        *out = Box::into_raw(Box::new(ap_pipeline::new(pipe)));
         Ok(())
     })
 }
@@ -172,13 +187,17 @@ pub unsafe extern "C" fn ap_from_pipe(
             },
         };
         let new = (*pipe).inner.from_pipe(task, &overrides)?;
-        *out = Box::into_raw(Box::new(ap_pipeline { inner: new }));
+        *out = Box::into_raw(Box::new(ap_pipeline::new(new)));
         Ok(())
     })
 }
 
-/// Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`
-/// still use them.
+/// Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`,
+/// or jobs started with `ap_run_async`, still use them: freeing a pipeline whose jobs are running is
+/// safe, and those jobs run to completion.
+///
+/// Thread safety: must not race with other calls on the same handle (an `ap_run` in progress on
+/// another thread, say); jobs do not count, as they hold the models themselves.
 ///
 /// # Safety
 /// `pipe` must be NULL or a pipeline not yet freed, and no other thread may be using it.
@@ -193,8 +212,13 @@ pub unsafe extern "C" fn ap_pipeline_free(pipe: *mut ap_pipeline) {
 /// `AP_ERR_CANCELLED`). On success `*out` receives images to free with `ap_images_free`; on failure
 /// `*out` is NULL. The pipeline stays usable after any failure.
 ///
-/// Thread safety: several threads may call `ap_run` on the same pipeline, or on pipelines sharing
-/// models through `ap_from_pipe`, at once; each run has its own scheduler and generator.
+/// Callbacks (progress, preview, and the pipeline's log callback) are called on the calling thread,
+/// before `ap_run` returns. The run's warnings (e.g. a truncated prompt) go to the pipeline's log
+/// callback (`ap_pipeline_set_log_callback`).
+///
+/// Thread safety: several threads may call `ap_run` (and `ap_run_async`) on the same pipeline, or on
+/// pipelines sharing models through `ap_from_pipe`, at once; each run has its own scheduler and
+/// generator. For a run that must not block the caller, use `ap_run_async`.
 ///
 /// # Safety
 /// `pipe` must be a live pipeline, `params` valid, `out` a valid pointer.
@@ -217,17 +241,14 @@ pub unsafe extern "C" fn ap_run(
         }
         let params = &*params;
         let run = convert::run_params(params)?;
-        let mut progress = progress_closure(params.progress, params.progress_user_data);
-        let result = (*pipe).inner.run(
-            &run,
-            progress.as_mut().map(|p| p as &mut crate::pipeline::ProgressFn),
-        )?;
+        let mut control = super::jobs::run_control(&*pipe, params, None)?;
+        let result = (*pipe).inner.run_with(&run, &mut control)?;
         *out = images_into_c(result.images);
         Ok(())
     })
 }
 
-fn images_into_c(images: Vec<crate::image::Image>) -> *mut ap_images {
+pub(super) fn images_into_c(images: Vec<crate::image::Image>) -> *mut ap_images {
     let list: Vec<ap_image> = images
         .into_iter()
         .map(|img| {

@@ -4,9 +4,11 @@
 
 mod api;
 mod convert;
+mod jobs;
 mod types;
 
 pub use api::*;
+pub use jobs::*;
 pub use types::*;
 
 use crate::error::Error;
@@ -35,6 +37,8 @@ pub const AP_ERR_IO: ap_status = 5;
 pub const AP_ERR_CANCELLED: ap_status = 6;
 /// A bug inside the library (including a caught panic): please report it with `ap_last_error()`.
 pub const AP_ERR_INTERNAL: ap_status = 7;
+/// `ap_job_wait`'s timeout passed before the job finished (the job goes on).
+pub const AP_ERR_TIMEOUT: ap_status = 8;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());

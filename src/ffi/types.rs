@@ -15,6 +15,20 @@ pub const AP_TASK_INPAINT: i32 = 2;
 #[allow(non_camel_case_types)]
 pub type ap_progress_fn = Option<unsafe extern "C" fn(step: u32, total: u32, user_data: *mut c_void) -> i32>;
 
+/// Preview callback: after denoising step `step` of `total`, `images` holds one RGBA8 preview per image
+/// of the batch (valid only during the call: copy what you keep). See `ap_run_params.preview_every`.
+/// Called on the thread that runs the work: the caller's for `ap_run`, the job's worker thread for
+/// `ap_run_async`.
+#[allow(non_camel_case_types)]
+pub type ap_preview_fn =
+    Option<unsafe extern "C" fn(step: u32, total: u32, images: *const ap_images, user_data: *mut c_void)>;
+
+/// Preview mode: a linear latent→RGB projection (the SD 1.x/2.x or SDXL factors), at latent
+/// resolution (1/8 of the output per side). Costs microseconds.
+pub const AP_PREVIEW_LATENT: i32 = 0;
+/// Preview mode: a full VAE decode at output resolution; costs about as much as the final decode.
+pub const AP_PREVIEW_VAE: i32 = 1;
+
 /// An 8-bit image: `channels` 1 (mask), 3 (RGB) or 4 (RGBA); row `y` starts at `data + y * stride`.
 /// Images returned by the library are RGBA8 (or RGB8 on request) with `stride = width * channels`.
 #[repr(C)]
@@ -108,4 +122,11 @@ pub struct ap_run_params {
     /// Called after each denoising step; may be NULL.
     pub progress: ap_progress_fn,
     pub progress_user_data: *mut c_void,
+    /// Called after every `preview_every`-th denoising step (step N, 2N, …); may be NULL.
+    pub preview: ap_preview_fn,
+    pub preview_user_data: *mut c_void,
+    /// Steps between previews; 0 = no previews.
+    pub preview_every: i32,
+    /// `AP_PREVIEW_LATENT` (0, default) or `AP_PREVIEW_VAE` (1).
+    pub preview_mode: i32,
 }

@@ -1,9 +1,10 @@
 //! The one denoising loop every task and family runs: scale → UNet (with CFG) → scheduler step, with
 //! per-task hooks for what differs (extra inpaint channels, 4-channel inpaint blending).
 
+use super::control::RunControl;
 use super::Trace;
 use crate::components::unet::{AddedCond, UNet2DConditionModel};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::rng::TorchCpuGenerator;
 use crate::schedulers::{mul_s, Scheduler};
 use candle_core::{Tensor, D};
@@ -43,17 +44,18 @@ pub struct Denoise<'a> {
 }
 
 impl Denoise<'_> {
-    /// Runs the loop from `latents`, reporting `(step, total)` after each step.
+    /// Runs the loop from `latents`, telling `progress` after each step (progress, previews, cancel).
     pub fn run(
         &self,
         mut latents: Tensor,
         scheduler: &mut dyn Scheduler,
         rng: &mut TorchCpuGenerator,
         hooks: &mut dyn StepHooks,
-        progress: &mut dyn FnMut(usize, usize) -> bool,
+        progress: &mut RunControl<'_>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let total = self.timesteps.len();
+        progress.begin(total)?;
         for (i, &t) in self.timesteps.iter().enumerate() {
             let input = match self.guidance {
                 Some(_) => Tensor::cat(&[&latents, &latents], 0)?,
@@ -81,9 +83,7 @@ impl Denoise<'_> {
             if let Some(trace) = trace.as_deref_mut() {
                 trace.latents.push(latents.clone());
             }
-            if !progress(i + 1, total) {
-                return Err(Error::Cancelled);
-            }
+            progress.step_done(i + 1, total, &latents)?;
         }
         Ok(latents)
     }

@@ -239,7 +239,7 @@ impl StepHooks for ExtraChannels {
 pub(super) fn run(
     p: &Pipeline,
     params: &RunParams,
-    progress: &mut dyn FnMut(usize, usize) -> bool,
+    progress: &mut super::control::RunControl<'_>,
     trace: &mut Trace,
     trace_on: bool,
 ) -> Result<RunOutput> {

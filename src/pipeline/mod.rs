@@ -3,6 +3,7 @@
 mod components;
 mod conditioning;
 mod config;
+pub mod control;
 mod denoise;
 mod generate;
 pub mod params;
@@ -11,6 +12,7 @@ mod sd;
 mod sdxl;
 
 pub use components::{Components, TextEncoder};
+pub use control::{LogLevel, LogSink, PreviewMode, RunControl};
 pub use params::{LoadOptions, ProgressFn, RunParams};
 
 use crate::error::{Error, Result};
@@ -205,14 +207,33 @@ impl Pipeline {
         progress: Option<&mut ProgressFn>,
         trace: Option<&mut Trace>,
     ) -> Result<RunOutput> {
-        let mut no_progress = |_: usize, _: usize| true;
-        let progress: &mut dyn FnMut(usize, usize) -> bool = match progress {
-            Some(p) => p,
-            None => &mut no_progress,
-        };
+        let mut control = RunControl::new();
+        if let Some(p) = progress {
+            control = control.with_progress(p);
+        }
+        self.run_controlled(params, &mut control, trace)
+    }
+
+    /// [`Pipeline::run`] with per-run hooks: progress, a cancel flag, previews, a log sink.
+    pub fn run_with(&self, params: &RunParams, control: &mut RunControl<'_>) -> Result<RunOutput> {
+        self.run_controlled(params, control, None)
+    }
+
+    fn run_controlled(
+        &self,
+        params: &RunParams,
+        control: &mut RunControl<'_>,
+        trace: Option<&mut Trace>,
+    ) -> Result<RunOutput> {
+        let started = std::time::Instant::now();
         let mut scratch = Trace::default();
         let trace_on = trace.is_some();
         let trace = trace.unwrap_or(&mut scratch);
-        generate::run(self, params, progress, trace, trace_on)
+        let out = control
+            .bind(self)
+            .and_then(|()| generate::run(self, params, control, trace, trace_on));
+        let warnings = out.as_ref().map_or(&[][..], |o| &o.warnings[..]);
+        control.finish(&out, warnings, started);
+        out
     }
 }
