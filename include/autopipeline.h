@@ -122,6 +122,16 @@
 #define AP_PREVIEW_VAE 1
 
 /**
+ * Largest width or height [`Image::load`] decodes (what the C ABI accepts for input images too).
+ */
+#define MAX_DECODE_SIDE 16384
+
+/**
+ * Most memory the image decoder may allocate for one image.
+ */
+#define MAX_DECODE_BYTES (1 << 30)
+
+/**
  * An opaque background job: a run (`ap_run_async`) or a load (`ap_from_pretrained_async`). Observe
  * it with `ap_job_poll` / `ap_job_wait`, stop it with `ap_job_cancel`, collect it with
  * `ap_job_take_result` (runs) or `ap_job_take_pipeline` (loads), free it with `ap_job_free`.
@@ -287,6 +297,23 @@ typedef struct ap_run_params {
    * and pastes it back (diffusers `padding_mask_crop`); 0 = off.
    */
   int32_t padding_mask_crop;
+  /**
+   * Scheduler for this run; NULL = the checkpoint's own. A diffusers class name
+   * ("DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", …) or an alias: "ddim",
+   * "ddpm", "pndm", "plms", "euler", "euler_karras", "euler_a", "lms", "lms_karras", "heun",
+   * "heun_karras", "dpm++2m", "dpm++2m_karras", "dpm++2m_sde", "dpm++2m_sde_karras", "dpm++3m",
+   * "dpm++3m_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras" ("kdpm2…" too), "unipc",
+   * "unipc_karras", "lcm", "tcd". Built from the
+   * checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`; weights are
+   * not reloaded. An unknown name fails with AP_ERR_INVALID_ARGUMENT listing the valid ones.
+   */
+  const char *scheduler;
+  /**
+   * Scheduler config overrides as a JSON object, e.g. `{"use_karras_sigmas": true}`; NULL = none.
+   * Applies to `scheduler`, or to the checkpoint's scheduler when `scheduler` is NULL. A key the
+   * scheduler class does not take fails with AP_ERR_INVALID_ARGUMENT listing its keys.
+   */
+  const char *scheduler_config_json;
   /**
    * Called after each denoising step; may be NULL.
    */

@@ -5,7 +5,12 @@
  *   generate --model DIR|ID --task text2img|img2img|inpaint --prompt S [--negative-prompt S]
  *            [--prompt-2 S] [--negative-prompt-2 S] [--steps N] [--guidance F] [--strength F]
  *            [--seed N] [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]
- *            [--preview-every N --preview-dir DIR] --out PNG
+ *            [--preview-every N --preview-dir DIR] [--scheduler NAME] [--scheduler-config JSON]
+ *            --out PNG
+ *
+ * --scheduler switches the scheduler for this run (a diffusers class name or an alias such as
+ * euler_a, dpm++2m_karras, dpm++2m_sde_karras, heun, unipc, lcm); --scheduler-config adds config
+ * overrides as a JSON object, e.g. '{"use_karras_sigmas": true}'.
  *
  * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
  * exits 0 on success and 1 (with ap_last_error()) on any error. With --preview-every N, writes a cheap
@@ -24,7 +29,8 @@ static void usage(FILE *f) {
             "                [--negative-prompt S] [--prompt-2 S] [--negative-prompt-2 S]\n"
             "                [--steps N] [--guidance F] [--strength F] [--seed N]\n"
             "                [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]\n"
-            "                [--preview-every N --preview-dir DIR] --out PNG\n");
+            "                [--preview-every N --preview-dir DIR]\n"
+            "                [--scheduler NAME] [--scheduler-config JSON] --out PNG\n");
 }
 
 static int fail(const char *what) {
@@ -162,6 +168,8 @@ int main(int argc, char **argv) {
             if (!parse_long(val, 1, 1000, &n)) return bad_arg(flag, val);
             run.preview_every = (int32_t)n;
         } else if (strcmp(flag, "--preview-dir") == 0) preview_dir = val;
+        else if (strcmp(flag, "--scheduler") == 0) run.scheduler = val;
+        else if (strcmp(flag, "--scheduler-config") == 0) run.scheduler_config_json = val;
         else {
             fprintf(stderr, "error: unknown flag %s\n", flag);
             usage(stderr);

@@ -98,6 +98,8 @@ pub extern "C" fn ap_run_params_default() -> ap_run_params {
         image: std::ptr::null(),
         mask: std::ptr::null(),
         padding_mask_crop: 0,
+        scheduler: std::ptr::null(),
+        scheduler_config_json: std::ptr::null(),
         progress: None,
         progress_user_data: std::ptr::null_mut(),
         preview: None,
@@ -131,7 +133,11 @@ pub unsafe extern "C" fn ap_from_pretrained(
         let model = convert::str_arg(model, "model")?;
         let task = convert::task(task)?;
         let defaults = ap_load_params_default();
-        let params = if params.is_null() { &defaults } else { &*params };
+        let params = if params.is_null() {
+            &defaults
+        } else {
+            convert::sized(params, "ap_load_params")?
+        };
         let opts = convert::load_options(params)?;
         let mut progress = progress_closure(params.progress, params.progress_user_data);
         let pipe = Pipeline::from_pretrained(
@@ -239,7 +245,7 @@ pub unsafe extern "C" fn ap_run(
         if params.is_null() {
             return Err(null("params"));
         }
-        let params = &*params;
+        let params = convert::sized(params, "ap_run_params")?;
         let run = convert::run_params(params)?;
         let mut control = super::jobs::run_control(&*pipe, params, None)?;
         let result = (*pipe).inner.run_with(&run, &mut control)?;

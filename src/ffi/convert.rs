@@ -2,7 +2,7 @@
 
 use super::types::*;
 use crate::error::{Error, Result};
-use crate::image::Image;
+use crate::image::{Image, MAX_DECODE_SIDE};
 use crate::pipeline::{LoadOptions, RunParams};
 use crate::registry::Task;
 use std::ffi::{c_char, CStr};
@@ -35,6 +35,19 @@ pub fn task(t: i32) -> Result<Task> {
             "task {other} is not one of AP_TASK_TEXT2IMAGE (0), AP_TASK_IMAGE2IMAGE (1), AP_TASK_INPAINT (2)"
         ))),
     }
+}
+
+/// A parameter struct behind `p`, after checking its leading `struct_size` field: a caller built
+/// against another header may hand a struct of a different size, so only that first `u32` is read
+/// before the size is known to match (a reference to the whole struct would claim bytes the caller
+/// may not have).
+///
+/// # Safety
+/// `p` must be non-NULL and point to at least 4 readable bytes; `T` must start with a `u32`
+/// `struct_size`.
+pub unsafe fn sized<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
+    check_size(p.cast::<u32>().read_unaligned(), std::mem::size_of::<T>(), what)?;
+    Ok(&*p)
 }
 
 fn check_size(got: u32, want: usize, what: &str) -> Result<()> {
@@ -84,6 +97,11 @@ fn opt_positive(v: i32, what: &str) -> Result<Option<usize>> {
 }
 
 /// Copies a C image (honouring its stride) into an owned [`Image`].
+///
+/// The library cannot see how large the caller's buffer is: it reads `height` rows of
+/// `width × channels` bytes, `stride` apart, and trusts the caller for that much. Sizes that cannot
+/// be real (sides beyond [`MAX_DECODE_SIDE`], a stride shorter than a row, byte counts that overflow)
+/// are refused, and the copy's memory is reserved fallibly so a huge image is an error, not an abort.
 pub unsafe fn image(p: *const ap_image, what: &str) -> Result<Option<Image>> {
     if p.is_null() {
         return Ok(None);
@@ -98,24 +116,55 @@ pub unsafe fn image(p: *const ap_image, what: &str) -> Result<Option<Image>> {
             img.width, img.height, img.channels
         )));
     }
-    if img.width > 16384 || img.height > 16384 {
+    if img.width > MAX_DECODE_SIDE || img.height > MAX_DECODE_SIDE {
         return Err(Error::InvalidArgument(format!(
-            "{what} is {}x{}: larger than 16384 pixels per side",
+            "{what} is {}x{}: larger than {MAX_DECODE_SIDE} pixels per side",
             img.width, img.height
         )));
     }
-    let row = img.width as usize * img.channels as usize;
+    let (width, height) = (img.width as usize, img.height as usize);
+    let row = width * img.channels as usize;
     let stride = if img.stride == 0 { row } else { img.stride as usize };
     if stride < row {
         return Err(Error::InvalidArgument(format!(
             "{what}.stride {stride} is smaller than width × channels = {row}"
         )));
     }
-    let mut data = Vec::with_capacity(row * img.height as usize);
-    for y in 0..img.height as usize {
+    // The last row starts at (height - 1) · stride; the whole span must be addressable.
+    let span = (height - 1).checked_mul(stride).and_then(|n| n.checked_add(row));
+    if span.is_none_or(|n| n > isize::MAX as usize) {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: {height} rows of stride {stride} exceed the address space"
+        )));
+    }
+    let total = row * height;
+    let mut data = Vec::new();
+    data.try_reserve_exact(total).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{what}: cannot allocate {total} bytes to copy a {width}x{height} image"
+        ))
+    })?;
+    for y in 0..height {
         data.extend_from_slice(std::slice::from_raw_parts(img.data.add(y * stride), row));
     }
     Image::new(img.width, img.height, img.channels, data).map(Some)
+}
+
+/// The scheduler overrides: a JSON object (Python's bare `-Infinity`/`NaN` tokens accepted).
+unsafe fn scheduler_config(p: *const c_char) -> Result<Option<serde_json::Value>> {
+    let Some(text) = opt_str(p, "scheduler_config_json")? else {
+        return Ok(None);
+    };
+    let text = crate::schedulers::python_json(&text);
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(Some(v)),
+        Ok(_) => Err(Error::InvalidArgument(
+            "scheduler_config_json must be a JSON object such as {\"use_karras_sigmas\": true}".into(),
+        )),
+        Err(e) => Err(Error::InvalidArgument(format!(
+            "scheduler_config_json is not valid JSON: {e}"
+        ))),
+    }
 }
 
 pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
@@ -150,6 +199,8 @@ pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
         image: image(p.image, "image")?,
         mask: image(p.mask, "mask")?,
         padding_mask_crop: opt_positive(p.padding_mask_crop, "padding_mask_crop")?.map(|v| v as u32),
+        scheduler: opt_str(p.scheduler, "scheduler")?,
+        scheduler_config: scheduler_config(p.scheduler_config_json)?,
         output_channels,
     })
 }

@@ -119,6 +119,19 @@ pub struct ap_run_params {
     /// inpaint: > 0 crops to the mask's box grown by this many pixels, inpaints the crop at full size
     /// and pastes it back (diffusers `padding_mask_crop`); 0 = off.
     pub padding_mask_crop: i32,
+    /// Scheduler for this run; NULL = the checkpoint's own. A diffusers class name
+    /// ("DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", …) or an alias: "ddim",
+    /// "ddpm", "pndm", "plms", "euler", "euler_karras", "euler_a", "lms", "lms_karras", "heun",
+    /// "heun_karras", "dpm++2m", "dpm++2m_karras", "dpm++2m_sde", "dpm++2m_sde_karras", "dpm++3m",
+    /// "dpm++3m_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras" ("kdpm2…" too), "unipc",
+    /// "unipc_karras", "lcm", "tcd". Built from the
+    /// checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`; weights are
+    /// not reloaded. An unknown name fails with AP_ERR_INVALID_ARGUMENT listing the valid ones.
+    pub scheduler: *const c_char,
+    /// Scheduler config overrides as a JSON object, e.g. `{"use_karras_sigmas": true}`; NULL = none.
+    /// Applies to `scheduler`, or to the checkpoint's scheduler when `scheduler` is NULL. A key the
+    /// scheduler class does not take fails with AP_ERR_INVALID_ARGUMENT listing its keys.
+    pub scheduler_config_json: *const c_char,
     /// Called after each denoising step; may be NULL.
     pub progress: ap_progress_fn,
     pub progress_user_data: *mut c_void,

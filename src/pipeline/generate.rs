@@ -266,8 +266,28 @@ pub(super) fn run(
         _ => {}
     }
     let s = settings(p, params)?;
+    // The run's scheduler (the checkpoint's, or the one `params.scheduler` names), checked before any work.
+    let scheduler_config = schedulers::select(
+        &c.scheduler,
+        params.scheduler.as_deref(),
+        params.scheduler_config.as_ref(),
+    )?;
     let mut warnings = Vec::new();
     let do_cfg = s.guidance_scale > 1.0;
+    // Images built by hand through the public fields may disagree with their size; the crops index by it.
+    for img in [&params.image, &params.mask].into_iter().flatten() {
+        img.validate()?;
+    }
+    // Refuse runs whose activations cannot fit before allocating anything (an abort would take the host down).
+    crate::memory::check_run(
+        c,
+        crate::memory::RunShape {
+            width: s.width,
+            height: s.height,
+            batch: s.batch,
+            cfg: do_cfg,
+        },
+    )?;
 
     // 1. Prompt conditioning.
     let cond = match p.family {
@@ -278,7 +298,7 @@ pub(super) fn run(
     };
 
     // 2. Timesteps, truncated by strength for img2img / inpaint (diffusers `get_timesteps`).
-    let mut scheduler = schedulers::build(&c.scheduler)?;
+    let mut scheduler = schedulers::build(&scheduler_config)?;
     scheduler.set_timesteps(s.steps)?;
     let mut timesteps = scheduler.timesteps().to_vec();
     if p.task != Task::Text2Image {

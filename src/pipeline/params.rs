@@ -56,6 +56,15 @@ pub struct RunParams {
     pub padding_mask_crop: Option<u32>,
     /// Channels of the returned images: 4 (RGBA, default) or 3 (RGB).
     pub output_channels: u32,
+    /// Scheduler for this run instead of the checkpoint's: a diffusers class name
+    /// (`"DPMSolverMultistepScheduler"`) or an alias (`"dpm++2m_karras"`, `"euler_a"`, … see
+    /// [`crate::schedulers::ALIASES`]). Built from the checkpoint's scheduler config as diffusers'
+    /// `Cls.from_config(pipe.scheduler.config, **scheduler_config)`; the weights are not reloaded.
+    pub scheduler: Option<String>,
+    /// Scheduler config overrides, a JSON object such as `{"use_karras_sigmas": true}`; keys the
+    /// scheduler class does not take are an error. Applies to the checkpoint's scheduler when
+    /// `scheduler` is `None`.
+    pub scheduler_config: Option<serde_json::Value>,
 }
 
 impl Default for RunParams {
@@ -78,6 +87,8 @@ impl Default for RunParams {
             mask: None,
             padding_mask_crop: None,
             output_channels: 4,
+            scheduler: None,
+            scheduler_config: None,
         }
     }
 }

@@ -27,11 +27,7 @@ impl EulerDiscreteScheduler {
                 config.prediction_type
             )));
         }
-        if config.use_karras_sigmas || config.use_exponential_sigmas || config.use_beta_sigmas {
-            return Err(Error::Unsupported(
-                "EulerDiscreteScheduler with karras/exponential/beta sigmas is not supported yet".into(),
-            ));
-        }
+        super::sigmas::sigma_kind(config, "EulerDiscreteScheduler")?;
         if config.interpolation_type != "linear" {
             return Err(Error::Unsupported(format!(
                 "EulerDiscreteScheduler interpolation_type {:?} is not supported yet",
@@ -104,21 +100,16 @@ impl super::Scheduler for EulerDiscreteScheduler {
                 .collect(),
             other => return Err(spacing_error(other)),
         };
-        // np.interp over the integer grid of training sigmas, in float64, then cast to float32.
-        let mut sigmas: Vec<f32> = ts
-            .iter()
-            .map(|&x| {
-                let x = x as f64;
-                let lo = (x.floor().max(0.0) as usize).min(t - 1);
-                let hi = (lo + 1).min(t - 1);
-                let (f_lo, f_hi) = (self.train_sigmas[lo] as f64, self.train_sigmas[hi] as f64);
-                if x <= lo as f64 || hi == lo {
-                    f_lo as f32
-                } else {
-                    ((f_hi - f_lo) * (x - lo as f64) + f_lo) as f32
-                }
-            })
-            .collect();
+        let kind = super::sigmas::sigma_kind(&self.config, "EulerDiscreteScheduler")?;
+        let (sigmas, ts) = super::sigmas::kdiff_sigmas(
+            kind,
+            &ts,
+            &self.train_sigmas,
+            self.config.sigma_min,
+            self.config.sigma_max,
+            false,
+        );
+        let mut sigmas: Vec<f32> = sigmas.iter().map(|&v| v as f32).collect();
         let last = match self.config.final_sigmas_type.as_str() {
             "zero" => 0.0,
             "sigma_min" => self.train_sigmas[0],
@@ -129,7 +120,7 @@ impl super::Scheduler for EulerDiscreteScheduler {
             }
         };
         sigmas.push(last);
-        self.timesteps = ts.iter().map(|&v| v as f64).collect();
+        self.timesteps = ts.iter().map(|&v| v as f32 as f64).collect();
         self.sigmas = sigmas;
         self.step_index = None;
         self.begin_index = None;

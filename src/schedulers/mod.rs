@@ -2,20 +2,60 @@
 //! float32 arithmetic (so trajectories match to float noise, not just in distribution).
 
 mod ddim;
+mod ddpm;
+mod dpm_multistep;
 mod euler;
+mod euler_ancestral;
+mod heun;
+mod kdpm2;
+mod kdpm2_ancestral;
+mod lcm;
+mod lms;
 mod pndm;
+mod select;
+mod sigmas;
+mod tcd;
+mod unipc;
 
 pub use ddim::DdimScheduler;
+pub use ddpm::DdpmScheduler;
+pub use dpm_multistep::DpmSolverMultistepScheduler;
 pub use euler::EulerDiscreteScheduler;
+pub use euler_ancestral::EulerAncestralDiscreteScheduler;
+pub use heun::HeunDiscreteScheduler;
+pub use kdpm2::Kdpm2DiscreteScheduler;
+pub use kdpm2_ancestral::Kdpm2AncestralDiscreteScheduler;
+pub use lcm::LcmScheduler;
+pub use lms::LmsDiscreteScheduler;
 pub use pndm::PndmScheduler;
+pub use select::{aliases, class_keys, python_json, select, ALIASES};
+pub use tcd::TcdScheduler;
+pub use unipc::UniPcMultistepScheduler;
 
 use crate::error::{Error, Result};
 use crate::rng::TorchCpuGenerator;
 use candle_core::Tensor;
 use serde::Deserialize;
 
-/// Scheduler classes this build can construct.
-pub const SUPPORTED: &[&str] = &["PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler"];
+/// Largest `num_train_timesteps` accepted (diffusers' schedulers use 1000).
+const MAX_TRAIN_TIMESTEPS: usize = 1 << 20;
+
+/// Scheduler classes this build can construct (diffusers class names).
+pub const SUPPORTED: &[&str] = &[
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "LMSDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "UniPCMultistepScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+];
 
 fn default_train() -> usize {
     1000
@@ -51,8 +91,9 @@ fn yes() -> bool {
     true
 }
 
-/// Every key the supported schedulers read, with diffusers' class defaults where absent. Class-specific
-/// defaults that differ (e.g. `set_alpha_to_one`) are applied where the class reads them.
+/// Every key the supported schedulers read. [`SchedulerConfig::from_json`] fills absent keys with the
+/// defaults of the config's own class (diffusers' `__init__` defaults, see `select.rs`); the serde
+/// defaults below only matter for keys the class does not take, which it never reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SchedulerConfig {
     #[serde(rename = "_class_name", default)]
@@ -83,27 +124,138 @@ pub struct SchedulerConfig {
     pub clip_sample_range: f64,
     #[serde(default)]
     pub thresholding: bool,
+    #[serde(default = "default_threshold_ratio")]
+    pub dynamic_thresholding_ratio: f64,
+    #[serde(default = "one")]
+    pub sample_max_value: f64,
     #[serde(default)]
     pub rescale_betas_zero_snr: bool,
     #[serde(default = "default_interp")]
     pub interpolation_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "select::bool_or_null")]
     pub use_karras_sigmas: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "select::bool_or_null")]
     pub use_exponential_sigmas: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "select::bool_or_null")]
     pub use_beta_sigmas: bool,
+    #[serde(default)]
+    pub use_lu_lambdas: bool,
+    #[serde(default)]
+    pub use_flow_sigmas: bool,
+    #[serde(default)]
+    pub use_dynamic_shifting: bool,
+    #[serde(default, deserialize_with = "select::number_or_null")]
+    pub sigma_min: Option<f64>,
+    #[serde(default, deserialize_with = "select::number_or_null")]
+    pub sigma_max: Option<f64>,
     #[serde(default = "default_final_sigmas")]
     pub final_sigmas_type: String,
     #[serde(default = "default_timestep_type")]
     pub timestep_type: String,
+    /// DDPM's `fixed_small` …, or DPM-Solver's `learned`/`learned_range` (null there by default).
+    #[serde(default)]
+    pub variance_type: Option<String>,
+    #[serde(default = "two")]
+    pub solver_order: usize,
+    #[serde(default = "default_algorithm")]
+    pub algorithm_type: String,
+    #[serde(default = "default_solver_type")]
+    pub solver_type: String,
+    #[serde(default = "yes")]
+    pub lower_order_final: bool,
+    #[serde(default)]
+    pub euler_at_final: bool,
+    /// `-inf` by default; diffusers writes it as the bare JSON token `-Infinity`.
+    #[serde(default = "neg_inf", deserialize_with = "select::float_or_special")]
+    pub lambda_min_clipped: f64,
+    #[serde(default = "yes")]
+    pub predict_x0: bool,
+    #[serde(default)]
+    pub disable_corrector: Vec<usize>,
+    #[serde(default = "fifty")]
+    pub original_inference_steps: usize,
+    #[serde(default = "ten")]
+    pub timestep_scaling: f64,
+    /// The checkpoint file's own keys, kept so that another class can be built from it as diffusers'
+    /// `from_config` does (see [`select`]).
+    #[serde(skip)]
+    pub raw: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_threshold_ratio() -> f64 {
+    0.995
+}
+fn two() -> usize {
+    2
+}
+fn fifty() -> usize {
+    50
+}
+fn ten() -> f64 {
+    10.0
+}
+fn neg_inf() -> f64 {
+    f64::NEG_INFINITY
+}
+fn default_algorithm() -> String {
+    "dpmsolver++".into()
+}
+fn default_solver_type() -> String {
+    "midpoint".into()
 }
 
 impl SchedulerConfig {
-    /// Parses a `scheduler_config.json` text; `origin` names the file in errors.
+    /// Parses a `scheduler_config.json` text; `origin` names the file in errors. Keys the file lacks take
+    /// the defaults of its `_class_name` (as diffusers' `from_config`); keys that class does not take are
+    /// ignored but kept in [`SchedulerConfig::raw`] for building another class from this config.
     pub fn from_json(text: &str, origin: &str) -> Result<Self> {
-        serde_json::from_str(text)
-            .map_err(|e| Error::InvalidModel(format!("{origin} is not a valid scheduler config: {e}")))
+        let text = select::python_json(text);
+        // Type-check every key we know, with errors that name the key.
+        let file: Self = crate::components::load::parse_config(&text, origin)?;
+        let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| Error::InvalidModel(format!("{origin} is not a valid config: {e}")))?;
+        let config = select::for_class(&file.class_name, &raw, &serde_json::Map::new())
+            .map_err(|e| Error::InvalidModel(format!("{origin}: {e}")))?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Refuses values that would index past the schedule or allocate without bound.
+    pub(crate) fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |why: String| Err(Error::InvalidModel(format!("{origin}: {why}")));
+        let n = self.num_train_timesteps;
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&n) {
+            return bad(format!(
+                "num_train_timesteps {n} must be between 2 and {MAX_TRAIN_TIMESTEPS}"
+            ));
+        }
+        if self.steps_offset >= n {
+            return bad(format!(
+                "steps_offset {} must be smaller than num_train_timesteps {n}",
+                self.steps_offset
+            ));
+        }
+        if let Some(betas) = &self.trained_betas {
+            if betas.len() != n {
+                return bad(format!(
+                    "trained_betas has {} values but num_train_timesteps is {n}",
+                    betas.len()
+                ));
+            }
+            if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+                return bad("trained_betas must lie in [0, 1)".into());
+            }
+        }
+        for (key, v) in [
+            ("beta_start", self.beta_start),
+            ("beta_end", self.beta_end),
+            ("clip_sample_range", self.clip_sample_range),
+        ] {
+            if !v.is_finite() {
+                return bad(format!("{key} must be a finite number, not {v}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -147,9 +299,19 @@ pub trait Scheduler: Send {
 /// Builds the scheduler named by `config.class_name`.
 pub fn build(config: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
     Ok(match config.class_name.as_str() {
-        "PNDMScheduler" => Box::new(PndmScheduler::new(config)?),
+        "DDPMScheduler" => Box::new(DdpmScheduler::new(config)?),
         "DDIMScheduler" => Box::new(DdimScheduler::new(config)?),
+        "PNDMScheduler" => Box::new(PndmScheduler::new(config)?),
         "EulerDiscreteScheduler" => Box::new(EulerDiscreteScheduler::new(config)?),
+        "EulerAncestralDiscreteScheduler" => Box::new(EulerAncestralDiscreteScheduler::new(config)?),
+        "DPMSolverMultistepScheduler" => Box::new(DpmSolverMultistepScheduler::new(config)?),
+        "LMSDiscreteScheduler" => Box::new(LmsDiscreteScheduler::new(config)?),
+        "HeunDiscreteScheduler" => Box::new(HeunDiscreteScheduler::new(config)?),
+        "KDPM2DiscreteScheduler" => Box::new(Kdpm2DiscreteScheduler::new(config)?),
+        "KDPM2AncestralDiscreteScheduler" => Box::new(Kdpm2AncestralDiscreteScheduler::new(config)?),
+        "UniPCMultistepScheduler" => Box::new(UniPcMultistepScheduler::new(config)?),
+        "LCMScheduler" => Box::new(LcmScheduler::new(config)?),
+        "TCDScheduler" => Box::new(TcdScheduler::new(config)?),
         other => {
             return Err(Error::Unsupported(format!(
                 "scheduler class {other:?} is not supported yet; supported: {}",
@@ -208,8 +370,16 @@ pub(crate) fn alphas_cumprod(c: &SchedulerConfig) -> Result<Vec<f32>> {
             acc as f32
         })
         .collect();
-    if c.rescale_betas_zero_snr {
-        // diffusers keeps the last alpha_cumprod just above zero so sigmas stay finite.
+    let clamps_last = matches!(
+        c.class_name.as_str(),
+        "EulerDiscreteScheduler"
+            | "EulerAncestralDiscreteScheduler"
+            | "DPMSolverMultistepScheduler"
+            | "UniPCMultistepScheduler"
+    );
+    if c.rescale_betas_zero_snr && clamps_last {
+        // The sigma schedulers keep the last alpha_cumprod just above zero so sigmas stay finite
+        // (DDIM, DDPM, LCM and TCD keep the exact zero).
         if let Some(last) = out.last_mut() {
             *last = 2f32.powi(-24);
         }
@@ -289,6 +459,14 @@ pub(crate) fn discrete_timesteps(c: &SchedulerConfig, n: usize) -> Result<Vec<i6
     };
     if c.timestep_spacing != "trailing" {
         ts.reverse();
+    }
+    // `steps_offset` can push "leading" timesteps past the schedule (diffusers then fails with an
+    // IndexError); refuse it here rather than index out of range later.
+    if let Some(bad) = ts.iter().find(|&&v| v >= t as i64) {
+        return Err(Error::InvalidModel(format!(
+            "scheduler config: steps_offset {} puts timestep {bad} beyond num_train_timesteps {t} for {n} steps",
+            c.steps_offset
+        )));
     }
     Ok(ts)
 }

@@ -1,0 +1,497 @@
+//! diffusers `DPMSolverMultistepScheduler`: DPM-Solver++ 2M (the A1111 "DPM++ 2M"), its SDE variant,
+//! orders 1–3, Karras / exponential / Lu sigmas.
+
+use super::sigmas::{self, SigmaKind, StepIndex};
+use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
+use crate::error::{Error, Result};
+use crate::rng::TorchCpuGenerator;
+use candle_core::Tensor;
+
+/// `(alpha_t, sigma_t)` of a VP schedule at `sigma` (`_sigma_to_alpha_sigma_t`), float32.
+pub(crate) fn alpha_sigma(sigma: f32) -> (f32, f32) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// `log(alpha_t) - log(sigma_t)`, float32.
+pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
+    alpha.ln() - sigma.ln()
+}
+
+/// The last usable training timestep under `lambda_min_clipped` (diffusers clips the cosine schedule's
+/// tail): `num_train_timesteps - searchsorted(flip(lambda_t), lambda_min_clipped)`.
+pub(crate) fn last_timestep(ac: &[f32], lambda_min_clipped: f64) -> usize {
+    let flipped: Vec<f32> = ac
+        .iter()
+        .rev()
+        .map(|a| a.sqrt().ln() - (1.0 - a).sqrt().ln())
+        .collect();
+    let clipped = flipped
+        .iter()
+        .filter(|&&l| (l as f64) < lambda_min_clipped)
+        .count();
+    ac.len() - clipped
+}
+
+/// Integer timesteps of the DPM-Solver family for `n` steps (`n + 1` points, the last dropped).
+pub(crate) fn dpm_timesteps(c: &SchedulerConfig, n: usize, last: usize) -> Result<Vec<i64>> {
+    let t = c.num_train_timesteps;
+    sigmas::check_steps(n, t)?;
+    let ts: Vec<i64> = match c.timestep_spacing.as_str() {
+        "linspace" => {
+            let mut v: Vec<i64> = super::linspace_f64(0.0, last as f64 - 1.0, n + 1)
+                .iter()
+                .map(|v| super::round_half_even(*v) as i64)
+                .collect();
+            v.reverse();
+            v.pop();
+            v
+        }
+        "leading" => {
+            let ratio = last / (n + 1);
+            let mut v: Vec<i64> = (0..=n)
+                .map(|i| (i * ratio) as i64 + c.steps_offset as i64)
+                .collect();
+            v.reverse();
+            v.pop();
+            v
+        }
+        "trailing" => super::arange_desc(last as f64, t as f64 / n as f64)
+            .iter()
+            .map(|v| super::round_half_even(*v) as i64 - 1)
+            .collect(),
+        other => return Err(super::spacing_error(other)),
+    };
+    if let Some(bad) = ts.iter().find(|&&v| v >= t as i64 || v < 0) {
+        return Err(Error::InvalidModel(format!(
+            "scheduler config: timestep {bad} for {n} steps lies outside 0..{t} (check steps_offset)"
+        )));
+    }
+    Ok(ts)
+}
+
+/// Sigma schedule of the DPM-Solver family for integer `timesteps`: `(timesteps, sigmas without the
+/// final one, as f64)`. Karras / exponential / Lu schedules span the whole training range.
+pub(crate) fn dpm_sigmas(
+    c: &SchedulerConfig,
+    kind: SigmaKind,
+    lu: bool,
+    timesteps: Vec<i64>,
+    train: &[f32],
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let logs = sigmas::log_sigmas(train);
+    let (lo, hi) = (train[0] as f64, train[train.len() - 1] as f64);
+    let round = c.beta_schedule != "squaredcos_cap_v2";
+    let from_sigmas = |s: Vec<f64>, round: bool| {
+        let ts = s
+            .iter()
+            .map(|&x| {
+                let t = sigmas::sigma_to_t(x, &logs);
+                if round {
+                    super::round_half_even(t)
+                } else {
+                    t.trunc()
+                }
+            })
+            .collect();
+        (ts, s)
+    };
+    if kind == SigmaKind::Karras {
+        return from_sigmas(sigmas::karras(lo, hi, n), round);
+    }
+    if lu {
+        let (lmin, lmax) = (logs[0] as f64, logs[logs.len() - 1] as f64);
+        let lambdas = super::linspace_f64(0.0, 1.0, n)
+            .iter()
+            .map(|r| (lmax + r * (lmin - lmax)).exp())
+            .collect();
+        return from_sigmas(lambdas, round);
+    }
+    if kind == SigmaKind::Exponential {
+        // Not rounded: the float timesteps are cast to int64 (truncation).
+        return from_sigmas(sigmas::exponential(lo, hi, n), false);
+    }
+    let s = timesteps
+        .iter()
+        .map(|&t| sigmas::interp(t as f64, train))
+        .collect();
+    (timesteps.iter().map(|&t| t as f64).collect(), s)
+}
+
+/// DPM-Solver(++) multistep.
+pub struct DpmSolverMultistepScheduler {
+    config: SchedulerConfig,
+    alphas_cumprod: Vec<f32>,
+    train_sigmas: Vec<f32>,
+    kind: SigmaKind,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    model_outputs: Vec<Option<Tensor>>,
+    lower_order_nums: usize,
+    index: StepIndex,
+    ready: bool,
+}
+
+impl DpmSolverMultistepScheduler {
+    pub fn new(config: &SchedulerConfig) -> Result<Self> {
+        let class = "DPMSolverMultistepScheduler";
+        let kind = sigmas::sigma_kind(config, class)?;
+        sigmas::refuse_flow(config, class)?;
+        check_dpm_options(
+            config,
+            class,
+            &["dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"],
+        )?;
+        if !matches!(config.algorithm_type.as_str(), "dpmsolver++" | "sde-dpmsolver++")
+            && config.final_sigmas_type == "zero"
+        {
+            return Err(Error::InvalidModel(format!(
+                "`final_sigmas_type` zero is not supported for `algorithm_type` {}. Please choose `sigma_min` instead.",
+                config.algorithm_type
+            )));
+        }
+        let ac = alphas_cumprod(config)?;
+        Ok(Self {
+            config: config.clone(),
+            train_sigmas: sigmas::train_sigmas(&ac),
+            alphas_cumprod: ac,
+            kind,
+            timesteps: Vec::new(),
+            sigmas: Vec::new(),
+            model_outputs: vec![None; config.solver_order],
+            lower_order_nums: 0,
+            index: StepIndex::default(),
+            ready: false,
+        })
+    }
+
+    fn is_sde(&self) -> bool {
+        self.config.algorithm_type.starts_with("sde-")
+    }
+
+    fn plus_plus(&self) -> bool {
+        self.config.algorithm_type.ends_with("++")
+    }
+
+    /// `convert_model_output`: x₀ for DPM-Solver++, ε for DPM-Solver.
+    fn convert(&self, model_output: &Tensor, sample: &Tensor, i: usize) -> Result<Tensor> {
+        convert_model_output(
+            &self.config.prediction_type,
+            self.plus_plus(),
+            model_output,
+            sample,
+            self.sigmas[i],
+        )
+    }
+
+    fn first_order(&self, i: usize, m: &Tensor, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
+        let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[i]);
+        let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
+        Ok(match (self.config.algorithm_type.as_str(), noise) {
+            ("dpmsolver++", _) => {
+                (mul_s(sample, sigma_t / sigma_s)? - mul_s(m, alpha_t * ((-h).exp() - 1.0))?)?
+            }
+            ("dpmsolver", _) => (mul_s(sample, alpha_t / alpha_s)? - mul_s(m, sigma_t * (h.exp() - 1.0))?)?,
+            ("sde-dpmsolver++", Some(noise)) => {
+                let a = (mul_s(sample, sigma_t / sigma_s * (-h).exp())?
+                    + mul_s(m, alpha_t * (1.0 - (-2.0 * h).exp()))?)?;
+                (a + mul_s(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
+            }
+            (_, Some(noise)) => {
+                let a = (mul_s(sample, alpha_t / alpha_s)? - mul_s(m, 2.0 * (sigma_t * (h.exp() - 1.0)))?)?;
+                (a + mul_s(noise, sigma_t * ((2.0 * h).exp() - 1.0).sqrt())?)?
+            }
+            _ => return Err(Error::Internal("SDE step without noise".into())),
+        })
+    }
+
+    fn second_order(&self, i: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
+        let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
+        let lambda_t = lambda(alpha_t, sigma_t);
+        let lambda_s0 = lambda(alpha_s0, sigma_s0);
+        let lambda_s1 = lambda(alpha_s1, sigma_s1);
+        let k = self.model_outputs.len();
+        let m0 = self.model_outputs[k - 1].as_ref().expect("current output");
+        let m1 = self.model_outputs[k - 2].as_ref().expect("previous output");
+        let (h, h_0) = (lambda_t - lambda_s0, lambda_s0 - lambda_s1);
+        let r0 = h_0 / h;
+        let d0 = m0;
+        let d1 = mul_s(&(m0 - m1)?, 1.0 / r0)?;
+        let heun = self.config.solver_type == "heun";
+        Ok(match (self.config.algorithm_type.as_str(), noise) {
+            ("dpmsolver++", _) => {
+                let e = (-h).exp() - 1.0;
+                let a = (mul_s(sample, sigma_t / sigma_s0)? - mul_s(d0, alpha_t * e)?)?;
+                if heun {
+                    (a + mul_s(&d1, alpha_t * (e / h + 1.0))?)?
+                } else {
+                    (a - mul_s(&d1, 0.5 * (alpha_t * e))?)?
+                }
+            }
+            ("dpmsolver", _) => {
+                let e = h.exp() - 1.0;
+                let a = (mul_s(sample, alpha_t / alpha_s0)? - mul_s(d0, sigma_t * e)?)?;
+                if heun {
+                    (a - mul_s(&d1, sigma_t * (e / h - 1.0))?)?
+                } else {
+                    (a - mul_s(&d1, 0.5 * (sigma_t * e))?)?
+                }
+            }
+            ("sde-dpmsolver++", Some(noise)) => {
+                let e2 = 1.0 - (-2.0 * h).exp();
+                let a = (mul_s(sample, sigma_t / sigma_s0 * (-h).exp())? + mul_s(d0, alpha_t * e2)?)?;
+                let b = if heun {
+                    (a + mul_s(&d1, alpha_t * (e2 / (-2.0 * h) + 1.0))?)?
+                } else {
+                    (a + mul_s(&d1, 0.5 * (alpha_t * e2))?)?
+                };
+                (b + mul_s(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
+            }
+            (_, Some(noise)) => {
+                let e = h.exp() - 1.0;
+                let a = (mul_s(sample, alpha_t / alpha_s0)? - mul_s(d0, 2.0 * (sigma_t * e))?)?;
+                let b = if heun {
+                    (a - mul_s(&d1, 2.0 * (sigma_t * (e / h - 1.0)))?)?
+                } else {
+                    (a - mul_s(&d1, sigma_t * e)?)?
+                };
+                (b + mul_s(noise, sigma_t * ((2.0 * h).exp() - 1.0).sqrt())?)?
+            }
+            _ => return Err(Error::Internal("SDE step without noise".into())),
+        })
+    }
+
+    fn third_order(&self, i: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
+        let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
+        let (alpha_s2, sigma_s2) = alpha_sigma(self.sigmas[i - 2]);
+        let lambda_t = lambda(alpha_t, sigma_t);
+        let lambda_s0 = lambda(alpha_s0, sigma_s0);
+        let lambda_s1 = lambda(alpha_s1, sigma_s1);
+        let lambda_s2 = lambda(alpha_s2, sigma_s2);
+        let k = self.model_outputs.len();
+        let m0 = self.model_outputs[k - 1].as_ref().expect("output");
+        let m1 = self.model_outputs[k - 2].as_ref().expect("output");
+        let m2 = self.model_outputs[k - 3].as_ref().expect("output");
+        let (h, h_0, h_1) = (lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2);
+        let (r0, r1) = (h_0 / h, h_1 / h);
+        let d0 = m0;
+        let d1_0 = mul_s(&(m0 - m1)?, 1.0 / r0)?;
+        let d1_1 = mul_s(&(m1 - m2)?, 1.0 / r1)?;
+        let diff = (&d1_0 - &d1_1)?;
+        let d1 = (&d1_0 + mul_s(&diff, r0 / (r0 + r1))?)?;
+        let d2 = mul_s(&diff, 1.0 / (r0 + r1))?;
+        Ok(match (self.config.algorithm_type.as_str(), noise) {
+            ("dpmsolver++", _) => {
+                let e = (-h).exp() - 1.0;
+                let a = (mul_s(sample, sigma_t / sigma_s0)? - mul_s(d0, alpha_t * e)?)?;
+                let b = (a + mul_s(&d1, alpha_t * (e / h + 1.0))?)?;
+                (b - mul_s(&d2, alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5))?)?
+            }
+            ("dpmsolver", _) => {
+                let e = h.exp() - 1.0;
+                let a = (mul_s(sample, alpha_t / alpha_s0)? - mul_s(d0, sigma_t * e)?)?;
+                let b = (a - mul_s(&d1, sigma_t * (e / h - 1.0))?)?;
+                (b - mul_s(&d2, sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5))?)?
+            }
+            ("sde-dpmsolver++", Some(noise)) => {
+                let e2 = 1.0 - (-2.0 * h).exp();
+                let a = (mul_s(sample, sigma_t / sigma_s0 * (-h).exp())? + mul_s(d0, alpha_t * e2)?)?;
+                let b = (a + mul_s(&d1, alpha_t * (e2 / (-2.0 * h) + 1.0))?)?;
+                let two_h = 2.0 * h;
+                let c = (b + mul_s(
+                    &d2,
+                    alpha_t * ((1.0 - (-2.0 * h).exp() - 2.0 * h) / (two_h * two_h) - 0.5),
+                )?)?;
+                (c + mul_s(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
+            }
+            // diffusers has no third-order sde-dpmsolver update (it returns None there).
+            _ => {
+                return Err(Error::Unsupported(
+                    "DPMSolverMultistepScheduler: third-order sde-dpmsolver is not defined by diffusers"
+                        .into(),
+                ))
+            }
+        })
+    }
+}
+
+/// Options shared by the DPM-Solver classes.
+pub(crate) fn check_dpm_options(c: &SchedulerConfig, class: &str, algorithms: &[&str]) -> Result<()> {
+    if !algorithms.contains(&c.algorithm_type.as_str()) {
+        return Err(Error::InvalidModel(format!(
+            "{class}: algorithm_type {:?} is not implemented; choose one of {}",
+            c.algorithm_type,
+            algorithms.join(", ")
+        )));
+    }
+    if !matches!(c.solver_type.as_str(), "midpoint" | "heun") {
+        return Err(Error::InvalidModel(format!(
+            "{class}: solver_type {:?} must be 'midpoint' or 'heun'",
+            c.solver_type
+        )));
+    }
+    if !(1..=3).contains(&c.solver_order) {
+        return Err(Error::InvalidModel(format!(
+            "{class}: solver_order {} must be 1, 2 or 3",
+            c.solver_order
+        )));
+    }
+    if c.variance_type.is_some() {
+        return Err(Error::Unsupported(format!(
+            "{class} with variance_type {:?} (learned variance) is not supported",
+            c.variance_type
+        )));
+    }
+    check_prediction(c, class)?;
+    if !matches!(c.final_sigmas_type.as_str(), "zero" | "sigma_min") {
+        return Err(Error::InvalidModel(format!(
+            "`final_sigmas_type` must be one of 'zero', or 'sigma_min', but got {}",
+            c.final_sigmas_type
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_prediction(c: &SchedulerConfig, class: &str) -> Result<()> {
+    if !matches!(c.prediction_type.as_str(), "epsilon" | "v_prediction" | "sample") {
+        return Err(Error::InvalidModel(format!(
+            "{class}: prediction_type {:?} must be one of 'epsilon', 'sample' or 'v_prediction'",
+            c.prediction_type
+        )));
+    }
+    Ok(())
+}
+
+/// `convert_model_output` of the DPM-Solver family at `sigma`: x₀ (`data`) or ε.
+pub(crate) fn convert_model_output(
+    prediction_type: &str,
+    data: bool,
+    model_output: &Tensor,
+    sample: &Tensor,
+    sigma: f32,
+) -> Result<Tensor> {
+    let (alpha_t, sigma_t) = alpha_sigma(sigma);
+    Ok(match (data, prediction_type) {
+        (true, "epsilon") => div_s(&(sample - mul_s(model_output, sigma_t)?)?, alpha_t)?,
+        (true, "v_prediction") => (mul_s(sample, alpha_t)? - mul_s(model_output, sigma_t)?)?,
+        (true, _) => model_output.clone(),
+        (false, "epsilon") => model_output.clone(),
+        (false, "v_prediction") => (mul_s(model_output, alpha_t)? + mul_s(sample, sigma_t)?)?,
+        (false, _) => div_s(&(sample - mul_s(model_output, alpha_t)?)?, sigma_t)?,
+    })
+}
+
+/// Final sigma: 0, or the first training sigma.
+pub(crate) fn final_sigma(c: &SchedulerConfig, train: &[f32]) -> f32 {
+    if c.final_sigmas_type == "sigma_min" {
+        train[0]
+    } else {
+        0.0
+    }
+}
+
+/// `index_for_timestep` of the DPM-Solver family: the last index when `t` is not in the schedule.
+pub(crate) fn dpm_index(timesteps: &[f64], t: f64) -> usize {
+    sigmas::index_for_timestep(timesteps, t).unwrap_or(timesteps.len().saturating_sub(1))
+}
+
+impl super::Scheduler for DpmSolverMultistepScheduler {
+    fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        let last = last_timestep(&self.alphas_cumprod, self.config.lambda_min_clipped);
+        let ts = dpm_timesteps(&self.config, n, last)?;
+        let (ts, s) = dpm_sigmas(
+            &self.config,
+            self.kind,
+            self.config.use_lu_lambdas,
+            ts,
+            &self.train_sigmas,
+            n,
+        );
+        let mut sig: Vec<f32> = s.iter().map(|&v| v as f32).collect();
+        sig.push(final_sigma(&self.config, &self.train_sigmas));
+        self.timesteps = ts;
+        self.sigmas = sig;
+        self.model_outputs = vec![None; self.config.solver_order];
+        self.lower_order_nums = 0;
+        self.index = StepIndex::default();
+        self.ready = true;
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        rng: &mut TorchCpuGenerator,
+    ) -> Result<Tensor> {
+        if !self.ready {
+            return Err(Error::Internal(
+                "DPMSolverMultistepScheduler.step before set_timesteps".into(),
+            ));
+        }
+        if self.index.step.is_none() {
+            self.index.step = Some(self.index.begin.unwrap_or_else(|| dpm_index(&self.timesteps, t)));
+        }
+        let i = self.index.step.expect("set above");
+        let len = self.timesteps.len();
+        if i >= len {
+            return Err(Error::Internal(
+                "DPMSolverMultistepScheduler stepped past its schedule".into(),
+            ));
+        }
+        let c = &self.config;
+        let lower_order_final = i == len - 1
+            && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
+        let lower_order_second = i + 2 == len && c.lower_order_final && len < 15;
+        let m = self.convert(model_output, sample, i)?;
+        self.model_outputs.rotate_left(1);
+        let k = self.model_outputs.len();
+        self.model_outputs[k - 1] = Some(m.clone());
+        let noise = if self.is_sde() {
+            Some(sigmas::randn_like(model_output, rng)?)
+        } else {
+            None
+        };
+        let prev = if c.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
+            self.first_order(i, &m, sample, noise.as_ref())?
+        } else if c.solver_order == 2 || self.lower_order_nums < 2 || lower_order_second {
+            self.second_order(i, sample, noise.as_ref())?
+        } else {
+            self.third_order(i, sample, noise.as_ref())?
+        };
+        if self.lower_order_nums < c.solver_order {
+            self.lower_order_nums += 1;
+        }
+        self.index.advance();
+        Ok(prev)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
+        let i = match (self.index.begin, self.index.step) {
+            (None, _) => dpm_index(&self.timesteps, t),
+            (Some(_), Some(s)) => s,
+            (Some(b), None) => b,
+        };
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
+        Ok((mul_s(original, alpha_t)? + mul_s(noise, sigma_t)?)?)
+    }
+
+    fn set_begin_index(&mut self, index: usize) {
+        self.index.begin = Some(index);
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.sigmas)
+    }
+}
