@@ -1,0 +1,35 @@
+# Version check of find_package(autopipeline [version]). The version is read from the installed
+# header (AUTOPIPELINE_VERSION), so this file needs no generation step. Compatible: the same major
+# version — and, while the major version is 0, the same minor version (0.x may break the ABI on a
+# minor bump, as in Cargo's semver) — not older than the one requested.
+
+get_filename_component(_ap_prefix "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
+file(STRINGS "${_ap_prefix}/include/autopipeline.h" _ap_line REGEX "^#define AUTOPIPELINE_VERSION \"")
+string(REGEX REPLACE "^.*\"([^\"]*)\".*$" "\\1" PACKAGE_VERSION "${_ap_line}")
+unset(_ap_line)
+unset(_ap_prefix)
+
+if(NOT PACKAGE_VERSION)
+  set(PACKAGE_VERSION_UNSUITABLE TRUE)
+elseif(NOT PACKAGE_FIND_VERSION)
+  set(PACKAGE_VERSION_COMPATIBLE TRUE)
+elseif(PACKAGE_VERSION VERSION_LESS PACKAGE_FIND_VERSION)
+  set(PACKAGE_VERSION_COMPATIBLE FALSE)
+else()
+  string(REGEX MATCH "^([0-9]+)\\.([0-9]+)" _ap_mm "${PACKAGE_VERSION}")
+  set(_ap_major "${CMAKE_MATCH_1}")
+  set(_ap_minor "${CMAKE_MATCH_2}")
+  if(NOT PACKAGE_FIND_VERSION_MAJOR EQUAL _ap_major)
+    set(PACKAGE_VERSION_COMPATIBLE FALSE)
+  elseif(_ap_major EQUAL 0 AND NOT PACKAGE_FIND_VERSION_MINOR EQUAL _ap_minor)
+    set(PACKAGE_VERSION_COMPATIBLE FALSE)
+  else()
+    set(PACKAGE_VERSION_COMPATIBLE TRUE)
+  endif()
+  if(PACKAGE_FIND_VERSION VERSION_EQUAL PACKAGE_VERSION)
+    set(PACKAGE_VERSION_EXACT TRUE)
+  endif()
+  unset(_ap_mm)
+  unset(_ap_major)
+  unset(_ap_minor)
+endif()
