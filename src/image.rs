@@ -4,6 +4,11 @@
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
+/// Largest width or height [`Image::load`] decodes (what the C ABI accepts for input images too).
+pub const MAX_DECODE_SIDE: u32 = 16384;
+/// Most memory the image decoder may allocate for one image.
+pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+
 /// An 8-bit image: `channels` is 1 (mask), 3 (RGB) or 4 (RGBA); rows are tightly packed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -16,18 +21,7 @@ pub struct Image {
 impl Image {
     /// Wraps `data`, checking that its length is `width · height · channels`.
     pub fn new(width: u32, height: u32, channels: u32, data: Vec<u8>) -> Result<Self> {
-        if !matches!(channels, 1 | 3 | 4) {
-            return Err(Error::InvalidArgument(format!(
-                "image channels must be 1, 3 or 4, not {channels}"
-            )));
-        }
-        let want = width as usize * height as usize * channels as usize;
-        if width == 0 || height == 0 || data.len() != want {
-            return Err(Error::InvalidArgument(format!(
-                "image buffer holds {} bytes but {width}x{height}x{channels} needs {want}",
-                data.len()
-            )));
-        }
+        Self::check_layout(width, height, channels, data.len())?;
         Ok(Self {
             width,
             height,
@@ -36,17 +30,62 @@ impl Image {
         })
     }
 
-    /// Decodes a PNG or JPEG file to RGB8.
+    /// Decodes a PNG or JPEG file to RGB8 (the format is read from the content, not the name).
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let img = image::open(path)
-            .map_err(|e| Error::InvalidArgument(format!("cannot read image {}: {e}", path.display())))?
-            .to_rgb8();
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::decode_from(std::io::BufReader::new(file), &path.display().to_string())
+    }
+
+    /// Decodes PNG or JPEG bytes to RGB8; `what` names the source in errors.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<Self> {
+        Self::decode_from(std::io::Cursor::new(bytes), what)
+    }
+
+    /// Images come from users and the network: sides beyond [`MAX_DECODE_SIDE`] and decoder
+    /// allocations beyond [`MAX_DECODE_BYTES`] are refused before anything that large is allocated.
+    fn decode_from<R: std::io::BufRead + std::io::Seek>(reader: R, what: &str) -> Result<Self> {
+        let bad =
+            |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("cannot read image {what}: {e}"));
+        let mut reader = image::ImageReader::new(reader)
+            .with_guessed_format()
+            .map_err(|e| bad(&e))?;
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_DECODE_SIDE);
+        limits.max_image_height = Some(MAX_DECODE_SIDE);
+        limits.max_alloc = Some(MAX_DECODE_BYTES);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| bad(&e))?.to_rgb8();
         let (w, h) = img.dimensions();
         Self::new(w, h, 3, img.into_raw())
     }
 
+    /// Checks the invariants [`Image::new`] establishes (the fields are public, so a value built by
+    /// hand may break them; the encoders and tensor conversion index by them).
+    pub fn validate(&self) -> Result<()> {
+        Self::check_layout(self.width, self.height, self.channels, self.data.len())
+    }
+
+    fn check_layout(width: u32, height: u32, channels: u32, len: usize) -> Result<()> {
+        if !matches!(channels, 1 | 3 | 4) {
+            return Err(Error::InvalidArgument(format!(
+                "image channels must be 1, 3 or 4, not {channels}"
+            )));
+        }
+        let want = (width as usize)
+            .checked_mul(height as usize)
+            .and_then(|n| n.checked_mul(channels as usize));
+        if width == 0 || height == 0 || Some(len) != want {
+            let want = want.map_or_else(|| "more than the address space".into(), |n| n.to_string());
+            return Err(Error::InvalidArgument(format!(
+                "image buffer holds {len} bytes but {width}x{height}x{channels} needs {want}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes a PNG (RGB or RGBA as stored).
     pub fn save_png(&self, path: &std::path::Path) -> Result<()> {
+        self.validate()?;
         let color = match self.channels {
             1 => image::ExtendedColorType::L8,
             3 => image::ExtendedColorType::Rgb8,
@@ -65,6 +104,7 @@ impl Image {
 
     /// The image as float RGB `(1, 3, h, w)` in `[0, 1]` (alpha dropped, grey replicated).
     pub fn to_rgb_tensor01(&self, device: &Device) -> Result<Tensor> {
+        self.validate()?;
         let (w, h, c) = (self.width as usize, self.height as usize, self.channels as usize);
         let mut planes = vec![0f32; 3 * w * h];
         for i in 0..w * h {

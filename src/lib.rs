@@ -14,6 +14,7 @@ pub mod components;
 pub mod error;
 pub mod ffi;
 pub mod image;
+pub mod memory;
 pub mod model_index;
 pub mod pipeline;
 pub mod registry;

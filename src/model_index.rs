@@ -51,14 +51,12 @@ impl ModelIndex {
     /// it, like diffusers' "`<dir>` does not appear to have a file named model_index.json.");
     /// unreadable content is `Error::InvalidModel` naming `path`.
     pub fn from_file(path: &Path, display: &str) -> Result<Self> {
-        let text = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(missing_model_index(display));
-            }
-            Err(e) => return Err(Error::io(path, e)),
+        let text = match crate::components::load::read_text_file(path) {
+            Ok(text) => text,
+            Err(Error::NotFound(_)) => return Err(missing_model_index(display)),
+            Err(Error::InvalidModel(why)) => return Err(invalid_json(path, &why)),
+            Err(e) => return Err(e),
         };
-        let text = String::from_utf8(text).map_err(|e| invalid_json(path, &e.to_string()))?;
         Self::parse(&text, path)
     }
 
@@ -104,7 +102,16 @@ impl ModelIndex {
         let mut config = Map::new();
         // serde_json's Map is ordered by key, so `components` comes out sorted by name.
         for (key, value) in map {
-            match component_entry(&value) {
+            let entry = component_entry(&value);
+            // A component is a folder of the checkpoint: its name must not lead anywhere else.
+            if entry.is_some() && !is_folder_name(&key) {
+                return Err(Error::InvalidModel(format!(
+                    "component name '{key}' in '{}' is not a plain folder name: component folders \
+                     must stay inside the checkpoint folder",
+                    path.display()
+                )));
+            }
+            match entry {
                 Some(Entry::Null) => null_components.push(key),
                 Some(Entry::Component(library, class_name)) => components.push(Component {
                     name: key,
@@ -173,6 +180,11 @@ fn optional_string(map: &mut Map<String, Value>, key: &str, path: &Path) -> Resu
             path.display()
         ))),
     }
+}
+
+/// A single, normal path component: no separators, no `.`/`..`, no NUL, not empty.
+fn is_folder_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0', ':'])
 }
 
 enum Entry {

@@ -346,7 +346,7 @@ impl ModelSource {
     /// The shard files named by the index `component/index_name`.
     fn shards(&self, component: &str, index_name: &str) -> Result<Vec<PathBuf>> {
         let index_path = self.file(component, index_name)?;
-        let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let text = crate::components::load::read_text_file(&index_path)?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             Error::InvalidModel(format!(
                 "The checkpoint index '{}' is not a valid JSON file. ({e})",
@@ -776,7 +776,9 @@ fn walk_files(dir: &Path, prefix: &str, out: &mut Vec<String>) {
             format!("{prefix}/{name}")
         };
         let path = entry.path();
-        if path.is_dir() {
+        // Only real folders are descended into (snapshot folders are; their files are links into
+        // `blobs/`), so a symlink loop in a cache cannot recurse without end.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             walk_files(&path, &rel, out);
         } else if path.is_file() {
             out.push(rel);

@@ -150,6 +150,17 @@ pub struct ClipTextModel {
 impl ClipTextModel {
     /// Builds the model from `config`; `with_projection` loads `text_projection.weight` too.
     pub fn new(vb: VarBuilder, config: ClipTextConfig, with_projection: bool) -> Result<Self> {
+        // Values that would divide by zero in `forward` or allocate without bound.
+        let (h, heads) = (config.hidden_size, config.num_attention_heads);
+        if heads == 0 || h % heads != 0 {
+            candle_core::bail!("num_attention_heads {heads} must be positive and divide hidden_size {h}");
+        }
+        if config.max_position_embeddings == 0 || config.max_position_embeddings > 1 << 16 {
+            candle_core::bail!(
+                "max_position_embeddings {} must be 1..=65536",
+                config.max_position_embeddings
+            );
+        }
         let act = Activation::parse(&config.hidden_act).ok_or_else(|| {
             candle_core::Error::Msg(format!("unsupported CLIP hidden_act {:?}", config.hidden_act))
         })?;
@@ -253,8 +264,13 @@ impl ClipTextModel {
 }
 
 fn causal_mask(l: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..l)
-        .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    // Plain loops: the nested iterator form made valgrind report a branch on uninitialised stack
+    // memory (LLVM's speculative read of an empty iterator slot; harmless, but it hides real reports).
+    let mut mask = vec![0f32; l * l];
+    for (i, row) in mask.chunks_exact_mut(l.max(1)).enumerate() {
+        for v in &mut row[i + 1..] {
+            *v = f32::NEG_INFINITY;
+        }
+    }
     Tensor::from_vec(mask, (l, l), device)?.to_dtype(dtype)
 }

@@ -1,89 +1,313 @@
 //! Reading a component's `config.json` and safetensors weights, with errors that name the file.
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Device};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Parses a JSON config file into `T`, naming the file and the bad key on failure.
-pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+/// Largest JSON or text file a checkpoint may hand us (configs are kilobytes, a tokenizer.json a few
+/// megabytes): reading is refused beyond this rather than allocating whatever a file claims.
+pub const MAX_TEXT_FILE: u64 = 256 << 20;
+
+/// Reads a checkpoint's text file: missing → `Error::NotFound`, larger than [`MAX_TEXT_FILE`] or not
+/// UTF-8 → `Error::InvalidModel`, each naming the file.
+pub fn read_text_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound(format!(
-                "{} not found: the checkpoint is missing this component's config",
-                path.display()
-            ))
+            Error::NotFound(format!("{} not found", path.display()))
         } else {
             Error::io(path, e)
         }
     })?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::InvalidModel(format!("{} is not a valid config: {e}", path.display())))
+    let mut bytes = Vec::new();
+    file.take(MAX_TEXT_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_TEXT_FILE {
+        return Err(Error::InvalidModel(format!(
+            "{} is larger than {} MiB, too large for a config or tokenizer file",
+            path.display(),
+            MAX_TEXT_FILE >> 20
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| Error::InvalidModel(format!("{} is not UTF-8 text: {e}", path.display())))
+}
+
+/// Parses a JSON config file into `T`, naming the file and the bad key on failure.
+pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = read_text_file(path).map_err(|e| match e {
+        Error::NotFound(_) => Error::NotFound(format!(
+            "{} not found: the checkpoint is missing this component's config",
+            path.display()
+        )),
+        other => other,
+    })?;
+    parse_config(&text, &path.display().to_string())
+}
+
+/// Parses a config's JSON text into `T`; `origin` names the file in errors, which also name the key
+/// being read when the error is inside one (serde's messages give only a line and column).
+pub fn parse_config<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
+    // serde would also fill a struct from a JSON array, field by field: a config is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(Error::InvalidModel(format!(
+            "{origin} is not a valid config: expected a JSON object"
+        )));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        // serde names a missing field itself; for other errors, name the key being read.
+        let located = e.is_data() && !e.to_string().starts_with("missing field");
+        let key = match key_before(text, e.line(), e.column()).filter(|_| located) {
+            Some(key) => format!("key \"{key}\": "),
+            None => String::new(),
+        };
+        Error::InvalidModel(format!("{origin} is not a valid config: {key}{e}"))
+    })
+}
+
+/// The innermost `"key":` before line `line`, column `column` (1-based, serde_json's error position).
+fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
+    if line == 0 {
+        return None;
+    }
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            offset += column.min(l.len());
+            break;
+        }
+        offset += l.len();
+    }
+    let before = text.get(..offset)?;
+    // A missing field is reported at the end of its object, where no key precedes it usefully.
+    let colon = before.rfind("\":")?;
+    let start = before[..colon].rfind('"')?;
+    let key = &before[start + 1..colon];
+    (!key.is_empty() && key.len() <= 200).then(|| key.to_string())
 }
 
 /// A weight reader over memory-mapped safetensors files (one, or the shards of a sharded checkpoint).
 ///
-/// Tensors are converted to `dtype` on load. The files must not be modified while the model is alive:
-/// they are mapped, not copied, so that loading costs no extra memory.
+/// Tensors are converted to `dtype` on load. Every tensor a model asks for is checked before it is
+/// read: it must exist, hold floating-point data, and have exactly the shape the component's
+/// `config.json` implies; each failure names the tensor and the file (candle's own messages name
+/// neither). Tensors no model asks for are ignored, as diffusers ignores unexpected keys (it only
+/// logs them).
+///
+/// The files must not be modified while the model is alive: they are mapped, not copied, so that
+/// loading costs no extra memory.
 pub fn var_builder(weights: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-    for w in weights {
+    if weights.is_empty() {
+        return Err(Error::Internal("no weight files to read".into()));
+    }
+    let mut files = Vec::with_capacity(weights.len());
+    let mut routing = HashMap::new();
+    for (i, w) in weights.iter().enumerate() {
         // Check the header up front so a truncated or foreign file gets a message naming it.
         check_safetensors(w)?;
+        // SAFETY: the mapped files are only read; the caller is told (above) not to modify them
+        // while in use.
+        let st = unsafe { MmapedSafetensors::new(w) }.map_err(|e| {
+            Error::InvalidModel(format!("cannot read safetensors weights {}: {e}", w.display()))
+        })?;
+        for (name, _) in st.tensors() {
+            // The first shard that holds a name wins; diffusers' loader would let a later one win,
+            // but a tensor in two shards is a broken index either way.
+            routing.entry(name).or_insert(i);
+        }
+        files.push((w.clone(), st));
     }
-    // SAFETY: the mapped files are only read; the caller is told (above) not to modify them while in use.
-    unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device) }.map_err(|e| {
-        let names: Vec<String> = weights.iter().map(|p| p.display().to_string()).collect();
-        Error::InvalidModel(format!(
-            "cannot read safetensors weights {}: {e}",
-            names.join(", ")
-        ))
-    })
+    let backend = CheckedSafetensors { files, routing };
+    Ok(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
 }
+
+/// The [`SimpleBackend`] behind [`var_builder`].
+struct CheckedSafetensors {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// Tensor name → index in `files`.
+    routing: HashMap<String, usize>,
+}
+
+impl CheckedSafetensors {
+    fn file_names(&self) -> String {
+        let names: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+        names.join(", ")
+    }
+
+    /// The file holding `name` and the tensor's shape, refusing missing and non-float tensors.
+    fn find(&self, name: &str) -> candle_core::Result<(&Path, &MmapedSafetensors, Vec<usize>)> {
+        let Some(&i) = self.routing.get(name) else {
+            candle_core::bail!("tensor {name} is missing from {}", self.file_names());
+        };
+        let (path, st) = &self.files[i];
+        let view = st.get(name)?;
+        let dtype = DType::try_from(view.dtype()).ok();
+        if !matches!(dtype, Some(DType::F16 | DType::BF16 | DType::F32 | DType::F64)) {
+            candle_core::bail!(
+                "tensor {name} in {} has dtype {:?}; model weights must be floating point (F16, BF16, F32 or F64)",
+                path.display(),
+                view.dtype()
+            );
+        }
+        Ok((path.as_path(), st, view.shape().to_vec()))
+    }
+}
+
+impl SimpleBackend for CheckedSafetensors {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let (path, st, shape) = self.find(name)?;
+        if shape != s.dims() {
+            candle_core::bail!(
+                "tensor {name} in {} has shape {shape:?}, but config.json implies {:?}",
+                path.display(),
+                s.dims()
+            );
+        }
+        st.load(name, dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let (_, st, _) = self.find(name)?;
+        st.load(name, dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.routing.contains_key(name)
+    }
+}
+
+/// Largest safetensors header we read (the format's own limit is 100 MB).
+const MAX_HEADER: u64 = 100 << 20;
 
 /// Validates a safetensors file's header (size, JSON, offsets within the file) without reading tensors.
 pub fn check_safetensors(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut n = [0u8; 8];
-    let bad = |why: &str| {
-        Error::InvalidModel(format!(
-            "{} is not a valid safetensors file: {why}",
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidModel(format!(
+            "{} is not a regular file",
             path.display()
-        ))
-    };
-    f.read_exact(&mut n)
-        .map_err(|_| bad("shorter than its 8-byte header length"))?;
-    let header_len = u64::from_le_bytes(n);
-    if header_len > len.saturating_sub(8) || header_len > 100 << 20 {
-        return Err(bad("header length exceeds the file size"));
+        )));
     }
-    let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header).map_err(|_| bad("truncated header"))?;
+    let len = meta.len();
+    let what = path.display().to_string();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad_safetensors(&what, "shorter than its 8-byte header length"))?;
+    let header_len = header_len(n, len, &what)?;
+    let mut header = vec![0u8; header_len];
+    f.read_exact(&mut header)
+        .map_err(|_| bad_safetensors(&what, "truncated header"))?;
+    check_header(&header, len - 8 - header_len as u64, &what)
+}
+
+/// [`check_safetensors`] on a whole file's bytes; `what` names it in errors. (The fuzz target's
+/// entry point: the same checks without the file system.)
+pub fn check_safetensors_bytes(bytes: &[u8], what: &str) -> Result<()> {
+    let Some((n, rest)) = bytes.split_first_chunk::<8>() else {
+        return Err(bad_safetensors(what, "shorter than its 8-byte header length"));
+    };
+    let header_len = header_len(*n, bytes.len() as u64, what)?;
+    let (header, data) = rest.split_at(header_len);
+    check_header(header, data.len() as u64, what)
+}
+
+fn bad_safetensors(what: &str, why: &str) -> Error {
+    Error::InvalidModel(format!("{what} is not a valid safetensors file: {why}"))
+}
+
+/// The header length the first 8 bytes give, checked against the file length and [`MAX_HEADER`].
+fn header_len(n: [u8; 8], file_len: u64, what: &str) -> Result<usize> {
+    let header_len = u64::from_le_bytes(n);
+    if header_len > file_len.saturating_sub(8) || header_len > MAX_HEADER {
+        return Err(bad_safetensors(what, "header length exceeds the file size"));
+    }
+    Ok(header_len as usize)
+}
+
+/// The header must be a JSON object of `name → {dtype, shape, data_offsets}` whose byte ranges lie
+/// inside the `data_len` bytes after it and match each tensor's shape and dtype.
+fn check_header(header: &[u8], data_len: u64, what: &str) -> Result<()> {
+    let bad = |why: &str| bad_safetensors(what, why);
     let json: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(&format!("header is not JSON ({e})")))?;
-    let data_len = len - 8 - header_len;
-    if let Some(map) = json.as_object() {
-        for (name, info) in map {
-            if name == "__metadata__" {
-                continue;
-            }
-            let end = info
-                .get("data_offsets")
-                .and_then(|o| o.get(1))
-                .and_then(|v| v.as_u64());
-            match end {
-                Some(end) if end <= data_len => {}
-                _ => {
-                    return Err(bad(&format!(
-                        "tensor {name} lies beyond the end of the file (truncated download?)"
-                    )))
-                }
-            }
-        }
-    } else {
+        serde_json::from_slice(header).map_err(|e| bad(&format!("header is not JSON ({e})")))?;
+    let Some(map) = json.as_object() else {
         return Err(bad("header is not a JSON object"));
+    };
+    for (name, info) in map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = info
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|o| match o.as_slice() {
+                [a, b] => Some((a.as_u64()?, b.as_u64()?)),
+                _ => None,
+            });
+        let Some((begin, end)) = offsets else {
+            return Err(bad(&format!("tensor {name} has no valid data_offsets")));
+        };
+        if begin > end {
+            return Err(bad(&format!(
+                "tensor {name} has data_offsets that end before they begin"
+            )));
+        }
+        if end > data_len {
+            return Err(bad(&format!(
+                "tensor {name} lies beyond the end of the file (truncated download?)"
+            )));
+        }
+        // Bits per element of every dtype the safetensors format defines.
+        let elem_bits: u64 = match info.get("dtype").and_then(|d| d.as_str()) {
+            Some("F4") => 4,
+            Some("F6_E2M3" | "F6_E3M2") => 6,
+            Some(
+                "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" | "F8_E4M3FNUZ" | "F8_E5M2FNUZ",
+            ) => 8,
+            Some("I16" | "U16" | "F16" | "BF16") => 16,
+            Some("I32" | "U32" | "F32") => 32,
+            Some("I64" | "U64" | "F64") => 64,
+            _ => return Err(bad(&format!("tensor {name} has no known dtype"))),
+        };
+        let shape = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| bad(&format!("tensor {name} has no shape")))?;
+        let mut elems: u64 = 1;
+        for d in shape {
+            let d = d
+                .as_u64()
+                .ok_or_else(|| bad(&format!("tensor {name} has a shape that is not a list of sizes")))?;
+            elems = elems
+                .checked_mul(d)
+                .ok_or_else(|| bad(&format!("tensor {name} has an impossibly large shape")))?;
+        }
+        let bytes = elems
+            .checked_mul(elem_bits)
+            .filter(|bits| bits % 8 == 0)
+            .map(|bits| bits / 8);
+        if bytes != Some(end - begin) {
+            return Err(bad(&format!(
+                "tensor {name} holds {} bytes, but its shape and dtype need {}",
+                end - begin,
+                bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string())
+            )));
+        }
     }
     Ok(())
 }

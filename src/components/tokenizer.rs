@@ -43,6 +43,8 @@ use crate::error::{Error, Result};
 
 /// `model_max_length` when `tokenizer_config.json` does not give one (CLIP's context length).
 const DEFAULT_MAX_LENGTH: usize = 77;
+/// Largest `model_max_length` accepted (CLIP takes 77; long-prompt encoders a few hundred).
+const MAX_MODEL_MAX_LENGTH: usize = 1 << 16;
 /// transformers' default special tokens for `CLIPTokenizer`.
 const DEFAULT_BOS: &str = "<|startoftext|>";
 const DEFAULT_EOS: &str = "<|endoftext|>";
@@ -351,6 +353,18 @@ impl ClipTokenizer {
         self.vocab.len()
     }
 
+    /// The largest id [`Self::encode`] can produce (vocabulary, added and special tokens): the text
+    /// encoder's embedding table must be larger than this.
+    pub fn max_id(&self) -> u32 {
+        self.vocab
+            .values()
+            .chain(self.added_ids.values())
+            .chain([&self.bos_id, &self.eos_id, &self.pad_id])
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
     fn build(
         parts: Parts,
         config: Option<&Value>,
@@ -427,7 +441,7 @@ impl ClipTokenizer {
         let specials: [SpecialSpec; 4] = specials
             .try_into()
             .map_err(|_| Error::Internal("four special tokens expected".to_string()))?;
-        let base_next_id = max_id.map_or(0, |id| id + 1);
+        let base_next_id = max_id.map_or(0, |id| id.saturating_add(1));
         let mut tokenizer = ClipTokenizer {
             vocab,
             merges,
@@ -502,7 +516,11 @@ impl ClipTokenizer {
     /// Registers an added token; matching uses the normalized content when `normalized`.
     fn insert_added(&mut self, content: &str, id: u32, normalized: bool) {
         self.added_ids.insert(content.to_string(), id);
-        self.next_id = self.next_id.max(id + 1);
+        self.next_id = self.next_id.max(id.saturating_add(1));
+        // An empty token would match everywhere without consuming text: it is never matched.
+        if content.is_empty() {
+            return;
+        }
         if normalized {
             let pattern = self.normalize(content);
             if !pattern.is_empty() {
@@ -842,7 +860,7 @@ fn compile(pattern: &str, what: &str) -> Result<Regex> {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    crate::components::load::read_text_file(path)
 }
 
 fn read_json_optional(path: &Path) -> Result<Option<Value>> {
@@ -850,9 +868,17 @@ fn read_json_optional(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = read_text(path)?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::InvalidModel(format!("{}: invalid JSON: {e}", path.display())))
+    match serde_json::from_str(&text) {
+        Ok(value @ Value::Object(_)) => Ok(Some(value)),
+        Ok(_) => Err(Error::InvalidModel(format!(
+            "{}: not a JSON object",
+            path.display()
+        ))),
+        Err(e) => Err(Error::InvalidModel(format!(
+            "{}: invalid JSON: {e}",
+            path.display()
+        ))),
+    }
 }
 
 fn default_spec(content: &str) -> SpecialSpec {
@@ -868,6 +894,11 @@ fn special_spec(sources: &[Option<&Value>], key: &str, config_name: &str) -> Res
     for source in sources.iter().flatten() {
         match source.get(key) {
             None | Some(Value::Null) => continue,
+            Some(Value::String(s)) if s.is_empty() => {
+                return Err(Error::InvalidModel(format!(
+                    "{config_name} (or special_tokens_map.json): {key} is an empty string"
+                )))
+            }
             Some(Value::String(s)) => {
                 return Ok(Some(SpecialSpec {
                     content: s.clone(),
@@ -876,12 +907,16 @@ fn special_spec(sources: &[Option<&Value>], key: &str, config_name: &str) -> Res
                 }))
             }
             Some(Value::Object(map)) => {
-                let content = map.get("content").and_then(Value::as_str).ok_or_else(|| {
-                    Error::InvalidModel(format!(
-                        "{config_name} (or special_tokens_map.json): {key} has no string \
-                         \"content\""
-                    ))
-                })?;
+                let content = map
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| {
+                        Error::InvalidModel(format!(
+                            "{config_name} (or special_tokens_map.json): {key} has no non-empty \
+                             string \"content\""
+                        ))
+                    })?;
                 return Ok(Some(SpecialSpec {
                     content: content.to_string(),
                     plain: false,
@@ -918,6 +953,14 @@ fn max_length_from(config: Option<&Value>, config_name: &str) -> Result<usize> {
     if length < 2.0 || length.fract() != 0.0 {
         return Err(Error::InvalidModel(format!(
             "{config_name}: model_max_length {value} is not a whole number of at least 2"
+        )));
+    }
+    // Below transformers' "no limit" sentinel, a length no text encoder has: refusing it here keeps
+    // `encode` from allocating without bound.
+    if length > MAX_MODEL_MAX_LENGTH as f64 {
+        return Err(Error::InvalidModel(format!(
+            "{config_name}: model_max_length {value} is larger than any text encoder takes (at most \
+             {MAX_MODEL_MAX_LENGTH})"
         )));
     }
     Ok(length as usize)

@@ -55,6 +55,9 @@ impl UNet2DConditionModel {
     /// Builds the model from `config`, reading weights through `vb` (diffusers key names).
     pub fn new(vb: VarBuilder, config: UNetConfig) -> Result<Self> {
         if let Err(what) = config.check_supported() {
+        if let Err(what) = config.check_values() {
+            candle_core::bail!("invalid UNet config: {what}");
+        }
             candle_core::bail!("this UNet config needs features autopipeline does not implement yet: {what}");
         }
         let c = &config;

@@ -2,6 +2,12 @@
 
 use serde::Deserialize;
 
+/// Most down/up blocks a UNet config may declare (diffusers' UNets have 3 or 4).
+const MAX_BLOCKS: usize = 8;
+/// Largest channel count, head count, layer count or sample size a config may declare: far above any
+/// real model, low enough that sizes derived from it cannot overflow.
+const MAX_WIDTH: usize = 1 << 16;
+
 /// An integer given either once for every block or as a per-block list (diffusers accepts both).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
@@ -197,6 +203,84 @@ impl UNetConfig {
         match &self.num_attention_heads {
             Some(h) => h.expand(n),
             None => self.attention_head_dim.expand(n),
+        }
+    }
+
+    /// Refuses values no working UNet has and that would divide by zero, index past a per-block list
+    /// or overflow while the model is built (checkpoints come from strangers), naming the key.
+    pub fn check_values(&self) -> std::result::Result<(), String> {
+        let n = self.block_out_channels.len();
+        let mut problems = Vec::new();
+        if !(1..=MAX_BLOCKS).contains(&n) {
+            problems.push(format!(
+                "block_out_channels must list 1 to {MAX_BLOCKS} blocks, not {n}"
+            ));
+        }
+        if self.block_out_channels.iter().any(|&c| c == 0 || c > MAX_WIDTH) {
+            problems.push(format!("block_out_channels entries must be 1..={MAX_WIDTH}"));
+        }
+        let g = self.norm_num_groups;
+        if g == 0 || self.block_out_channels.iter().any(|c| c % g != 0) {
+            problems.push(format!(
+                "norm_num_groups {g} must be positive and divide every block_out_channels entry"
+            ));
+        }
+        let lists = [
+            ("layers_per_block", &self.layers_per_block, 1),
+            (
+                "transformer_layers_per_block",
+                &self.transformer_layers_per_block,
+                1,
+            ),
+            ("attention_head_dim", &self.attention_head_dim, 1),
+        ];
+        let heads = self
+            .num_attention_heads
+            .as_ref()
+            .map(|h| ("num_attention_heads", h, 1));
+        for (key, value, min) in lists.into_iter().chain(heads) {
+            if let PerBlock::Each(v) = value {
+                if v.len() != n {
+                    problems.push(format!("{key} lists {} values for {n} blocks", v.len()));
+                }
+            }
+            if value.expand(n).iter().any(|&v| v < min || v > MAX_WIDTH) {
+                problems.push(format!("{key} values must be {min}..={MAX_WIDTH}"));
+            }
+        }
+        if let Some(v) = &self.reverse_transformer_layers_per_block {
+            if v.len() != n || v.iter().any(|&l| l > MAX_WIDTH) {
+                problems.push(format!(
+                    "reverse_transformer_layers_per_block must list {n} values"
+                ));
+            }
+        }
+        for (key, v) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+        ] {
+            if v == 0 || v > MAX_WIDTH {
+                problems.push(format!("{key} {v} must be 1..={MAX_WIDTH}"));
+            }
+        }
+        if self
+            .cross_attention_dim
+            .expand(n)
+            .iter()
+            .any(|&d| d == 0 || d > MAX_WIDTH)
+        {
+            problems.push(format!("cross_attention_dim must be 1..={MAX_WIDTH}"));
+        }
+        if self.sample_size == 0 || self.sample_size > MAX_WIDTH {
+            problems.push(format!(
+                "sample_size {} must be 1..={MAX_WIDTH}",
+                self.sample_size
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join(", "))
         }
     }
 

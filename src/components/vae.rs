@@ -77,7 +77,9 @@ pub struct VaeConfig {
 impl VaeConfig {
     /// Pixels per latent along each side: `2^(len(block_out_channels) - 1)`, as diffusers derives it.
     pub fn scale_factor(&self) -> usize {
-        1 << (self.block_out_channels.len().saturating_sub(1))
+        // Capped so a config with absurdly many blocks (refused when the model is built) cannot
+        // overflow the shift.
+        1 << self.block_out_channels.len().saturating_sub(1).min(16)
     }
 
     fn check_supported(&self) -> std::result::Result<(), String> {
@@ -97,6 +99,49 @@ impl VaeConfig {
         }
         if self.block_out_channels.is_empty() {
             problems.push("empty block_out_channels".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join(", "))
+        }
+    }
+
+    /// Refuses values no working VAE has and that would divide by zero or overflow (the scale
+    /// factor is `2^(blocks - 1)`) while the model is built or run, naming the key.
+    fn check_values(&self) -> std::result::Result<(), String> {
+        const MAX_WIDTH: usize = 1 << 16;
+        let mut problems = Vec::new();
+        let n = self.block_out_channels.len();
+        if !(1..=8).contains(&n) {
+            problems.push(format!("block_out_channels must list 1 to 8 blocks, not {n}"));
+        }
+        let g = self.norm_num_groups;
+        if self.block_out_channels.iter().any(|&c| c == 0 || c > MAX_WIDTH) {
+            problems.push(format!("block_out_channels entries must be 1..={MAX_WIDTH}"));
+        } else if g == 0 || self.block_out_channels.iter().any(|c| c % g != 0) {
+            problems.push(format!(
+                "norm_num_groups {g} must be positive and divide every block_out_channels entry"
+            ));
+        }
+        for (key, v) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("latent_channels", self.latent_channels),
+            ("layers_per_block", self.layers_per_block),
+        ] {
+            if v == 0 || v > MAX_WIDTH {
+                problems.push(format!("{key} {v} must be 1..={MAX_WIDTH}"));
+            }
+        }
+        if !self.scaling_factor.is_finite() || self.scaling_factor == 0.0 {
+            problems.push(format!(
+                "scaling_factor {} must be a finite nonzero number",
+                self.scaling_factor
+            ));
+        }
+        if self.shift_factor.is_some_and(|s| !s.is_finite()) {
+            problems.push("shift_factor must be finite".into());
         }
         if problems.is_empty() {
             Ok(())
@@ -335,6 +380,9 @@ pub struct AutoencoderKL {
 
 impl AutoencoderKL {
     pub fn new(vb: VarBuilder, config: VaeConfig) -> Result<Self> {
+        if let Err(what) = config.check_values() {
+            candle_core::bail!("invalid VAE config: {what}");
+        }
         if let Err(what) = config.check_supported() {
             candle_core::bail!("this VAE config needs features autopipeline does not implement yet: {what}");
         }

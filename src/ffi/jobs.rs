@@ -328,7 +328,7 @@ pub unsafe extern "C" fn ap_run_async(
         if params.is_null() {
             return Err(null("params"));
         }
-        let params = &*params;
+        let params = convert::sized(params, "ap_run_params")?;
         let run = convert::run_params(params)?;
         let gate = Arc::new(Gate::default());
         let control = run_control(&*pipe, params, Some(Arc::clone(&gate)))?;
@@ -369,7 +369,11 @@ pub unsafe extern "C" fn ap_from_pretrained_async(
         let model = convert::str_arg(model, "model")?;
         let task = convert::task(task)?;
         let defaults = super::api::ap_load_params_default();
-        let params = if params.is_null() { &defaults } else { &*params };
+        let params = if params.is_null() {
+            &defaults
+        } else {
+            convert::sized(params, "ap_load_params")?
+        };
         let opts = convert::load_options(params)?;
         let gate = Arc::new(Gate::default());
         let progress = progress_hook(

@@ -63,34 +63,24 @@ fn crop(img: &Image, (x1, y1, x2, y2): CropBox) -> Image {
     }
 }
 
-/// Lanczos resize (diffusers' default resample); a no-op at the same size, as in PIL.
+/// Pillow-exact Lanczos resize (diffusers' default resample); a no-op at the same size, as in PIL.
 fn resize(img: &Image, w: u32, h: u32) -> Image {
     if img.width == w && img.height == h {
         return img.clone();
     }
-    let c = img.channels;
-    let out = match c {
-        1 => {
-            let buf =
-                image::GrayImage::from_raw(img.width, img.height, img.data.clone()).expect("sized buffer");
-            image::imageops::resize(&buf, w, h, image::imageops::FilterType::Lanczos3).into_raw()
-        }
-        3 => {
-            let buf =
-                image::RgbImage::from_raw(img.width, img.height, img.data.clone()).expect("sized buffer");
-            image::imageops::resize(&buf, w, h, image::imageops::FilterType::Lanczos3).into_raw()
-        }
-        _ => {
-            let buf =
-                image::RgbaImage::from_raw(img.width, img.height, img.data.clone()).expect("sized buffer");
-            image::imageops::resize(&buf, w, h, image::imageops::FilterType::Lanczos3).into_raw()
-        }
-    };
+    let data = super::resample::lanczos_resize(
+        &img.data,
+        img.width as usize,
+        img.height as usize,
+        img.channels as usize,
+        w as usize,
+        h as usize,
+    );
     Image {
         width: w,
         height: h,
-        channels: c,
-        data: out,
+        channels: img.channels,
+        data,
     }
 }
 

@@ -8,6 +8,7 @@ mod denoise;
 mod generate;
 pub mod params;
 mod prompt;
+mod resample;
 mod sd;
 mod sdxl;
 

@@ -103,6 +103,12 @@ impl super::Scheduler for PndmScheduler {
             }
             other => return Err(spacing_error(other)),
         };
+        if let Some(bad) = base.iter().find(|&&v| v >= t as i64) {
+            return Err(Error::InvalidModel(format!(
+                "scheduler config: steps_offset {} puts timestep {bad} beyond num_train_timesteps {t} for {n} steps",
+                self.config.steps_offset
+            )));
+        }
         // PLMS: all but the last, the second-to-last again, then the last; reversed. Hence the repeat.
         let mut plms: Vec<i64> = base[..n - 1].to_vec();
         if n >= 2 {

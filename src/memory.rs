@@ -1,0 +1,153 @@
+//! A memory sanity check before a run: Rust aborts the whole process when an allocation fails, and
+//! the library lives inside a game engine, so a run whose activations cannot possibly fit is refused
+//! up front with a message instead.
+//!
+//! The estimate is a *lower bound*: the largest activation tensor the run must hold (VAE decoder
+//! output at full resolution, UNet feature maps and GEGLU projections, one attention chunk), times
+//! two for a layer's input and output living together. Real peaks are higher, so this never refuses
+//! a run that could have fit; it catches requests that are off by orders of magnitude (an 8192² batch
+//! of 64 on a laptop). Memory available comes from `/proc/meminfo` (`MemAvailable + SwapFree`) and a
+//! cgroup v2 limit when there is one; elsewhere (other systems, CUDA devices) only the
+//! address-space bound applies.
+
+use crate::error::{Error, Result};
+use crate::pipeline::Components;
+use candle_core::DType;
+
+/// What one run asks for, after the pipeline's defaults are applied.
+#[derive(Debug, Clone, Copy)]
+pub struct RunShape {
+    pub width: usize,
+    pub height: usize,
+    /// Images generated (`num_images_per_prompt`).
+    pub batch: usize,
+    /// Classifier-free guidance doubles the UNet batch.
+    pub cfg: bool,
+}
+
+/// Refuses a run whose activations cannot fit in the memory this process can get.
+pub fn check_run(c: &Components, run: RunShape) -> Result<()> {
+    let need = estimate_bytes(c, run);
+    let available = if c.device.is_cpu() {
+        available_bytes()
+    } else {
+        None
+    };
+    let limit = available.unwrap_or(isize::MAX as u128);
+    if need > limit {
+        let whence = match available {
+            Some(_) => "memory available to this process (MemAvailable + SwapFree, or the cgroup limit)",
+            None => "the address space",
+        };
+        return Err(Error::InvalidArgument(format!(
+            "a {}x{} run of {} image(s) needs at least {} for its activations, more than the {} of {whence}: \
+             lower width/height or num_images_per_prompt",
+            run.width,
+            run.height,
+            run.batch,
+            human(need),
+            human(limit)
+        )));
+    }
+    Ok(())
+}
+
+/// A lower bound on the run's peak activation memory, in bytes.
+pub fn estimate_bytes(c: &Components, run: RunShape) -> u128 {
+    let act = bytes_of(c.dtype);
+    let f32b = 4u128;
+    let (w, h) = (run.width as u128, run.height as u128);
+    let batch = run.batch as u128;
+    let unet_batch = batch * if run.cfg { 2 } else { 1 };
+
+    // VAE decoder: its last up block runs at full resolution with block_out_channels[0] channels.
+    let vae = c.vae.config();
+    let vae_ch = vae.block_out_channels.first().copied().unwrap_or(1) as u128;
+    let vae_bytes = if vae.force_upcast.unwrap_or(true) {
+        f32b
+    } else {
+        act
+    };
+    let decode = batch * vae_ch * w * h * vae_bytes;
+
+    // UNet: per down block (at 1/2^i of the latent size), its feature map, and for attention blocks
+    // the GEGLU projection (8 × channels per token) and one attention chunk's f32 scores.
+    let unet = c.unet.config();
+    let f = c.vae_scale_factor().max(1) as u128;
+    let heads = unet.heads();
+    let mut largest = decode;
+    for (i, kind) in unet.down_block_types.iter().enumerate() {
+        let ch = unet.block_out_channels.get(i).copied().unwrap_or(1) as u128;
+        let scale = f << i.min(16);
+        let tokens = (w / scale).max(1) * (h / scale).max(1);
+        largest = largest.max(unet_batch * ch * tokens * act);
+        if kind.starts_with("CrossAttn") {
+            largest = largest.max(unet_batch * tokens * ch * 8 * act);
+            let heads = heads.get(i).copied().unwrap_or(1) as u128;
+            largest = largest.max(unet_batch * heads * tokens * f32b);
+        }
+    }
+    2 * largest
+}
+
+fn bytes_of(dtype: DType) -> u128 {
+    dtype.size_in_bytes() as u128
+}
+
+/// Memory this process could still get, when the system says.
+fn available_bytes() -> Option<u128> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u128> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        let kb: u128 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    };
+    let mut available = field("MemAvailable:")? + field("SwapFree:").unwrap_or(0);
+    if let Some(room) = cgroup_room() {
+        available = available.min(room);
+    }
+    Some(available)
+}
+
+/// `memory.max - memory.current` of this process's cgroup (v2), when limited.
+fn cgroup_room() -> Option<u128> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let max: u128 = read("memory.max")?.trim().parse().ok()?; // "max" (unlimited) does not parse
+    let current: u128 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+fn human(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_sizes() {
+        assert_eq!(super::human(512), "512.0 B");
+        assert_eq!(super::human(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn meminfo_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(super::available_bytes().is_some_and(|b| b > 0));
+        }
+    }
+}

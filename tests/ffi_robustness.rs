@@ -1,0 +1,529 @@
+//! Every C entry point fed what a careless or hostile caller passes: NULLs, zero/negative/huge/NaN
+//! numbers, invalid UTF-8, wrong `struct_size`, inconsistent image sizes, broken image files, and
+//! calls after a failed or cancelled run. Each must answer with a status and a message, never a
+//! panic, abort or undefined behaviour. (Called from Rust, but through the `extern "C"` functions
+//! themselves.)
+
+mod common;
+
+use autopipeline::ffi::*;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::{null, null_mut};
+
+fn last_error() -> String {
+    let p = ap_last_error();
+    assert!(!p.is_null(), "ap_last_error never returns NULL");
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .expect("messages are UTF-8")
+        .to_string()
+}
+
+/// Asserts `status` is `want` and that a message naming `mentions` was set.
+#[track_caller]
+fn expect(status: ap_status, want: ap_status, mentions: &str) {
+    let msg = last_error();
+    assert_eq!(status, want, "status (message: {msg})");
+    if want != AP_OK {
+        assert!(!msg.is_empty(), "a failure sets a message");
+        assert!(
+            msg.contains(mentions),
+            "message {msg:?} should mention {mentions:?}"
+        );
+    }
+}
+
+fn sd15() -> CString {
+    CString::new(common::data_dir().join("checkpoints/sd15-tiny").to_str().unwrap()).unwrap()
+}
+
+struct Pipe(*mut ap_pipeline);
+
+impl Pipe {
+    fn load() -> Self {
+        let mut out = null_mut();
+        let status = unsafe { ap_from_pretrained(sd15().as_ptr(), AP_TASK_TEXT2IMAGE, null(), &mut out) };
+        expect(status, AP_OK, "");
+        Pipe(out)
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        unsafe { ap_pipeline_free(self.0) };
+    }
+}
+
+/// Small, fast run parameters for the tiny checkpoint.
+fn small_run() -> ap_run_params {
+    let mut run = ap_run_params_default();
+    run.prompt = c"a cat".as_ptr();
+    run.num_inference_steps = 1;
+    run.width = 64;
+    run.height = 64;
+    run
+}
+
+/// Runs `params` on `pipe`; frees images on success.
+fn run(pipe: &Pipe, params: &ap_run_params) -> ap_status {
+    let mut out: *mut ap_images = std::ptr::NonNull::dangling().as_ptr();
+    let status = unsafe { ap_run(pipe.0, params, &mut out) };
+    if status == AP_OK {
+        assert!(!out.is_null());
+        unsafe { ap_images_free(out) };
+    } else {
+        assert!(out.is_null(), "out is NULL after a failure");
+    }
+    status
+}
+
+const INVALID_UTF8: &[u8] = b"a\xffb\0";
+
+fn invalid_utf8() -> *const c_char {
+    INVALID_UTF8.as_ptr().cast()
+}
+
+#[test]
+fn static_entry_points() {
+    let v = unsafe { CStr::from_ptr(ap_version()) }.to_str().unwrap();
+    assert_eq!(v, env!("CARGO_PKG_VERSION"));
+    let load = ap_load_params_default();
+    assert_eq!(load.struct_size as usize, std::mem::size_of::<ap_load_params>());
+    let run = ap_run_params_default();
+    assert_eq!(run.struct_size as usize, std::mem::size_of::<ap_run_params>());
+    // Free functions accept NULL.
+    unsafe {
+        ap_pipeline_free(null_mut());
+        ap_images_free(null_mut());
+        ap_image_free(null_mut());
+    }
+}
+
+#[test]
+fn from_pretrained_arguments() {
+    let mut out: *mut ap_pipeline = std::ptr::NonNull::dangling().as_ptr();
+    unsafe {
+        expect(
+            ap_from_pretrained(sd15().as_ptr(), 0, null(), null_mut()),
+            AP_ERR_INVALID_ARGUMENT,
+            "out",
+        );
+        expect(
+            ap_from_pretrained(null(), 0, null(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "model",
+        );
+        assert!(out.is_null());
+        expect(
+            ap_from_pretrained(invalid_utf8(), 0, null(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "UTF-8",
+        );
+        expect(
+            ap_from_pretrained(c"".as_ptr(), 0, null(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "empty",
+        );
+        for task in [-1, 3, i32::MAX, i32::MIN] {
+            expect(
+                ap_from_pretrained(sd15().as_ptr(), task, null(), &mut out),
+                AP_ERR_INVALID_ARGUMENT,
+                "task",
+            );
+        }
+        for size in [0u32, 1, 4, u32::MAX] {
+            let mut params = ap_load_params_default();
+            params.struct_size = size;
+            expect(
+                ap_from_pretrained(sd15().as_ptr(), 0, &params, &mut out),
+                AP_ERR_INVALID_ARGUMENT,
+                "struct_size",
+            );
+        }
+        let fields: [fn(&mut ap_load_params, *const c_char); 5] = [
+            |p, s| p.device = s,
+            |p, s| p.variant = s,
+            |p, s| p.revision = s,
+            |p, s| p.cache_dir = s,
+            |p, s| p.token = s,
+        ];
+        for set in fields {
+            let mut params = ap_load_params_default();
+            set(&mut params, invalid_utf8());
+            expect(
+                ap_from_pretrained(sd15().as_ptr(), 0, &params, &mut out),
+                AP_ERR_INVALID_ARGUMENT,
+                "UTF-8",
+            );
+        }
+        for device in [c"cuda:x", c"tpu", c"cuda:99999999999999999999"] {
+            let mut params = ap_load_params_default();
+            params.device = device.as_ptr();
+            let status = ap_from_pretrained(sd15().as_ptr(), 0, &params, &mut out);
+            assert!(
+                status == AP_ERR_INVALID_ARGUMENT || status == AP_ERR_UNSUPPORTED,
+                "device {device:?}: {status} {}",
+                last_error()
+            );
+        }
+        let mut params = ap_load_params_default();
+        params.variant = c"../../etc".as_ptr();
+        expect(
+            ap_from_pretrained(sd15().as_ptr(), 0, &params, &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "variant",
+        );
+        assert!(out.is_null());
+    }
+}
+
+extern "C" fn stop_loading(_: u32, _: u32, _: *mut c_void) -> i32 {
+    0
+}
+
+#[test]
+fn cancelled_load() {
+    let mut params = ap_load_params_default();
+    params.progress = Some(stop_loading);
+    let mut out = null_mut();
+    let status = unsafe { ap_from_pretrained(sd15().as_ptr(), 0, &params, &mut out) };
+    expect(status, AP_ERR_CANCELLED, "cancel");
+    assert!(out.is_null());
+}
+
+#[test]
+fn from_pipe_arguments() {
+    let pipe = Pipe::load();
+    let mut out: *mut ap_pipeline = std::ptr::NonNull::dangling().as_ptr();
+    unsafe {
+        expect(
+            ap_from_pipe(pipe.0, 0, null(), null_mut()),
+            AP_ERR_INVALID_ARGUMENT,
+            "out",
+        );
+        expect(
+            ap_from_pipe(null(), 0, null(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "pipe",
+        );
+        assert!(out.is_null());
+        expect(
+            ap_from_pipe(pipe.0, 9, null(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "task",
+        );
+        expect(
+            ap_from_pipe(pipe.0, 1, invalid_utf8(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "UTF-8",
+        );
+        expect(
+            ap_from_pipe(pipe.0, 1, c"{".as_ptr(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "JSON",
+        );
+        expect(
+            ap_from_pipe(pipe.0, 1, c"\"x\"".as_ptr(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "object",
+        );
+        let deep = CString::new("[".repeat(100_000)).unwrap();
+        expect(
+            ap_from_pipe(pipe.0, 1, deep.as_ptr(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "JSON",
+        );
+        expect(ap_from_pipe(pipe.0, 1, c"{}".as_ptr(), &mut out), AP_OK, "");
+        ap_pipeline_free(out);
+    }
+}
+
+#[test]
+fn run_arguments() {
+    let pipe = Pipe::load();
+    let params = small_run();
+    let mut out: *mut ap_images = std::ptr::NonNull::dangling().as_ptr();
+    unsafe {
+        expect(
+            ap_run(pipe.0, &params, null_mut()),
+            AP_ERR_INVALID_ARGUMENT,
+            "out",
+        );
+        expect(ap_run(null(), &params, &mut out), AP_ERR_INVALID_ARGUMENT, "pipe");
+        assert!(out.is_null());
+        expect(
+            ap_run(pipe.0, null(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "params",
+        );
+    }
+    for size in [0u32, 4, 8, u32::MAX] {
+        let mut p = small_run();
+        p.struct_size = size;
+        expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, "struct_size");
+    }
+    let mut p = small_run();
+    p.prompt = null();
+    expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, "prompt");
+    let strings: [fn(&mut ap_run_params, *const c_char); 4] = [
+        |p, s| p.prompt = s,
+        |p, s| p.negative_prompt = s,
+        |p, s| p.prompt_2 = s,
+        |p, s| p.negative_prompt_2 = s,
+    ];
+    for set in strings {
+        let mut p = small_run();
+        set(&mut p, invalid_utf8());
+        expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, "UTF-8");
+    }
+
+    // Integers: negative, not a multiple of 8, beyond every limit.
+    let ints: [(&str, fn(&mut ap_run_params, i32)); 7] = [
+        ("width", |p, v| p.width = v),
+        ("height", |p, v| p.height = v),
+        ("num_inference_steps", |p, v| p.num_inference_steps = v),
+        ("num_images_per_prompt", |p, v| p.num_images_per_prompt = v),
+        ("clip_skip", |p, v| p.clip_skip = v),
+        ("output_channels", |p, v| p.output_channels = v),
+        ("padding_mask_crop", |p, v| p.padding_mask_crop = v),
+    ];
+    for (name, set) in ints {
+        for v in [-1, i32::MIN, i32::MAX, 7, 100_000] {
+            let mut p = small_run();
+            set(&mut p, v);
+            let status = run(&pipe, &p);
+            let msg = last_error();
+            match (name, v) {
+                // Workable values: 7 steps or images run.
+                ("num_inference_steps" | "num_images_per_prompt", 7) => {
+                    assert_eq!(status, AP_OK, "{name}={v}: {msg}")
+                }
+                // Outside inpainting a crop may be ignored or refused, but not crash.
+                ("padding_mask_crop", v) if v > 0 => {
+                    assert!(
+                        status == AP_OK || status == AP_ERR_INVALID_ARGUMENT,
+                        "{name}={v}: {msg}"
+                    )
+                }
+                _ => assert_eq!(status, AP_ERR_INVALID_ARGUMENT, "{name}={v}: {msg}"),
+            }
+        }
+    }
+
+    // Floats: NaN and infinities are refused; out-of-range values too.
+    let floats: [(&str, fn(&mut ap_run_params, f32)); 3] = [
+        ("guidance_scale", |p, v| p.guidance_scale = v),
+        ("strength", |p, v| p.strength = v),
+        ("guidance_rescale", |p, v| p.guidance_rescale = v),
+    ];
+    for (name, set) in floats {
+        for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut p = small_run();
+            set(&mut p, v);
+            expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, name);
+        }
+    }
+    let mut p = small_run();
+    p.guidance_rescale = 2.0;
+    expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, "guidance_rescale");
+    let mut p = small_run();
+    p.guidance_scale = f32::MAX; // finite: runs (diffusers would too), whatever the pixels
+    expect(run(&pipe, &p), AP_OK, "");
+    let mut p = small_run();
+    p.seed = u64::MAX;
+    expect(run(&pipe, &p), AP_OK, "");
+}
+
+#[test]
+fn runs_that_cannot_fit_in_memory_are_refused_up_front() {
+    let pipe = Pipe::load();
+    let mut p = small_run();
+    p.width = 8192;
+    p.height = 8192;
+    p.num_images_per_prompt = 64;
+    expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, "memory");
+}
+
+#[test]
+fn input_images() {
+    let pipe = Pipe::load();
+    let mut img2img = null_mut();
+    unsafe {
+        expect(
+            ap_from_pipe(pipe.0, AP_TASK_IMAGE2IMAGE, null(), &mut img2img),
+            AP_OK,
+            "",
+        )
+    };
+    let img2img = Pipe(img2img);
+    let mut pixels = vec![128u8; 64 * 64 * 4];
+    let good = ap_image {
+        width: 64,
+        height: 64,
+        channels: 4,
+        stride: 256,
+        data: pixels.as_mut_ptr(),
+    };
+    let mut p = small_run();
+    p.image = &good;
+    p.strength = 1.0;
+    expect(run(&img2img, &p), AP_OK, "");
+
+    let bad_images = [
+        (
+            ap_image {
+                data: null_mut(),
+                ..good
+            },
+            "data",
+        ),
+        (ap_image { width: 0, ..good }, "width"),
+        (ap_image { height: 0, ..good }, "width"),
+        (ap_image { channels: 2, ..good }, "channels"),
+        (ap_image { channels: 0, ..good }, "channels"),
+        (ap_image { stride: 255, ..good }, "stride"),
+        (
+            ap_image {
+                width: 100_000,
+                ..good
+            },
+            "pixels per side",
+        ),
+        (
+            ap_image {
+                height: u32::MAX,
+                ..good
+            },
+            "pixels per side",
+        ),
+    ];
+    for (img, mention) in bad_images {
+        let mut p = small_run();
+        p.image = &img;
+        expect(run(&img2img, &p), AP_ERR_INVALID_ARGUMENT, mention);
+        let mut q = small_run();
+        q.mask = &img;
+        expect(run(&img2img, &q), AP_ERR_INVALID_ARGUMENT, mention);
+    }
+    // img2img without an image.
+    expect(run(&img2img, &small_run()), AP_ERR_INVALID_ARGUMENT, "image");
+    // A padded stride reads only each row's pixels.
+    let mut padded = vec![7u8; 64 * 300];
+    let strided = ap_image {
+        width: 64,
+        height: 64,
+        channels: 4,
+        stride: 300,
+        data: padded.as_mut_ptr(),
+    };
+    let mut p = small_run();
+    p.image = &strided;
+    p.strength = 1.0;
+    expect(run(&img2img, &p), AP_OK, "");
+}
+
+extern "C" fn cancel_now(_: u32, _: u32, _: *mut c_void) -> i32 {
+    0
+}
+
+#[test]
+fn calls_after_failed_and_cancelled_runs() {
+    let pipe = Pipe::load();
+    let mut p = small_run();
+    p.progress = Some(cancel_now);
+    expect(run(&pipe, &p), AP_ERR_CANCELLED, "cancel");
+    let mut bad = small_run();
+    bad.width = 12;
+    expect(run(&pipe, &bad), AP_ERR_INVALID_ARGUMENT, "divisible by 8");
+    expect(run(&pipe, &small_run()), AP_OK, "");
+    assert_eq!(last_error(), "", "success clears the message");
+    let mut out = null_mut();
+    unsafe { expect(ap_from_pipe(pipe.0, AP_TASK_INPAINT, null(), &mut out), AP_OK, "") };
+    let inpaint = Pipe(out);
+    expect(run(&inpaint, &small_run()), AP_ERR_INVALID_ARGUMENT, "image");
+    expect(run(&pipe, &small_run()), AP_OK, "");
+}
+
+#[test]
+fn image_files() {
+    let dir = std::env::temp_dir().join(format!("ap-ffi-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| CString::new(dir.join(name).to_str().unwrap()).unwrap();
+    let mut out: *mut ap_image = std::ptr::NonNull::dangling().as_ptr();
+    unsafe {
+        expect(ap_image_load(null(), &mut out), AP_ERR_INVALID_ARGUMENT, "path");
+        assert!(out.is_null());
+        expect(
+            ap_image_load(path("x.png").as_ptr(), null_mut()),
+            AP_ERR_INVALID_ARGUMENT,
+            "out",
+        );
+        expect(
+            ap_image_load(invalid_utf8(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "UTF-8",
+        );
+        let status = ap_image_load(path("missing.png").as_ptr(), &mut out);
+        assert_eq!(status, AP_ERR_IO, "{}", last_error());
+        assert!(last_error().contains("missing.png"));
+
+        // Garbage, truncated, and a PNG header claiming 2^31 x 2^31 pixels.
+        std::fs::write(dir.join("garbage.png"), b"not an image at all").unwrap();
+        expect(
+            ap_image_load(path("garbage.png").as_ptr(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "garbage.png",
+        );
+        let real = std::fs::read(common::data_dir().join("cases/sd15-t2i-cfg-neg/output.png")).unwrap();
+        std::fs::write(dir.join("cut.png"), &real[..real.len() / 2]).unwrap();
+        expect(
+            ap_image_load(path("cut.png").as_ptr(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "cut.png",
+        );
+        let mut bomb = real[..33].to_vec(); // signature + IHDR
+        bomb[16..20].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
+        std::fs::write(dir.join("bomb.png"), &bomb).unwrap();
+        expect(
+            ap_image_load(path("bomb.png").as_ptr(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "bomb.png",
+        );
+        std::fs::write(dir.join("empty.png"), b"").unwrap();
+        expect(
+            ap_image_load(path("empty.png").as_ptr(), &mut out),
+            AP_ERR_INVALID_ARGUMENT,
+            "empty.png",
+        );
+        assert!(out.is_null());
+
+        // A real one loads, saves, and frees.
+        std::fs::write(dir.join("real.jpg"), &real).unwrap(); // a PNG under a .jpg name
+        expect(ap_image_load(path("real.jpg").as_ptr(), &mut out), AP_OK, "");
+        assert_eq!(((*out).width, (*out).height, (*out).channels), (64, 64, 3));
+        expect(ap_image_save_png(out, path("copy.png").as_ptr()), AP_OK, "");
+        expect(ap_image_save_png(out, null()), AP_ERR_INVALID_ARGUMENT, "path");
+        expect(
+            ap_image_save_png(null(), path("y.png").as_ptr()),
+            AP_ERR_INVALID_ARGUMENT,
+            "image",
+        );
+        expect(
+            ap_image_save_png(out, invalid_utf8()),
+            AP_ERR_INVALID_ARGUMENT,
+            "UTF-8",
+        );
+        let into_dir = CString::new(dir.to_str().unwrap()).unwrap();
+        let status = ap_image_save_png(out, into_dir.as_ptr());
+        assert_ne!(status, AP_OK);
+        let bad = ap_image { stride: 1, ..*out };
+        expect(
+            ap_image_save_png(&bad, path("z.png").as_ptr()),
+            AP_ERR_INVALID_ARGUMENT,
+            "stride",
+        );
+        ap_image_free(out);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
