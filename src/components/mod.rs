@@ -1,6 +1,7 @@
 //! Model components, each built from its own folder's `config.json` and weights.
 
 pub mod clip;
+pub mod cpu;
 pub mod load;
 pub mod nn;
 pub mod tokenizer;

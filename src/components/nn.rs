@@ -1,7 +1,56 @@
 //! Layers shared by the UNet and the VAE, each matching its diffusers module (names follow the checkpoint keys).
 
+use super::cpu;
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+
+/// `torch.nn.Conv2d` with a square kernel, stride and symmetric padding (no groups or dilation).
+///
+/// Float32 weights on the CPU are packed for [`cpu::conv::conv2d`] when loaded; everything else runs
+/// candle's `conv2d`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    /// `(c_out, c_in, k, k)`, or `(k·k, c_in, c_out)` when `packed`.
+    weight: Tensor,
+    packed: bool,
+    kernel: usize,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// The dtype of the weights (what inputs are cast to).
+    pub fn dtype(&self) -> DType {
+        self.weight.dtype()
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.packed {
+            let k = (self.kernel, self.kernel);
+            if cpu::fast_path(xs) {
+                return cpu::conv::conv2d(xs, &self.weight, k, self.bias.as_ref(), self.stride, self.padding);
+            }
+            let x32 = xs.to_dtype(DType::F32)?;
+            return cpu::conv::conv2d(
+                &x32,
+                &self.weight,
+                k,
+                self.bias.as_ref(),
+                self.stride,
+                self.padding,
+            )?
+            .to_dtype(xs.dtype());
+        }
+        let out = xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        match &self.bias {
+            Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?),
+            None => Ok(out),
+        }
+    }
+}
 
 /// A 2-D convolution with square kernel, stride and symmetric padding, as `torch.nn.Conv2d`.
 pub fn conv2d(
@@ -17,7 +66,71 @@ pub fn conv2d(
         stride,
         ..Default::default()
     };
-    candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)
+    // candle's constructor names and checks the weights; the layer itself is ours.
+    let conv = candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)?;
+    let packed = cpu::fast_path(conv.weight());
+    Ok(Conv2d {
+        weight: if packed {
+            cpu::conv::pack_weight(conv.weight())?
+        } else {
+            conv.weight().clone()
+        },
+        packed,
+        kernel,
+        bias: conv.bias().cloned(),
+        stride,
+        padding,
+    })
+}
+
+/// `torch.nn.GroupNorm` (with affine weight and bias), optionally fused with the SiLU that follows it
+/// in every resnet and output block.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+/// Loads a [`GroupNorm`] from `weight` and `bias` under `vb`, as `candle_nn::group_norm`.
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    if groups == 0 || !channels.is_multiple_of(groups) {
+        candle_core::bail!("GroupNorm: num_groups ({groups}) must divide num_channels ({channels})")
+    }
+    Ok(GroupNorm {
+        weight: vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?,
+        bias: vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?,
+        groups,
+        eps,
+    })
+}
+
+impl GroupNorm {
+    fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
+        if cpu::fast_path(xs) && cpu::fast_path(&self.weight) {
+            return cpu::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu);
+        }
+        let c = xs.dim(1)?;
+        let gn = candle_nn::GroupNorm::new(self.weight.clone(), self.bias.clone(), c, self.groups, self.eps)?;
+        let out = gn.forward(xs)?;
+        if silu {
+            out.silu()
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// `silu(group_norm(xs))`.
+    pub fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
+        self.run(xs, true)
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.run(xs, false)
+    }
 }
 
 /// diffusers `get_timestep_embedding`: sinusoidal embedding of (possibly fractional) timesteps, in f32.
@@ -114,10 +227,10 @@ impl ResnetBlock2D {
             None => None,
         };
         Ok(Self {
-            norm1: candle_nn::group_norm(c.groups, c.in_channels, c.eps, vb.pp("norm1"))?,
+            norm1: group_norm(c.groups, c.in_channels, c.eps, vb.pp("norm1"))?,
             conv1: conv2d(vb.pp("conv1"), c.in_channels, c.out_channels, 3, 1, 1)?,
             time_emb_proj,
-            norm2: candle_nn::group_norm(c.groups, c.out_channels, c.eps, vb.pp("norm2"))?,
+            norm2: group_norm(c.groups, c.out_channels, c.eps, vb.pp("norm2"))?,
             conv2: conv2d(vb.pp("conv2"), c.out_channels, c.out_channels, 3, 1, 1)?,
             conv_shortcut,
             output_scale_factor: c.output_scale_factor,
@@ -125,7 +238,7 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
@@ -133,7 +246,7 @@ impl ResnetBlock2D {
             }
             _ => h,
         };
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(xs)?,
             None => xs.clone(),
@@ -222,10 +335,15 @@ const ATTENTION_CHUNK_ELEMENTS: usize = 1 << 22;
 
 /// Multi-head scaled-dot-product attention over `(batch, len, heads·dim)` inputs, softmax in f32.
 ///
-/// Rows of the query are independent, so chunking over them changes nothing numerically but bounds the
-/// memory of the score matrix.
+/// Float32 on the CPU runs [`cpu::attention::attention`], which holds one cache-sized block of scores
+/// per thread. Elsewhere rows of the query are processed in chunks: rows are independent, so chunking
+/// changes nothing numerically but bounds the memory of the score matrix.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, lq, inner) = q.dims3()?;
+    if [q, k, v].iter().all(|t| cpu::fast_path(t)) {
+        let scale = 1.0 / ((inner / heads.max(1)) as f64).sqrt();
+        return cpu::attention::attention(q, k, v, heads, scale as f32);
+    }
     let lk = k.dim(1)?;
     let head_dim = inner / heads;
     let split = |t: &Tensor, l: usize| -> Result<Tensor> {

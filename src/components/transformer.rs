@@ -1,9 +1,9 @@
 //! diffusers `Transformer2DModel` as the UNet uses it: group norm, projection in, `BasicTransformerBlock`s
 //! (self-attention, cross-attention, GEGLU feed-forward), projection out, residual.
 
-use super::nn::{attention, conv2d};
+use super::nn::{attention, conv2d, group_norm, Conv2d, GroupNorm};
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 /// diffusers `Attention` with the plain processor: q from `xs`, k/v from `context` (or `xs`).
 #[derive(Debug, Clone)]
@@ -62,6 +62,9 @@ impl GegluFeedForward {
 impl Module for GegluFeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(xs)?;
+        if super::cpu::fast_path(&h) {
+            return self.out.forward(&super::cpu::geglu(&h)?);
+        }
         let half = h.dim(D::Minus1)? / 2;
         let value = h.narrow(D::Minus1, 0, half)?;
         let gate = h.narrow(D::Minus1, half, half)?.gelu_erf()?;
@@ -147,7 +150,7 @@ impl Transformer2D {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            norm: candle_nn::group_norm(c.groups, ch, 1e-6, vb.pp("norm"))?,
+            norm: group_norm(c.groups, ch, 1e-6, vb.pp("norm"))?,
             proj_in: proj("proj_in")?,
             blocks,
             proj_out: proj("proj_out")?,

@@ -1,12 +1,13 @@
 //! diffusers `UNet2DConditionModel`, built from the checkpoint's own `config.json` (SD 1.x, SD 2.x, SDXL).
 
 use super::nn::{
-    conv2d, timestep_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding, Upsample2D,
+    conv2d, group_norm, timestep_embedding, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, ResnetConfig,
+    TimestepEmbedding, Upsample2D,
 };
 use super::transformer::{Transformer2D, TransformerConfig};
 pub use super::unet_config::UNetConfig;
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// SDXL's extra conditioning (`added_cond_kwargs`): pooled text embeddings and the size/crop time ids.
 #[derive(Debug, Clone)]
@@ -54,10 +55,10 @@ pub struct UNet2DConditionModel {
 impl UNet2DConditionModel {
     /// Builds the model from `config`, reading weights through `vb` (diffusers key names).
     pub fn new(vb: VarBuilder, config: UNetConfig) -> Result<Self> {
-        if let Err(what) = config.check_supported() {
         if let Err(what) = config.check_values() {
             candle_core::bail!("invalid UNet config: {what}");
         }
+        if let Err(what) = config.check_supported() {
             candle_core::bail!("this UNet config needs features autopipeline does not implement yet: {what}");
         }
         let c = &config;
@@ -209,7 +210,7 @@ impl UNet2DConditionModel {
             });
         }
 
-        let conv_norm_out = candle_nn::group_norm(groups, ch0, c.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = group_norm(groups, ch0, c.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = conv2d(
             vb.pp("conv_out"),
             ch0,
@@ -249,15 +250,23 @@ impl UNet2DConditionModel {
         context: &Tensor,
         added: Option<&AddedCond>,
     ) -> Result<Tensor> {
-        let dtype = self.conv_in.weight().dtype();
+        let dtype = self.conv_in.dtype();
         if sample.dtype() != dtype {
             let cast = added
                 .map(|a| -> Result<AddedCond> {
-                    Ok(AddedCond { text_embeds: a.text_embeds.to_dtype(dtype)?, time_ids: a.time_ids.clone() })
+                    Ok(AddedCond {
+                        text_embeds: a.text_embeds.to_dtype(dtype)?,
+                        time_ids: a.time_ids.clone(),
+                    })
                 })
                 .transpose()?;
             return self
-                .forward(&sample.to_dtype(dtype)?, timestep, &context.to_dtype(dtype)?, cast.as_ref())?
+                .forward(
+                    &sample.to_dtype(dtype)?,
+                    timestep,
+                    &context.to_dtype(dtype)?,
+                    cast.as_ref(),
+                )?
                 .to_dtype(DType::F32);
         }
         let context = &context.to_dtype(dtype)?;
@@ -325,7 +334,7 @@ impl UNet2DConditionModel {
                 xs = up.forward(&xs, size)?;
             }
         }
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }

@@ -1,8 +1,10 @@
 //! diffusers `AutoencoderKL`: encoder (image → latent distribution) and decoder (latents → image).
 
-use super::nn::{conv2d, Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
+use super::nn::{
+    conv2d, group_norm, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, ResnetConfig, Upsample2D,
+};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 
 fn three() -> usize {
@@ -167,7 +169,7 @@ impl PixelAttention {
         let legacy = !vb.contains_tensor("to_q.weight") && vb.contains_tensor("query.weight");
         let name = |new: &'static str, old: &'static str| if legacy { old } else { new };
         Ok(Self {
-            norm: candle_nn::group_norm(groups, ch, 1e-6, vb.pp(name("group_norm", "group_norm")))?,
+            norm: group_norm(groups, ch, 1e-6, vb.pp(name("group_norm", "group_norm")))?,
             q: candle_nn::linear(ch, ch, vb.pp(name("to_q", "query")))?,
             k: candle_nn::linear(ch, ch, vb.pp(name("to_k", "key")))?,
             v: candle_nn::linear(ch, ch, vb.pp(name("to_v", "value")))?,
@@ -275,7 +277,7 @@ impl Encoder {
             conv_in: conv2d(vb.pp("conv_in"), cfg.in_channels, chs[0], 3, 1, 1)?,
             blocks,
             mid: VaeMid::new(vb.pp("mid_block"), last, cfg)?,
-            norm_out: candle_nn::group_norm(cfg.norm_num_groups, last, 1e-6, vb.pp("conv_norm_out"))?,
+            norm_out: group_norm(cfg.norm_num_groups, last, 1e-6, vb.pp("conv_norm_out"))?,
             conv_out: conv2d(vb.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1, 1)?,
         })
     }
@@ -291,7 +293,7 @@ impl Encoder {
             }
         }
         let xs = self.mid.forward(&xs)?;
-        self.conv_out.forward(&self.norm_out.forward(&xs)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
     }
 }
 
@@ -335,7 +337,7 @@ impl Decoder {
             conv_in: conv2d(vb.pp("conv_in"), cfg.latent_channels, rev[0], 3, 1, 1)?,
             mid: VaeMid::new(vb.pp("mid_block"), rev[0], cfg)?,
             blocks,
-            norm_out: candle_nn::group_norm(cfg.norm_num_groups, first, 1e-6, vb.pp("conv_norm_out"))?,
+            norm_out: group_norm(cfg.norm_num_groups, first, 1e-6, vb.pp("conv_norm_out"))?,
             conv_out: conv2d(vb.pp("conv_out"), first, cfg.out_channels, 3, 1, 1)?,
         })
     }
@@ -350,7 +352,7 @@ impl Decoder {
                 xs = u.forward(&xs, None)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&xs)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
     }
 }
 
@@ -413,7 +415,7 @@ impl AutoencoderKL {
     /// Image in `[-1, 1]`, `(b, 3, h, w)` → latent distribution (unscaled).
     /// Runs in the weights' dtype; mean and std come back as float32.
     pub fn encode(&self, image: &Tensor) -> Result<LatentDist> {
-        let dtype = self.encoder.conv_in.weight().dtype();
+        let dtype = self.encoder.conv_in.dtype();
         let mut moments = self.encoder.forward(&image.to_dtype(dtype)?)?;
         if let Some(q) = &self.quant_conv {
             moments = q.forward(&moments)?;
@@ -429,7 +431,7 @@ impl AutoencoderKL {
     /// Unscaled latents → image in roughly `[-1, 1]`, `(b, out_channels, h·f, w·f)`.
     /// Runs in the weights' dtype; the image comes back as float32.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let latents = latents.to_dtype(self.decoder.conv_in.weight().dtype())?;
+        let latents = latents.to_dtype(self.decoder.conv_in.dtype())?;
         let z = match &self.post_quant_conv {
             Some(p) => p.forward(&latents)?,
             None => latents,

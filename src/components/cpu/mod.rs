@@ -1,0 +1,184 @@
+//! Float32 CPU kernels behind the layers of `nn.rs` and `transformer.rs`.
+//!
+//! candle 0.11's CPU backend spends more time around its matrix multiplications than in them for these
+//! models: each convolution re-lays out its kernel and builds im2col tiles, attention materialises a
+//! score matrix per chunk and multiplies head by head, a group norm takes ten passes and allocations,
+//! and every `exp` is a scalar libm call. The kernels here call the same `gemm` crate candle uses, on
+//! strided views of the data where candle would copy, and run their elementwise work through
+//! vectorised loops ([`simd`]). Results equal candle's up to float rounding.
+//!
+//! Each kernel takes contiguous (or makes contiguous) f32 CPU tensors; [`fast_path`] tells callers
+//! when that applies, and they keep candle's ops for everything else (CUDA, half precision).
+
+pub mod attention;
+pub mod conv;
+pub mod simd;
+
+use candle_core::{bail, CpuStorage, DType, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Whether `t` can go through these kernels: float32 on the CPU.
+pub fn fast_path(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Runs `f` on the f32 data of `t` in row-major order (copying `t` to a contiguous layout if needed).
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.contiguous()?
+    };
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        bail!(
+            "internal error: a float32 CPU kernel got a {:?} tensor on {:?}",
+            t.dtype(),
+            t.device().location()
+        )
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("internal error: contiguous tensor without contiguous offsets")
+    };
+    f(&data[start..end])
+}
+
+/// A raw pointer that parallel tasks write through, each into its own disjoint region.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: only used to hand disjoint output regions to rayon tasks, which finish before the buffer is
+// read or freed.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper, not the raw field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Wraps an output buffer as a CPU tensor of `shape`.
+pub(crate) fn tensor(data: Vec<f32>, shape: impl Into<candle_core::Shape>) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
+}
+
+/// `torch.nn.GroupNorm` over `(batch, channels, …)`, optionally followed by SiLU, in two passes: f64
+/// sums of each group, then one normalise-scale-shift(-SiLU) pass.
+pub fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    eps: f64,
+    weight: &Tensor,
+    bias: &Tensor,
+    silu: bool,
+) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    if dims.len() < 3 {
+        bail!("group norm input must have at least 3 dimensions, not {dims:?}");
+    }
+    let (b, c) = (dims[0], dims[1]);
+    let spatial: usize = dims[2..].iter().product();
+    if groups == 0 || !c.is_multiple_of(groups) {
+        bail!("group norm: {groups} groups do not divide {c} channels");
+    }
+    let per_group = c / groups * spatial;
+    let mut out = vec![0f32; b * c * spatial];
+    with_f32(x, |x| {
+        with_f32(weight, |w| {
+            with_f32(bias, |bi| {
+                out.par_chunks_mut(per_group)
+                    .zip(x.par_chunks(per_group))
+                    .enumerate()
+                    .for_each(|(i, (o, xs))| {
+                        let n = per_group as f64;
+                        let (s, q) = simd::moments(xs);
+                        let mean = s / n;
+                        let var = (q / n - mean * mean).max(0.0);
+                        let rstd = 1.0 / (var + eps).sqrt();
+                        let g = i % groups;
+                        for (j, (o, xs)) in o
+                            .chunks_exact_mut(spatial)
+                            .zip(xs.chunks_exact(spatial))
+                            .enumerate()
+                        {
+                            let ch = g * (c / groups) + j;
+                            let scale = (rstd * w[ch] as f64) as f32;
+                            simd::normalize(o, xs, mean as f32, scale, bi[ch], silu);
+                        }
+                    });
+                Ok(())
+            })
+        })
+    })?;
+    tensor(out, dims)
+}
+
+/// diffusers' GEGLU: the last dimension of `h` holds `[value | gate]`; returns `value · gelu(gate)`.
+pub fn geglu(h: &Tensor) -> Result<Tensor> {
+    let mut dims = h.dims().to_vec();
+    let last = dims.pop().unwrap_or(0);
+    let inner = last / 2;
+    if inner == 0 || !last.is_multiple_of(2) {
+        bail!("GEGLU input's last dimension {last} is not a positive even number");
+    }
+    let rows: usize = dims.iter().product();
+    let mut out = vec![0f32; rows * inner];
+    // Rows per task: enough work to amortise the task, small enough to spread over the threads.
+    let chunk_rows = (16384 / inner).max(1);
+    with_f32(h, |h| {
+        out.par_chunks_mut(chunk_rows * inner)
+            .zip(h.par_chunks(chunk_rows * 2 * inner))
+            .for_each(|(o, s)| simd::geglu(o, s, inner));
+        Ok(())
+    })?;
+    dims.push(inner);
+    tensor(out, dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut g = crate::rng::TorchCpuGenerator::new(seed);
+        let n = shape.iter().product();
+        Tensor::from_vec(g.randn(n), shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn group_norm_matches_candle() {
+        let x = rand(&[2, 12, 5, 7], 1).affine(3.0, 1.5).unwrap();
+        let w = rand(&[12], 2);
+        let b = rand(&[12], 3);
+        let gn = candle_nn::GroupNorm::new(w.clone(), b.clone(), 12, 4, 1e-6).unwrap();
+        let want = candle_core::Module::forward(&gn, &x).unwrap();
+        let got = group_norm(&x, 4, 1e-6, &w, &b, false).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        let got = group_norm(&x, 4, 1e-6, &w, &b, true).unwrap();
+        assert!(max_diff(&got, &want.silu().unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn geglu_matches_candle() {
+        let h = rand(&[2, 9, 2 * 24], 4);
+        let value = h.narrow(D::Minus1, 0, 24).unwrap();
+        let gate = h.narrow(D::Minus1, 24, 24).unwrap().gelu_erf().unwrap();
+        let want = (value * gate).unwrap();
+        assert_eq!(max_diff(&geglu(&h).unwrap(), &want), 0.0);
+    }
+}
