@@ -45,12 +45,6 @@
 
 
 /**
- * Largest JSON or text file a checkpoint may hand us (configs are kilobytes, a tokenizer.json a few
- * megabytes): reading is refused beyond this rather than allocating whatever a file claims.
- */
-#define MAX_TEXT_FILE (256 << 20)
-
-/**
  * Job state: created, its worker thread not started yet.
  */
 #define AP_JOB_QUEUED 0
@@ -120,16 +114,6 @@
  * Preview mode: a full VAE decode at output resolution; costs about as much as the final decode.
  */
 #define AP_PREVIEW_VAE 1
-
-/**
- * Largest width or height [`Image::load`] decodes (what the C ABI accepts for input images too).
- */
-#define MAX_DECODE_SIDE 16384
-
-/**
- * Most memory the image decoder may allocate for one image.
- */
-#define MAX_DECODE_BYTES (1 << 30)
 
 /**
  * An opaque background job: a run (`ap_run_async`) or a load (`ap_from_pretrained_async`). Observe

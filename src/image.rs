@@ -32,7 +32,10 @@ impl Image {
 
     /// Decodes a PNG or JPEG file to RGB8 (the format is read from the content, not the name).
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!("image {} not found", path.display())),
+            _ => Error::io(path, e),
+        })?;
         Self::decode_from(std::io::BufReader::new(file), &path.display().to_string())
     }
 

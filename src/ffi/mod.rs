@@ -99,6 +99,24 @@ mod tests {
         );
     }
 
+    /// Everything the header declares is in the `ap_` / `AP_` namespace (C has one global namespace, so a
+    /// stray Rust constant would collide in users' code).
+    #[test]
+    fn header_names_are_prefixed() {
+        let header = include_str!(concat!(env!("OUT_DIR"), "/autopipeline.h"));
+        for line in header.lines() {
+            let name = if let Some(rest) = line.strip_prefix("#define ") {
+                rest.split_whitespace().next().unwrap_or("")
+            } else if let Some(rest) = line.strip_prefix("typedef struct ") {
+                rest.split_whitespace().next().unwrap_or("")
+            } else {
+                continue;
+            };
+            let ok = name.starts_with("ap_") || name.starts_with("AP_") || name.starts_with("AUTOPIPELINE_");
+            assert!(ok, "header declares {name:?} outside the ap_ namespace: exclude it in cbindgen.toml");
+        }
+    }
+
     #[test]
     fn panics_become_internal_errors() {
         let status = super::guard(|| panic!("boom"));
