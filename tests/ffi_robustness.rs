@@ -463,9 +463,11 @@ fn image_files() {
             AP_ERR_INVALID_ARGUMENT,
             "UTF-8",
         );
-        let status = ap_image_load(path("missing.png").as_ptr(), &mut out);
-        assert_eq!(status, AP_ERR_IO, "{}", last_error());
-        assert!(last_error().contains("missing.png"));
+        expect(
+            ap_image_load(path("missing.png").as_ptr(), &mut out),
+            AP_ERR_NOT_FOUND,
+            "missing.png",
+        );
 
         // Garbage, truncated, and a PNG header claiming 2^31 x 2^31 pixels.
         std::fs::write(dir.join("garbage.png"), b"not an image at all").unwrap();
@@ -526,4 +528,114 @@ fn image_files() {
         ap_image_free(out);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn job_entry_points() {
+    let pipe = Pipe::load();
+    let params = small_run();
+    let mut job: *mut ap_job = std::ptr::NonNull::dangling().as_ptr();
+    let mut status = ap_job_status_default();
+    unsafe {
+        // NULL everywhere.
+        ap_job_free(null_mut());
+        expect(ap_job_poll(null(), &mut status), AP_ERR_INVALID_ARGUMENT, "job");
+        expect(ap_job_wait(null(), 0), AP_ERR_INVALID_ARGUMENT, "job");
+        expect(ap_job_cancel(null()), AP_ERR_INVALID_ARGUMENT, "job");
+        let mut images = null_mut();
+        expect(
+            ap_job_take_result(null(), &mut images),
+            AP_ERR_INVALID_ARGUMENT,
+            "job",
+        );
+        let mut loaded = null_mut();
+        expect(
+            ap_job_take_pipeline(null(), &mut loaded),
+            AP_ERR_INVALID_ARGUMENT,
+            "job",
+        );
+        expect(
+            ap_pipeline_set_log_callback(null_mut(), None, null_mut(), 0),
+            AP_ERR_INVALID_ARGUMENT,
+            "pipe",
+        );
+        expect(
+            ap_run_async(null(), &params, &mut job),
+            AP_ERR_INVALID_ARGUMENT,
+            "pipe",
+        );
+        assert!(job.is_null());
+        expect(
+            ap_run_async(pipe.0, null(), &mut job),
+            AP_ERR_INVALID_ARGUMENT,
+            "params",
+        );
+        expect(
+            ap_run_async(pipe.0, &params, null_mut()),
+            AP_ERR_INVALID_ARGUMENT,
+            "out",
+        );
+        let mut bad = small_run();
+        bad.struct_size = 3;
+        expect(
+            ap_run_async(pipe.0, &bad, &mut job),
+            AP_ERR_INVALID_ARGUMENT,
+            "struct_size",
+        );
+        bad = small_run();
+        bad.prompt = invalid_utf8();
+        expect(
+            ap_run_async(pipe.0, &bad, &mut job),
+            AP_ERR_INVALID_ARGUMENT,
+            "UTF-8",
+        );
+        expect(
+            ap_from_pretrained_async(null(), 0, null(), &mut job),
+            AP_ERR_INVALID_ARGUMENT,
+            "model",
+        );
+        expect(
+            ap_from_pretrained_async(sd15().as_ptr(), 42, null(), &mut job),
+            AP_ERR_INVALID_ARGUMENT,
+            "task",
+        );
+        let mut load = ap_load_params_default();
+        load.struct_size = 0;
+        expect(
+            ap_from_pretrained_async(sd15().as_ptr(), 0, &load, &mut job),
+            AP_ERR_INVALID_ARGUMENT,
+            "struct_size",
+        );
+
+        // A job whose run fails: the failure comes back from the job, and the pipeline still works.
+        let mut failing = small_run();
+        failing.width = 12;
+        let status_code = ap_run_async(pipe.0, &failing, &mut job);
+        if status_code == AP_OK {
+            let _ = ap_job_wait(job, -1);
+            expect(ap_job_poll(job, null_mut()), AP_ERR_INVALID_ARGUMENT, "status");
+            let mut wrong = ap_job_status_default();
+            wrong.struct_size = 1;
+            expect(
+                ap_job_poll(job, &mut wrong),
+                AP_ERR_INVALID_ARGUMENT,
+                "struct_size",
+            );
+            let mut images = std::ptr::NonNull::dangling().as_ptr();
+            let taken = ap_job_take_result(job, &mut images);
+            assert_eq!(taken, AP_ERR_INVALID_ARGUMENT, "{}", last_error());
+            assert!(last_error().contains("divisible by 8"), "{}", last_error());
+            assert!(images.is_null());
+            let mut loaded = std::ptr::NonNull::dangling().as_ptr();
+            assert_ne!(
+                ap_job_take_pipeline(job, &mut loaded),
+                AP_OK,
+                "a run job holds no pipeline"
+            );
+            ap_job_free(job);
+        } else {
+            expect(status_code, AP_ERR_INVALID_ARGUMENT, "divisible by 8");
+        }
+    }
+    expect(run(&pipe, &small_run()), AP_OK, "");
 }
