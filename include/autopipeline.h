@@ -316,6 +316,18 @@ typedef struct ap_run_params {
    * `AP_PREVIEW_LATENT` (0, default) or `AP_PREVIEW_VAE` (1).
    */
   int32_t preview_mode;
+  /**
+   * Nonzero: run the VAE over overlapping tiles of its `sample_size` (512 px for SD 1.x), blended at
+   * the seams, as diffusers' `enable_vae_tiling()`. Decodes (and img2img/inpaint encodes) of any
+   * size then need the memory of one tile; images needing several tiles differ slightly from untiled
+   * ones, as in diffusers. 0 (default) = off.
+   */
+  int32_t vae_tiling;
+  /**
+   * Nonzero: run the VAE one image at a time, as diffusers' `enable_vae_slicing()`: lower peak memory
+   * for batches, identical images. 0 (default) = off.
+   */
+  int32_t vae_slicing;
 } ap_run_params;
 
 /**

@@ -23,6 +23,8 @@ pub struct RunShape {
     pub batch: usize,
     /// Classifier-free guidance doubles the UNet batch.
     pub cfg: bool,
+    /// VAE tiling bounds the decode to one tile, slicing to one image.
+    pub vae: crate::components::vae::DecodeOptions,
 }
 
 /// Refuses a run whose activations cannot fit in the memory this process can get.
@@ -68,7 +70,14 @@ pub fn estimate_bytes(c: &Components, run: RunShape) -> u128 {
     } else {
         act
     };
-    let decode = batch * vae_ch * w * h * vae_bytes;
+    let tile = vae.sample_size.max(1) as u128;
+    let (dw, dh) = if run.vae.tiling {
+        (w.min(tile), h.min(tile))
+    } else {
+        (w, h)
+    };
+    let dbatch = if run.vae.slicing { 1 } else { batch };
+    let decode = dbatch * vae_ch * dw * dh * vae_bytes;
 
     // UNet: per down block (at 1/2^i of the latent size), its feature map, and for attention blocks
     // the GEGLU projection (8 × channels per token) and one attention chunk's f32 scores.

@@ -580,6 +580,11 @@ public:
     RunParams& scheduler(std::optional<std::string> v) { scheduler_ = std::move(v); return *this; }
     /// Scheduler config overrides as a JSON object, e.g. R"({"use_karras_sigmas": true})".
     RunParams& schedulerConfigJson(std::optional<std::string> v) { schedulerConfigJson_ = std::move(v); return *this; }
+    /// Run the VAE over overlapping tiles blended at the seams (diffusers' enable_vae_tiling()): large
+    /// images decode in the memory of one tile.
+    RunParams& vaeTiling(bool on) { vaeTiling_ = on; return *this; }
+    /// Run the VAE one image at a time (diffusers' enable_vae_slicing()): same images, lower peak memory.
+    RunParams& vaeSlicing(bool on) { vaeSlicing_ = on; return *this; }
     /// Called after each denoising step; return false to cancel.
     RunParams& onProgress(ProgressFn fn) { progress_ = std::move(fn); return *this; }
     /// Called after every `every`-th denoising step with preview images (see PreviewMode).
@@ -613,6 +618,8 @@ public:
     const PreviewFn& onPreview() const noexcept { return preview_; }
     int32_t previewEvery() const noexcept { return previewEvery_; }
     PreviewMode previewMode() const noexcept { return previewMode_; }
+    bool vaeTiling() const noexcept { return vaeTiling_; }
+    bool vaeSlicing() const noexcept { return vaeSlicing_; }
 
     /// The C struct. Its strings point into this object and its image / mask into `image_out` /
     /// `mask_out`, so all three must outlive the C call; no callback is set (preview_every is).
@@ -636,6 +643,8 @@ public:
         if (paddingMaskCrop_) p.padding_mask_crop = *paddingMaskCrop_;
         p.scheduler = detail::cstr(scheduler_);
         p.scheduler_config_json = detail::cstr(schedulerConfigJson_);
+        p.vae_tiling = vaeTiling_ ? 1 : 0;
+        p.vae_slicing = vaeSlicing_ ? 1 : 0;
         if (preview_) {
             p.preview_every = previewEvery_;
             p.preview_mode = static_cast<int32_t>(previewMode_);
@@ -662,6 +671,7 @@ private:
     PreviewFn preview_;
     int32_t previewEvery_ = 0;
     PreviewMode previewMode_ = PreviewMode::Latent;
+    bool vaeTiling_ = false, vaeSlicing_ = false;
 };
 
 /// A snapshot of a job (ap_job_poll).

@@ -292,6 +292,12 @@ namespace Autopipeline
         /// <summary>Steps between previews (default 1 when <see cref="OnPreview"/> is set).</summary>
         public int? PreviewEvery { get; set; }
         public PreviewMode PreviewMode { get; set; }
+        /// <summary>Run the VAE over overlapping tiles blended at the seams (diffusers'
+        /// enable_vae_tiling()): large images decode in the memory of one tile.</summary>
+        public bool VaeTiling { get; set; }
+        /// <summary>Run the VAE one image at a time (diffusers' enable_vae_slicing()): same images, lower
+        /// peak memory for batches.</summary>
+        public bool VaeSlicing { get; set; }
 
         /// <summary>A shallow copy (images are shared, not copied).</summary>
         public RunParams Clone() { return (RunParams)MemberwiseClone(); }
@@ -321,6 +327,8 @@ namespace Autopipeline
             if (PaddingMaskCrop.HasValue) p.padding_mask_crop = PaddingMaskCrop.Value;
             p.scheduler = arena.String(Scheduler);
             p.scheduler_config_json = arena.String(SchedulerConfigJson);
+            p.vae_tiling = VaeTiling ? 1 : 0;
+            p.vae_slicing = VaeSlicing ? 1 : 0;
             if (OnPreview != null)
             {
                 p.preview_every = PreviewEvery.HasValue ? PreviewEvery.Value : 1;

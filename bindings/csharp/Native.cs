@@ -210,6 +210,8 @@ namespace Autopipeline
             public IntPtr preview_user_data;
             public int preview_every;
             public int preview_mode;
+            public int vae_tiling;
+            public int vae_slicing;
         }
 
         [StructLayout(LayoutKind.Sequential)]

@@ -87,6 +87,8 @@ class _RunParams(ctypes.Structure):
         ("preview_user_data", ctypes.c_void_p),
         ("preview_every", ctypes.c_int32),
         ("preview_mode", ctypes.c_int32),
+        ("vae_tiling", ctypes.c_int32),
+        ("vae_slicing", ctypes.c_int32),
     ]
 
 
@@ -282,11 +284,12 @@ class Pipeline:
             num_inference_steps=None, guidance_scale=None, strength=None, width=None, height=None,
             seed=0, num_images_per_prompt=None, guidance_rescale=None, clip_skip=None,
             output_channels=None, image=None, mask_image=None, padding_mask_crop=None, scheduler=None,
-            scheduler_config=None, progress=None):
+            scheduler_config=None, progress=None, vae_tiling=False, vae_slicing=False):
         """Generates images (a list of Image). `progress(step, total)` returning False cancels.
 
         `scheduler`: a diffusers scheduler class name or alias ("euler_a", "dpm++2m_karras", …);
         `scheduler_config`: a dict of scheduler config overrides, e.g. {"use_karras_sigmas": True}.
+        `vae_tiling` / `vae_slicing`: diffusers' enable_vae_tiling() / enable_vae_slicing().
         """
         p = _run_params_default()
         p.struct_size = ctypes.sizeof(_RunParams)
@@ -303,6 +306,7 @@ class Pipeline:
         p.seed = seed
         p.scheduler = _utf8(scheduler)
         p.scheduler_config_json = json.dumps(scheduler_config).encode() if scheduler_config is not None else None
+        p.vae_tiling, p.vae_slicing = int(bool(vae_tiling)), int(bool(vae_slicing))
         keep = []
         for name, img in (("image", image), ("mask", mask_image)):
             if img is not None:

@@ -6,11 +6,12 @@
  *            [--prompt-2 S] [--negative-prompt-2 S] [--steps N] [--guidance F] [--strength F]
  *            [--seed N] [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]
  *            [--preview-every N --preview-dir DIR] [--scheduler NAME] [--scheduler-config JSON]
- *            --out PNG
+ *            [--vae-tiling] [--vae-slicing] --out PNG
  *
  * --scheduler switches the scheduler for this run (a diffusers class name or an alias such as
  * euler_a, dpm++2m_karras, dpm++2m_sde_karras, heun, unipc, lcm); --scheduler-config adds config
- * overrides as a JSON object, e.g. '{"use_karras_sigmas": true}'.
+ * overrides as a JSON object, e.g. '{"use_karras_sigmas": true}'. --vae-tiling decodes in tiles (large
+ * images in the memory of one tile, as diffusers' enable_vae_tiling); --vae-slicing one image at a time.
  *
  * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
  * exits 0 on success and 1 (with ap_last_error()) on any error. With --preview-every N, writes a cheap
@@ -30,7 +31,8 @@ static void usage(FILE *f) {
             "                [--steps N] [--guidance F] [--strength F] [--seed N]\n"
             "                [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]\n"
             "                [--preview-every N --preview-dir DIR]\n"
-            "                [--scheduler NAME] [--scheduler-config JSON] --out PNG\n");
+            "                [--scheduler NAME] [--scheduler-config JSON]\n"
+            "                [--vae-tiling] [--vae-slicing] --out PNG\n");
 }
 
 static int fail(const char *what) {
@@ -135,6 +137,12 @@ int main(int argc, char **argv) {
             return 0;
         } else if (strcmp(flag, "--from-pipe") == 0) {
             from_pipe = 1;
+            continue;
+        } else if (strcmp(flag, "--vae-tiling") == 0) {
+            run.vae_tiling = 1;
+            continue;
+        } else if (strcmp(flag, "--vae-slicing") == 0) {
+            run.vae_slicing = 1;
             continue;
         }
         if (!val) return bad_arg(flag, NULL);

@@ -181,7 +181,14 @@ impl PixelAttention {
 impl Module for PixelAttention {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
-        let tokens = self.norm.forward(xs)?.reshape((b, c, h * w))?.transpose(1, 2)?;
+        // Contiguous before the linears: candle 0.11's CPU matmul folds the batch of a transposed lhs
+        // into its rows and multiplies the wrong elements for batch > 1.
+        let tokens = self
+            .norm
+            .forward(xs)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = self.q.forward(&tokens)?;
         let k = self.k.forward(&tokens)?;
         let v = self.v.forward(&tokens)?;
@@ -415,11 +422,29 @@ impl AutoencoderKL {
     /// Image in `[-1, 1]`, `(b, 3, h, w)` → latent distribution (unscaled).
     /// Runs in the weights' dtype; mean and std come back as float32.
     pub fn encode(&self, image: &Tensor) -> Result<LatentDist> {
-        let dtype = self.encoder.conv_in.dtype();
-        let mut moments = self.encoder.forward(&image.to_dtype(dtype)?)?;
-        if let Some(q) = &self.quant_conv {
-            moments = q.forward(&moments)?;
-        }
+        self.encode_with(image, DecodeOptions::default())
+    }
+
+    /// [`AutoencoderKL::encode`] with diffusers' `enable_tiling` / `enable_slicing` behaviour.
+    pub fn encode_with(&self, image: &Tensor, opts: DecodeOptions) -> Result<LatentDist> {
+        let image = image.to_dtype(self.encoder.conv_in.dtype())?;
+        let moments = sliced(&image, opts.slicing, |x| {
+            let (_, _, h, w) = x.dims4()?;
+            let t = self.tiles();
+            if opts.tiling && (h > t.sample || w > t.sample) {
+                // Image tiles of `sample` pixels every `overlap_sample`, blended over `blend_latent`.
+                tiled(
+                    x,
+                    t.sample,
+                    t.overlap_sample,
+                    t.blend_latent,
+                    t.latent - t.blend_latent,
+                    |tile| self.encode_moments(tile),
+                )
+            } else {
+                self.encode_moments(x)
+            }
+        })?;
         let lc = self.config.latent_channels;
         let moments = moments.to_dtype(DType::F32)?;
         let mean = moments.narrow(1, 0, lc)?;
@@ -428,14 +453,173 @@ impl AutoencoderKL {
         Ok(LatentDist { mean, std })
     }
 
+    fn encode_moments(&self, x: &Tensor) -> Result<Tensor> {
+        let moments = self.encoder.forward(x)?;
+        match &self.quant_conv {
+            Some(q) => q.forward(&moments),
+            None => Ok(moments),
+        }
+    }
+
     /// Unscaled latents → image in roughly `[-1, 1]`, `(b, out_channels, h·f, w·f)`.
     /// Runs in the weights' dtype; the image comes back as float32.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let latents = latents.to_dtype(self.decoder.conv_in.dtype())?;
-        let z = match &self.post_quant_conv {
-            Some(p) => p.forward(&latents)?,
-            None => latents,
-        };
-        self.decoder.forward(&z)?.to_dtype(DType::F32)
+        self.decode_with(latents, DecodeOptions::default())
     }
+
+    /// [`AutoencoderKL::decode`] with diffusers' `enable_tiling` / `enable_slicing` behaviour: latents
+    /// larger than a tile are decoded tile by tile, and a batch image by image.
+    pub fn decode_with(&self, latents: &Tensor, opts: DecodeOptions) -> Result<Tensor> {
+        let latents = latents.to_dtype(self.decoder.conv_in.dtype())?;
+        let image = sliced(&latents, opts.slicing, |z| {
+            let (_, _, h, w) = z.dims4()?;
+            let t = self.tiles();
+            if opts.tiling && (h > t.latent || w > t.latent) {
+                // Latent tiles of `latent` every `overlap_latent`, blended over `blend_sample` pixels.
+                tiled(
+                    z,
+                    t.latent,
+                    t.overlap_latent,
+                    t.blend_sample,
+                    t.sample - t.blend_sample,
+                    |tile| self.decode_plain(tile),
+                )
+            } else {
+                self.decode_plain(z)
+            }
+        })?;
+        image.to_dtype(DType::F32)
+    }
+
+    fn decode_plain(&self, z: &Tensor) -> Result<Tensor> {
+        let z = match &self.post_quant_conv {
+            Some(p) => p.forward(z)?,
+            None => z.clone(),
+        };
+        self.decoder.forward(&z)
+    }
+
+    /// diffusers' tile geometry: `tile_sample_min_size = sample_size`, `tile_latent_min_size =
+    /// sample_size / 2^(blocks - 1)`, `tile_overlap_factor = 0.25`, and the overlaps and blend widths
+    /// `_tiled_encode` / `tiled_decode` derive from them (Python `int()` truncation included).
+    fn tiles(&self) -> Tiles {
+        const OVERLAP: f64 = 0.25;
+        let sample = self.config.sample_size;
+        let latent = (sample as f64 / self.config.scale_factor() as f64) as usize;
+        Tiles {
+            sample,
+            latent,
+            overlap_sample: (sample as f64 * (1.0 - OVERLAP)) as usize,
+            overlap_latent: (latent as f64 * (1.0 - OVERLAP)) as usize,
+            blend_sample: (sample as f64 * OVERLAP) as usize,
+            blend_latent: (latent as f64 * OVERLAP) as usize,
+        }
+    }
+}
+
+/// How the VAE splits its work, as diffusers' `AutoencoderKL.enable_tiling()` and `enable_slicing()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Encode/decode inputs larger than one tile (`sample_size` pixels) as overlapping tiles blended
+    /// linearly at the seams: memory stays that of one tile whatever the image size, and the result
+    /// differs slightly from an untiled run (each tile sees only its own context), as in diffusers.
+    pub tiling: bool,
+    /// Encode/decode a batch one image at a time: lower peak memory, identical results.
+    pub slicing: bool,
+}
+
+/// Tile sizes of [`AutoencoderKL::tiles`].
+struct Tiles {
+    sample: usize,
+    latent: usize,
+    overlap_sample: usize,
+    overlap_latent: usize,
+    blend_sample: usize,
+    blend_latent: usize,
+}
+
+/// `f` over each image of the batch when `slicing` (and the batch has more than one), concatenated.
+fn sliced(x: &Tensor, slicing: bool, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    if !slicing || b <= 1 {
+        return f(x);
+    }
+    let parts = (0..b)
+        .map(|i| f(&x.narrow(0, i, 1)?))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
+}
+
+/// diffusers' tiled VAE pass: tiles of `tile` input rows/columns starting every `overlap`, each run
+/// through `f`; each output tile blended with the (already blended) one above over `blend` rows and
+/// the one to its left over `blend` columns, then cropped to `limit × limit` and stitched.
+fn tiled(
+    x: &Tensor,
+    tile: usize,
+    overlap: usize,
+    blend: usize,
+    limit: usize,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if overlap == 0 || limit == 0 {
+        candle_core::bail!(
+            "VAE tiling needs a larger sample_size in the VAE config (tiles of {tile} do not overlap)"
+        );
+    }
+    let mut rows: Vec<Vec<Tensor>> = Vec::new();
+    for i in (0..h).step_by(overlap) {
+        let mut row = Vec::new();
+        for j in (0..w).step_by(overlap) {
+            let t = x.narrow(2, i, tile.min(h - i))?.narrow(3, j, tile.min(w - j))?;
+            let mut out = f(&t)?;
+            if let Some(above) = rows.last().and_then(|r: &Vec<Tensor>| r.get(row.len())) {
+                out = blend_edge(above, &out, blend, 2)?;
+            }
+            if let Some(left) = row.last() {
+                out = blend_edge(left, &out, blend, 3)?;
+            }
+            row.push(out);
+        }
+        rows.push(row);
+    }
+    let stitched = rows
+        .iter()
+        .map(|row| {
+            let crops = row
+                .iter()
+                .map(|t| {
+                    t.narrow(2, 0, limit.min(t.dim(2)?))?
+                        .narrow(3, 0, limit.min(t.dim(3)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&crops, 3)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&stitched, 2)
+}
+
+/// diffusers' `blend_v` (`dim` 2) / `blend_h` (`dim` 3): the first `extent` rows (columns) of `b`
+/// become `a_end · (1 − y/extent) + b · (y/extent)`, where `a_end` are the last `extent` of `a`. The
+/// weights are computed in f64 and rounded to the tensors' dtype, as torch does with Python floats.
+fn blend_edge(a: &Tensor, b: &Tensor, extent: usize, dim: usize) -> Result<Tensor> {
+    let extent = extent.min(a.dim(dim)?).min(b.dim(dim)?);
+    if extent == 0 {
+        return Ok(b.clone());
+    }
+    let mut shape = vec![1usize; 4];
+    shape[dim] = extent;
+    let weights = |f: &dyn Fn(f64) -> f64| -> Result<Tensor> {
+        let w: Vec<f32> = (0..extent).map(|y| f(y as f64 / extent as f64) as f32).collect();
+        Tensor::from_vec(w, shape.as_slice(), b.device())?.to_dtype(b.dtype())
+    };
+    let a_end = a.narrow(dim, a.dim(dim)? - extent, extent)?;
+    let b_start = b.narrow(dim, 0, extent)?;
+    let mixed =
+        (a_end.broadcast_mul(&weights(&|t| 1.0 - t)?)? + b_start.broadcast_mul(&weights(&|t| t)?)?)?;
+    let len = b.dim(dim)?;
+    if extent == len {
+        return Ok(mixed);
+    }
+    Tensor::cat(&[mixed, b.narrow(dim, extent, len - extent)?], dim)
 }

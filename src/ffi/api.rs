@@ -106,6 +106,8 @@ pub extern "C" fn ap_run_params_default() -> ap_run_params {
         preview_user_data: std::ptr::null_mut(),
         preview_every: 0,
         preview_mode: AP_PREVIEW_LATENT,
+        vae_tiling: 0,
+        vae_slicing: 0,
     }
 }
 

@@ -202,5 +202,7 @@ pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
         scheduler: opt_str(p.scheduler, "scheduler")?,
         scheduler_config: scheduler_config(p.scheduler_config_json)?,
         output_channels,
+        vae_tiling: p.vae_tiling != 0,
+        vae_slicing: p.vae_slicing != 0,
     })
 }

@@ -142,4 +142,12 @@ pub struct ap_run_params {
     pub preview_every: i32,
     /// `AP_PREVIEW_LATENT` (0, default) or `AP_PREVIEW_VAE` (1).
     pub preview_mode: i32,
+    /// Nonzero: run the VAE over overlapping tiles of its `sample_size` (512 px for SD 1.x), blended at
+    /// the seams, as diffusers' `enable_vae_tiling()`. Decodes (and img2img/inpaint encodes) of any
+    /// size then need the memory of one tile; images needing several tiles differ slightly from untiled
+    /// ones, as in diffusers. 0 (default) = off.
+    pub vae_tiling: i32,
+    /// Nonzero: run the VAE one image at a time, as diffusers' `enable_vae_slicing()`: lower peak memory
+    /// for batches, identical images. 0 (default) = off.
+    pub vae_slicing: i32,
 }

@@ -4,7 +4,7 @@
 
 use super::params::ProgressFn;
 use super::Pipeline;
-use crate::components::vae::AutoencoderKL;
+use crate::components::vae::{AutoencoderKL, DecodeOptions};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::registry::Family;
@@ -85,6 +85,8 @@ struct Preview<'a> {
 struct Bound {
     family: Family,
     components: Arc<super::Components>,
+    /// The run's VAE tiling/slicing, which VAE previews follow too.
+    vae: DecodeOptions,
 }
 
 /// The per-run hooks [`Pipeline::run_with`] and the denoising loop call.
@@ -198,10 +200,11 @@ impl<'a> RunControl<'a> {
     }
 
     /// Called by the pipeline before a run: remembers what previews need, checks the cancel flag.
-    pub(crate) fn bind(&mut self, p: &Pipeline) -> Result<()> {
+    pub(crate) fn bind(&mut self, p: &Pipeline, vae: DecodeOptions) -> Result<()> {
         self.bound = Some(Bound {
             family: p.family(),
             components: Arc::clone(p.components()),
+            vae,
         });
         self.check_cancel()
     }
@@ -265,7 +268,7 @@ impl<'a> RunControl<'a> {
         };
         let images = match preview.mode {
             PreviewMode::Latent => latent_rgb_preview(latents, bound.family),
-            PreviewMode::Vae => vae_preview(&bound.components.vae, latents),
+            PreviewMode::Vae => vae_preview(&bound.components.vae, bound.vae, latents),
         };
         match images {
             Ok(images) => (preview.f)(step, total, &images),
@@ -342,13 +345,13 @@ pub fn latent_rgb_preview(latents: &Tensor, family: Family) -> Result<Vec<Image>
 
 /// A full decode of the current latents, post-processed as the final image is (the same steps as the
 /// pipeline's decode).
-fn vae_preview(vae: &AutoencoderKL, latents: &Tensor) -> Result<Vec<Image>> {
+fn vae_preview(vae: &AutoencoderKL, opts: DecodeOptions, latents: &Tensor) -> Result<Vec<Image>> {
     let cfg = vae.config();
     let mut z = div_s(latents, cfg.scaling_factor as f32)?;
     if let Some(shift) = cfg.shift_factor {
         z = (z + shift)?;
     }
-    let image = vae.decode(&z)?;
+    let image = vae.decode_with(&z, opts)?;
     let image = (div_s(&image, 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
     Image::from_tensor01(&image, 4)
 }

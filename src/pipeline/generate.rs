@@ -5,6 +5,7 @@
 use super::conditioning::{crop_region, image_tensor, mask_tensor, overlay, round_down, CropBox};
 use super::denoise::{Denoise, Guidance, NoHooks, StepHooks};
 use super::{sd, sdxl, Pipeline, RunOutput, RunParams, Trace};
+use crate::components::vae::DecodeOptions;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::registry::{Family, Task};
@@ -171,11 +172,12 @@ fn repeat(t: &Tensor, n: usize) -> Result<Tensor> {
 fn encode_image(
     p: &Pipeline,
     image: &Tensor,
+    vae_opts: DecodeOptions,
     rng: &mut TorchCpuGenerator,
     trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
     let vae = &p.components.vae;
-    let dist = vae.encode(image)?;
+    let dist = vae.encode_with(image, vae_opts)?;
     let noise = randn(rng, dist.mean.dims(), image.device(), trace)?;
     let latents = dist.sample_with(&noise)?;
     let cfg = vae.config();
@@ -286,6 +288,7 @@ pub(super) fn run(
             height: s.height,
             batch: s.batch,
             cfg: do_cfg,
+            vae: params.vae_options(),
         },
     )?;
 
@@ -330,7 +333,10 @@ pub(super) fn run(
         Task::Image2Image => {
             let img = params.image.as_ref().ok_or_else(|| need("image", p.task))?;
             let image = image_tensor(img, s.width, s.height, None, device)?;
-            let init = repeat(&encode_image(p, &image, &mut rng, rec(trace, trace_on))?, s.batch)?;
+            let init = repeat(
+                &encode_image(p, &image, params.vae_options(), &mut rng, rec(trace, trace_on))?,
+                s.batch,
+            )?;
             let noise = randn(&mut rng, init.dims(), device, rec(trace, trace_on))?;
             (
                 scheduler.add_noise(&init, &noise, timesteps[0])?,
@@ -348,7 +354,7 @@ pub(super) fn run(
             let strength_max = s.strength == 1.0;
             let image_latents = if !inpaint_unet || !strength_max {
                 Some(repeat(
-                    &encode_image(p, &image, &mut rng, rec(trace, trace_on))?,
+                    &encode_image(p, &image, params.vae_options(), &mut rng, rec(trace, trace_on))?,
                     s.batch,
                 )?)
             } else {
@@ -364,7 +370,13 @@ pub(super) fn run(
             let masked_image = image.broadcast_mul(&keep)?;
             let mask_latent = crate::components::nn::nearest_resize(&mask, s.height / f, s.width / f)?;
             let masked_latents = repeat(
-                &encode_image(p, &masked_image, &mut rng, rec(trace, trace_on))?,
+                &encode_image(
+                    p,
+                    &masked_image,
+                    params.vae_options(),
+                    &mut rng,
+                    rec(trace, trace_on),
+                )?,
                 s.batch,
             )?;
             let mask_latent = repeat(&mask_latent, s.batch)?;
@@ -410,7 +422,7 @@ pub(super) fn run(
     )?;
 
     // 5. Decode, and paste a cropped inpaint back into the original.
-    let image = decode(p, &latents, rec(trace, trace_on))?;
+    let image = decode(p, &latents, params.vae_options(), rec(trace, trace_on))?;
     let mut images = Image::from_tensor01(&image, params.output_channels)?;
     if let (Some(b), Some(orig), Some(mask)) = (crop_box, &params.image, &params.mask) {
         images = images
@@ -422,7 +434,12 @@ pub(super) fn run(
 }
 
 /// VAE decode of final latents and diffusers' postprocess: `(x / 2 + 0.5).clamp(0, 1)`.
-fn decode(p: &Pipeline, latents: &Tensor, trace: Option<&mut Trace>) -> Result<Tensor> {
+fn decode(
+    p: &Pipeline,
+    latents: &Tensor,
+    vae_opts: DecodeOptions,
+    trace: Option<&mut Trace>,
+) -> Result<Tensor> {
     let vae = &p.components.vae;
     let cfg = vae.config();
     let z = if let Some((mean, std)) = latent_stats(p, latents.device())? {
@@ -434,7 +451,7 @@ fn decode(p: &Pipeline, latents: &Tensor, trace: Option<&mut Trace>) -> Result<T
             None => z,
         }
     };
-    let image = vae.decode(&z)?;
+    let image = vae.decode_with(&z, vae_opts)?;
     let image = (div_s(&image, 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
     if let Some(trace) = trace {
         trace.image = Some(image.clone());

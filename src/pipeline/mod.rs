@@ -231,7 +231,7 @@ impl Pipeline {
         let trace_on = trace.is_some();
         let trace = trace.unwrap_or(&mut scratch);
         let out = control
-            .bind(self)
+            .bind(self, params.vae_options())
             .and_then(|()| generate::run(self, params, control, trace, trace_on));
         let warnings = out.as_ref().map_or(&[][..], |o| &o.warnings[..]);
         control.finish(&out, warnings, started);

@@ -65,6 +65,24 @@ pub struct RunParams {
     /// scheduler class does not take are an error. Applies to the checkpoint's scheduler when
     /// `scheduler` is `None`.
     pub scheduler_config: Option<serde_json::Value>,
+    /// Run the VAE over overlapping tiles of `vae/config.json`'s `sample_size` (512 px for SD 1.x) with
+    /// linear blending at the seams, as diffusers' `pipe.enable_vae_tiling()`: large decodes (and the
+    /// img2img / inpaint encodes) then need the memory of one tile. Like diffusers, the image differs
+    /// slightly from an untiled run at sizes that need several tiles; smaller ones are unaffected.
+    pub vae_tiling: bool,
+    /// Run the VAE one image at a time, as diffusers' `pipe.enable_vae_slicing()`: lower peak memory
+    /// for batches, identical images.
+    pub vae_slicing: bool,
+}
+
+impl RunParams {
+    /// The VAE options of this run.
+    pub fn vae_options(&self) -> crate::components::vae::DecodeOptions {
+        crate::components::vae::DecodeOptions {
+            tiling: self.vae_tiling,
+            slicing: self.vae_slicing,
+        }
+    }
 }
 
 impl Default for RunParams {
@@ -89,6 +107,8 @@ impl Default for RunParams {
             output_channels: 4,
             scheduler: None,
             scheduler_config: None,
+            vae_tiling: false,
+            vae_slicing: false,
         }
     }
 }
