@@ -79,6 +79,10 @@ fn run(pipe: &Pipe, params: &ap_run_params) -> ap_status {
 
 const INVALID_UTF8: &[u8] = b"a\xffb\0";
 
+/// Setters for one numeric field of the run parameters.
+type SetInt = fn(&mut ap_run_params, i32);
+type SetFloat = fn(&mut ap_run_params, f32);
+
 fn invalid_utf8() -> *const c_char {
     INVALID_UTF8.as_ptr().cast()
 }
@@ -278,7 +282,7 @@ fn run_arguments() {
     }
 
     // Integers: negative, not a multiple of 8, beyond every limit.
-    let ints: [(&str, fn(&mut ap_run_params, i32)); 7] = [
+    let ints: [(&str, SetInt); 7] = [
         ("width", |p, v| p.width = v),
         ("height", |p, v| p.height = v),
         ("num_inference_steps", |p, v| p.num_inference_steps = v),
@@ -311,7 +315,7 @@ fn run_arguments() {
     }
 
     // Floats: NaN and infinities are refused; out-of-range values too.
-    let floats: [(&str, fn(&mut ap_run_params, f32)); 3] = [
+    let floats: [(&str, SetFloat); 3] = [
         ("guidance_scale", |p, v| p.guidance_scale = v),
         ("strength", |p, v| p.strength = v),
         ("guidance_rescale", |p, v| p.guidance_rescale = v),

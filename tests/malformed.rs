@@ -138,7 +138,7 @@ fn write_safetensors(tensors: &[(String, Value, Vec<u8>)]) -> Vec<u8> {
         data.extend_from_slice(bytes);
     }
     let mut header = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
