@@ -450,7 +450,15 @@ fn calls_after_failed_and_cancelled_runs() {
 
 #[test]
 fn image_files() {
+    /// Removes the folder even when an assertion fails.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
     let dir = std::env::temp_dir().join(format!("ap-ffi-images-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
     std::fs::create_dir_all(&dir).unwrap();
     let path = |name: &str| CString::new(dir.join(name).to_str().unwrap()).unwrap();
     let mut out: *mut ap_image = std::ptr::NonNull::dangling().as_ptr();
@@ -531,7 +539,6 @@ fn image_files() {
         );
         ap_image_free(out);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
