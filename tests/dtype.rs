@@ -26,7 +26,9 @@ fn half_precision_runs_close_to_f32() {
         ("sdxl-tiny", "sdxl-t2i-cfg-neg-prompt2"),
     ] {
         let reference = run(ckpt, case, "f32");
-        for (dtype, tol) in [("f16", 4u8)] {
+        // bf16 has no CPU matmul in candle (refused below), so f16 is the half type checked here.
+        let (dtype, tol) = ("f16", 4u8);
+        {
             let half = run(ckpt, case, dtype);
             let worst = half
                 .iter()

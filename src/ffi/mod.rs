@@ -113,7 +113,10 @@ mod tests {
                 continue;
             };
             let ok = name.starts_with("ap_") || name.starts_with("AP_") || name.starts_with("AUTOPIPELINE_");
-            assert!(ok, "header declares {name:?} outside the ap_ namespace: exclude it in cbindgen.toml");
+            assert!(
+                ok,
+                "header declares {name:?} outside the ap_ namespace: exclude it in cbindgen.toml"
+            );
         }
     }
 

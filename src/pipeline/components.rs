@@ -39,7 +39,9 @@ pub fn parse_dtype(name: Option<&str>) -> Result<DType> {
         None | Some("") | Some("f32") | Some("float32") | Some("fp32") => Ok(DType::F32),
         Some("f16") | Some("float16") | Some("fp16") | Some("half") => Ok(DType::F16),
         Some("bf16") | Some("bfloat16") => Ok(DType::BF16),
-        Some(other) => Err(Error::InvalidArgument(format!("dtype {other:?}: expected f32, f16 or bf16"))),
+        Some(other) => Err(Error::InvalidArgument(format!(
+            "dtype {other:?}: expected f32, f16 or bf16"
+        ))),
     }
 }
 
@@ -96,8 +98,16 @@ impl Components {
         let vae_cfg: VaeConfig = read_config(&source.file("vae", "config.json")?)?;
         let vae_dir = PathBuf::from(source.component_location("vae"));
         // diffusers keeps a `force_upcast` VAE in float32 when the pipeline runs in half precision.
-        let vae_dtype = if vae_cfg.force_upcast.unwrap_or(true) { DType::F32 } else { dtype };
-        let vb = var_builder(&source.weights("vae", "diffusion_pytorch_model")?, vae_dtype, device)?;
+        let vae_dtype = if vae_cfg.force_upcast.unwrap_or(true) {
+            DType::F32
+        } else {
+            dtype
+        };
+        let vb = var_builder(
+            &source.weights("vae", "diffusion_pytorch_model")?,
+            vae_dtype,
+            device,
+        )?;
         let vae = AutoencoderKL::new(vb, vae_cfg).map_err(|e| model_error("vae", &vae_dir, e))?;
         tick(progress)?;
 

@@ -20,7 +20,12 @@ const BLOCK_SCORES: usize = 1 << 16;
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
     let (b, lq, inner) = q.dims3()?;
     let (kb, lk, k_inner) = k.dims3()?;
-    if v.dims3()? != (kb, lk, k_inner) || kb != b || k_inner != inner || heads == 0 || !inner.is_multiple_of(heads) {
+    if v.dims3()? != (kb, lk, k_inner)
+        || kb != b
+        || k_inner != inner
+        || heads == 0
+        || !inner.is_multiple_of(heads)
+    {
         bail!(
             "attention shapes do not agree: q {:?}, k {:?}, v {:?}, {heads} heads",
             q.dims(),
