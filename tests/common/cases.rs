@@ -36,7 +36,10 @@ fn task_of(name: &str) -> Task {
 
 /// Load options for the tests: the device comes from `AP_TEST_DEVICE` (e.g. `cuda` in the GPU check).
 pub fn load_options() -> LoadOptions {
-    LoadOptions { device: std::env::var("AP_TEST_DEVICE").ok(), ..Default::default() }
+    LoadOptions {
+        device: std::env::var("AP_TEST_DEVICE").ok(),
+        ..Default::default()
+    }
 }
 
 /// Builds the pipeline as the case's `load.call` did (`from_pretrained`, or `from_pipe` of another task).
@@ -54,8 +57,7 @@ pub fn pipeline(case: &Value) -> Pipeline {
         } else {
             Task::Inpaint
         };
-        let base =
-            Pipeline::from_pretrained(ckpt.to_str().unwrap(), first, &load_options(), None).unwrap();
+        let base = Pipeline::from_pretrained(ckpt.to_str().unwrap(), first, &load_options(), None).unwrap();
         let kwargs = load["kwargs"].as_object().cloned().unwrap_or_default();
         let derived = base.from_pipe(task, &kwargs).unwrap();
         assert!(derived.shares_components_with(&base));
