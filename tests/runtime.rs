@@ -480,3 +480,97 @@ fn measure_parallel_runs() {
         parallel.0 / serial.0
     );
 }
+
+/// A soak: 8 threads each do a mix of synchronous runs, async runs and async runs cancelled mid-way,
+/// on one pipeline and its from_pipe siblings at once. Every completed image must equal the serial
+/// run for its seed; every cancel must end as `Cancelled`; the pipelines stay usable afterwards.
+#[test]
+fn eight_threads_mixing_runs_and_cancels_stay_exact() {
+    let p = pipe();
+    let i2i = p.from_pipe(Task::Image2Image, &Default::default()).unwrap();
+    let sibling = i2i.from_pipe(Task::Text2Image, &Default::default()).unwrap();
+    let steps = 6;
+    let seeds = [11u64, 12, 13];
+    let want: Vec<Vec<u8>> = seeds
+        .iter()
+        .map(|&seed| {
+            p.run(
+                &RunParams {
+                    seed,
+                    ..params(steps)
+                },
+                None,
+            )
+            .unwrap()
+            .images[0]
+                .data
+                .clone()
+        })
+        .collect();
+    let cancelled = AtomicUsize::new(0);
+    let completed = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..8usize {
+            let (want, cancelled, completed) = (&want, &cancelled, &completed);
+            let target = if t % 2 == 0 { p } else { &sibling };
+            s.spawn(move || {
+                for round in 0..3usize {
+                    let k = (t + round) % seeds.len();
+                    let run = RunParams {
+                        seed: seeds[k],
+                        ..params(steps)
+                    };
+                    match (t + round) % 3 {
+                        0 => {
+                            assert_eq!(target.run(&run, None).unwrap().images[0].data, want[k]);
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        1 => {
+                            let job = runtime::run_async(target, run, RunControl::new()).unwrap();
+                            poll_until_finished(&job);
+                            assert_eq!(job.take().unwrap().unwrap().images[0].data, want[k]);
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            let job = runtime::run_async(target, run, RunControl::new()).unwrap();
+                            wait_for_step(&job, 1);
+                            job.cancel();
+                            let status = poll_until_finished(&job);
+                            match job.take().unwrap() {
+                                Err(Error::Cancelled) => {
+                                    assert_eq!(status.state, JobState::Cancelled);
+                                    cancelled.fetch_add(1, Ordering::Relaxed);
+                                }
+                                // The cancel can land after the last step: then the image is complete.
+                                Ok(out) => assert_eq!(out.images[0].data, want[k]),
+                                Err(e) => panic!("thread {t}: unexpected error {e}"),
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    eprintln!(
+        "8 threads × 3 rounds: {} completed exactly, {} cancelled",
+        completed.load(Ordering::Relaxed),
+        cancelled.load(Ordering::Relaxed)
+    );
+    assert!(completed.load(Ordering::Relaxed) >= 16);
+    assert!(cancelled.load(Ordering::Relaxed) >= 1);
+    // Still usable, still exact.
+    assert_eq!(
+        sibling
+            .run(
+                &RunParams {
+                    seed: seeds[0],
+                    ..params(steps)
+                },
+                None
+            )
+            .unwrap()
+            .images[0]
+            .data,
+        want[0]
+    );
+}
