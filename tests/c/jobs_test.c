@@ -116,6 +116,59 @@ int main(int argc, char **argv) {
     run.height = 64;
     CHECK(ap_run(pipe, &run, &sync_images) == AP_OK, "sync run");
 
+    /* Two jobs at once on from_pipe siblings, polled frame by frame; one is cancelled mid-run, the
+     * other finishes with the exact image; the cancelled one is then rerun and is exact too. */
+    if (sync_images) {
+        ap_pipeline *i2i = NULL, *sibling = NULL;
+        ap_job *a = NULL, *b = NULL;
+        ap_images *ia = NULL, *ib = NULL;
+        ap_job_status sa = ap_job_status_default(), sb = ap_job_status_default();
+        ap_run_params longer = run;
+        long frame;
+        int cancelled = 0;
+        CHECK(ap_from_pipe(pipe, AP_TASK_IMAGE2IMAGE, NULL, &i2i) == AP_OK, "from_pipe img2img");
+        CHECK(ap_from_pipe(i2i, AP_TASK_TEXT2IMAGE, NULL, &sibling) == AP_OK, "from_pipe back to text2img");
+        longer.num_inference_steps = 40;
+        CHECK(ap_run_async(pipe, &longer, &a) == AP_OK, "job A (to cancel)");
+        CHECK(ap_run_async(sibling, &run, &b) == AP_OK, "job B (sibling)");
+        for (frame = 0; frame < 600000 && a && b; frame++) {
+            ap_job_poll(a, &sa);
+            ap_job_poll(b, &sb);
+            if (!cancelled && sa.step >= 1) {
+                CHECK(ap_job_cancel(a) == AP_OK, "cancel A");
+                cancelled = 1;
+            }
+            if (finished(sa.state) && finished(sb.state)) break;
+            ap_job_wait(b, 1);
+        }
+        CHECK(sa.state == AP_JOB_CANCELLED, "A cancelled");
+        CHECK(ap_job_take_result(a, &ia) == AP_ERR_CANCELLED && ia == NULL, "A's result is the cancel");
+        CHECK(sb.state == AP_JOB_DONE, "B done");
+        CHECK(ap_job_take_result(b, &ib) == AP_OK && ib != NULL, "B's images");
+        if (ib) {
+            bytes = (size_t)ib->images[0].stride * ib->images[0].height;
+            CHECK(memcmp(ib->images[0].data, sync_images->images[0].data, bytes) == 0, "B equals the sync run");
+        }
+        ap_images_free(ib);
+        ib = NULL;
+        ap_job_free(a);
+        a = NULL;
+        CHECK(ap_run_async(pipe, &run, &a) == AP_OK, "rerun A");
+        if (a) {
+            CHECK(ap_job_wait(a, -1) == AP_OK, "rerun finishes");
+            CHECK(ap_job_take_result(a, &ia) == AP_OK && ia != NULL, "rerun images");
+        }
+        if (ia) {
+            bytes = (size_t)ia->images[0].stride * ia->images[0].height;
+            CHECK(memcmp(ia->images[0].data, sync_images->images[0].data, bytes) == 0, "rerun equals the sync run");
+        }
+        ap_images_free(ia);
+        ap_job_free(a);
+        ap_job_free(b);
+        ap_pipeline_free(sibling);
+        ap_pipeline_free(i2i);
+    }
+
     /* Async run: poll until done, take; equals the synchronous image bit for bit. Callbacks run on the
      * worker thread. */
     memset(&seen, 0, sizeof seen);
