@@ -133,7 +133,7 @@ fn load_run_free_cycles_do_not_grow_resident_memory() {
     let prompt = CString::new("a squirrel").unwrap();
     let logs = std::sync::atomic::AtomicU32::new(0);
     const WARMUP: usize = 8;
-    const CYCLES: usize = 30;
+    const CYCLES: usize = 200;
     cycle(&model, &prompt, &logs); // starts the thread pools the tensor kernels use
     let idle_threads = threads().unwrap();
     let mut series = Vec::new();
