@@ -17,14 +17,7 @@ use std::process::{Command, Output};
 
 /// `target/<profile>`, where cargo put the cdylib next to this test's `deps/` folder.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("libautopipeline.so").exists() || dir.join("libautopipeline.dylib").exists(),
-        "no cdylib in {}",
-        dir.display()
-    );
-    dir
+    common::cdylib_dir()
 }
 
 fn root() -> PathBuf {

@@ -8,8 +8,7 @@ use std::process::Command;
 
 /// `target/<profile>`, where cargo put the cdylib next to this test's `deps/` folder.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    common::cdylib_dir()
 }
 
 /// Compiles `tests/c/<name>.c` into a fresh folder (strict C99) against the cdylib; returns the folder

@@ -7,13 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn lib_dir() -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    common::cdylib_dir()
 }
 
 fn build_cli(work: &std::path::Path) -> PathBuf {

@@ -55,3 +55,36 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     };
     (shape, values)
 }
+
+/// `target/<profile>` with the cdylib the C, C++, C# and CLI tests link against, built (or brought up
+/// to date) once per test binary: `cargo test` itself builds only the rlib, so a fresh clone has no
+/// `.so` yet, and an old one could be stale. Cargo does not hold its build lock while tests run.
+pub fn cdylib_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps/<test>")
+            .to_path_buf();
+        let target = dir.parent().expect("target dir").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--lib", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", &target);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --lib failed");
+        assert!(
+            dir.join("libautopipeline.so").exists() || dir.join("libautopipeline.dylib").exists(),
+            "no cdylib in {} after cargo build --lib",
+            dir.display()
+        );
+        dir
+    })
+    .clone()
+}
