@@ -100,8 +100,8 @@ fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
 /// neither). Tensors no model asks for are ignored, as diffusers ignores unexpected keys (it only
 /// logs them).
 ///
-/// The files must not be modified while the model is alive: they are mapped, not copied, so that
-/// loading costs no extra memory.
+/// The files are mapped to read their headers; tensors are read with `pread` into memory the model
+/// owns ([`super::tensor_file`]), so the mapping never makes the file's pages resident.
 pub fn var_builder(weights: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
     if weights.is_empty() {
         return Err(Error::Internal("no weight files to read".into()));
@@ -121,7 +121,10 @@ pub fn var_builder(weights: &[PathBuf], dtype: DType, device: &Device) -> Result
             // but a tensor in two shards is a broken index either way.
             routing.entry(name).or_insert(i);
         }
-        files.push((w.clone(), st));
+        let reader = super::tensor_file::TensorFile::open(w).map_err(|e| {
+            Error::InvalidModel(format!("cannot read safetensors weights {}: {e}", w.display()))
+        })?;
+        files.push((w.clone(), st, reader));
     }
     let backend = CheckedSafetensors { files, routing };
     Ok(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
@@ -129,34 +132,45 @@ pub fn var_builder(weights: &[PathBuf], dtype: DType, device: &Device) -> Result
 
 /// The [`SimpleBackend`] behind [`var_builder`].
 struct CheckedSafetensors {
-    files: Vec<(PathBuf, MmapedSafetensors)>,
+    files: Vec<(PathBuf, MmapedSafetensors, super::tensor_file::TensorFile)>,
     /// Tensor name → index in `files`.
     routing: HashMap<String, usize>,
 }
 
 impl CheckedSafetensors {
     fn file_names(&self) -> String {
-        let names: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .map(|(p, _, _)| p.display().to_string())
+            .collect();
         names.join(", ")
     }
 
     /// The file holding `name` and the tensor's shape, refusing missing and non-float tensors.
-    fn find(&self, name: &str) -> candle_core::Result<(&Path, &MmapedSafetensors, Vec<usize>)> {
+    fn find(&self, name: &str) -> candle_core::Result<(&Path, Stored<'_>, Vec<usize>)> {
         let Some(&i) = self.routing.get(name) else {
             candle_core::bail!("tensor {name} is missing from {}", self.file_names());
         };
-        let (path, st) = &self.files[i];
+        let (path, st, reader) = &self.files[i];
         let view = st.get(name)?;
         let dtype = DType::try_from(view.dtype()).ok();
-        if !matches!(dtype, Some(DType::F16 | DType::BF16 | DType::F32 | DType::F64)) {
+        let Some(dtype) = dtype.filter(|d| matches!(d, DType::F16 | DType::BF16 | DType::F32 | DType::F64))
+        else {
             candle_core::bail!(
                 "tensor {name} in {} has dtype {:?}; model weights must be floating point (F16, BF16, F32 or F64)",
                 path.display(),
                 view.dtype()
             );
-        }
-        Ok((path.as_path(), st, view.shape().to_vec()))
+        };
+        Ok((path.as_path(), Stored { reader, dtype }, view.shape().to_vec()))
     }
+}
+
+/// Where a found tensor's data is and how it is stored.
+struct Stored<'a> {
+    reader: &'a super::tensor_file::TensorFile,
+    dtype: DType,
 }
 
 impl SimpleBackend for CheckedSafetensors {
@@ -168,7 +182,7 @@ impl SimpleBackend for CheckedSafetensors {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let (path, st, shape) = self.find(name)?;
+        let (path, stored, shape) = self.find(name)?;
         if shape != s.dims() {
             candle_core::bail!(
                 "tensor {name} in {} has shape {shape:?}, but config.json implies {:?}",
@@ -176,12 +190,18 @@ impl SimpleBackend for CheckedSafetensors {
                 s.dims()
             );
         }
-        st.load(name, dev)?.to_dtype(dtype)
+        stored
+            .reader
+            .read(name, stored.dtype, &shape, dev)?
+            .to_dtype(dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let (_, st, _) = self.find(name)?;
-        st.load(name, dev)?.to_dtype(dtype)
+        let (_, stored, shape) = self.find(name)?;
+        stored
+            .reader
+            .read(name, stored.dtype, &shape, dev)?
+            .to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

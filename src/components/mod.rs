@@ -4,6 +4,7 @@ pub mod clip;
 pub mod cpu;
 pub mod load;
 pub mod nn;
+mod tensor_file;
 pub mod tokenizer;
 pub mod transformer;
 pub mod unet;

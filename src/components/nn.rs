@@ -26,12 +26,116 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The convolution of `xs` upsampled ×`up` (nearest) and mapped by `pre` (a group norm, + SiLU)
+    /// first, without materialising either: fused into the convolution's input copy on the CPU,
+    /// separate ops elsewhere.
+    pub fn forward_with(&self, xs: &Tensor, up: usize, pre: Option<&GroupNormAct<'_>>) -> Result<Tensor> {
+        self.forward_fused(xs, up, pre, None, None)
+    }
+
+    /// [`Conv2d::forward_with`], then `+ channel_add` (one value per image and output channel, shaped
+    /// `(b, c_out)`) and `+ residual`, added as the result is written on the CPU.
+    pub fn forward_fused(
+        &self,
+        xs: &Tensor,
+        up: usize,
+        pre: Option<&GroupNormAct<'_>>,
+        channel_add: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if self.packed
+            && cpu::fast_path(xs)
+            && [channel_add, residual].into_iter().flatten().all(cpu::fast_path)
+        {
+            let map = match pre {
+                Some(p) => Some(p.norm.map(xs, p.silu)?),
+                None => None,
+            };
+            let input = cpu::conv::Input {
+                up,
+                pre: map.as_ref(),
+            };
+            let output = cpu::conv::Output {
+                channel_add,
+                residual,
+            };
+            let k = (self.kernel, self.kernel);
+            return cpu::conv::conv2d(
+                xs,
+                &self.weight,
+                k,
+                self.bias.as_ref(),
+                self.stride,
+                self.padding,
+                input,
+                output,
+            );
+        }
+        let xs = match pre {
+            Some(p) => p.norm.run(xs, p.silu)?,
+            None => xs.clone(),
+        };
+        let xs = if up > 1 {
+            let (_, _, h, w) = xs.dims4()?;
+            xs.upsample_nearest2d(h * up, w * up)?
+        } else {
+            xs
+        };
+        let mut out = self.forward(&xs)?;
+        if let Some(add) = channel_add {
+            out = out.broadcast_add(&add.unsqueeze(2)?.unsqueeze(3)?)?;
+        }
+        match residual {
+            Some(r) => out + r,
+            None => Ok(out),
+        }
+    }
+}
+
+impl Conv2d {
+    /// Whether this is a 1×1, stride 1 convolution with CPU-packed weights, which
+    /// [`Conv2d::to_tokens`] and [`Conv2d::from_tokens`] take.
+    pub fn token_projection(&self, xs: &Tensor) -> bool {
+        self.packed && self.kernel == 1 && self.stride == 1 && self.padding == 0 && cpu::fast_path(xs)
+    }
+
+    /// NCHW `xs` → this 1×1 convolution in token layout `(b, h·w, c_out)` (see
+    /// [`cpu::conv::pointwise_to_tokens`]). Only when [`Conv2d::token_projection`].
+    pub fn to_tokens(&self, xs: &Tensor) -> Result<Tensor> {
+        cpu::conv::pointwise_to_tokens(xs, &self.weight, self.bias.as_ref())
+    }
+
+    /// Tokens `(b, h·w, c_in)` → this 1×1 convolution in NCHW, plus `residual` (see
+    /// [`cpu::conv::tokens_to_pointwise`]). Only when [`Conv2d::token_projection`].
+    pub fn from_tokens(&self, tokens: &Tensor, hw: (usize, usize), residual: &Tensor) -> Result<Tensor> {
+        cpu::conv::tokens_to_pointwise(tokens, hw, &self.weight, self.bias.as_ref(), residual)
+    }
+}
+
+/// A group norm, with or without the SiLU after it, to fuse into the next convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupNormAct<'a> {
+    pub norm: &'a GroupNorm,
+    pub silu: bool,
+}
+
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if self.packed {
             let k = (self.kernel, self.kernel);
+            let (input, out) = (cpu::conv::Input::default(), cpu::conv::Output::default());
             if cpu::fast_path(xs) {
-                return cpu::conv::conv2d(xs, &self.weight, k, self.bias.as_ref(), self.stride, self.padding);
+                return cpu::conv::conv2d(
+                    xs,
+                    &self.weight,
+                    k,
+                    self.bias.as_ref(),
+                    self.stride,
+                    self.padding,
+                    input,
+                    out,
+                );
             }
             let x32 = xs.to_dtype(DType::F32)?;
             return cpu::conv::conv2d(
@@ -41,6 +145,8 @@ impl Module for Conv2d {
                 self.bias.as_ref(),
                 self.stride,
                 self.padding,
+                input,
+                out,
             )?
             .to_dtype(xs.dtype());
         }
@@ -107,6 +213,19 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
 }
 
 impl GroupNorm {
+    /// The per-channel map this norm (+ SiLU) applies to `xs` (float32 CPU input only).
+    fn map(&self, xs: &Tensor, silu: bool) -> Result<cpu::conv::Affine> {
+        cpu::group_norm_map(xs, self.groups, self.eps, &self.weight, &self.bias, silu)
+    }
+
+    /// This norm followed by SiLU, for [`Conv2d::forward_with`].
+    pub fn with_silu(&self) -> GroupNormAct<'_> {
+        GroupNormAct {
+            norm: self,
+            silu: true,
+        }
+    }
+
     fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         if cpu::fast_path(xs) && cpu::fast_path(&self.weight) {
             return cpu::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu);
@@ -238,20 +357,22 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
-        let h = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => {
-                let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-                h.broadcast_add(&t)?
-            }
-            _ => h,
+        // The norms (+ SiLU) are fused into the convolutions' input copies, the time embedding and the
+        // shortcut into their outputs (float32 on the CPU; separate ops elsewhere).
+        let t = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(proj.forward(&temb.silu()?)?),
+            _ => None,
         };
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let h = self
+            .conv1
+            .forward_fused(xs, 1, Some(&self.norm1.with_silu()), t.as_ref(), None)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(xs)?,
             None => xs.clone(),
         };
-        let out = (shortcut + h)?;
+        let out = self
+            .conv2
+            .forward_fused(&h, 1, Some(&self.norm2.with_silu()), None, Some(&shortcut))?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {
@@ -306,12 +427,10 @@ impl Upsample2D {
     pub fn forward(&self, xs: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        let xs = if th == 2 * h && tw == 2 * w {
-            xs.upsample_nearest2d(th, tw)?
-        } else {
-            nearest_resize(xs, th, tw)?
-        };
-        self.conv.forward(&xs)
+        if th == 2 * h && tw == 2 * w {
+            return self.conv.forward_with(xs, 2, None);
+        }
+        self.conv.forward(&nearest_resize(xs, th, tw)?)
     }
 }
 

@@ -163,11 +163,18 @@ impl Transformer2D {
         let normed = self.norm.forward(xs)?;
         let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
         let mut tokens = match &self.proj_in {
+            // Float32 on the CPU: the 1×1 conv writes tokens directly, no permuting copy.
+            Projection::Conv(conv) if conv.token_projection(&normed) => conv.to_tokens(&normed)?,
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
         };
         for block in &self.blocks {
             tokens = block.forward(&tokens, context)?;
+        }
+        if let Projection::Conv(conv) = &self.proj_out {
+            if conv.token_projection(&tokens) {
+                return conv.from_tokens(&tokens, (h, w), residual);
+            }
         }
         let to_image = |t: &Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
         let out = match &self.proj_out {

@@ -334,7 +334,7 @@ impl UNet2DConditionModel {
                 xs = up.forward(&xs, size)?;
             }
         }
-        let xs = self.conv_norm_out.forward_silu(&xs)?;
-        self.conv_out.forward(&xs)
+        self.conv_out
+            .forward_with(&xs, 1, Some(&self.conv_norm_out.with_silu()))
     }
 }

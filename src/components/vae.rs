@@ -300,7 +300,8 @@ impl Encoder {
             }
         }
         let xs = self.mid.forward(&xs)?;
-        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
+        self.conv_out
+            .forward_with(&xs, 1, Some(&self.norm_out.with_silu()))
     }
 }
 
@@ -359,7 +360,8 @@ impl Decoder {
                 xs = u.forward(&xs, None)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
+        self.conv_out
+            .forward_with(&xs, 1, Some(&self.norm_out.with_silu()))
     }
 }
 

@@ -63,6 +63,55 @@ pub(crate) fn tensor(data: Vec<f32>, shape: impl Into<candle_core::Shape>) -> Re
     Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
 }
 
+/// The per-(image, channel) map of `torch.nn.GroupNorm` on `x: (batch, channels, …)` (optionally
+/// followed by SiLU): one pass of f64 sums per group. Applying it ([`group_norm`], or fused into a
+/// convolution's input copy) is the second pass.
+pub fn group_norm_map(
+    x: &Tensor,
+    groups: usize,
+    eps: f64,
+    weight: &Tensor,
+    bias: &Tensor,
+    silu: bool,
+) -> Result<conv::Affine> {
+    let dims = x.dims();
+    if dims.len() < 3 {
+        bail!("group norm input must have at least 3 dimensions, not {dims:?}");
+    }
+    let (b, c) = (dims[0], dims[1]);
+    let spatial: usize = dims[2..].iter().product();
+    if groups == 0 || !c.is_multiple_of(groups) {
+        bail!("group norm: {groups} groups do not divide {c} channels");
+    }
+    let per_group = c / groups * spatial;
+    let stats: Vec<(f64, f64)> = with_f32(x, |x| {
+        Ok(x.par_chunks(per_group.max(1))
+            .map(|xs| {
+                let n = per_group as f64;
+                let (s, q) = simd::moments(xs);
+                let mean = s / n;
+                let var = (q / n - mean * mean).max(0.0);
+                (mean, 1.0 / (var + eps).sqrt())
+            })
+            .collect())
+    })?;
+    let (w, bi) = (weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?);
+    let mut map = conv::Affine {
+        mean: Vec::with_capacity(b * c),
+        scale: Vec::with_capacity(b * c),
+        shift: Vec::with_capacity(b * c),
+        silu,
+    };
+    for i in 0..b * c {
+        let (img, ch) = (i / c, i % c);
+        let (mean, rstd) = stats[img * groups + ch / (c / groups)];
+        map.mean.push(mean as f32);
+        map.scale.push((rstd * w[ch] as f64) as f32);
+        map.shift.push(bi[ch]);
+    }
+    Ok(map)
+}
+
 /// `torch.nn.GroupNorm` over `(batch, channels, …)`, optionally followed by SiLU, in two passes: f64
 /// sums of each group, then one normalise-scale-shift(-SiLU) pass.
 pub fn group_norm(
@@ -73,43 +122,16 @@ pub fn group_norm(
     bias: &Tensor,
     silu: bool,
 ) -> Result<Tensor> {
+    let map = group_norm_map(x, groups, eps, weight, bias, silu)?;
     let dims = x.dims().to_vec();
-    if dims.len() < 3 {
-        bail!("group norm input must have at least 3 dimensions, not {dims:?}");
-    }
-    let (b, c) = (dims[0], dims[1]);
     let spatial: usize = dims[2..].iter().product();
-    if groups == 0 || !c.is_multiple_of(groups) {
-        bail!("group norm: {groups} groups do not divide {c} channels");
-    }
-    let per_group = c / groups * spatial;
-    let mut out = vec![0f32; b * c * spatial];
+    let mut out = vec![0f32; x.elem_count()];
     with_f32(x, |x| {
-        with_f32(weight, |w| {
-            with_f32(bias, |bi| {
-                out.par_chunks_mut(per_group)
-                    .zip(x.par_chunks(per_group))
-                    .enumerate()
-                    .for_each(|(i, (o, xs))| {
-                        let n = per_group as f64;
-                        let (s, q) = simd::moments(xs);
-                        let mean = s / n;
-                        let var = (q / n - mean * mean).max(0.0);
-                        let rstd = 1.0 / (var + eps).sqrt();
-                        let g = i % groups;
-                        for (j, (o, xs)) in o
-                            .chunks_exact_mut(spatial)
-                            .zip(xs.chunks_exact(spatial))
-                            .enumerate()
-                        {
-                            let ch = g * (c / groups) + j;
-                            let scale = (rstd * w[ch] as f64) as f32;
-                            simd::normalize(o, xs, mean as f32, scale, bi[ch], silu);
-                        }
-                    });
-                Ok(())
-            })
-        })
+        out.par_chunks_mut(spatial.max(1))
+            .zip(x.par_chunks(spatial.max(1)))
+            .enumerate()
+            .for_each(|(i, (o, xs))| simd::normalize(o, xs, map.mean[i], map.scale[i], map.shift[i], silu));
+        Ok(())
     })?;
     tensor(out, dims)
 }
