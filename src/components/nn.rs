@@ -2,7 +2,7 @@
 
 use super::cpu;
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 /// `torch.nn.Conv2d` with a square kernel, stride and symmetric padding (no groups or dilation).
 ///
@@ -158,6 +158,67 @@ impl Module for Conv2d {
     }
 }
 
+/// `torch.nn.Linear`. Float32 weights on the CPU are kept transposed (`(in, out)`) for
+/// [`cpu::linear`], which also adds a residual as it writes; elsewhere candle's matmul.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `(out, in)`, or `(in, out)` when `packed`.
+    weight: Tensor,
+    bias: Option<Tensor>,
+    packed: bool,
+}
+
+/// A [`Linear`] with bias, loaded as `candle_nn::linear`.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    Linear::from_candle(candle_nn::linear(in_dim, out_dim, vb)?)
+}
+
+/// A [`Linear`] without bias, loaded as `candle_nn::linear_no_bias`.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    Linear::from_candle(candle_nn::linear_no_bias(in_dim, out_dim, vb)?)
+}
+
+impl Linear {
+    fn from_candle(lin: candle_nn::Linear) -> Result<Self> {
+        let w = lin.weight();
+        let packed = cpu::fast_path(w);
+        let weight = if packed {
+            let (o, i) = w.dims2()?;
+            cpu::conv::pack_weight(&w.reshape((o, i, 1, 1))?)?.reshape((i, o))?
+        } else {
+            w.clone()
+        };
+        Ok(Self {
+            weight,
+            bias: lin.bias().cloned(),
+            packed,
+        })
+    }
+
+    /// `self(xs) + residual`.
+    pub fn forward_add(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        if self.packed && cpu::fast_path(xs) && residual.is_none_or(cpu::fast_path) {
+            return cpu::linear(xs, &self.weight, self.bias.as_ref(), residual);
+        }
+        let out = if self.packed {
+            let x32 = xs.to_dtype(DType::F32)?;
+            cpu::linear(&x32, &self.weight, self.bias.as_ref(), None)?.to_dtype(xs.dtype())?
+        } else {
+            candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(xs)?
+        };
+        match residual {
+            Some(r) => out + r,
+            None => Ok(out),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_add(xs, None)
+    }
+}
+
 /// A 2-D convolution with square kernel, stride and symmetric padding, as `torch.nn.Conv2d`.
 pub fn conv2d(
     vb: VarBuilder,
@@ -291,8 +352,8 @@ pub struct TimestepEmbedding {
 impl TimestepEmbedding {
     pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_dim, out_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(out_dim, out_dim, vb.pp("linear_2"))?,
+            linear_1: linear(in_dim, out_dim, vb.pp("linear_1"))?,
+            linear_2: linear(out_dim, out_dim, vb.pp("linear_2"))?,
         })
     }
 }
@@ -342,7 +403,7 @@ impl ResnetBlock2D {
             None
         };
         let time_emb_proj = match c.temb_channels {
-            Some(t) => Some(candle_nn::linear(t, c.out_channels, vb.pp("time_emb_proj"))?),
+            Some(t) => Some(linear(t, c.out_channels, vb.pp("time_emb_proj"))?),
             None => None,
         };
         Ok(Self {

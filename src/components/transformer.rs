@@ -1,9 +1,9 @@
 //! diffusers `Transformer2DModel` as the UNet uses it: group norm, projection in, `BasicTransformerBlock`s
 //! (self-attention, cross-attention, GEGLU feed-forward), projection out, residual.
 
-use super::nn::{attention, conv2d, group_norm, Conv2d, GroupNorm};
+use super::nn::{attention, conv2d, group_norm, linear, linear_no_bias, Conv2d, GroupNorm, Linear};
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 /// diffusers `Attention` with the plain processor: q from `xs`, k/v from `context` (or `xs`).
 #[derive(Debug, Clone)]
@@ -25,20 +25,31 @@ impl CrossAttention {
     ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            to_q: linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: linear(inner, query_dim, vb.pp("to_out.0"))?,
             heads,
         })
     }
 
     pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_add(xs, context, None)
+    }
+
+    /// `self(xs, context) + residual`, the residual added as the output projection writes.
+    pub fn forward_add(
+        &self,
+        xs: &Tensor,
+        context: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let context = context.unwrap_or(xs);
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
-        self.to_out.forward(&attention(&q, &k, &v, self.heads)?)
+        self.to_out
+            .forward_add(&attention(&q, &k, &v, self.heads)?, residual)
     }
 }
 
@@ -53,22 +64,23 @@ impl GegluFeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
-            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+            proj: linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            out: linear(inner, dim, vb.pp("net.2"))?,
         })
     }
 }
 
-impl Module for GegluFeedForward {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl GegluFeedForward {
+    /// `self(xs) + residual`.
+    fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(xs)?;
         if super::cpu::fast_path(&h) {
-            return self.out.forward(&super::cpu::geglu(&h)?);
+            return self.out.forward_add(&super::cpu::geglu(&h)?, Some(residual));
         }
         let half = h.dim(D::Minus1)? / 2;
         let value = h.narrow(D::Minus1, 0, half)?;
         let gate = h.narrow(D::Minus1, half, half)?.gelu_erf()?;
-        self.out.forward(&(value * gate)?)
+        self.out.forward_add(&(value * gate)?, Some(residual))
     }
 }
 
@@ -95,9 +107,11 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, Some(context))? + &xs)?;
-        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+        let xs = self.attn1.forward_add(&self.norm1.forward(xs)?, None, Some(xs))?;
+        let xs = self
+            .attn2
+            .forward_add(&self.norm2.forward(&xs)?, Some(context), Some(&xs))?;
+        self.ff.forward_add(&self.norm3.forward(&xs)?, &xs)
     }
 }
 
@@ -132,7 +146,7 @@ impl Transformer2D {
         let ch = c.channels;
         let proj = |name: &str| -> Result<Projection> {
             if c.use_linear_projection {
-                Ok(Projection::Linear(candle_nn::linear(ch, ch, vb.pp(name))?))
+                Ok(Projection::Linear(linear(ch, ch, vb.pp(name))?))
             } else {
                 Ok(Projection::Conv(conv2d(vb.pp(name), ch, ch, 1, 1, 0)?))
             }

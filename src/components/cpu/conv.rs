@@ -26,7 +26,7 @@ use rayon::prelude::*;
 /// Bytes of padded input plus output grid one band may take.
 const BAND_BYTES: usize = 48 << 20;
 
-fn parallelism() -> Parallelism {
+pub(crate) fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),

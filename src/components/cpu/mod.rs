@@ -136,6 +136,76 @@ pub fn group_norm(
     tensor(out, dims)
 }
 
+/// `x · Wᵀ + bias (+ residual)` over the last dimension of `x: (…, in)`, with the weight stored
+/// transposed (`(in, out)`, see [`conv::pack_weight`]): one gemm over all rows into a buffer that
+/// starts as the bias, then the residual added in place.
+pub fn linear(
+    x: &Tensor,
+    weight_t: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let (k, n) = weight_t.dims2()?;
+    if dims.last() != Some(&k) {
+        bail!(
+            "linear: input {:?} does not end in the weight's {k} inputs",
+            x.dims()
+        );
+    }
+    let m: usize = dims[..dims.len() - 1].iter().product();
+    *dims.last_mut().expect("checked above") = n;
+    if let Some(r) = residual {
+        if r.dims() != dims.as_slice() {
+            bail!("linear: residual {:?} for an output of {dims:?}", r.dims());
+        }
+    }
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let mut out = vec![0f32; m * n];
+    if let Some(bias) = &bias {
+        out.par_chunks_mut(n.max(1))
+            .for_each(|row| row.copy_from_slice(bias));
+    }
+    with_f32(x, |x| {
+        with_f32(weight_t, |w| {
+            // SAFETY: out (m × n) = x (m × k, row-major) · Wᵀ (k × n, row-major), all in bounds.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    bias.is_some(),
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    conv::parallelism(),
+                );
+            }
+            Ok(())
+        })
+    })?;
+    if let Some(r) = residual {
+        with_f32(r, |r| {
+            out.par_chunks_mut(1 << 14)
+                .zip(r.par_chunks(1 << 14))
+                .for_each(|(o, r)| o.iter_mut().zip(r).for_each(|(o, &r)| *o += r));
+            Ok(())
+        })?;
+    }
+    tensor(out, dims)
+}
+
 /// diffusers' GEGLU: the last dimension of `h` holds `[value | gate]`; returns `value · gelu(gate)`.
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
     let mut dims = h.dims().to_vec();
@@ -193,6 +263,22 @@ mod tests {
         assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
         let got = group_norm(&x, 4, 1e-6, &w, &b, true).unwrap();
         assert!(max_diff(&got, &want.silu().unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn linear_matches_candle() {
+        let x = rand(&[2, 7, 12], 5);
+        let w = rand(&[9, 12], 6);
+        let b = rand(&[9], 7);
+        let r = rand(&[2, 7, 9], 8);
+        let lin = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        let want = (candle_core::Module::forward(&lin, &x).unwrap() + &r).unwrap();
+        let w_t = conv::pack_weight(&w.reshape((9, 12, 1, 1)).unwrap())
+            .unwrap()
+            .reshape((12, 9))
+            .unwrap();
+        let got = linear(&x, &w_t, Some(&b), Some(&r)).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
     }
 
     #[test]
