@@ -1,8 +1,9 @@
 //! CLIP text encoders (`CLIPTextModel`, `CLIPTextModelWithProjection`) built from the checkpoint's
 //! `config.json` (transformers layout and key names).
 
+use super::nn::{linear, linear_no_bias, Linear};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 fn default_act() -> String {
@@ -86,13 +87,13 @@ impl EncoderLayer {
         let attn = vb.pp("self_attn");
         Ok(Self {
             layer_norm1: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm1"))?,
-            q: candle_nn::linear(h, h, attn.pp("q_proj"))?,
-            k: candle_nn::linear(h, h, attn.pp("k_proj"))?,
-            v: candle_nn::linear(h, h, attn.pp("v_proj"))?,
-            out: candle_nn::linear(h, h, attn.pp("out_proj"))?,
+            q: linear(h, h, attn.pp("q_proj"))?,
+            k: linear(h, h, attn.pp("k_proj"))?,
+            v: linear(h, h, attn.pp("v_proj"))?,
+            out: linear(h, h, attn.pp("out_proj"))?,
             layer_norm2: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(h, c.intermediate_size, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(c.intermediate_size, h, vb.pp("mlp.fc2"))?,
+            fc1: linear(h, c.intermediate_size, vb.pp("mlp.fc1"))?,
+            fc2: linear(c.intermediate_size, h, vb.pp("mlp.fc2"))?,
             heads: c.num_attention_heads,
             act,
         })
@@ -113,13 +114,12 @@ impl EncoderLayer {
         let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(causal_mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
-        let xs = (self.out.forward(&attn)? + xs)?;
-        let mlp = self.fc2.forward(
-            &self
-                .act
-                .apply(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?,
-        )?;
-        mlp + xs
+        // Linear layers add the residual as they write (see `nn::Linear`).
+        let xs = self.out.forward_add(&attn, Some(xs))?;
+        let hidden = self
+            .act
+            .apply(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?;
+        self.fc2.forward_add(&hidden, Some(&xs))
     }
 }
 
@@ -177,7 +177,7 @@ impl ClipTextModel {
             .collect::<Result<Vec<_>>>()?;
         let text_projection = if with_projection {
             let dim = config.projection_dim.unwrap_or(h);
-            Some(candle_nn::linear_no_bias(h, dim, vb.pp("text_projection"))?)
+            Some(linear_no_bias(h, dim, vb.pp("text_projection"))?)
         } else {
             None
         };

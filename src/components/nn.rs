@@ -24,9 +24,7 @@ impl Conv2d {
     pub fn dtype(&self) -> DType {
         self.weight.dtype()
     }
-}
 
-impl Conv2d {
     /// The convolution of `xs` upsampled ×`up` (nearest) and mapped by `pre` (a group norm, + SiLU)
     /// first, without materialising either: fused into the convolution's input copy on the CPU,
     /// separate ops elsewhere.
@@ -91,9 +89,7 @@ impl Conv2d {
             None => Ok(out),
         }
     }
-}
 
-impl Conv2d {
     /// Whether this is a 1×1, stride 1 convolution with CPU-packed weights, which
     /// [`Conv2d::to_tokens`] and [`Conv2d::from_tokens`] take.
     pub fn token_projection(&self, xs: &Tensor) -> bool {
