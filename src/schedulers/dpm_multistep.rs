@@ -186,25 +186,14 @@ impl DpmSolverMultistepScheduler {
     }
 
     fn first_order(&self, i: usize, m: &Tensor, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
-        let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[i]);
-        let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
-        Ok(match (self.config.algorithm_type.as_str(), noise) {
-            ("dpmsolver++", _) => {
-                (mul_s(sample, sigma_t / sigma_s)? - mul_s(m, alpha_t * ((-h).exp() - 1.0))?)?
-            }
-            ("dpmsolver", _) => (mul_s(sample, alpha_t / alpha_s)? - mul_s(m, sigma_t * (h.exp() - 1.0))?)?,
-            ("sde-dpmsolver++", Some(noise)) => {
-                let a = (mul_s(sample, sigma_t / sigma_s * (-h).exp())?
-                    + mul_s(m, alpha_t * (1.0 - (-2.0 * h).exp()))?)?;
-                (a + mul_s(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
-            }
-            (_, Some(noise)) => {
-                let a = (mul_s(sample, alpha_t / alpha_s)? - mul_s(m, 2.0 * (sigma_t * (h.exp() - 1.0)))?)?;
-                (a + mul_s(noise, sigma_t * ((2.0 * h).exp() - 1.0).sqrt())?)?
-            }
-            _ => return Err(Error::Internal("SDE step without noise".into())),
-        })
+        first_order_update(
+            &self.config.algorithm_type,
+            self.sigmas[i + 1],
+            self.sigmas[i],
+            m,
+            sample,
+            noise,
+        )
     }
 
     fn second_order(&self, i: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
@@ -319,6 +308,35 @@ impl DpmSolverMultistepScheduler {
             }
         })
     }
+}
+
+/// `dpm_solver_first_order_update` from sigma `s` to sigma `t` (DPM-Solver multistep and singlestep;
+/// DEIS's first-order step is the `dpmsolver` one). `m` is x₀ for the `++` algorithms, else ε.
+pub(crate) fn first_order_update(
+    algorithm_type: &str,
+    sigma_t: f32,
+    sigma_s: f32,
+    m: &Tensor,
+    sample: &Tensor,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (alpha_t, sigma_t) = alpha_sigma(sigma_t);
+    let (alpha_s, sigma_s) = alpha_sigma(sigma_s);
+    let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
+    Ok(match (algorithm_type, noise) {
+        ("dpmsolver++", _) => (mul_s(sample, sigma_t / sigma_s)? - mul_s(m, alpha_t * ((-h).exp() - 1.0))?)?,
+        ("dpmsolver", _) => (mul_s(sample, alpha_t / alpha_s)? - mul_s(m, sigma_t * (h.exp() - 1.0))?)?,
+        ("sde-dpmsolver++", Some(noise)) => {
+            let a = (mul_s(sample, sigma_t / sigma_s * (-h).exp())?
+                + mul_s(m, alpha_t * (1.0 - (-2.0 * h).exp()))?)?;
+            (a + mul_s(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
+        }
+        (_, Some(noise)) => {
+            let a = (mul_s(sample, alpha_t / alpha_s)? - mul_s(m, 2.0 * (sigma_t * (h.exp() - 1.0)))?)?;
+            (a + mul_s(noise, sigma_t * ((2.0 * h).exp() - 1.0).sqrt())?)?
+        }
+        _ => return Err(Error::Internal("SDE step without noise".into())),
+    })
 }
 
 /// Options shared by the DPM-Solver classes.

@@ -3,7 +3,9 @@
 
 mod ddim;
 mod ddpm;
+mod deis;
 mod dpm_multistep;
+mod dpm_singlestep;
 mod euler;
 mod euler_ancestral;
 mod heun;
@@ -19,7 +21,9 @@ mod unipc;
 
 pub use ddim::DdimScheduler;
 pub use ddpm::DdpmScheduler;
+pub use deis::DeisMultistepScheduler;
 pub use dpm_multistep::DpmSolverMultistepScheduler;
+pub use dpm_singlestep::DpmSolverSinglestepScheduler;
 pub use euler::EulerDiscreteScheduler;
 pub use euler_ancestral::EulerAncestralDiscreteScheduler;
 pub use heun::HeunDiscreteScheduler;
@@ -48,6 +52,8 @@ pub const SUPPORTED: &[&str] = &[
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DEISMultistepScheduler",
     "LMSDiscreteScheduler",
     "HeunDiscreteScheduler",
     "KDPM2DiscreteScheduler",
@@ -305,6 +311,8 @@ pub fn build(config: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
         "EulerDiscreteScheduler" => Box::new(EulerDiscreteScheduler::new(config)?),
         "EulerAncestralDiscreteScheduler" => Box::new(EulerAncestralDiscreteScheduler::new(config)?),
         "DPMSolverMultistepScheduler" => Box::new(DpmSolverMultistepScheduler::new(config)?),
+        "DPMSolverSinglestepScheduler" => Box::new(DpmSolverSinglestepScheduler::new(config)?),
+        "DEISMultistepScheduler" => Box::new(DeisMultistepScheduler::new(config)?),
         "LMSDiscreteScheduler" => Box::new(LmsDiscreteScheduler::new(config)?),
         "HeunDiscreteScheduler" => Box::new(HeunDiscreteScheduler::new(config)?),
         "KDPM2DiscreteScheduler" => Box::new(Kdpm2DiscreteScheduler::new(config)?),

@@ -263,9 +263,6 @@ pub(crate) fn for_class(
     Ok(config)
 }
 
-/// diffusers classes whose config keys we know but whose solver is not ported yet.
-const NOT_PORTED: &[&str] = &["DPMSolverSinglestepScheduler", "DEISMultistepScheduler"];
-
 /// A short name users know → (diffusers class, config overrides as JSON).
 pub const ALIASES: &[(&str, &str, &str)] = &[
     ("ddim", "DDIMScheduler", "{}"),
@@ -313,6 +310,39 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
         "DPMSolverMultistepScheduler",
         r#"{"solver_order": 3, "use_karras_sigmas": true}"#,
     ),
+    // diffusers' stand-in for A1111's "DPM++ 2S a" / "DPM++ SDE" samplers (deterministic unless SDE).
+    ("dpm++2s", "DPMSolverSinglestepScheduler", "{}"),
+    (
+        "dpm++2s_karras",
+        "DPMSolverSinglestepScheduler",
+        r#"{"use_karras_sigmas": true}"#,
+    ),
+    (
+        "dpm++2s_sde",
+        "DPMSolverSinglestepScheduler",
+        r#"{"algorithm_type": "sde-dpmsolver++"}"#,
+    ),
+    (
+        "dpm++2s_sde_karras",
+        "DPMSolverSinglestepScheduler",
+        r#"{"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": true}"#,
+    ),
+    (
+        "dpm++3s",
+        "DPMSolverSinglestepScheduler",
+        r#"{"solver_order": 3}"#,
+    ),
+    (
+        "dpm++3s_karras",
+        "DPMSolverSinglestepScheduler",
+        r#"{"solver_order": 3, "use_karras_sigmas": true}"#,
+    ),
+    ("deis", "DEISMultistepScheduler", "{}"),
+    (
+        "deis_karras",
+        "DEISMultistepScheduler",
+        r#"{"use_karras_sigmas": true}"#,
+    ),
     ("dpm2", "KDPM2DiscreteScheduler", "{}"),
     (
         "dpm2_karras",
@@ -359,18 +389,12 @@ fn resolve_name(name: &str) -> Result<(&'static str, Map<String, Value>)> {
     if let Some(class) = SUPPORTED.iter().find(|c| c.eq_ignore_ascii_case(trimmed)) {
         return Ok((class, Map::new()));
     }
-    if let Some(class) = NOT_PORTED.iter().find(|c| c.eq_ignore_ascii_case(trimmed)) {
-        return Err(Error::Unsupported(format!(
-            "{class} is not supported yet; supported: {}",
-            SUPPORTED.join(", ")
-        )));
-    }
     let norm: String = trimmed
         .to_ascii_lowercase()
         .chars()
         .map(|c| if c == ' ' || c == '-' { '_' } else { c })
         .collect();
-    let norm = norm.replace("dpm++_", "dpm++").replace("dpmpp", "dpm++");
+    let norm = norm.replace("dpmpp", "dpm++").replace("dpm++_", "dpm++");
     if let Some((_, class, json)) = ALIASES.iter().find(|a| a.0 == norm) {
         let Value::Object(map) = serde_json::from_str(json).expect("alias overrides are valid JSON") else {
             unreachable!("alias overrides are objects")
@@ -539,7 +563,7 @@ mod tests {
 
     #[test]
     fn every_supported_class_has_keys_and_every_alias_a_class() {
-        for c in SUPPORTED.iter().chain(NOT_PORTED) {
+        for c in SUPPORTED {
             assert!(class_keys(c).is_some(), "{c}");
         }
         for (alias, class, _) in ALIASES {
