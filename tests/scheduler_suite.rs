@@ -2,7 +2,8 @@
 //! `make.py`): each case is `Cls.from_config(<checkpoint's scheduler>.config, **overrides)` there and
 //! `schedulers::select(<checkpoint's config>, class, overrides)` here. Timesteps must match exactly,
 //! sigmas and trajectories (fixed fake model outputs, the step generator seeded) to 1e-6 relative.
-//! The end-to-end test runs sd15-tiny with a scheduler switched at run time against diffusers' images.
+//! The end-to-end test runs sd15-tiny and sdxl-tiny with a scheduler switched at run time against diffusers'
+//! images.
 
 mod common;
 
@@ -462,8 +463,9 @@ fn end_to_end_runs_match_diffusers() {
     let mut failures = Vec::new();
     for case in cases.as_array().unwrap() {
         let task = case["task"].as_str().unwrap();
-        let pipe = pipes.entry(task.to_string()).or_insert_with(|| {
-            let ckpt = common::data_dir().join(case["checkpoint"].as_str().unwrap());
+        let checkpoint = case["checkpoint"].as_str().unwrap();
+        let pipe = pipes.entry(format!("{checkpoint} {task}")).or_insert_with(|| {
+            let ckpt = common::data_dir().join(checkpoint);
             Pipeline::from_pretrained(
                 ckpt.to_str().unwrap(),
                 task_of(task),

@@ -16,7 +16,8 @@ tests/data/checkpoints loads with (SD1.5's PNDM, SD2's v-prediction DDIM, SDXL's
   img2img/inpaint (strength 0.6, `set_begin_index`, `add_noise` of a clean latent at the first timestep)
   and after each step records `add_noise(clean, noise, timesteps[i + 1])` as 4-channel inpainting does.
   All arrays of a case are rows of one float32 .npy (the JSON gives each row's meaning).
-- end-to-end runs of tests/data/checkpoints/sd15-tiny with a few schedulers (`e2e/`), output_type 'np'.
+- end-to-end runs of tests/data/checkpoints/sd15-tiny and sdxl-tiny with a few schedulers (`e2e/`), output_type
+  'np'.
 - `class_keys.json`: each class's `__init__` keys and defaults (the tables in src/schedulers/select.rs).
 """
 
@@ -242,22 +243,33 @@ def scheduler_case(name, ckpt, cls_name, overrides):
     print(f"  {name}: {arr.shape[0]} rows", flush=True)
 
 
-# End-to-end runs on sd15-tiny: (id, task, scheduler class, overrides, steps, extra call kwargs).
+# End-to-end runs on the tiny checkpoints: (id, checkpoint, task, scheduler class, overrides, steps, extra call
+# kwargs). Text-to-image runs are 32x32 on sd15 and 64x64 on sdxl; the others start from a 64x64 image.
 E2E = [
-    ("t2i-dpmpp2m-karras", "text2img", "DPMSolverMultistepScheduler", K, 6, {}),
-    ("t2i-dpmpp2m-sde-karras", "text2img", "DPMSolverMultistepScheduler", {**SDE, **K}, 5, {}),
-    ("t2i-euler-a", "text2img", "EulerAncestralDiscreteScheduler", {}, 5, {}),
-    ("t2i-heun", "text2img", "HeunDiscreteScheduler", {}, 4, {}),
-    ("t2i-unipc", "text2img", "UniPCMultistepScheduler", {}, 5, {}),
-    ("t2i-lcm", "text2img", "LCMScheduler", {}, 4, {"guidance_scale": 1.0}),
-    ("t2i-ddpm", "text2img", "DDPMScheduler", {}, 4, {}),
-    ("t2i-kdpm2-a", "text2img", "KDPM2AncestralDiscreteScheduler", {}, 4, {}),
-    ("i2i-heun", "img2img", "HeunDiscreteScheduler", {}, 5, {"strength": 0.6}),
-    ("i2i-dpmpp2m-sde", "img2img", "DPMSolverMultistepScheduler", SDE, 6, {"strength": 0.5}),
-    ("inp-kdpm2", "inpaint", "KDPM2DiscreteScheduler", {}, 4, {"strength": 0.75}),
-    ("inp-euler-a", "inpaint", "EulerAncestralDiscreteScheduler", {}, 4, {}),
-    ("inp-dpmpp2m-karras", "inpaint", "DPMSolverMultistepScheduler", K, 5, {"strength": 0.8}),
+    ("t2i-dpmpp2m-karras", "sd15", "text2img", "DPMSolverMultistepScheduler", K, 6, {}),
+    ("t2i-dpmpp2m-sde-karras", "sd15", "text2img", "DPMSolverMultistepScheduler", {**SDE, **K}, 5, {}),
+    ("t2i-euler-a", "sd15", "text2img", "EulerAncestralDiscreteScheduler", {}, 5, {}),
+    ("t2i-heun", "sd15", "text2img", "HeunDiscreteScheduler", {}, 4, {}),
+    ("t2i-unipc", "sd15", "text2img", "UniPCMultistepScheduler", {}, 5, {}),
+    ("t2i-lcm", "sd15", "text2img", "LCMScheduler", {}, 4, {"guidance_scale": 1.0}),
+    ("t2i-ddpm", "sd15", "text2img", "DDPMScheduler", {}, 4, {}),
+    ("t2i-kdpm2-a", "sd15", "text2img", "KDPM2AncestralDiscreteScheduler", {}, 4, {}),
+    ("i2i-heun", "sd15", "img2img", "HeunDiscreteScheduler", {}, 5, {"strength": 0.6}),
+    ("i2i-dpmpp2m-sde", "sd15", "img2img", "DPMSolverMultistepScheduler", SDE, 6, {"strength": 0.5}),
+    ("inp-kdpm2", "sd15", "inpaint", "KDPM2DiscreteScheduler", {}, 4, {"strength": 0.75}),
+    ("inp-euler-a", "sd15", "inpaint", "EulerAncestralDiscreteScheduler", {}, 4, {}),
+    ("inp-dpmpp2m-karras", "sd15", "inpaint", "DPMSolverMultistepScheduler", K, 5, {"strength": 0.8}),
+    ("t2i-dpmpp2s", "sd15", "text2img", "DPMSolverSinglestepScheduler", {}, 6, {}),
+    ("t2i-dpmpp2s-sde-karras", "sd15", "text2img", "DPMSolverSinglestepScheduler", {**SDE, **K}, 5, {}),
+    ("t2i-deis", "sd15", "text2img", "DEISMultistepScheduler", {}, 5, {}),
+    ("i2i-dpmpp3s", "sd15", "img2img", "DPMSolverSinglestepScheduler", {"solver_order": 3}, 7, {"strength": 0.6}),
+    ("i2i-deis-karras", "sd15", "img2img", "DEISMultistepScheduler", {**K, "solver_order": 3}, 6, {"strength": 0.7}),
+    ("sdxl-t2i-dpmpp2m-karras", "sdxl", "text2img", "DPMSolverMultistepScheduler", K, 5, {}),
+    ("sdxl-t2i-euler-a", "sdxl", "text2img", "EulerAncestralDiscreteScheduler", {}, 4, {}),
+    ("sdxl-i2i-dpmpp2m-karras", "sdxl", "img2img", "DPMSolverMultistepScheduler", K, 5, {"strength": 0.6}),
+    ("sdxl-i2i-euler-a", "sdxl", "img2img", "EulerAncestralDiscreteScheduler", {}, 5, {"strength": 0.7}),
 ]
+T2I_SIZE = {"sd15": 32, "sdxl": 64}
 
 
 def e2e():
@@ -265,19 +277,18 @@ def e2e():
 
     auto = {"text2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
             "inpaint": AutoPipelineForInpainting}
-    ckpt = os.path.join(DATA, CKPTS["sd15"])
     out = []
-    for cid, task, cls_name, overrides, steps, extra in E2E:
-        pipe = auto[task].from_pretrained(ckpt)
+    for cid, base, task, cls_name, overrides, steps, extra in E2E:
+        pipe = auto[task].from_pretrained(os.path.join(DATA, CKPTS[base]))
         pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
         pipe.set_progress_bar_config(disable=True)
         kw = dict(prompt="a photo of a cat", negative_prompt="blurry", num_inference_steps=steps,
                   generator=torch.Generator("cpu").manual_seed(42), output_type="np")
-        rec = {"id": cid, "checkpoint": CKPTS["sd15"], "task": task, "scheduler": cls_name,
+        rec = {"id": cid, "checkpoint": CKPTS[base], "task": task, "scheduler": cls_name,
                "scheduler_config": overrides, "prompt": kw["prompt"], "negative_prompt": kw["negative_prompt"],
                "num_inference_steps": steps, "seed": 42}
         if task == "text2img":
-            kw.update(width=32, height=32)
+            kw.update(width=T2I_SIZE[base], height=T2I_SIZE[base])
         if task != "text2img":
             rec["image"] = "images/init_64x64.png"
             kw["image"] = Image.open(os.path.join(DATA, rec["image"])).convert("RGB")
