@@ -7,6 +7,7 @@
 use super::dpm_multistep::{
     alpha_sigma, check_prediction, convert_model_output, dpm_index, dpm_timesteps, first_order_update,
 };
+use super::numpy_log::log_f32 as np_log;
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -118,11 +119,6 @@ impl DeisMultistepScheduler {
             (((div_s(sample, alpha_s0)? + mul_s(m0, coef1)?)? + mul_s(m1, coef2)?)? + mul_s(m2, coef3)?)?;
         mul_s(&inner, alpha_t)
     }
-}
-
-/// `np.log` of a float32 value, as diffusers' DEIS coefficients take it.
-fn np_log(x: f32) -> f32 {
-    x.ln()
 }
 
 impl super::Scheduler for DeisMultistepScheduler {

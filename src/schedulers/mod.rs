@@ -13,6 +13,7 @@ mod kdpm2;
 mod kdpm2_ancestral;
 mod lcm;
 mod lms;
+mod numpy_log;
 mod pndm;
 mod select;
 mod sigmas;

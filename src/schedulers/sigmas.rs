@@ -14,9 +14,9 @@ pub(crate) fn train_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
     alphas_cumprod.iter().map(|a| ((1.0 - a) / a).sqrt()).collect()
 }
 
-/// `np.log` of the float32 training sigmas (kept float32).
+/// `np.log` of the float32 training sigmas (kept float32), with numpy's own float32 log.
 pub(crate) fn log_sigmas(sigmas: &[f32]) -> Vec<f32> {
-    sigmas.iter().map(|s| s.ln()).collect()
+    sigmas.iter().map(|&s| super::numpy_log::log_f32(s)).collect()
 }
 
 /// `np.interp(x, arange(len(fp)), fp)` in float64.
