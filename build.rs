@@ -8,6 +8,9 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=Cargo.toml");
     println!("cargo:rerun-if-env-changed=AP_WRITE_HEADER");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        build_cuda_ptx();
+    }
     let crate_dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("autopipeline.h");
@@ -39,5 +42,25 @@ fn main() {
             println!("cargo:warning=cbindgen could not generate the header: {e}");
             std::fs::write(&out, format!("/* cbindgen failed: {e} */\n")).expect("OUT_DIR is writable");
         }
+    }
+}
+
+/// `cuda` builds: compiles `src/rng/torch_cuda_randn.cu` to PTX with nvcc's default floating-point flags
+/// (those torch's kernels are built with, which bit-exact draws depend on).
+fn build_cuda_ptx() {
+    let src = "src/rng/torch_cuda_randn.cu";
+    println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("torch_cuda_randn.ptx");
+    let mut nvcc = std::process::Command::new("nvcc");
+    nvcc.args(["--ptx", "-O3", "-o"]).arg(&out).arg(src);
+    if let Ok(cap) = std::env::var("CUDA_COMPUTE_CAP") {
+        nvcc.arg(format!("--gpu-architecture=compute_{}", cap.trim()));
+    }
+    match nvcc.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("nvcc failed ({s}) compiling {src}"),
+        Err(e) => panic!("nvcc not found ({e}): the `cuda` feature needs the CUDA toolkit on PATH (see scripts/cuda/build.sh)"),
     }
 }

@@ -328,6 +328,14 @@ typedef struct ap_run_params {
    * for batches, identical images. 0 (default) = off.
    */
   int32_t vae_slicing;
+  /**
+   * Which torch generator `seed` is for: NULL or "cpu" (default) = `torch.Generator("cpu")`, as
+   * diffusers' examples use; "cuda" = `torch.Generator("cuda")`, so seeds run on a GPU with diffusers
+   * reproduce (draws on a CUDA device are bit-exact, on the CPU within ~1e-5). Tensors over 256 × the
+   * GPU's launch limit depend on the GPU: "cuda:SMS[:THREADS_PER_SM]" names the one to imitate
+   * (default: the device the pipeline runs on, else an H100's 132:2048).
+   */
+  const char *rng;
 } ap_run_params;
 
 /**
@@ -697,6 +705,30 @@ ap_status ap_job_take_pipeline(const struct ap_job *job,
  * `job` must be NULL or a job not yet freed.
  */
 void ap_job_free(struct ap_job *job);
+
+/**
+ * Draws `count` tensors in a row from one generator seeded with `seed`, as
+ * `g = torch.Generator(rng).manual_seed(seed); [torch.randn(n, generator=g) for n in sizes]` (float32)
+ * does, writing them one after another into `out`, which must hold `sizes[0] + … + sizes[count - 1]`
+ * floats. `rng`: NULL or "cpu", "cuda", "cuda:SMS[:THREADS_PER_SM]" (see `ap_run_params.rng`).
+ * `device`: NULL or "cpu" computes on the host; "cuda" / "cuda:N" draws on that GPU (bit-exact for the
+ * "cuda" generator; needs a CUDA build). Every draw matches torch's for the same shape with that many
+ * elements: the shape itself does not matter.
+ *
+ * Returns `AP_OK`, or `AP_ERR_INVALID_ARGUMENT` (NULL `sizes`/`out` with `count` > 0, unknown `rng`,
+ * sizes overflowing), `AP_ERR_UNSUPPORTED` (no such device). Thread-safe; `out` is written only on
+ * success.
+ *
+ * # Safety
+ * `rng` and `device` are NULL or NUL-terminated strings; `sizes` points to `count` values and `out` to
+ * room for their sum.
+ */
+ap_status ap_randn(const char *rng,
+                   const char *device,
+                   uint64_t seed,
+                   const size_t *sizes,
+                   size_t count,
+                   float *out);
 
 #ifdef __cplusplus
 }  // extern "C"

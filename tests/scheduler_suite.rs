@@ -7,7 +7,7 @@
 
 mod common;
 
-use autopipeline::rng::TorchCpuGenerator;
+use autopipeline::rng::{Generator, TorchCpuGenerator};
 use autopipeline::schedulers::{build, class_keys, select, strength_start, Scheduler, SchedulerConfig};
 use autopipeline::{Error, Image, Pipeline, RunParams, Task};
 use candle_core::{Device, Tensor};
@@ -270,7 +270,7 @@ fn replay(case: &Value, kind: &str, rows: &Tensor) -> Result<f32, String> {
         // x_init already holds randn · init_noise_sigma; nothing to redo.
     }
     let mut worst = 0f32;
-    let mut rng = TorchCpuGenerator::new(5);
+    let mut rng: Generator = TorchCpuGenerator::new(5).into();
     for (i, (&t, st)) in ts.iter().zip(traj["steps"].as_array().unwrap()).enumerate() {
         let xin = s.scale_model_input(&x, t).map_err(|e| e.to_string())?;
         let d = scaled_diff(&xin, &row(&st["scaled"]));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use autopipeline::rng::TorchCpuGenerator;
+use autopipeline::rng::{Generator, TorchCpuGenerator};
 use autopipeline::schedulers::{build, strength_start, SchedulerConfig};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
@@ -131,7 +131,7 @@ fn trajectory_matches_diffusers() {
         let outputs = npy(traj["model_outputs"].as_str().unwrap());
         let prevs = npy(traj["prev_samples"].as_str().unwrap());
         let mut x = npy(traj["x_init"].as_str().unwrap());
-        let mut rng = TorchCpuGenerator::new(5);
+        let mut rng: Generator = TorchCpuGenerator::new(5).into();
         for (i, &t) in ts.iter().enumerate() {
             let xin = s.scale_model_input(&x, t).unwrap();
             let d = max_diff(&xin, &scaled.get(i).unwrap());

@@ -585,6 +585,9 @@ public:
     RunParams& vaeTiling(bool on) { vaeTiling_ = on; return *this; }
     /// Run the VAE one image at a time (diffusers' enable_vae_slicing()): same images, lower peak memory.
     RunParams& vaeSlicing(bool on) { vaeSlicing_ = on; return *this; }
+    /// Which torch generator the seed is for: "cpu" (default, torch.Generator("cpu")) or "cuda"
+    /// (torch.Generator("cuda"), for seeds run on a GPU); see ap_run_params.rng.
+    RunParams& rng(std::optional<std::string> v) { rng_ = std::move(v); return *this; }
     /// Called after each denoising step; return false to cancel.
     RunParams& onProgress(ProgressFn fn) { progress_ = std::move(fn); return *this; }
     /// Called after every `every`-th denoising step with preview images (see PreviewMode).
@@ -620,6 +623,7 @@ public:
     PreviewMode previewMode() const noexcept { return previewMode_; }
     bool vaeTiling() const noexcept { return vaeTiling_; }
     bool vaeSlicing() const noexcept { return vaeSlicing_; }
+    const std::optional<std::string>& rng() const noexcept { return rng_; }
 
     /// The C struct. Its strings point into this object and its image / mask into `image_out` /
     /// `mask_out`, so all three must outlive the C call; no callback is set (preview_every is).
@@ -645,6 +649,7 @@ public:
         p.scheduler_config_json = detail::cstr(schedulerConfigJson_);
         p.vae_tiling = vaeTiling_ ? 1 : 0;
         p.vae_slicing = vaeSlicing_ ? 1 : 0;
+        p.rng = detail::cstr(rng_);
         if (preview_) {
             p.preview_every = previewEvery_;
             p.preview_mode = static_cast<int32_t>(previewMode_);
@@ -662,7 +667,7 @@ public:
 
 private:
     std::string prompt_;
-    std::optional<std::string> negativePrompt_, prompt2_, negativePrompt2_, scheduler_, schedulerConfigJson_;
+    std::optional<std::string> negativePrompt_, prompt2_, negativePrompt2_, scheduler_, schedulerConfigJson_, rng_;
     std::optional<int32_t> steps_, width_, height_, numImages_, clipSkip_, outputChannels_, paddingMaskCrop_;
     std::optional<float> guidanceScale_, strength_, guidanceRescale_;
     uint64_t seed_ = 0;

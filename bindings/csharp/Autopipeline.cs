@@ -298,6 +298,9 @@ namespace Autopipeline
         /// <summary>Run the VAE one image at a time (diffusers' enable_vae_slicing()): same images, lower
         /// peak memory for batches.</summary>
         public bool VaeSlicing { get; set; }
+        /// <summary>Which torch generator <see cref="Seed"/> is for: null or "cpu" (default,
+        /// torch.Generator("cpu")) or "cuda" (torch.Generator("cuda"), for seeds run on a GPU).</summary>
+        public string Rng { get; set; }
 
         /// <summary>A shallow copy (images are shared, not copied).</summary>
         public RunParams Clone() { return (RunParams)MemberwiseClone(); }
@@ -329,6 +332,7 @@ namespace Autopipeline
             p.scheduler_config_json = arena.String(SchedulerConfigJson);
             p.vae_tiling = VaeTiling ? 1 : 0;
             p.vae_slicing = VaeSlicing ? 1 : 0;
+            p.rng = arena.String(Rng);
             if (OnPreview != null)
             {
                 p.preview_every = PreviewEvery.HasValue ? PreviewEvery.Value : 1;

@@ -212,6 +212,7 @@ namespace Autopipeline
             public int preview_mode;
             public int vae_tiling;
             public int vae_slicing;
+            public IntPtr rng;
         }
 
         [StructLayout(LayoutKind.Sequential)]
@@ -260,6 +261,10 @@ namespace Autopipeline
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
         public static extern void ap_image_free(IntPtr image);
+
+        /// <param name="rng">NUL-terminated UTF-8 or null; <paramref name="device"/> likewise.</param>
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int ap_randn(byte[] rng, byte[] device, ulong seed, UIntPtr[] sizes, UIntPtr count, float[] output);
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
         public static extern int ap_pipeline_set_log_callback(PipelineHandle pipe, IntPtr callback, IntPtr userData, int minLevel);

@@ -89,6 +89,7 @@ class _RunParams(ctypes.Structure):
         ("preview_mode", ctypes.c_int32),
         ("vae_tiling", ctypes.c_int32),
         ("vae_slicing", ctypes.c_int32),
+        ("rng", ctypes.c_char_p),
     ]
 
 
@@ -137,6 +138,8 @@ _images_free = _sig("ap_images_free", None, ctypes.POINTER(_Images))
 _image_save_png = _sig("ap_image_save_png", ctypes.c_int32, ctypes.POINTER(_Image), ctypes.c_char_p)
 _image_load = _sig("ap_image_load", ctypes.c_int32, ctypes.c_char_p, ctypes.POINTER(ctypes.POINTER(_Image)))
 _image_free = _sig("ap_image_free", None, ctypes.POINTER(_Image))
+_randn = _sig("ap_randn", ctypes.c_int32, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64,
+              ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t, ctypes.POINTER(ctypes.c_float))
 
 
 # The layouts above must be the library's: ap_*_default() reports its own struct sizes.
@@ -149,6 +152,20 @@ if (_load_params_default().struct_size, _run_params_default().struct_size) != (
 def version():
     """The native library's version, e.g. "0.1.0"."""
     return _version().decode()
+
+
+def randn(sizes, seed, rng="cpu", device=None):
+    """Successive torch.randn draws of `sizes` elements from torch.Generator(rng).manual_seed(seed),
+    as lists of floats (see ap_randn)."""
+    sizes = [int(n) for n in sizes]
+    c_sizes = (ctypes.c_size_t * len(sizes))(*sizes)
+    out = (ctypes.c_float * max(1, sum(sizes)))()
+    _check(_randn(_utf8(rng), _utf8(device), seed, c_sizes, len(sizes), out))
+    draws, at = [], 0
+    for n in sizes:
+        draws.append(list(out[at:at + n]))
+        at += n
+    return draws
 
 
 class AutopipelineError(Exception):
@@ -284,12 +301,13 @@ class Pipeline:
             num_inference_steps=None, guidance_scale=None, strength=None, width=None, height=None,
             seed=0, num_images_per_prompt=None, guidance_rescale=None, clip_skip=None,
             output_channels=None, image=None, mask_image=None, padding_mask_crop=None, scheduler=None,
-            scheduler_config=None, progress=None, vae_tiling=False, vae_slicing=False):
+            scheduler_config=None, progress=None, vae_tiling=False, vae_slicing=False, rng=None):
         """Generates images (a list of Image). `progress(step, total)` returning False cancels.
 
         `scheduler`: a diffusers scheduler class name or alias ("euler_a", "dpm++2m_karras", …);
         `scheduler_config`: a dict of scheduler config overrides, e.g. {"use_karras_sigmas": True}.
         `vae_tiling` / `vae_slicing`: diffusers' enable_vae_tiling() / enable_vae_slicing().
+        `rng`: "cpu" (default) or "cuda": which torch.Generator `seed` is for.
         """
         p = _run_params_default()
         p.struct_size = ctypes.sizeof(_RunParams)
@@ -307,6 +325,7 @@ class Pipeline:
         p.scheduler = _utf8(scheduler)
         p.scheduler_config_json = json.dumps(scheduler_config).encode() if scheduler_config is not None else None
         p.vae_tiling, p.vae_slicing = int(bool(vae_tiling)), int(bool(vae_slicing))
+        p.rng = _utf8(rng)
         keep = []
         for name, img in (("image", image), ("mask", mask_image)):
             if img is not None:

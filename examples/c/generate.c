@@ -6,12 +6,15 @@
  *            [--prompt-2 S] [--negative-prompt-2 S] [--steps N] [--guidance F] [--strength F]
  *            [--seed N] [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]
  *            [--preview-every N --preview-dir DIR] [--scheduler NAME] [--scheduler-config JSON]
- *            [--vae-tiling] [--vae-slicing] --out PNG
+ *            [--vae-tiling] [--vae-slicing] [--rng cpu|cuda] [--device cpu|cuda[:N]]
+ *            [--dtype f32|f16|bf16] --out PNG
  *
  * --scheduler switches the scheduler for this run (a diffusers class name or an alias such as
  * euler_a, dpm++2m_karras, dpm++2m_sde_karras, heun, unipc, lcm); --scheduler-config adds config
  * overrides as a JSON object, e.g. '{"use_karras_sigmas": true}'. --vae-tiling decodes in tiles (large
  * images in the memory of one tile, as diffusers' enable_vae_tiling); --vae-slicing one image at a time.
+ * --rng cuda makes --seed a torch.Generator("cuda") seed, for seeds first run on a GPU. --device runs
+ * on a GPU (CUDA builds), --dtype sets the UNet / text encoder precision.
  *
  * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
  * exits 0 on success and 1 (with ap_last_error()) on any error. With --preview-every N, writes a cheap
@@ -32,7 +35,8 @@ static void usage(FILE *f) {
             "                [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]\n"
             "                [--preview-every N --preview-dir DIR]\n"
             "                [--scheduler NAME] [--scheduler-config JSON]\n"
-            "                [--vae-tiling] [--vae-slicing] --out PNG\n");
+            "                [--vae-tiling] [--vae-slicing] [--rng cpu|cuda]\n"
+            "                [--device cpu|cuda[:N]] [--dtype f32|f16|bf16] --out PNG\n");
 }
 
 static int fail(const char *what) {
@@ -178,6 +182,9 @@ int main(int argc, char **argv) {
         } else if (strcmp(flag, "--preview-dir") == 0) preview_dir = val;
         else if (strcmp(flag, "--scheduler") == 0) run.scheduler = val;
         else if (strcmp(flag, "--scheduler-config") == 0) run.scheduler_config_json = val;
+        else if (strcmp(flag, "--rng") == 0) run.rng = val;
+        else if (strcmp(flag, "--device") == 0) load.device = val;
+        else if (strcmp(flag, "--dtype") == 0) load.dtype = val;
         else {
             fprintf(stderr, "error: unknown flag %s\n", flag);
             usage(stderr);

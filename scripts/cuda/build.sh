@@ -12,9 +12,12 @@ venv=${CUDA_VENV:-$PWD/target-cuda/venv}
 
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
-  # cudarc 0.19 (candle 0.11) supports CUDA up to 13.4: pin the toolchain to it.
-  "$venv/bin/pip" install -q 'nvidia-cuda-nvcc==13.4.*' 'nvidia-cuda-runtime==13.4.*' 'nvidia-cuda-nvrtc==13.4.*' \
-    'nvidia-cuda-crt==13.4.*' 'nvidia-nvvm==13.4.*' nvidia-cuda-cccl nvidia-cublas nvidia-curand
+  # The toolchain is CUDA 13.0, the oldest 13.x: the kernels are shipped as PTX, which a driver only
+  # JIT-compiles when its CUDA version is at least the compiler's (the lent GPUs run driver 580 = CUDA
+  # 13.0, which rejects PTX from nvcc 13.4 as an unsupported PTX version). cudarc also picks its API
+  # bindings from this nvcc's version.
+  "$venv/bin/pip" install -q 'nvidia-cuda-nvcc==13.0.*' 'nvidia-cuda-runtime==13.0.*' 'nvidia-cuda-nvrtc==13.0.*' \
+    'nvidia-cuda-crt==13.0.*' 'nvidia-nvvm==13.0.*' 'nvidia-cuda-cccl==13.0.*' nvidia-cublas nvidia-curand
 fi
 cu=$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)
 [ -x "$cu/bin/nvcc" ] || { echo "no nvcc under $cu" >&2; exit 1; }
@@ -39,5 +42,5 @@ fi
 export PATH="$cu/bin:$PATH" CUDA_ROOT="$cu" CUDA_PATH="$cu" CUDA_HOME="$cu" CUDA_COMPUTE_CAP="$cap"
 export LIBRARY_PATH="$cu/lib:$cu/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export CARGO_TARGET_DIR="$PWD/target-cuda"
-cargo build --release --features cuda --lib --tests --examples
+cargo build --release --features cuda "${@:2}" --lib
 echo "built $CARGO_TARGET_DIR/release/libautopipeline.so"

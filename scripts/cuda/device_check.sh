@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The GPU check, run ON the GPU machine (driver + PyTorch's nvidia-* wheels present, no Rust): runs the
-# parity test binaries built by scripts/cuda/build.sh with every pipeline on `cuda`, plus a small
-# f16 run. Carry target-cuda/release/deps/{parity_sd,parity_sdxl,dtype}-* and tests/data.
+# The GPU check, run ON a GPU machine (NVIDIA driver + PyTorch with its nvidia-* wheels; no Rust, no
+# network): every recorded parity case on `cuda` in f32, f16/bf16 against diffusers in half precision on
+# the same GPU, torch.Generator("cuda") draws and pipelines, async jobs and cancel. See device_check.py.
 #
-#   scripts/cuda/device_check.sh [OUT_DIR]
+#   scripts/cuda/device_check.sh LIB.so OUT_DIR [section ...]
+#
+# LIB.so is target-cuda/release/libautopipeline.so from scripts/cuda/build.sh. The f16 / bf16 / cudarng
+# sections need diffusers importable (pure Python: carry its wheel, see scripts/cuda/lent_gpu.sh).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-out=${1:-${OUT:-/tmp}}
-# CUDA 13 libraries from PyTorch's wheels.
+lib=$(realpath "$1")
+out=${2:-${OUT:-/tmp}}
+shift 2 || true
+mkdir -p "$out"
+# The CUDA 13 runtime libraries the library links (cudart, cublas, curand) from PyTorch's wheels.
 libs=$(python3 - <<'PY' 2>/dev/null
 import glob, os, site
 dirs = set()
@@ -18,11 +24,6 @@ print(":".join(sorted(dirs)))
 PY
 )
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
-status=0
-for t in parity_sd parity_sdxl dtype; do
-  bin=$(ls -t target-cuda/release/deps/$t-* 2>/dev/null | grep -v '\.d$' | head -n1)
-  [ -n "$bin" ] || { echo "missing test binary $t" | tee -a "$out/check.log"; status=1; continue; }
-  AP_TEST_DEVICE=cuda "$bin" --test-threads 1 2>&1 | tee -a "$out/check.log" || status=1
-done
-exit $status
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+ldd "$lib" | grep -E "cuda|cublas|curand|not found" | tee -a "$out/gpu.txt"
+AUTOPIPELINE_LIBRARY="$lib" PYTHONUNBUFFERED=1 python3 scripts/cuda/device_check.py "$out" "$@"

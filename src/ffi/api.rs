@@ -108,6 +108,7 @@ pub extern "C" fn ap_run_params_default() -> ap_run_params {
         preview_mode: AP_PREVIEW_LATENT,
         vae_tiling: 0,
         vae_slicing: 0,
+        rng: std::ptr::null(),
     }
 }
 

@@ -193,6 +193,7 @@ pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
         width: opt_positive(p.width, "width")?,
         height: opt_positive(p.height, "height")?,
         seed: p.seed,
+        rng: crate::rng::RngKind::parse(opt_str(p.rng, "rng")?.as_deref())?,
         num_images_per_prompt: opt_positive(p.num_images_per_prompt, "num_images_per_prompt")?.unwrap_or(1),
         guidance_rescale: opt_f32(p.guidance_rescale, "guidance_rescale")?.unwrap_or(0.0),
         clip_skip: opt_positive(p.clip_skip, "clip_skip")?,

@@ -5,10 +5,12 @@
 mod api;
 mod convert;
 mod jobs;
+mod random;
 mod types;
 
 pub use api::*;
 pub use jobs::*;
+pub use random::*;
 pub use types::*;
 
 use crate::error::Error;

@@ -150,4 +150,10 @@ pub struct ap_run_params {
     /// Nonzero: run the VAE one image at a time, as diffusers' `enable_vae_slicing()`: lower peak memory
     /// for batches, identical images. 0 (default) = off.
     pub vae_slicing: i32,
+    /// Which torch generator `seed` is for: NULL or "cpu" (default) = `torch.Generator("cpu")`, as
+    /// diffusers' examples use; "cuda" = `torch.Generator("cuda")`, so seeds run on a GPU with diffusers
+    /// reproduce (draws on a CUDA device are bit-exact, on the CPU within ~1e-5). Tensors over 256 × the
+    /// GPU's launch limit depend on the GPU: "cuda:SMS[:THREADS_PER_SM]" names the one to imitate
+    /// (default: the device the pipeline runs on, else an H100's 132:2048).
+    pub rng: *const c_char,
 }

@@ -5,7 +5,7 @@ use super::control::RunControl;
 use super::Trace;
 use crate::components::unet::{AddedCond, UNet2DConditionModel};
 use crate::error::Result;
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use crate::schedulers::{mul_s, Scheduler};
 use candle_core::{Tensor, D};
 
@@ -49,7 +49,7 @@ impl Denoise<'_> {
         &self,
         mut latents: Tensor,
         scheduler: &mut dyn Scheduler,
-        rng: &mut TorchCpuGenerator,
+        rng: &mut Generator,
         hooks: &mut dyn StepHooks,
         progress: &mut RunControl<'_>,
         mut trace: Option<&mut Trace>,
@@ -82,6 +82,11 @@ impl Denoise<'_> {
             latents = hooks.after_step(i, latents, &*scheduler)?;
             if let Some(trace) = trace.as_deref_mut() {
                 trace.latents.push(latents.clone());
+            }
+            // On a GPU the step is only queued so far: wait for it, so that progress (and a cancel's
+            // latency) counts finished steps and per-step timings are real.
+            if !latents.device().is_cpu() {
+                latents.device().synchronize()?;
             }
             progress.step_done(i + 1, total, &latents)?;
         }

@@ -9,7 +9,7 @@ use crate::components::vae::DecodeOptions;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::registry::{Family, Task};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use crate::schedulers::{self, div_s, mul_s, Scheduler};
 use candle_core::{Device, Tensor};
 
@@ -140,14 +140,9 @@ pub(super) struct Conditioning {
 }
 
 /// Draws `shape` from the run's generator (diffusers `randn_tensor`), recording it in the trace.
-fn randn(
-    rng: &mut TorchCpuGenerator,
-    shape: &[usize],
-    device: &Device,
-    trace: Option<&mut Trace>,
-) -> Result<Tensor> {
+fn randn(rng: &mut Generator, shape: &[usize], device: &Device, trace: Option<&mut Trace>) -> Result<Tensor> {
     let n: usize = shape.iter().product();
-    let t = Tensor::from_vec(rng.randn(n), shape, device)?;
+    let t = Tensor::from_vec(rng.randn(n)?, shape, device)?;
     if let Some(trace) = trace {
         trace.noise.push(t.clone());
     }
@@ -173,7 +168,7 @@ fn encode_image(
     p: &Pipeline,
     image: &Tensor,
     vae_opts: DecodeOptions,
-    rng: &mut TorchCpuGenerator,
+    rng: &mut Generator,
     trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
     let vae = &p.components.vae;
@@ -318,7 +313,7 @@ pub(super) fn run(
     }
 
     // 3. Latents (and the inpaint mask), drawing from the generator in diffusers' order.
-    let mut rng = TorchCpuGenerator::new(params.seed);
+    let mut rng = Generator::new(params.rng, params.seed, device);
     let f = c.vae_scale_factor();
     let shape = [s.batch, latent_ch, s.height / f, s.width / f];
     let mut crop_box: Option<CropBox> = None;

@@ -40,8 +40,11 @@ pub struct RunParams {
     pub strength: Option<f64>,
     pub width: Option<usize>,
     pub height: Option<usize>,
-    /// Seed of the `torch.Generator("cpu")` all random draws come from.
+    /// Seed of the generator all random draws come from.
     pub seed: u64,
+    /// Which torch generator the seed is for: `torch.Generator("cpu")` (default, as diffusers without a
+    /// generator device) or `torch.Generator("cuda")`, so seeds people ran on a GPU reproduce.
+    pub rng: crate::rng::RngKind,
     pub num_images_per_prompt: usize,
     /// diffusers `guidance_rescale` (0 = off).
     pub guidance_rescale: f64,
@@ -98,6 +101,7 @@ impl Default for RunParams {
             width: None,
             height: None,
             seed: 0,
+            rng: crate::rng::RngKind::Cpu,
             num_images_per_prompt: 1,
             guidance_rescale: 0.0,
             clip_skip: None,

@@ -2,7 +2,7 @@
 
 use super::{alphas_cumprod, discrete_timesteps, div_s, lin2, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Denoising diffusion implicit models.
@@ -76,7 +76,7 @@ impl super::Scheduler for DdimScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        rng: &mut TorchCpuGenerator,
+        rng: &mut Generator,
     ) -> Result<Tensor> {
         if self.num_inference_steps == 0 {
             return Err(Error::Internal("DDIMScheduler.step before set_timesteps".into()));
@@ -112,7 +112,7 @@ impl super::Scheduler for DdimScheduler {
         let mut prev = (mul_s(&x0, a_prev.sqrt())? + direction)?;
         if self.eta > 0.0 {
             let noise = Tensor::from_vec(
-                rng.randn(model_output.elem_count()),
+                rng.randn(model_output.elem_count())?,
                 model_output.shape(),
                 model_output.device(),
             )?

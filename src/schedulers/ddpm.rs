@@ -4,7 +4,7 @@
 use super::sigmas::randn_like;
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Denoising diffusion probabilistic models.
@@ -88,7 +88,7 @@ impl super::Scheduler for DdpmScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        rng: &mut TorchCpuGenerator,
+        rng: &mut Generator,
     ) -> Result<Tensor> {
         let ti = t as i64;
         let a_t = self.alpha(ti);

@@ -11,7 +11,7 @@ use super::numpy_log::log_f32 as np_log;
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 const CLASS: &str = "DEISMultistepScheduler";
@@ -177,7 +177,7 @@ impl super::Scheduler for DeisMultistepScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        _rng: &mut TorchCpuGenerator,
+        _rng: &mut Generator,
     ) -> Result<Tensor> {
         if !self.ready {
             return Err(Error::Internal(format!("{CLASS}.step before set_timesteps")));

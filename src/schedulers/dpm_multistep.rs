@@ -4,7 +4,7 @@
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// `(alpha_t, sigma_t)` of a VP schedule at `sigma` (`_sigma_to_alpha_sigma_t`), float32.
@@ -451,7 +451,7 @@ impl super::Scheduler for DpmSolverMultistepScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        rng: &mut TorchCpuGenerator,
+        rng: &mut Generator,
     ) -> Result<Tensor> {
         if !self.ready {
             return Err(Error::Internal(

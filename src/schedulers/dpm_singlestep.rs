@@ -12,7 +12,7 @@ use super::dpm_multistep::{
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 const CLASS: &str = "DPMSolverSinglestepScheduler";
@@ -301,7 +301,7 @@ impl super::Scheduler for DpmSolverSinglestepScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        rng: &mut TorchCpuGenerator,
+        rng: &mut Generator,
     ) -> Result<Tensor> {
         if !self.ready {
             return Err(Error::Internal(format!("{CLASS}.step before set_timesteps")));

@@ -2,7 +2,7 @@
 
 use super::{alphas_cumprod, div_s, mul_s, spacing_error, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Euler's method over the sigmas `sqrt((1-ᾱ)/ᾱ)`.
@@ -151,7 +151,7 @@ impl super::Scheduler for EulerDiscreteScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        _rng: &mut TorchCpuGenerator,
+        _rng: &mut Generator,
     ) -> Result<Tensor> {
         let i = self.ensure_step_index(t);
         let sigma = self.sigmas[i];

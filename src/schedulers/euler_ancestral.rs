@@ -4,7 +4,7 @@
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Ancestral sampling with Euler steps.
@@ -76,7 +76,7 @@ impl super::Scheduler for EulerAncestralDiscreteScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        rng: &mut TorchCpuGenerator,
+        rng: &mut Generator,
     ) -> Result<Tensor> {
         let i = self.index.get(&self.timesteps, t)?;
         let sigma = self.sigmas[i];

@@ -5,7 +5,7 @@ use super::euler_ancestral::kdiff_init_noise_sigma;
 use super::sigmas::{self, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Heun (improved Euler) steps.
@@ -92,7 +92,7 @@ impl super::Scheduler for HeunDiscreteScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        _rng: &mut TorchCpuGenerator,
+        _rng: &mut Generator,
     ) -> Result<Tensor> {
         let i = self.index.get(&self.timesteps, t)?;
         if i + 1 >= self.sigmas.len() || (self.pending.is_some() && i == 0) {

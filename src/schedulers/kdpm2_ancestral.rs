@@ -6,7 +6,7 @@ use super::kdpm2::{check_kdpm2_prediction, interleave_all, kdpm2_base};
 use super::sigmas::{self, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Ancestral DPM-Solver-2.
@@ -113,7 +113,7 @@ impl super::Scheduler for Kdpm2AncestralDiscreteScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        rng: &mut TorchCpuGenerator,
+        rng: &mut Generator,
     ) -> Result<Tensor> {
         let i = self.index.get(&self.timesteps, t)?;
         if i + 1 >= self.sigmas.len() || (self.sample.is_some() && i == 0) {

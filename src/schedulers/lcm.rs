@@ -4,7 +4,7 @@
 use super::sigmas::{randn_like, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Latent consistency sampling.
@@ -105,7 +105,7 @@ impl super::Scheduler for LcmScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        rng: &mut TorchCpuGenerator,
+        rng: &mut Generator,
     ) -> Result<Tensor> {
         let i = self.index.get(&self.timesteps, t)?;
         let ti = t as usize;

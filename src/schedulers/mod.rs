@@ -38,7 +38,7 @@ pub use tcd::TcdScheduler;
 pub use unipc::UniPcMultistepScheduler;
 
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 use serde::Deserialize;
 
@@ -286,13 +286,8 @@ pub trait Scheduler: Send {
         Ok(sample.clone())
     }
     /// One denoising step from `sample` at `t` given the model output; may draw noise from `rng`.
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        t: f64,
-        sample: &Tensor,
-        rng: &mut TorchCpuGenerator,
-    ) -> Result<Tensor>;
+    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, rng: &mut Generator)
+        -> Result<Tensor>;
     /// Noises clean `original` to timestep `t` (img2img start, 4-channel inpaint blending).
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor>;
     /// Where an img2img run starts in the timestep list (diffusers `set_begin_index`).

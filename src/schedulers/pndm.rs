@@ -2,7 +2,7 @@
 
 use super::{alphas_cumprod, div_s, mul_s, spacing_error, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Pseudo numerical methods for diffusion models (SD 1.x's default scheduler).
@@ -133,7 +133,7 @@ impl super::Scheduler for PndmScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        _rng: &mut TorchCpuGenerator,
+        _rng: &mut Generator,
     ) -> Result<Tensor> {
         if self.num_inference_steps == 0 {
             return Err(Error::Internal("PNDMScheduler.step before set_timesteps".into()));

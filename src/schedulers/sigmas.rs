@@ -284,9 +284,9 @@ pub(crate) fn pred_x0(
 }
 
 /// Noise of `like`'s shape drawn from the run's generator (`randn_tensor(shape, generator)`).
-pub(crate) fn randn_like(like: &Tensor, rng: &mut crate::rng::TorchCpuGenerator) -> Result<Tensor> {
+pub(crate) fn randn_like(like: &Tensor, rng: &mut crate::rng::Generator) -> Result<Tensor> {
     Ok(
-        Tensor::from_vec(rng.randn(like.elem_count()), like.shape(), like.device())?
+        Tensor::from_vec(rng.randn(like.elem_count())?, like.shape(), like.device())?
             .to_dtype(like.dtype())?,
     )
 }

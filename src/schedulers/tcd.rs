@@ -6,7 +6,7 @@ use super::lcm::{check_lcm, lcm_timesteps, x0_eps};
 use super::sigmas::{randn_like, StepIndex};
 use super::{alphas_cumprod, mul_s, SchedulerConfig};
 use crate::error::Result;
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Strategic stochastic sampling of TCD.
@@ -48,7 +48,7 @@ impl super::Scheduler for TcdScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        rng: &mut TorchCpuGenerator,
+        rng: &mut Generator,
     ) -> Result<Tensor> {
         let i = self.index.get(&self.timesteps, t)?;
         let prev_t = self.timesteps.get(i + 1).map_or(0, |&p| p as i64);

@@ -7,7 +7,7 @@ use super::dpm_multistep::{
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::rng::TorchCpuGenerator;
+use crate::rng::Generator;
 use candle_core::Tensor;
 
 /// Unified predictor-corrector.
@@ -288,7 +288,7 @@ impl super::Scheduler for UniPcMultistepScheduler {
         model_output: &Tensor,
         t: f64,
         sample: &Tensor,
-        _rng: &mut TorchCpuGenerator,
+        _rng: &mut Generator,
     ) -> Result<Tensor> {
         if !self.ready {
             return Err(Error::Internal(
