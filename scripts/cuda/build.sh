@@ -42,5 +42,13 @@ fi
 export PATH="$cu/bin:$PATH" CUDA_ROOT="$cu" CUDA_PATH="$cu" CUDA_HOME="$cu" CUDA_COMPUTE_CAP="$cap"
 export LIBRARY_PATH="$cu/lib:$cu/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export CARGO_TARGET_DIR="$PWD/target-cuda"
+# cudarc (API version) and candle-kernels (PTX) read nvcc in build scripts that cargo does not rerun when
+# the toolchain changes: rebuild them whenever it differs from the last build's.
+stamp="$CARGO_TARGET_DIR/.nvcc-version"
+now=$(nvcc --version | tail -n1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" != "$now" ] || [ ! -f "$stamp" ] && [ -d "$CARGO_TARGET_DIR/release" ]; then
+  cargo clean --release -p cudarc -p candle-kernels -p candle-core -p candle-nn -p autopipeline
+fi
+mkdir -p "$CARGO_TARGET_DIR" && echo "$now" > "$stamp"
 cargo build --release --features cuda "${@:2}" --lib
 echo "built $CARGO_TARGET_DIR/release/libautopipeline.so"

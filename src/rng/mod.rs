@@ -4,7 +4,7 @@
 //!   when no device is named for the generator.
 //! * [`TorchCudaGenerator`]: `torch.Generator("cuda")` (Philox4x32-10 with torch's launch geometry), for
 //!   seeds that users ran on a GPU. Uniforms are bit-exact everywhere; normals are bit-exact when drawn
-//!   on a CUDA device of a `cuda` build, and within ~1e-5 on the host (see [`philox`]).
+//!   on a CUDA device of a `cuda` build, and within 2.5e-6 on the host (see [`philox`]).
 //!
 //! A run picks one with [`RngKind`]; every draw of the run (initial latents, VAE encode sampling,
 //! stochastic schedulers) comes from it in diffusers' order.
