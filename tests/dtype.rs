@@ -78,3 +78,43 @@ fn unknown_dtype_is_refused() {
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     assert!(err.to_string().contains("f16"), "{err}");
 }
+
+/// Ours in f16 against diffusers run in float16 (torch 2.15 on the CPU, tests/data/f16/make.py). The
+/// yardstick is half precision's own drift: diffusers f16 differs from its f32 output by up to 0.61/255 on
+/// these cases and ours f16 from f32 by up to 1/255, so the two half-precision results may differ by their
+/// sum, under 2/255; a wrong noise dtype or stream would differ by tens of levels.
+#[test]
+fn f16_matches_diffusers_in_float16() {
+    for case_id in [
+        "sd15-t2i-cfg-neg",
+        "sdxl-t2i-cfg-neg-prompt2",
+        "sd15-i2i-cfg-neg",
+        "sdxl-i2i-cfg-neg",
+    ] {
+        let case = inputs(case_id);
+        let task = if case["task"] == "img2img" {
+            Task::Image2Image
+        } else {
+            Task::Text2Image
+        };
+        let dir = common::data_dir().join(case["checkpoint"].as_str().unwrap());
+        let opts = LoadOptions {
+            dtype: Some("f16".into()),
+            ..common::cases::load_options()
+        };
+        let pipe = Pipeline::from_pretrained(dir.to_str().unwrap(), task, &opts, None).unwrap();
+        let ours = pipe.run(&params(&case), None).unwrap().images.remove(0);
+        let (_, want) = common::read_npy(&common::data_dir().join("f16").join(format!("{case_id}.npy")));
+        assert_eq!(ours.data.len(), want.len(), "{case_id}: size");
+        let worst = ours
+            .data
+            .iter()
+            .zip(&want)
+            .map(|(&a, &b)| (a as f32 - b * 255.0).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 2.0,
+            "{case_id}: f16 differs from diffusers' float16 by {worst}/255"
+        );
+    }
+}

@@ -8,8 +8,10 @@ Sections:
             the host (Philox exact, normals within ~1e-5); saves the vectors (cuda_rng.npz).
   parity    every recorded diffusers case through the Python binding on `cuda` in f32: pixels vs the
             CPU diffusers output (≤ 2/255).
-  f16/bf16  a few cases in half precision on the GPU against diffusers in fp16 on the same GPU, with
-            diffusers fp16 vs its own f32 as the yardstick of half-precision noise.
+  f16/bf16  a few cases in half precision on the GPU against diffusers in fp16/bf16 on the same GPU, with
+            diffusers' half vs its own f32 as the yardstick of half-precision drift. Both sides use a
+            torch.Generator("cuda"): with a CPU generator, torch before 2.15 draws float16 noise from
+            another stream than float32 (2.15 rounds the float32 draws, as we do; tests/dtype.rs).
   cudarng   text2img with generator=torch.Generator("cuda") in diffusers vs ours with rng="cuda", on
             the GPU and on the host; saves diffusers' outputs (cudarng_*.npy).
   jobs      async runs on the GPU: two at once, and one cancelled after its first step.
@@ -213,9 +215,9 @@ def section_half(dtype_name):
     for cid in HALF_CASES:
         case = by_id[cid]
         try:
-            ours = run_case(pipes.get(case, dtype_name), case).astype(int)
-            f32 = load_png(case["dir"] / "output.png").astype(int)
-            ref = diffusers_run(case, tdtype).astype(int)
+            ours = run_case(pipes.get(case, dtype_name), case, rng="cuda").astype(int)
+            f32 = diffusers_run(case, torch.float32, generator_device="cuda").astype(int)
+            ref = diffusers_run(case, tdtype, generator_device="cuda").astype(int)
             rows.append({"id": cid, "ours_vs_diffusers_half": int(np.abs(ours - ref).max()),
                          "diffusers_half_vs_f32": int(np.abs(ref - f32).max()),
                          "ours_half_vs_f32": int(np.abs(ours - f32).max()),

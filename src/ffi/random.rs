@@ -47,7 +47,7 @@ pub unsafe extern "C" fn ap_randn(
             .iter()
             .try_fold(0usize, |a, &n| a.checked_add(n))
             .ok_or_else(|| Error::InvalidArgument("the sizes add up to more than a size_t holds".into()))?;
-        let mut generator = Generator::new(kind, seed, &device);
+        let mut generator = Generator::new(kind, seed, &device, candle_core::DType::F32);
         let mut all = Vec::new();
         all.try_reserve_exact(total)
             .map_err(|_| Error::InvalidArgument(format!("cannot allocate {total} floats")))?;

@@ -11,7 +11,7 @@ use crate::image::Image;
 use crate::registry::{Family, Task};
 use crate::rng::Generator;
 use crate::schedulers::{self, div_s, mul_s, Scheduler};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// Largest side we accept, in pixels: beyond this the activations cannot fit anyway, and refusing early
 /// beats an allocation abort inside the host process.
@@ -139,10 +139,17 @@ pub(super) struct Conditioning {
     pub added: Option<crate::components::unet::AddedCond>,
 }
 
-/// Draws `shape` from the run's generator (diffusers `randn_tensor`), recording it in the trace.
-fn randn(rng: &mut Generator, shape: &[usize], device: &Device, trace: Option<&mut Trace>) -> Result<Tensor> {
+/// Draws `shape` from the run's generator (diffusers `randn_tensor`) in the dtype diffusers draws it in
+/// (`None`: the pipeline's), recording it in the trace.
+fn randn(
+    rng: &mut Generator,
+    shape: &[usize],
+    dtype: Option<DType>,
+    device: &Device,
+    trace: Option<&mut Trace>,
+) -> Result<Tensor> {
     let n: usize = shape.iter().product();
-    let t = Tensor::from_vec(rng.randn(n)?, shape, device)?;
+    let t = Tensor::from_vec(rng.randn_in(n, dtype.unwrap_or(rng.dtype()))?, shape, device)?;
     if let Some(trace) = trace {
         trace.noise.push(t.clone());
     }
@@ -173,7 +180,16 @@ fn encode_image(
 ) -> Result<Tensor> {
     let vae = &p.components.vae;
     let dist = vae.encode_with(image, vae_opts)?;
-    let noise = randn(rng, dist.mean.dims(), image.device(), trace)?;
+    // diffusers samples in the VAE's dtype: SDXL pipelines move a `force_upcast` VAE to float32 before
+    // encoding, SD pipelines keep it in the pipeline's dtype.
+    let upcast = p.family == Family::StableDiffusionXl && vae.config().force_upcast.unwrap_or(true);
+    let noise = randn(
+        rng,
+        dist.mean.dims(),
+        upcast.then_some(DType::F32),
+        image.device(),
+        trace,
+    )?;
     let latents = dist.sample_with(&noise)?;
     let cfg = vae.config();
     if let Some((mean, std)) = latent_stats(p, latents.device())? {
@@ -313,13 +329,13 @@ pub(super) fn run(
     }
 
     // 3. Latents (and the inpaint mask), drawing from the generator in diffusers' order.
-    let mut rng = Generator::new(params.rng, params.seed, device);
+    let mut rng = Generator::new(params.rng, params.seed, device, p.components.dtype);
     let f = c.vae_scale_factor();
     let shape = [s.batch, latent_ch, s.height / f, s.width / f];
     let mut crop_box: Option<CropBox> = None;
     let (latents, mut hooks): (Tensor, Box<dyn StepHooks>) = match p.task {
         Task::Text2Image => {
-            let noise = randn(&mut rng, &shape, device, rec(trace, trace_on))?;
+            let noise = randn(&mut rng, &shape, None, device, rec(trace, trace_on))?;
             (
                 mul_s(&noise, scheduler.init_noise_sigma() as f32)?,
                 Box::new(NoHooks),
@@ -332,7 +348,7 @@ pub(super) fn run(
                 &encode_image(p, &image, params.vae_options(), &mut rng, rec(trace, trace_on))?,
                 s.batch,
             )?;
-            let noise = randn(&mut rng, init.dims(), device, rec(trace, trace_on))?;
+            let noise = randn(&mut rng, init.dims(), None, device, rec(trace, trace_on))?;
             (
                 scheduler.add_noise(&init, &noise, timesteps[0])?,
                 Box::new(NoHooks),
@@ -355,7 +371,7 @@ pub(super) fn run(
             } else {
                 None
             };
-            let noise = randn(&mut rng, &shape, device, rec(trace, trace_on))?;
+            let noise = randn(&mut rng, &shape, None, device, rec(trace, trace_on))?;
             let latents = match (&image_latents, strength_max) {
                 (Some(il), false) => scheduler.add_noise(il, &noise, timesteps[0])?,
                 _ => mul_s(&noise, scheduler.init_noise_sigma() as f32)?,

@@ -133,6 +133,35 @@ impl TorchCpuGenerator {
         }
     }
 
+    /// `torch.randn(shape, generator=g, dtype=torch.float16 / bfloat16)`: `round` is the cast to that
+    /// type. torch (2.15) computes these in float with the same Box-Muller as [`Self::randn`] and casts,
+    /// but fills the tensor chunk by chunk, so for a ragged end the refilled last 16 use the uniforms
+    /// right after the full chunks (float draws uniforms for every element first): element counts that
+    /// are multiples of 16 (all latents) give `randn` rounded. Returns f32s that are exact values of
+    /// the reduced type.
+    pub fn randn_reduced(&mut self, numel: usize, round: fn(f32) -> f32) -> Vec<f32> {
+        if numel < 16 {
+            // `static_cast<scalar_t>(double)`: through float, as c10's Half / BFloat16 constructors take one.
+            return (0..numel).map(|_| round(self.normal_f64() as f32)).collect();
+        }
+        let mut data = vec![0f32; numel];
+        let full = numel / 16 * 16;
+        for chunk in data[..full].chunks_exact_mut(16) {
+            for v in chunk.iter_mut() {
+                *v = self.uniform_f32();
+            }
+            normal_fill_16(chunk);
+        }
+        if full != numel {
+            let tail = &mut data[numel - 16..];
+            for v in tail.iter_mut() {
+                *v = self.uniform_f32();
+            }
+            normal_fill_16(tail);
+        }
+        data.into_iter().map(round).collect()
+    }
+
     /// `uniform_real_distribution<float>(0, 1)`: low 24 bits of one engine word times 2^-24.
     fn uniform_f32(&mut self) -> f32 {
         (self.engine.next_u32() & 0x00ff_ffff) as f32 * (1.0 / 16_777_216.0)

@@ -18,7 +18,7 @@ pub use cpu::TorchCpuGenerator;
 pub use philox::TorchCudaGenerator;
 
 use crate::error::{Error, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 /// Which torch generator a run imitates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,13 +70,51 @@ impl RngKind {
 
 impl From<TorchCpuGenerator> for Generator {
     fn from(g: TorchCpuGenerator) -> Self {
-        Generator::Cpu(Box::new(g))
+        Generator {
+            source: Source::Cpu(Box::new(g)),
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// The CUDA generator: on the GPU the run is on (its own launch limit unless one is named), else the host.
+fn cuda_source(seed: u64, max_blocks: Option<u32>, device: &Device) -> Source {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        let blocks = max_blocks.or_else(|| cuda_kernel::max_blocks(dev));
+        return Source::Cuda {
+            gen: TorchCudaGenerator::new(seed, blocks.unwrap_or(philox::DEFAULT_MAX_BLOCKS)),
+            device: Some(dev.clone()),
+        };
+    }
+    let _ = device;
+    Source::Cuda {
+        gen: TorchCudaGenerator::new(seed, max_blocks.unwrap_or(philox::DEFAULT_MAX_BLOCKS)),
+        #[cfg(feature = "cuda")]
+        device: None,
+    }
+}
+
+/// The value of `x` in `dtype` (round to nearest even), as f32.
+fn round_to(dtype: DType) -> fn(f32) -> f32 {
+    match dtype {
+        DType::F16 => |x| half::f16::from_f32(x).to_f32(),
+        DType::BF16 => |x| half::bf16::from_f32(x).to_f32(),
+        _ => |x| x,
     }
 }
 
 /// The generator of one run.
 #[derive(Debug, Clone)]
-pub enum Generator {
+pub struct Generator {
+    source: Source,
+    /// The dtype draws are made in unless a caller names one: diffusers draws latents and scheduler
+    /// noise in the pipeline's dtype, and torch's half-precision draws are float draws rounded.
+    dtype: DType,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
     /// Boxed: the mt19937 state is 2.5 KB.
     Cpu(Box<TorchCpuGenerator>),
     Cuda {
@@ -88,42 +126,43 @@ pub enum Generator {
 }
 
 impl Generator {
-    /// The generator `kind` seeded with `seed`, for a run on `device`.
-    pub fn new(kind: RngKind, seed: u64, device: &Device) -> Self {
-        match kind {
-            RngKind::Cpu => Generator::Cpu(Box::new(TorchCpuGenerator::new(seed))),
-            RngKind::Cuda { max_blocks } => {
-                #[cfg(feature = "cuda")]
-                if let Device::Cuda(dev) = device {
-                    let blocks = max_blocks.or_else(|| cuda_kernel::max_blocks(dev));
-                    return Generator::Cuda {
-                        gen: TorchCudaGenerator::new(seed, blocks.unwrap_or(philox::DEFAULT_MAX_BLOCKS)),
-                        device: Some(dev.clone()),
-                    };
-                }
-                let _ = device;
-                Generator::Cuda {
-                    gen: TorchCudaGenerator::new(seed, max_blocks.unwrap_or(philox::DEFAULT_MAX_BLOCKS)),
-                    #[cfg(feature = "cuda")]
-                    device: None,
-                }
-            }
-        }
+    /// The generator `kind` seeded with `seed`, for a run on `device`, drawing in `dtype` by default.
+    pub fn new(kind: RngKind, seed: u64, device: &Device, dtype: DType) -> Self {
+        let source = match kind {
+            RngKind::Cpu => Source::Cpu(Box::new(TorchCpuGenerator::new(seed))),
+            RngKind::Cuda { max_blocks } => cuda_source(seed, max_blocks, device),
+        };
+        Generator { source, dtype }
     }
 
-    /// `torch.randn(n, generator=g)` in float32, row-major for any shape of `n` elements.
+    /// The dtype [`Self::randn`] draws in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// `torch.randn(n, generator=g, dtype=self.dtype())`, row-major for any shape of `n` elements, as f32.
     pub fn randn(&mut self, n: usize) -> Result<Vec<f32>> {
-        match self {
-            Generator::Cpu(g) => Ok(g.randn(n)),
+        self.randn_in(n, self.dtype)
+    }
+
+    /// `torch.randn(n, generator=g, dtype=dtype)` as f32 (f32, f16 or bf16; others draw in f32).
+    pub fn randn_in(&mut self, n: usize, dtype: DType) -> Result<Vec<f32>> {
+        let round = round_to(dtype);
+        match &mut self.source {
+            Source::Cpu(g) if matches!(dtype, DType::F16 | DType::BF16) => Ok(g.randn_reduced(n, round)),
+            Source::Cpu(g) => Ok(g.randn(n)),
+            // torch's CUDA kernel computes in float and casts each value.
             #[cfg(feature = "cuda")]
-            Generator::Cuda {
+            Source::Cuda {
                 gen,
                 device: Some(dev),
             } => {
                 let (offset, blocks) = gen.reserve(n);
-                cuda_kernel::randn(dev, gen.seed(), offset, blocks, n)
+                let mut v = cuda_kernel::randn(dev, gen.seed(), offset, blocks, n)?;
+                v.iter_mut().for_each(|x| *x = round(*x));
+                Ok(v)
             }
-            Generator::Cuda { gen, .. } => Ok(gen.randn(n)),
+            Source::Cuda { gen, .. } => Ok(gen.randn(n).into_iter().map(round).collect()),
         }
     }
 }
