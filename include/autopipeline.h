@@ -286,9 +286,9 @@ typedef struct ap_run_params {
    * ("DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", …) or an alias: "ddim",
    * "ddpm", "pndm", "plms", "euler", "euler_karras", "euler_a", "lms", "lms_karras", "heun",
    * "heun_karras", "dpm++2m", "dpm++2m_karras", "dpm++2m_sde", "dpm++2m_sde_karras", "dpm++3m",
-   * "dpm++3m_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras" ("kdpm2…" too), "unipc",
-   * "unipc_karras", "lcm", "tcd". Built from the
-   * checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`; weights are
+   * "dpm++3m_karras", "dpm++2s", "dpm++2s_karras", "dpm++2s_sde", "dpm++2s_sde_karras", "dpm++3s",
+   * "dpm++3s_karras", "deis", "deis_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras"
+   * ("kdpm2…" too), "unipc", "unipc_karras", "lcm", "tcd". Built from the checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`; weights are
    * not reloaded. An unknown name fails with AP_ERR_INVALID_ARGUMENT listing the valid ones.
    */
   const char *scheduler;
@@ -331,7 +331,7 @@ typedef struct ap_run_params {
   /**
    * Which torch generator `seed` is for: NULL or "cpu" (default) = `torch.Generator("cpu")`, as
    * diffusers' examples use; "cuda" = `torch.Generator("cuda")`, so seeds run on a GPU with diffusers
-   * reproduce (draws on a CUDA device are bit-exact, on the CPU within ~1e-5). Tensors over 256 × the
+   * reproduce (draws on a CUDA device are bit-exact, on the CPU within 2.5e-6). Tensors over 256 × the
    * GPU's launch limit depend on the GPU: "cuda:SMS[:THREADS_PER_SM]" names the one to imitate
    * (default: the device the pipeline runs on, else an H100's 132:2048).
    */

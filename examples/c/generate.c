@@ -10,7 +10,7 @@
  *            [--dtype f32|f16|bf16] --out PNG
  *
  * --scheduler switches the scheduler for this run (a diffusers class name or an alias such as
- * euler_a, dpm++2m_karras, dpm++2m_sde_karras, heun, unipc, lcm); --scheduler-config adds config
+ * euler_a, dpm++2m_karras, dpm++2m_sde_karras, dpm++2s, deis, heun, unipc, lcm); --scheduler-config adds config
  * overrides as a JSON object, e.g. '{"use_karras_sigmas": true}'. --vae-tiling decodes in tiles (large
  * images in the memory of one tile, as diffusers' enable_vae_tiling); --vae-slicing one image at a time.
  * --rng cuda makes --seed a torch.Generator("cuda") seed, for seeds first run on a GPU. --device runs

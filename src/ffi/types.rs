@@ -123,9 +123,9 @@ pub struct ap_run_params {
     /// ("DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", …) or an alias: "ddim",
     /// "ddpm", "pndm", "plms", "euler", "euler_karras", "euler_a", "lms", "lms_karras", "heun",
     /// "heun_karras", "dpm++2m", "dpm++2m_karras", "dpm++2m_sde", "dpm++2m_sde_karras", "dpm++3m",
-    /// "dpm++3m_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras" ("kdpm2…" too), "unipc",
-    /// "unipc_karras", "lcm", "tcd". Built from the
-    /// checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`; weights are
+    /// "dpm++3m_karras", "dpm++2s", "dpm++2s_karras", "dpm++2s_sde", "dpm++2s_sde_karras", "dpm++3s",
+    /// "dpm++3s_karras", "deis", "deis_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras"
+    /// ("kdpm2…" too), "unipc", "unipc_karras", "lcm", "tcd". Built from the checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`; weights are
     /// not reloaded. An unknown name fails with AP_ERR_INVALID_ARGUMENT listing the valid ones.
     pub scheduler: *const c_char,
     /// Scheduler config overrides as a JSON object, e.g. `{"use_karras_sigmas": true}`; NULL = none.
