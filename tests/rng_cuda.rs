@@ -157,3 +157,55 @@ fn pipelines_with_a_cuda_generator_match_diffusers() {
         );
     }
 }
+
+/// `ap_randn`, the C entry point to both generators: same draws as the Rust API, errors as statuses.
+#[test]
+fn ap_randn_hands_out_both_generators() {
+    use autopipeline::ffi::{ap_randn, AP_ERR_INVALID_ARGUMENT, AP_ERR_UNSUPPORTED, AP_OK};
+    use autopipeline::rng::TorchCpuGenerator;
+    let sizes = [16usize, 7, 300];
+    let mut out = vec![0f32; 323];
+    for (rng, want) in [
+        (c"cpu", {
+            let mut g = TorchCpuGenerator::new(9);
+            [g.randn(16), g.randn(7), g.randn(300)].concat()
+        }),
+        (c"cuda", {
+            let mut g = TorchCudaGenerator::new(9, philox::DEFAULT_MAX_BLOCKS);
+            [g.randn(16), g.randn(7), g.randn(300)].concat()
+        }),
+    ] {
+        let status = unsafe {
+            ap_randn(
+                rng.as_ptr(),
+                std::ptr::null(),
+                9,
+                sizes.as_ptr(),
+                sizes.len(),
+                out.as_mut_ptr(),
+            )
+        };
+        assert_eq!(status, AP_OK);
+        assert_eq!(out, want, "{rng:?}");
+    }
+    let null = std::ptr::null();
+    let bad = unsafe { ap_randn(c"gpu".as_ptr(), null, 0, sizes.as_ptr(), 3, out.as_mut_ptr()) };
+    assert_eq!(bad, AP_ERR_INVALID_ARGUMENT);
+    let no_out = unsafe { ap_randn(null, null, 0, sizes.as_ptr(), 3, std::ptr::null_mut()) };
+    assert_eq!(no_out, AP_ERR_INVALID_ARGUMENT);
+    let nothing = unsafe { ap_randn(null, null, 0, std::ptr::null(), 0, std::ptr::null_mut()) };
+    assert_eq!(nothing, AP_OK);
+    if !cfg!(feature = "cuda") {
+        let gpu = unsafe {
+            ap_randn(
+                c"cuda".as_ptr(),
+                c"cuda".as_ptr(),
+                0,
+                sizes.as_ptr(),
+                3,
+                out.as_mut_ptr(),
+            )
+        };
+        assert_eq!(gpu, AP_ERR_UNSUPPORTED);
+    }
+}
