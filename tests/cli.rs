@@ -155,3 +155,110 @@ fn cli_rejects_bad_flags_without_a_signal() {
     }
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Checkpoints whose own `scheduler_config.json` names each scheduler class we port (as saved by diffusers
+/// after `pipe.scheduler = Cls.from_config(...)`), on SD 1.5 (three tasks) and SDXL (text2img, inpaint),
+/// through the CLI against diffusers' images (tests/data/hidden_schedulers/make.py): ≤ 1/255.
+#[test]
+fn checkpoints_naming_each_scheduler_run_through_the_cli() {
+    let data = common::data_dir();
+    let root = data.join("hidden_schedulers");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("meta.json")).unwrap()).unwrap();
+    let work = std::env::temp_dir().join(format!("ap-cli-hidden-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let exe = build_cli(&work);
+    let s = |k: &str| meta[k].as_str().unwrap().to_string();
+    let n = |k: &str| meta[k].to_string();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (ckpt, tasks) in meta["runs"].as_object().unwrap() {
+        for class in meta["classes"].as_array().unwrap() {
+            let class = class.as_str().unwrap();
+            // The checkpoint as its owner saved it: everything shared but the scheduler config.
+            let model = work.join(format!("{ckpt}-{class}"));
+            copy_dir(&data.join("checkpoints").join(ckpt), &model);
+            std::fs::copy(
+                root.join(ckpt).join(format!("{class}.json")),
+                model.join("scheduler/scheduler_config.json"),
+            )
+            .unwrap();
+            let index_path = model.join("model_index.json");
+            let mut index: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+            index["scheduler"] = serde_json::json!(["diffusers", class]);
+            std::fs::write(&index_path, index.to_string()).unwrap();
+            for task in tasks.as_array().unwrap() {
+                let task = task.as_str().unwrap();
+                let out = work.join(format!("{ckpt}-{class}-{task}.png"));
+                let mut args = vec![
+                    "--model".to_string(),
+                    model.display().to_string(),
+                    "--task".into(),
+                    task.into(),
+                    "--prompt".into(),
+                    s("prompt"),
+                    "--negative-prompt".into(),
+                    s("negative_prompt"),
+                    "--seed".into(),
+                    n("seed"),
+                    "--steps".into(),
+                    n("steps"),
+                    "--guidance".into(),
+                    n("guidance"),
+                    "--out".into(),
+                    out.display().to_string(),
+                ];
+                if task == "text2img" {
+                    args.extend(["--width", "64", "--height", "64"].map(String::from));
+                } else {
+                    args.extend(["--image".into(), data.join(s("image")).display().to_string()]);
+                    args.extend(["--strength".into(), n("strength")]);
+                }
+                if task == "inpaint" {
+                    args.extend(["--mask".into(), data.join(s("mask")).display().to_string()]);
+                }
+                let run = Command::new(&exe).args(&args).output().unwrap();
+                if !run.status.success() {
+                    failures.push(format!(
+                        "{ckpt} {class} {task}: {}",
+                        String::from_utf8_lossy(&run.stderr)
+                    ));
+                    continue;
+                }
+                let ours = autopipeline::Image::load(&out).unwrap();
+                let want =
+                    autopipeline::Image::load(&root.join(ckpt).join(format!("{class}-{task}.png"))).unwrap();
+                let worst = ours
+                    .data
+                    .iter()
+                    .zip(&want.data)
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap();
+                if (ours.width, ours.height) != (want.width, want.height) || worst > 1 {
+                    failures.push(format!(
+                        "{ckpt} {class} {task}: differs from diffusers by {worst}/255"
+                    ));
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(checked, 75);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}

@@ -32,14 +32,6 @@ fn base_config(ckpt: &str) -> SchedulerConfig {
     SchedulerConfig::from_json(&std::fs::read_to_string(&path).unwrap(), "test").unwrap()
 }
 
-/// Cases whose scheduler this build does not implement yet (they must fail cleanly, with Unsupported).
-const NOT_YET: &[&str] = &[];
-
-fn not_yet(case: &Value) -> bool {
-    NOT_YET.contains(&case["class"].as_str().unwrap())
-        || case["overrides"]["skip_prk_steps"] == Value::Bool(false)
-}
-
 fn cases() -> Vec<Value> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(suite().join("cases"))
         .unwrap()
@@ -47,27 +39,7 @@ fn cases() -> Vec<Value> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     names.sort();
-    names.into_iter().map(json).filter(|c| !not_yet(c)).collect()
-}
-
-#[test]
-fn schedulers_not_ported_yet_are_refused_as_unsupported() {
-    let mut seen = 0;
-    for path in std::fs::read_dir(suite().join("cases")).unwrap() {
-        let path = path.unwrap().path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let case = json(path);
-        if !not_yet(&case) {
-            continue;
-        }
-        seen += 1;
-        let base = base_config(case["base"].as_str().unwrap());
-        let e = select(&base, case["class"].as_str(), Some(&case["overrides"])).unwrap_err();
-        assert!(matches!(e, Error::Unsupported(_)), "{}: {e:?}", case["name"]);
-    }
-    assert!(seen > 0);
+    names.into_iter().map(json).collect()
 }
 
 fn scheduler_for(case: &Value) -> Box<dyn Scheduler> {

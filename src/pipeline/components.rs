@@ -19,8 +19,10 @@ pub struct TextEncoder {
     pub model: ClipTextModel,
 }
 
-/// Every model of a checkpoint. Immutable once loaded, so runs on any number of pipelines and threads
-/// may use it at once.
+/// Every model of a checkpoint. The models are immutable once loaded, so runs on any number of pipelines
+/// and threads may use them at once; the scheduler config is the one shared, mutable piece, as in
+/// diffusers, where pipeline constructors patch the shared scheduler's config (see
+/// [`super::config::patch_legacy_scheduler`]).
 #[derive(Debug)]
 pub struct Components {
     pub text_encoder: TextEncoder,
@@ -28,9 +30,21 @@ pub struct Components {
     pub text_encoder_2: Option<TextEncoder>,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
-    pub scheduler: SchedulerConfig,
+    scheduler: std::sync::RwLock<SchedulerConfig>,
     pub device: Device,
     pub dtype: DType,
+}
+
+impl Components {
+    /// The checkpoint's scheduler config, as the pipelines sharing it have patched it.
+    pub fn scheduler(&self) -> SchedulerConfig {
+        self.scheduler.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies `patch` to the shared scheduler config.
+    pub(crate) fn patch_scheduler(&self, patch: impl FnOnce(&mut SchedulerConfig)) {
+        patch(&mut self.scheduler.write().unwrap_or_else(|e| e.into_inner()));
+    }
 }
 
 /// Parses a dtype name (`f32`/`float32`, `f16`/`float16`/`fp16`, `bf16`/`bfloat16`).
@@ -76,7 +90,24 @@ impl Components {
         };
         let scheduler_path = source.file("scheduler", "scheduler_config.json")?;
         let text = crate::components::load::read_text_file(&scheduler_path)?;
-        let scheduler = SchedulerConfig::from_json(&text, &scheduler_path.display().to_string())?;
+        let mut scheduler = SchedulerConfig::from_json(&text, &scheduler_path.display().to_string())?;
+        // diffusers instantiates the class model_index.json names (`Cls.from_pretrained(folder)`), whatever
+        // `_class_name` the config file has; a file saved for another class goes through `from_config`.
+        if let Some(c) = index.component("scheduler") {
+            if c.class_name != scheduler.class_name && !c.class_name.is_empty() {
+                let file_class = scheduler.class_name.clone();
+                scheduler = crate::schedulers::select(&scheduler, Some(&c.class_name), None).map_err(|e| {
+                    let why = match e {
+                        Error::InvalidArgument(m) | Error::Unsupported(m) | Error::InvalidModel(m) => m,
+                        other => other.to_string(),
+                    };
+                    Error::Unsupported(format!(
+                        "model_index.json names scheduler class {} (its config file is for {file_class}): {why}",
+                        c.class_name
+                    ))
+                })?;
+            }
+        }
         crate::schedulers::build(&scheduler)?;
 
         let text_encoder = load_text_encoder(source, "tokenizer", "text_encoder", false, device, dtype)?;
@@ -126,7 +157,7 @@ impl Components {
             text_encoder_2,
             unet,
             vae,
-            scheduler,
+            scheduler: std::sync::RwLock::new(scheduler),
             device: device.clone(),
             dtype,
         })

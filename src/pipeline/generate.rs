@@ -281,7 +281,7 @@ pub(super) fn run(
     let s = settings(p, params)?;
     // The run's scheduler (the checkpoint's, or the one `params.scheduler` names), checked before any work.
     let scheduler_config = schedulers::select(
-        &c.scheduler,
+        &c.scheduler(),
         params.scheduler.as_deref(),
         params.scheduler_config.as_ref(),
     )?;

@@ -1,4 +1,5 @@
-//! diffusers `PNDMScheduler` (PLMS steps; the Runge-Kutta warm-up only when `skip_prk_steps` is false).
+//! diffusers `PNDMScheduler`: PLMS steps, after a Runge-Kutta warm-up of 12 model calls when
+//! `skip_prk_steps` is false.
 
 use super::{alphas_cumprod, div_s, mul_s, spacing_error, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -12,20 +13,20 @@ pub struct PndmScheduler {
     final_alpha_cumprod: f32,
     num_inference_steps: usize,
     timesteps: Vec<f64>,
+    /// The Runge-Kutta warm-up's timesteps (empty with `skip_prk_steps`).
+    prk_timesteps: Vec<i64>,
     ets: Vec<Tensor>,
     counter: usize,
     cur_sample: Option<Tensor>,
+    /// The Runge-Kutta step's weighted sum of model outputs so far.
+    cur_model_output: Option<Tensor>,
 }
+
+/// PNDM's method order: the Runge-Kutta warm-up covers the last four base timesteps.
+const PNDM_ORDER: usize = 4;
 
 impl PndmScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        if !config.skip_prk_steps {
-            // Runge-Kutta warm-up steps are only used by the original DDPM-era checkpoints; refuse
-            // rather than silently run PLMS from the start.
-            return Err(Error::Unsupported(
-                "PNDMScheduler with skip_prk_steps=false (Runge-Kutta warm-up) is not supported yet".into(),
-            ));
-        }
         if config.prediction_type != "epsilon" && config.prediction_type != "v_prediction" {
             return Err(Error::InvalidModel(format!(
                 "PNDMScheduler prediction_type {:?} must be 'epsilon' or 'v_prediction'",
@@ -44,9 +45,11 @@ impl PndmScheduler {
             final_alpha_cumprod,
             num_inference_steps: 0,
             timesteps: Vec::new(),
+            prk_timesteps: Vec::new(),
             ets: Vec::new(),
             counter: 0,
             cur_sample: None,
+            cur_model_output: None,
         })
     }
 
@@ -73,6 +76,44 @@ impl PndmScheduler {
         let denom = a_t * b_prev.sqrt() + (a_t * b_t * a_prev).sqrt();
         let direction = div_s(&mul_s(&model_output, a_prev - a_t)?, denom)?;
         Ok((mul_s(sample, sample_coeff)? - direction)?)
+    }
+}
+
+impl PndmScheduler {
+    /// One step of the Runge-Kutta warm-up (diffusers `step_prk`): four model calls per step, at t,
+    /// t - ratio/2 (twice) and t - ratio, combined with weights 1/6, 1/3, 1/3, 1/6.
+    fn step_prk(&mut self, model_output: &Tensor, timestep: i64, sample: &Tensor) -> Result<Tensor> {
+        let half = (self.config.num_train_timesteps / self.num_inference_steps / 2) as i64;
+        let diff_to_prev = if self.counter % 2 == 1 { 0 } else { half };
+        let prev_t = timestep - diff_to_prev;
+        let timestep = self.prk_timesteps[self.counter / 4 * 4];
+        let add = |acc: Option<Tensor>, x: Tensor| -> Result<Tensor> {
+            Ok(match acc {
+                Some(a) => (a + x)?,
+                None => x,
+            })
+        };
+        let mut model_output = model_output.clone();
+        match self.counter % 4 {
+            0 => {
+                let acc = self.cur_model_output.take();
+                self.cur_model_output = Some(add(acc, mul_s(&model_output, (1.0f64 / 6.0) as f32)?)?);
+                self.ets.push(model_output.clone());
+                self.cur_sample = Some(sample.clone());
+            }
+            1 | 2 => {
+                let acc = self.cur_model_output.take();
+                self.cur_model_output = Some(add(acc, mul_s(&model_output, (1.0f64 / 3.0) as f32)?)?);
+            }
+            _ => {
+                let acc = self.cur_model_output.take();
+                model_output = add(acc, mul_s(&model_output, (1.0f64 / 6.0) as f32)?)?;
+            }
+        }
+        let cur_sample = self.cur_sample.clone().unwrap_or_else(|| sample.clone());
+        let prev = self.prev_sample(&cur_sample, timestep, prev_t, &model_output)?;
+        self.counter += 1;
+        Ok(prev)
     }
 }
 
@@ -109,18 +150,48 @@ impl super::Scheduler for PndmScheduler {
                 self.config.steps_offset
             )));
         }
-        // PLMS: all but the last, the second-to-last again, then the last; reversed. Hence the repeat.
-        let mut plms: Vec<i64> = base[..n - 1].to_vec();
-        if n >= 2 {
-            plms.push(base[n - 2]);
-        }
-        plms.push(base[n - 1]);
-        plms.reverse();
-        self.timesteps = plms.into_iter().map(|v| v as f64).collect();
+        let plms: Vec<i64> = if self.config.skip_prk_steps {
+            // PLMS alone: all but the last, the second-to-last again, then the last; reversed.
+            self.prk_timesteps.clear();
+            let mut v: Vec<i64> = base[..n - 1].to_vec();
+            if n >= 2 {
+                v.push(base[n - 2]);
+            }
+            v.push(base[n - 1]);
+            v.reverse();
+            v
+        } else {
+            if n < PNDM_ORDER {
+                // numpy cannot even broadcast diffusers' arrays for fewer steps.
+                return Err(Error::InvalidArgument(format!(
+                    "PNDMScheduler with skip_prk_steps=false needs at least {PNDM_ORDER} steps, not {n}"
+                )));
+            }
+            // Runge-Kutta warm-up over the last four base timesteps, each with its half-step: the pairs
+            // (t, t + ratio/2) without the final half-step, every value twice, first and last dropped,
+            // reversed (12 timesteps); then PLMS over all but the last three, reversed.
+            let half = (t / n / 2) as i64;
+            let pairs: Vec<i64> = base[n - PNDM_ORDER..]
+                .iter()
+                .flat_map(|&v| [v, v + half])
+                .collect();
+            let doubled: Vec<i64> = pairs[..pairs.len() - 1].iter().flat_map(|&v| [v, v]).collect();
+            let mut prk = doubled[1..doubled.len() - 1].to_vec();
+            prk.reverse();
+            self.prk_timesteps = prk;
+            base[..n - 3].iter().rev().copied().collect()
+        };
+        self.timesteps = self
+            .prk_timesteps
+            .iter()
+            .chain(&plms)
+            .map(|&v| v as f64)
+            .collect();
         self.num_inference_steps = n;
         self.ets.clear();
         self.counter = 0;
         self.cur_sample = None;
+        self.cur_model_output = None;
         Ok(())
     }
 
@@ -137,6 +208,14 @@ impl super::Scheduler for PndmScheduler {
     ) -> Result<Tensor> {
         if self.num_inference_steps == 0 {
             return Err(Error::Internal("PNDMScheduler.step before set_timesteps".into()));
+        }
+        if self.counter < self.prk_timesteps.len() && !self.config.skip_prk_steps {
+            return self.step_prk(model_output, t as i64, sample);
+        }
+        if !self.config.skip_prk_steps && self.ets.len() < 3 {
+            return Err(Error::Internal(
+                "PNDMScheduler: PLMS steps before the 12 Runge-Kutta warm-up steps".into(),
+            ));
         }
         let ratio = (self.config.num_train_timesteps / self.num_inference_steps) as i64;
         let mut timestep = t as i64;
