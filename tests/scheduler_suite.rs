@@ -550,3 +550,31 @@ fn c_api_switches_schedulers_and_names_bad_ones() {
     assert_eq!(run(Some(c"euler"), Some(c"not json")).0, AP_ERR_INVALID_ARGUMENT);
     unsafe { ap_pipeline_free(pipe) };
 }
+
+/// DEIS with `solver_order` above 3 keeps a longer history but runs the third-order update, as diffusers
+/// does (it accepts the config); 0 is refused.
+#[test]
+fn deis_orders_above_three_run_as_three() {
+    let sd15 = base_config("checkpoints/sd15-tiny");
+    let run = |order: usize| -> Vec<f32> {
+        let cfg = select(
+            &sd15,
+            Some("deis"),
+            Some(&serde_json::json!({"solver_order": order})),
+        )
+        .unwrap();
+        let mut s = build(&cfg).unwrap();
+        s.set_timesteps(6).unwrap();
+        let mut rng: Generator = TorchCpuGenerator::new(1).into();
+        let dev = Device::Cpu;
+        let mut x = Tensor::from_vec(rng.randn(16).unwrap(), (1, 4, 2, 2), &dev).unwrap();
+        for (i, &t) in s.timesteps().to_vec().iter().enumerate() {
+            let eps = (x.clone() * (0.1 * i as f64 + 0.5)).unwrap();
+            x = s.step(&eps, t, &x, &mut rng).unwrap();
+        }
+        x.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    assert_eq!(run(4), run(3));
+    assert_ne!(run(3), run(2));
+    assert!(select(&sd15, Some("deis"), Some(&serde_json::json!({"solver_order": 0}))).is_err());
+}

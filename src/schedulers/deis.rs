@@ -54,10 +54,10 @@ impl DeisMultistepScheduler {
                 )))
             }
         }
-        if !(1..=3).contains(&config.solver_order) {
+        // Orders above 3 keep a longer history but run the third-order update, as diffusers' do.
+        if config.solver_order == 0 {
             return Err(Error::InvalidModel(format!(
-                "{CLASS}: solver_order {} must be 1, 2 or 3",
-                config.solver_order
+                "{CLASS}: solver_order must be 1, 2 or 3, not 0"
             )));
         }
         let ac = alphas_cumprod(&config)?;
