@@ -18,6 +18,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 export PYTHONPATH=/tmp/ap/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 timeout "${AP_CHECK_SECONDS:-240}" scripts/cuda/device_check.sh /tmp/ap/libautopipeline.so "$out" "$@" 2>&1 \
   | tee "$out/device_check.log"
-if [ $# -eq 0 ]; then
+if [ $# -eq 0 ] || [ -n "${AP_BENCH_ALSO:-}" ]; then
   timeout "${AP_BENCH_SECONDS:-270}" bench/gpu.sh /tmp/ap/libautopipeline.so "$out" 2>&1 | tee "$out/gpu_bench.txt"
 fi

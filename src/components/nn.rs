@@ -509,7 +509,12 @@ pub fn nearest_resize(xs: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
 /// many elements: a 4096×4096 self-attention (SD 1.5 at 512²) never materialises whole.
 const ATTENTION_CHUNK_ELEMENTS: usize = 1 << 22;
 
-/// Multi-head scaled-dot-product attention over `(batch, len, heads·dim)` inputs, softmax in f32.
+/// The same bound on a GPU, where every chunk costs a handful of kernel launches: 64 Mi scores (256 MB in
+/// f32) are 4 chunks for SD 1.5 at 512² instead of 64.
+const GPU_ATTENTION_CHUNK_ELEMENTS: usize = 1 << 26;
+
+/// Multi-head scaled-dot-product attention over `(batch, len, heads·dim)` inputs, softmax accumulated
+/// in f32.
 ///
 /// Float32 on the CPU runs [`cpu::attention::attention`], which holds one cache-sized block of scores
 /// per thread. Elsewhere rows of the query are processed in chunks: rows are independent, so chunking
@@ -533,13 +538,21 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     let k_t = split(k, lk)?.t()?.contiguous()?;
     let v = split(v, lk)?;
     let in_dtype = q.dtype();
-    let rows_per_chunk = (ATTENTION_CHUNK_ELEMENTS / (lk * b * heads).max(1)).clamp(1, lq);
+    let on_gpu = !q.device().is_cpu();
+    let budget = if on_gpu {
+        GPU_ATTENTION_CHUNK_ELEMENTS
+    } else {
+        ATTENTION_CHUNK_ELEMENTS
+    };
+    // candle's CUDA softmax accumulates half-precision rows in f32 itself; elsewhere upcast explicitly.
+    let softmax_dtype = if on_gpu { in_dtype } else { DType::F32 };
+    let rows_per_chunk = (budget / (lk * b * heads).max(1)).clamp(1, lq);
     let mut outs = Vec::with_capacity(lq.div_ceil(rows_per_chunk));
     let mut start = 0;
     while start < lq {
         let len = rows_per_chunk.min(lq - start);
         let q_chunk = q.narrow(1, start, len)?;
-        let scores = q_chunk.matmul(&k_t)?.to_dtype(DType::F32)?;
+        let scores = q_chunk.matmul(&k_t)?.to_dtype(softmax_dtype)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
         outs.push(probs.matmul(&v)?);
         start += len;
