@@ -210,48 +210,17 @@ impl DpmSolverMultistepScheduler {
         let r0 = h_0 / h;
         let d0 = m0;
         let d1 = mul_s(&(m0 - m1)?, 1.0 / r0)?;
-        let heun = self.config.solver_type == "heun";
-        Ok(match (self.config.algorithm_type.as_str(), noise) {
-            ("dpmsolver++", _) => {
-                let e = (-h).exp() - 1.0;
-                let a = (mul_s(sample, sigma_t / sigma_s0)? - mul_s(d0, alpha_t * e)?)?;
-                if heun {
-                    (a + mul_s(&d1, alpha_t * (e / h + 1.0))?)?
-                } else {
-                    (a - mul_s(&d1, 0.5 * (alpha_t * e))?)?
-                }
-            }
-            ("dpmsolver", _) => {
-                let e = h.exp() - 1.0;
-                let a = (mul_s(sample, alpha_t / alpha_s0)? - mul_s(d0, sigma_t * e)?)?;
-                if heun {
-                    (a - mul_s(&d1, sigma_t * (e / h - 1.0))?)?
-                } else {
-                    (a - mul_s(&d1, 0.5 * (sigma_t * e))?)?
-                }
-            }
-            ("sde-dpmsolver++", Some(noise)) => {
-                let e2 = 1.0 - (-2.0 * h).exp();
-                let a = (mul_s(sample, sigma_t / sigma_s0 * (-h).exp())? + mul_s(d0, alpha_t * e2)?)?;
-                let b = if heun {
-                    (a + mul_s(&d1, alpha_t * (e2 / (-2.0 * h) + 1.0))?)?
-                } else {
-                    (a + mul_s(&d1, 0.5 * (alpha_t * e2))?)?
-                };
-                (b + mul_s(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
-            }
-            (_, Some(noise)) => {
-                let e = h.exp() - 1.0;
-                let a = (mul_s(sample, alpha_t / alpha_s0)? - mul_s(d0, 2.0 * (sigma_t * e))?)?;
-                let b = if heun {
-                    (a - mul_s(&d1, 2.0 * (sigma_t * (e / h - 1.0)))?)?
-                } else {
-                    (a - mul_s(&d1, sigma_t * e)?)?
-                };
-                (b + mul_s(noise, sigma_t * ((2.0 * h).exp() - 1.0).sqrt())?)?
-            }
-            _ => return Err(Error::Internal("SDE step without noise".into())),
-        })
+        second_order_update(
+            &self.config.algorithm_type,
+            self.config.solver_type == "heun",
+            sample,
+            (alpha_s0, sigma_s0),
+            (alpha_t, sigma_t),
+            h,
+            d0,
+            &d1,
+            noise,
+        )
     }
 
     fn third_order(&self, i: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
@@ -308,6 +277,65 @@ impl DpmSolverMultistepScheduler {
             }
         })
     }
+}
+
+/// The second-order DPM-Solver(++) update from `sample` at `(alpha_s, sigma_s)` to `(alpha_t, sigma_t)`
+/// over the log-SNR step `h`, given the first-order term `d0` and the scaled difference `d1`: the formula
+/// diffusers writes out in both the multistep and the singlestep schedulers (they differ only in which
+/// point is `s` and which outputs make `d0`, `d1`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn second_order_update(
+    algorithm_type: &str,
+    heun: bool,
+    sample: &Tensor,
+    (alpha_s, sigma_s): (f32, f32),
+    (alpha_t, sigma_t): (f32, f32),
+    h: f32,
+    d0: &Tensor,
+    d1: &Tensor,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
+    Ok(match (algorithm_type, noise) {
+        ("dpmsolver++", _) => {
+            let e = (-h).exp() - 1.0;
+            let a = (mul_s(sample, sigma_t / sigma_s)? - mul_s(d0, alpha_t * e)?)?;
+            if heun {
+                (a + mul_s(d1, alpha_t * (e / h + 1.0))?)?
+            } else {
+                (a - mul_s(d1, 0.5 * (alpha_t * e))?)?
+            }
+        }
+        ("dpmsolver", _) => {
+            let e = h.exp() - 1.0;
+            let a = (mul_s(sample, alpha_t / alpha_s)? - mul_s(d0, sigma_t * e)?)?;
+            if heun {
+                (a - mul_s(d1, sigma_t * (e / h - 1.0))?)?
+            } else {
+                (a - mul_s(d1, 0.5 * (sigma_t * e))?)?
+            }
+        }
+        ("sde-dpmsolver++", Some(noise)) => {
+            let e2 = 1.0 - (-2.0 * h).exp();
+            let a = (mul_s(sample, sigma_t / sigma_s * (-h).exp())? + mul_s(d0, alpha_t * e2)?)?;
+            let b = if heun {
+                (a + mul_s(d1, alpha_t * (e2 / (-2.0 * h) + 1.0))?)?
+            } else {
+                (a + mul_s(d1, 0.5 * (alpha_t * e2))?)?
+            };
+            (b + mul_s(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
+        }
+        (_, Some(noise)) => {
+            let e = h.exp() - 1.0;
+            let a = (mul_s(sample, alpha_t / alpha_s)? - mul_s(d0, 2.0 * (sigma_t * e))?)?;
+            let b = if heun {
+                (a - mul_s(d1, 2.0 * (sigma_t * (e / h - 1.0)))?)?
+            } else {
+                (a - mul_s(d1, sigma_t * e)?)?
+            };
+            (b + mul_s(noise, sigma_t * ((2.0 * h).exp() - 1.0).sqrt())?)?
+        }
+        _ => return Err(Error::Internal("SDE step without noise".into())),
+    })
 }
 
 /// `dpm_solver_first_order_update` from sigma `s` to sigma `t` (DPM-Solver multistep and singlestep;

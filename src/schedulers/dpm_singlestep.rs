@@ -7,7 +7,7 @@
 
 use super::dpm_multistep::{
     alpha_sigma, check_dpm_options, convert_model_output, dpm_index, final_sigma, first_order_update, lambda,
-    last_timestep,
+    last_timestep, second_order_update,
 };
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
@@ -132,38 +132,17 @@ impl DpmSolverSinglestepScheduler {
         let r0 = h_0 / h;
         let d0 = m1;
         let d1 = mul_s(&(m0 - m1)?, 1.0 / r0)?;
-        let heun = self.config.solver_type == "heun";
-        Ok(match (self.config.algorithm_type.as_str(), noise) {
-            ("dpmsolver++", _) => {
-                let e = (-h).exp() - 1.0;
-                let a = (mul_s(sample, sigma_t / sigma_s1)? - mul_s(d0, alpha_t * e)?)?;
-                if heun {
-                    (a + mul_s(&d1, alpha_t * (e / h + 1.0))?)?
-                } else {
-                    (a - mul_s(&d1, 0.5 * (alpha_t * e))?)?
-                }
-            }
-            ("dpmsolver", _) => {
-                let e = h.exp() - 1.0;
-                let a = (mul_s(sample, alpha_t / alpha_s1)? - mul_s(d0, sigma_t * e)?)?;
-                if heun {
-                    (a - mul_s(&d1, sigma_t * (e / h - 1.0))?)?
-                } else {
-                    (a - mul_s(&d1, 0.5 * (sigma_t * e))?)?
-                }
-            }
-            ("sde-dpmsolver++", Some(noise)) => {
-                let e2 = 1.0 - (-2.0 * h).exp();
-                let a = (mul_s(sample, sigma_t / sigma_s1 * (-h).exp())? + mul_s(d0, alpha_t * e2)?)?;
-                let b = if heun {
-                    (a + mul_s(&d1, alpha_t * (e2 / (-2.0 * h) + 1.0))?)?
-                } else {
-                    (a + mul_s(&d1, 0.5 * (alpha_t * e2))?)?
-                };
-                (b + mul_s(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
-            }
-            _ => return Err(Error::Internal("SDE step without noise".into())),
-        })
+        second_order_update(
+            &self.config.algorithm_type,
+            self.config.solver_type == "heun",
+            sample,
+            (alpha_s1, sigma_s1),
+            (alpha_t, sigma_t),
+            h,
+            d0,
+            &d1,
+            noise,
+        )
     }
 
     /// `singlestep_dpm_solver_third_order_update`: from the block's start `s2 = i - 2` to `i + 1`.
