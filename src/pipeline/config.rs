@@ -55,50 +55,39 @@ pub fn derive(
     out
 }
 
-/// What diffusers' SD pipeline constructors do to an outdated scheduler config (with a deprecation
-/// warning), on the scheduler object every pipeline made by `from_pipe` shares: `steps_offset` becomes 1;
-/// text2img and img2img turn a `clip_sample` of true off, inpainting turns a `skip_prk_steps` of false on.
-/// SDXL pipelines leave the config alone. Returns the warnings diffusers would print.
-pub fn patch_legacy_scheduler(family: Family, task: Task, cfg: &mut SchedulerConfig) -> Vec<String> {
-    let mut notes = Vec::new();
+/// What diffusers' SD pipeline constructors do to an outdated scheduler config (diffusers also prints a
+/// deprecation warning), on the scheduler object every pipeline made by `from_pipe` shares: `steps_offset`
+/// becomes 1; text2img and img2img turn a `clip_sample` of true off, inpainting turns a `skip_prk_steps`
+/// of false on. SDXL pipelines leave the config alone.
+pub fn patch_legacy_scheduler(family: Family, task: Task, cfg: &mut SchedulerConfig) {
     if family != Family::StableDiffusion {
-        return notes;
+        return;
     }
     // `getattr(scheduler.config, key, default)`: only keys the scheduler's class has.
     let keys = crate::schedulers::class_keys(&cfg.class_name).unwrap_or_default();
     let takes = |k: &str| keys.iter().any(|(key, _)| *key == k);
     // A key the file had is rewritten; one the class filled in stays a default, which a later
     // `from_config` to another class drops (diffusers' `_use_default_values`).
-    let mut set = |cfg: &mut SchedulerConfig, key: &str, value: Value, note: String| {
+    let in_file = |cfg: &mut SchedulerConfig, key: &str, value: Value| {
         if let Some(v) = cfg.raw.get_mut(key) {
             *v = value;
         }
-        notes.push(note);
     };
     if takes("steps_offset") && cfg.steps_offset != 1 {
-        let note = format!(
-            "scheduler config has steps_offset {}: using 1, as diffusers does",
-            cfg.steps_offset
-        );
         cfg.steps_offset = 1;
-        set(cfg, "steps_offset", Value::from(1), note);
+        in_file(cfg, "steps_offset", Value::from(1));
     }
     match task {
         Task::Inpaint if takes("skip_prk_steps") && !cfg.skip_prk_steps => {
             cfg.skip_prk_steps = true;
-            let note =
-                "scheduler config has skip_prk_steps false: using true, as diffusers' inpainting does".into();
-            set(cfg, "skip_prk_steps", Value::Bool(true), note);
+            in_file(cfg, "skip_prk_steps", Value::Bool(true));
         }
         Task::Text2Image | Task::Image2Image if takes("clip_sample") && cfg.clip_sample => {
             cfg.clip_sample = false;
-            let note =
-                "scheduler config has clip_sample true: using false, as diffusers' SD pipelines do".into();
-            set(cfg, "clip_sample", Value::Bool(false), note);
+            in_file(cfg, "clip_sample", Value::Bool(false));
         }
         _ => {}
     }
-    notes
 }
 
 #[cfg(test)]
@@ -116,8 +105,8 @@ mod tests {
         // stays a default (not written into the file's keys).
         let mut ddim = sched(r#"{"_class_name": "DDIMScheduler", "steps_offset": 0}"#);
         assert!(ddim.clip_sample);
-        let notes = patch_legacy_scheduler(Family::StableDiffusion, Task::Text2Image, &mut ddim);
-        assert_eq!((ddim.clip_sample, ddim.steps_offset, notes.len()), (false, 1, 2));
+        patch_legacy_scheduler(Family::StableDiffusion, Task::Text2Image, &mut ddim);
+        assert_eq!((ddim.clip_sample, ddim.steps_offset), (false, 1));
         assert_eq!(ddim.raw.get("steps_offset"), Some(&json!(1)));
         assert_eq!(ddim.raw.get("clip_sample"), None);
         // Inpainting leaves clip_sample alone but turns the Runge-Kutta warm-up off.
@@ -131,10 +120,15 @@ mod tests {
         // SDXL pipelines patch nothing; classes without the key are not touched.
         let mut pndm =
             sched(r#"{"_class_name": "PNDMScheduler", "skip_prk_steps": false, "steps_offset": 0}"#);
-        assert!(patch_legacy_scheduler(Family::StableDiffusionXl, Task::Inpaint, &mut pndm).is_empty());
+        patch_legacy_scheduler(Family::StableDiffusionXl, Task::Inpaint, &mut pndm);
         assert!(!pndm.skip_prk_steps && pndm.steps_offset == 0);
-        let mut euler = sched(r#"{"_class_name": "EulerDiscreteScheduler", "steps_offset": 1}"#);
-        assert!(patch_legacy_scheduler(Family::StableDiffusion, Task::Text2Image, &mut euler).is_empty());
+        let mut euler = sched(r#"{"_class_name": "EulerDiscreteScheduler", "clip_sample": true}"#);
+        patch_legacy_scheduler(Family::StableDiffusion, Task::Text2Image, &mut euler);
+        assert_eq!(
+            euler.raw.get("clip_sample"),
+            Some(&json!(true)),
+            "Euler has no clip_sample"
+        );
     }
 
     #[test]

@@ -128,9 +128,7 @@ impl Pipeline {
             ));
         }
         let components = Components::load(&source, &plan.index, &device, dtype, progress)?;
-        components.patch_scheduler(|s| {
-            config::patch_legacy_scheduler(plan.family, task, s);
-        });
+        components.patch_scheduler(|s| config::patch_legacy_scheduler(plan.family, task, s));
         let mut base = plan.index.config.clone();
         base.insert("_name_or_path".into(), Value::String(model.to_string()));
         let config = config::derive(plan.family, task, &base, &Map::new());
@@ -157,9 +155,8 @@ impl Pipeline {
         })?;
         let config = config::derive(family, task, &self.config, overrides);
         // The new pipeline's constructor patches the scheduler both pipelines share.
-        self.components.patch_scheduler(|s| {
-            config::patch_legacy_scheduler(family, task, s);
-        });
+        self.components
+            .patch_scheduler(|s| config::patch_legacy_scheduler(family, task, s));
         Ok(Self {
             task,
             family,
