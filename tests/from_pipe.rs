@@ -79,3 +79,50 @@ fn from_pipe_matches_diffusers() {
         }
     }
 }
+
+/// diffusers' SD constructors patch an outdated scheduler config on the scheduler object that pipelines
+/// made by `from_pipe` share: an inpainting pipeline keeps DDIM's `clip_sample: true`, and making a
+/// text2img pipeline from it turns the flag off for both (`StableDiffusionPipeline.__init__`).
+#[test]
+fn from_pipe_patches_the_shared_scheduler_like_diffusers_constructors() {
+    let src = common::data_dir().join("checkpoints/sd15-tiny");
+    let dir = std::env::temp_dir().join(format!("ap-from-pipe-sched-{}", std::process::id()));
+    for sub in ["", "scheduler", "text_encoder", "tokenizer", "unet", "vae"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        for e in std::fs::read_dir(src.join(sub)).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dir.join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let index_path = dir.join("model_index.json");
+    let mut index: Value = serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["scheduler"] = serde_json::json!(["diffusers", "DDIMScheduler"]);
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    std::fs::write(
+        dir.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "DDIMScheduler", "clip_sample": true, "steps_offset": 0, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "beta_end": 0.012}"#,
+    )
+    .unwrap();
+    let inpaint = Pipeline::from_pretrained(
+        dir.to_str().unwrap(),
+        Task::Inpaint,
+        &LoadOptions::default(),
+        None,
+    )
+    .unwrap();
+    let s = inpaint.components().scheduler();
+    assert_eq!(
+        (s.class_name.as_str(), s.clip_sample, s.steps_offset),
+        ("DDIMScheduler", true, 1)
+    );
+    let t2i = inpaint.from_pipe(Task::Text2Image, &Map::new()).unwrap();
+    assert!(!t2i.components().scheduler().clip_sample);
+    assert!(
+        !inpaint.components().scheduler().clip_sample,
+        "the scheduler is shared"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
