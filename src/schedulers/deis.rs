@@ -5,7 +5,7 @@
 //! update integrates the Lagrange polynomial through the last outputs in `rho = sigma / alpha`.
 
 use super::dpm_multistep::{
-    alpha_sigma, check_prediction, convert_model_output, dpm_index, dpm_timesteps, first_order_update,
+    alpha_sigma, check_prediction, convert_model_output, dpm_add_noise, dpm_timesteps, first_order_update,
 };
 use super::numpy_log::log_f32 as np_log;
 use super::sigmas::{self, SigmaKind, StepIndex};
@@ -182,10 +182,7 @@ impl super::Scheduler for DeisMultistepScheduler {
         if !self.ready {
             return Err(Error::Internal(format!("{CLASS}.step before set_timesteps")));
         }
-        if self.index.step.is_none() {
-            self.index.step = Some(self.index.begin.unwrap_or_else(|| dpm_index(&self.timesteps, t)));
-        }
-        let i = self.index.step.expect("set above");
+        let i = self.index.get_dpm(&self.timesteps, t);
         let len = self.timesteps.len();
         if i >= len {
             return Err(Error::Internal(format!("{CLASS} stepped past its schedule")));
@@ -222,13 +219,11 @@ impl super::Scheduler for DeisMultistepScheduler {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        let i = match (self.index.begin, self.index.step) {
-            (None, _) => dpm_index(&self.timesteps, t),
-            (Some(_), Some(s)) => s,
-            (Some(b), None) => b,
-        };
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
-        Ok((mul_s(original, alpha_t)? + mul_s(noise, sigma_t)?)?)
+        dpm_add_noise(
+            self.sigmas[self.index.for_add_noise_dpm(&self.timesteps, t)],
+            original,
+            noise,
+        )
     }
 
     fn set_begin_index(&mut self, index: usize) {

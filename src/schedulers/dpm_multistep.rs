@@ -442,6 +442,13 @@ pub(crate) fn final_sigma(c: &SchedulerConfig, train: &[f32]) -> f32 {
     }
 }
 
+/// `add_noise` of the DPM family (DPM-Solver multistep and singlestep, DEIS, UniPC) at `sigma`:
+/// `alpha · original + sigma_t · noise` in the VP parametrisation.
+pub(crate) fn dpm_add_noise(sigma: f32, original: &Tensor, noise: &Tensor) -> Result<Tensor> {
+    let (alpha_t, sigma_t) = alpha_sigma(sigma);
+    Ok((mul_s(original, alpha_t)? + mul_s(noise, sigma_t)?)?)
+}
+
 /// `index_for_timestep` of the DPM-Solver family: the last index when `t` is not in the schedule.
 pub(crate) fn dpm_index(timesteps: &[f64], t: f64) -> usize {
     sigmas::index_for_timestep(timesteps, t).unwrap_or(timesteps.len().saturating_sub(1))
@@ -486,10 +493,7 @@ impl super::Scheduler for DpmSolverMultistepScheduler {
                 "DPMSolverMultistepScheduler.step before set_timesteps".into(),
             ));
         }
-        if self.index.step.is_none() {
-            self.index.step = Some(self.index.begin.unwrap_or_else(|| dpm_index(&self.timesteps, t)));
-        }
-        let i = self.index.step.expect("set above");
+        let i = self.index.get_dpm(&self.timesteps, t);
         let len = self.timesteps.len();
         if i >= len {
             return Err(Error::Internal(
@@ -524,13 +528,11 @@ impl super::Scheduler for DpmSolverMultistepScheduler {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        let i = match (self.index.begin, self.index.step) {
-            (None, _) => dpm_index(&self.timesteps, t),
-            (Some(_), Some(s)) => s,
-            (Some(b), None) => b,
-        };
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
-        Ok((mul_s(original, alpha_t)? + mul_s(noise, sigma_t)?)?)
+        dpm_add_noise(
+            self.sigmas[self.index.for_add_noise_dpm(&self.timesteps, t)],
+            original,
+            noise,
+        )
     }
 
     fn set_begin_index(&mut self, index: usize) {

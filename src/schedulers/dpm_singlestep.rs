@@ -6,8 +6,8 @@
 //! there with the model outputs gathered since, so the intermediate steps are stages of one update.
 
 use super::dpm_multistep::{
-    alpha_sigma, check_dpm_options, convert_model_output, dpm_index, final_sigma, first_order_update, lambda,
-    last_timestep, second_order_update,
+    alpha_sigma, check_dpm_options, convert_model_output, dpm_add_noise, final_sigma, first_order_update,
+    lambda, last_timestep, second_order_update,
 };
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
@@ -285,10 +285,7 @@ impl super::Scheduler for DpmSolverSinglestepScheduler {
         if !self.ready {
             return Err(Error::Internal(format!("{CLASS}.step before set_timesteps")));
         }
-        if self.index.step.is_none() {
-            self.index.step = Some(self.index.begin.unwrap_or_else(|| dpm_index(&self.timesteps, t)));
-        }
-        let i = self.index.step.expect("set above");
+        let i = self.index.get_dpm(&self.timesteps, t);
         if i >= self.timesteps.len() {
             return Err(Error::Internal(format!("{CLASS} stepped past its schedule")));
         }
@@ -337,13 +334,11 @@ impl super::Scheduler for DpmSolverSinglestepScheduler {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        let i = match (self.index.begin, self.index.step) {
-            (None, _) => dpm_index(&self.timesteps, t),
-            (Some(_), Some(s)) => s,
-            (Some(b), None) => b,
-        };
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
-        Ok((mul_s(original, alpha_t)? + mul_s(noise, sigma_t)?)?)
+        dpm_add_noise(
+            self.sigmas[self.index.for_add_noise_dpm(&self.timesteps, t)],
+            original,
+            noise,
+        )
     }
 
     fn set_begin_index(&mut self, index: usize) {

@@ -233,6 +233,24 @@ impl StepIndex {
         Ok(i)
     }
 
+    /// [`Self::get`] for the DPM family (DPM-Solver, DEIS, UniPC), whose timestep lookup cannot fail
+    /// (a timestep outside the schedule means its last step: [`super::dpm_multistep::dpm_index`]).
+    pub fn get_dpm(&mut self, timesteps: &[f64], t: f64) -> usize {
+        let begin = self.begin;
+        *self
+            .step
+            .get_or_insert_with(|| begin.unwrap_or_else(|| super::dpm_multistep::dpm_index(timesteps, t)))
+    }
+
+    /// [`Self::for_add_noise`] for the DPM family (see [`Self::get_dpm`]).
+    pub fn for_add_noise_dpm(&self, timesteps: &[f64], t: f64) -> usize {
+        match (self.begin, self.step) {
+            (None, _) => super::dpm_multistep::dpm_index(timesteps, t),
+            (Some(_), Some(s)) => s,
+            (Some(b), None) => b,
+        }
+    }
+
     /// The sigma index `add_noise` uses (diffusers: the timestep's index without a begin index; else
     /// the current step index, or the begin index before the first step).
     pub fn for_add_noise(&self, timesteps: &[f64], t: f64) -> Result<usize> {

@@ -2,7 +2,7 @@
 //! to the previous step once the new model output is known (`bh1` / `bh2`, orders 1–3).
 
 use super::dpm_multistep::{
-    alpha_sigma, check_prediction, convert_model_output, dpm_index, dpm_sigmas, dpm_timesteps, lambda,
+    alpha_sigma, check_prediction, convert_model_output, dpm_add_noise, dpm_sigmas, dpm_timesteps, lambda,
 };
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, mul_s, SchedulerConfig};
@@ -295,10 +295,7 @@ impl super::Scheduler for UniPcMultistepScheduler {
                 "UniPCMultistepScheduler.step before set_timesteps".into(),
             ));
         }
-        if self.index.step.is_none() {
-            self.index.step = Some(self.index.begin.unwrap_or_else(|| dpm_index(&self.timesteps, t)));
-        }
-        let i = self.index.step.expect("set above");
+        let i = self.index.get_dpm(&self.timesteps, t);
         if i >= self.timesteps.len() {
             return Err(Error::Internal(
                 "UniPCMultistepScheduler stepped past its schedule".into(),
@@ -338,13 +335,11 @@ impl super::Scheduler for UniPcMultistepScheduler {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        let i = match (self.index.begin, self.index.step) {
-            (None, _) => dpm_index(&self.timesteps, t),
-            (Some(_), Some(s)) => s,
-            (Some(b), None) => b,
-        };
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i]);
-        Ok((mul_s(original, alpha_t)? + mul_s(noise, sigma_t)?)?)
+        dpm_add_noise(
+            self.sigmas[self.index.for_add_noise_dpm(&self.timesteps, t)],
+            original,
+            noise,
+        )
     }
 
     fn set_begin_index(&mut self, index: usize) {
