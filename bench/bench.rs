@@ -69,11 +69,15 @@ fn cpu_s() -> f64 {
     f.iter().sum::<f64>() / 100.0
 }
 
-/// Median wall seconds of `runs` calls after `warmup` calls, and the mean CPU seconds per timed call
-/// (on a busy machine the CPU time is the steadier of the two).
-fn timed(warmup: usize, runs: usize, mut f: impl FnMut() -> Res<()>) -> Res<(f64, f64)> {
+/// Wall seconds of the first call (the warm-up, when there is one: it reads the weights a lazy load
+/// left on disk), the median wall seconds of `runs` calls after `warmup` calls, and the mean CPU
+/// seconds per timed call (on a busy machine the CPU time is the steadier of the two).
+fn timed(warmup: usize, runs: usize, mut f: impl FnMut() -> Res<()>) -> Res<Timing> {
+    let mut first = None;
     for _ in 0..warmup {
+        let t = Instant::now();
         f()?;
+        first.get_or_insert(t.elapsed().as_secs_f64());
     }
     let mut times = Vec::with_capacity(runs);
     let cpu = cpu_s();
@@ -82,12 +86,36 @@ fn timed(warmup: usize, runs: usize, mut f: impl FnMut() -> Res<()>) -> Res<(f64
         f()?;
         times.push(t.elapsed().as_secs_f64());
     }
-    Ok((median(times), (cpu_s() - cpu) / runs as f64))
+    Ok(Timing {
+        first,
+        wall: median(times),
+        cpu: (cpu_s() - cpu) / runs as f64,
+    })
 }
 
-fn put(res: &mut Map<String, Value>, key: &str, (wall, cpu): (f64, f64)) {
-    res.insert(format!("{key}_s"), json!(wall));
-    res.insert(format!("{key}_cpu_s"), json!(cpu));
+struct Timing {
+    first: Option<f64>,
+    wall: f64,
+    cpu: f64,
+}
+
+impl From<(f64, f64)> for Timing {
+    fn from((wall, cpu): (f64, f64)) -> Self {
+        Self {
+            first: None,
+            wall,
+            cpu,
+        }
+    }
+}
+
+fn put(res: &mut Map<String, Value>, key: &str, t: impl Into<Timing>) {
+    let t = t.into();
+    res.insert(format!("{key}_s"), json!(t.wall));
+    res.insert(format!("{key}_cpu_s"), json!(t.cpu));
+    if let Some(first) = t.first {
+        res.insert(format!("first_{key}_s"), json!(first));
+    }
 }
 
 fn randn(rng: &mut TorchCpuGenerator, shape: &[usize]) -> Res<Tensor> {
@@ -218,6 +246,22 @@ fn measure(a: Args) -> Res<()> {
         "peak_rss_mb".into(),
         json!(peaks.iter().copied().fold(0.0, f64::max)),
     );
+    cold_start(&mut res);
+
+    // The load that reads every weight up front (no slow first calls); diffusers has no such mode.
+    drop(pipe);
+    let opts = LoadOptions {
+        preload: true,
+        ..Default::default()
+    };
+    let (t, cpu) = (Instant::now(), cpu_s());
+    let pipe = Pipeline::from_pretrained(&a.model, Task::Text2Image, &opts, None)?;
+    put(
+        &mut res,
+        "load_preload",
+        (t.elapsed().as_secs_f64(), cpu_s() - cpu),
+    );
+    drop(pipe);
 
     let text = serde_json::to_string_pretty(&Value::Object(res))?;
     if let Some(path) = &a.json {
@@ -230,6 +274,11 @@ fn measure(a: Args) -> Res<()> {
 /// Rows of the report: key, label, unit.
 const ROWS: &[(&str, &str, &str)] = &[
     ("load_s", "load (local safetensors)", "s"),
+    ("first_text_encoder_s", "  first text encoder call", "s"),
+    ("first_unet_step_256_s", "  first UNet call (256²)", "s"),
+    ("first_vae_decode_512_s", "  first VAE decode (512²)", "s"),
+    ("cold_start_s", "load + first call of each model", "s"),
+    ("load_preload_s", "load with preload (reads all)", "s"),
     ("text_encoder_s", "text encoder (prompt + negative)", "s"),
     ("unet_step_256_s", "UNet step 256² (CFG batch 2)", "s"),
     ("unet_step_512_s", "UNet step 512² (CFG batch 2)", "s"),
@@ -247,6 +296,21 @@ const ROWS: &[(&str, &str, &str)] = &[
     ("rss_after_load_mb", "RSS after load", "MiB"),
     ("from_pipe_added_mb", "from_pipe added RSS", "MiB"),
 ];
+
+/// `cold_start_s`: the load plus the first call of each model, which is where a lazy load (ours by
+/// default, diffusers' memory-mapped weights) reads the weights; comparable whatever each side defers.
+fn cold_start(res: &mut Map<String, Value>) {
+    let keys = [
+        "load_s",
+        "first_text_encoder_s",
+        "first_unet_step_256_s",
+        "first_vae_decode_512_s",
+    ];
+    let parts: Option<Vec<f64>> = keys.iter().map(|k| res.get(*k).and_then(Value::as_f64)).collect();
+    if let Some(parts) = parts {
+        res.insert("cold_start_s".into(), json!(parts.iter().sum::<f64>()));
+    }
+}
 
 fn report(ours: &str, theirs: &str) -> Res<()> {
     let read = |p: &str| -> Res<Map<String, Value>> {

@@ -179,6 +179,13 @@ typedef struct ap_load_params {
    * stays f32 when its config has `force_upcast`; latents and scheduler math are always f32.
    */
   const char *dtype;
+  /**
+   * Nonzero: read every weight during the load. 0 (default): float32 CPU weights are read on first
+   * use, as diffusers' memory-mapped weights are, so the load returns quickly and the first run's
+   * first step (and first decode) is slower. The weight files must then stay unchanged while the
+   * pipeline lives.
+   */
+  int32_t preload;
 } ap_load_params;
 
 /**

@@ -29,7 +29,8 @@ pub struct RunShape {
 
 /// Refuses a run whose activations cannot fit in the memory this process can get.
 pub fn check_run(c: &Components, run: RunShape) -> Result<()> {
-    let need = estimate_bytes(c, run);
+    let weights = c.pending_weight_bytes() as u128;
+    let need = estimate_bytes(c, run) + weights;
     let available = if c.device.is_cpu() {
         available_bytes()
     } else {
@@ -41,13 +42,18 @@ pub fn check_run(c: &Components, run: RunShape) -> Result<()> {
             Some(_) => "memory available to this process (MemAvailable + SwapFree, or the cgroup limit)",
             None => "the address space",
         };
+        let unread = if weights > 0 {
+            format!(" and the {} of weights it reads first", human(weights))
+        } else {
+            String::new()
+        };
         return Err(Error::InvalidArgument(format!(
-            "a {}x{} run of {} image(s) needs at least {} for its activations, more than the {} of {whence}: \
-             lower width/height or num_images_per_prompt",
+            "a {}x{} run of {} image(s) needs at least {} for its activations{unread}, more than the {} of \
+             {whence}: lower width/height or num_images_per_prompt",
             run.width,
             run.height,
             run.batch,
-            human(need),
+            human(need - weights),
             human(limit)
         )));
     }

@@ -177,7 +177,7 @@ fn checkpoints_naming_each_scheduler_run_through_the_cli() {
             let class = class.as_str().unwrap();
             // The checkpoint as its owner saved it: everything shared but the scheduler config.
             let model = work.join(format!("{ckpt}-{class}"));
-            copy_dir(&data.join("checkpoints").join(ckpt), &model);
+            common::copy_dir(&data.join("checkpoints").join(ckpt), &model);
             std::fs::copy(
                 root.join(ckpt).join(format!("{class}.json")),
                 model.join("scheduler/scheduler_config.json"),
@@ -248,17 +248,4 @@ fn checkpoints_naming_each_scheduler_run_through_the_cli() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(checked, 75);
     let _ = std::fs::remove_dir_all(&work);
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
 }

@@ -4,9 +4,10 @@
 mod common;
 
 use autopipeline::components::clip::{ClipTextConfig, ClipTextModel};
-use autopipeline::components::load::{read_config, var_builder};
+use autopipeline::components::load::read_config;
 use autopipeline::components::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
 use autopipeline::components::vae::{AutoencoderKL, VaeConfig};
+use autopipeline::components::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
 
@@ -62,7 +63,7 @@ fn unet_matches_diffusers() {
     for name in CHECKPOINTS {
         let dir = ckpt(name).join("unet");
         let cfg: UNetConfig = read_config(&dir.join("config.json")).unwrap();
-        let vb = var_builder(
+        let vb = Weights::open(
             &weights(&dir, "diffusion_pytorch_model"),
             DType::F32,
             &Device::Cpu,
@@ -93,7 +94,7 @@ fn vae_matches_diffusers() {
     for name in CHECKPOINTS {
         let dir = ckpt(name).join("vae");
         let cfg: VaeConfig = read_config(&dir.join("config.json")).unwrap();
-        let vb = var_builder(
+        let vb = Weights::open(
             &weights(&dir, "diffusion_pytorch_model"),
             DType::F32,
             &Device::Cpu,
@@ -122,7 +123,7 @@ fn text_encoders_match_transformers() {
         for enc in encoders {
             let dir = ckpt(name).join(enc);
             let cfg: ClipTextConfig = read_config(&dir.join("config.json")).unwrap();
-            let vb = var_builder(&weights(&dir, "model"), DType::F32, &Device::Cpu).unwrap();
+            let vb = Weights::open(&weights(&dir, "model"), DType::F32, &Device::Cpu).unwrap();
             let with_proj = *enc == "text_encoder_2";
             let model = ClipTextModel::new(vb, cfg, with_proj).unwrap();
             let ids = npy(name, &format!("{enc}_input_ids.npy"))

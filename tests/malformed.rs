@@ -23,7 +23,7 @@ impl Checkpoint {
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        copy_dir(&common::data_dir().join("checkpoints").join(name), &dir);
+        common::copy_dir(&common::data_dir().join("checkpoints").join(name), &dir);
         Self { dir }
     }
 
@@ -92,23 +92,6 @@ impl Drop for Checkpoint {
 }
 
 /// Copies a folder, making the copies writable (the fixtures are read-only).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-            let mut perms = std::fs::metadata(&target).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            std::fs::set_permissions(&target, perms).unwrap();
-        }
-    }
-}
-
 fn read_safetensors(path: &Path) -> Vec<(String, Value, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;

@@ -5,15 +5,16 @@
 
 mod common;
 
-use autopipeline::components::load::{read_config, var_builder};
+use autopipeline::components::load::read_config;
 use autopipeline::components::vae::{AutoencoderKL, DecodeOptions, VaeConfig};
+use autopipeline::components::weights::Weights;
 use autopipeline::{Pipeline, RunParams, Task};
 use candle_core::{DType, Device, Tensor};
 
 fn vae() -> AutoencoderKL {
     let dir = common::data_dir().join("checkpoints/sd15-tiny/vae");
     let cfg: VaeConfig = read_config(&dir.join("config.json")).unwrap();
-    let vb = var_builder(
+    let vb = Weights::open(
         &[dir.join("diffusion_pytorch_model.safetensors")],
         DType::F32,
         &Device::Cpu,

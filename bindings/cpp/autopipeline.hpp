@@ -507,6 +507,9 @@ public:
     LoadParams& localFilesOnly(bool v = true) { localFilesOnly_ = v; return *this; }
     /// Compute dtype of the UNet and text encoders: "f32" (default), "f16" or "bf16".
     LoadParams& dtype(std::string v) { dtype_ = std::move(v); return *this; }
+    /// Read every weight during the load (slower load, no slow first step). By default float32 CPU
+    /// weights are read on first use, as diffusers' memory-mapped weights are.
+    LoadParams& preload(bool v = true) { preload_ = v; return *this; }
     /// Called after each loaded component; return false to cancel loading.
     LoadParams& onProgress(ProgressFn fn) { progress_ = std::move(fn); return *this; }
 
@@ -517,6 +520,7 @@ public:
     const std::optional<std::string>& token() const noexcept { return token_; }
     bool localFilesOnly() const noexcept { return localFilesOnly_; }
     const std::optional<std::string>& dtype() const noexcept { return dtype_; }
+    bool preload() const noexcept { return preload_; }
     const ProgressFn& onProgress() const noexcept { return progress_; }
 
     /// The C struct (its strings point into this object; no callback set).
@@ -530,12 +534,14 @@ public:
         p.token = detail::cstr(token_);
         p.local_files_only = localFilesOnly_ ? 1 : 0;
         p.dtype = detail::cstr(dtype_);
+        p.preload = preload_ ? 1 : 0;
         return p;
     }
 
 private:
     std::optional<std::string> device_, variant_, revision_, cacheDir_, token_, dtype_;
     bool localFilesOnly_ = false;
+    bool preload_ = false;
     ProgressFn progress_;
 };
 

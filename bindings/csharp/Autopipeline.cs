@@ -202,6 +202,9 @@ namespace Autopipeline
         public bool LocalFilesOnly { get; set; }
         /// <summary>Compute dtype of the UNet and text encoders: "f32" (default), "f16" or "bf16".</summary>
         public string Dtype { get; set; }
+        /// <summary>Read every weight during the load (slower load, no slow first step). By default
+        /// float32 CPU weights are read on first use, as diffusers' memory-mapped weights are.</summary>
+        public bool Preload { get; set; }
 
         internal Native.ap_load_params ToNative(NativeArena arena)
         {
@@ -214,6 +217,7 @@ namespace Autopipeline
             p.token = arena.String(Token);
             p.local_files_only = LocalFilesOnly ? 1 : 0;
             p.dtype = arena.String(Dtype);
+            p.preload = Preload ? 1 : 0;
             return p;
         }
     }

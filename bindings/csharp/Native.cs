@@ -162,6 +162,7 @@ namespace Autopipeline
             public IntPtr progress;
             public IntPtr progress_user_data;
             public IntPtr dtype;
+            public int preload;
         }
 
         [StructLayout(LayoutKind.Sequential)]

@@ -42,6 +42,7 @@ class _LoadParams(ctypes.Structure):
         ("progress", _PROGRESS_FN),
         ("progress_user_data", ctypes.c_void_p),
         ("dtype", ctypes.c_char_p),
+        ("preload", ctypes.c_int32),
     ]
 
 
@@ -275,14 +276,18 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, model, task="text2img", *, device=None, variant=None, revision=None,
-                        cache_dir=None, token=None, local_files_only=False, dtype=None, progress=None):
-        """diffusers' AutoPipelineFor<Task>.from_pretrained(model): a local folder or a hub id."""
+                        cache_dir=None, token=None, local_files_only=False, dtype=None, preload=False,
+                        progress=None):
+        """diffusers' AutoPipelineFor<Task>.from_pretrained(model): a local folder or a hub id.
+
+        preload=True reads every weight now; by default float32 CPU weights are read on first use."""
         p = _load_params_default()
         p.struct_size = ctypes.sizeof(_LoadParams)
         p.device, p.variant, p.revision = _utf8(device), _utf8(variant), _utf8(revision)
         p.cache_dir, p.token = _utf8(cache_dir), _utf8(token)
         p.local_files_only = 1 if local_files_only else 0
         p.dtype = _utf8(dtype)
+        p.preload = 1 if preload else 0
         cb = _Progress(progress)
         p.progress = cb.c
         out = ctypes.c_void_p()

@@ -7,14 +7,15 @@
  *            [--seed N] [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]
  *            [--preview-every N --preview-dir DIR] [--scheduler NAME] [--scheduler-config JSON]
  *            [--vae-tiling] [--vae-slicing] [--rng cpu|cuda] [--device cpu|cuda[:N]]
- *            [--dtype f32|f16|bf16] --out PNG
+ *            [--dtype f32|f16|bf16] [--preload] --out PNG
  *
  * --scheduler switches the scheduler for this run (a diffusers class name or an alias such as
  * euler_a, dpm++2m_karras, dpm++2m_sde_karras, dpm++2s, deis, heun, unipc, lcm); --scheduler-config adds config
  * overrides as a JSON object, e.g. '{"use_karras_sigmas": true}'. --vae-tiling decodes in tiles (large
  * images in the memory of one tile, as diffusers' enable_vae_tiling); --vae-slicing one image at a time.
  * --rng cuda makes --seed a torch.Generator("cuda") seed, for seeds first run on a GPU. --device runs
- * on a GPU (CUDA builds), --dtype sets the UNet / text encoder precision.
+ * on a GPU (CUDA builds), --dtype sets the UNet / text encoder precision. --preload reads every weight
+ * while loading (by default the first run reads them as it first uses them).
  *
  * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
  * exits 0 on success and 1 (with ap_last_error()) on any error. With --preview-every N, writes a cheap
@@ -36,7 +37,7 @@ static void usage(FILE *f) {
             "                [--preview-every N --preview-dir DIR]\n"
             "                [--scheduler NAME] [--scheduler-config JSON]\n"
             "                [--vae-tiling] [--vae-slicing] [--rng cpu|cuda]\n"
-            "                [--device cpu|cuda[:N]] [--dtype f32|f16|bf16] --out PNG\n");
+            "                [--device cpu|cuda[:N]] [--dtype f32|f16|bf16] [--preload] --out PNG\n");
 }
 
 static int fail(const char *what) {
@@ -147,6 +148,9 @@ int main(int argc, char **argv) {
             continue;
         } else if (strcmp(flag, "--vae-slicing") == 0) {
             run.vae_slicing = 1;
+            continue;
+        } else if (strcmp(flag, "--preload") == 0) {
+            load.preload = 1;
             continue;
         }
         if (!val) return bad_arg(flag, NULL);

@@ -2,8 +2,9 @@
 //! `config.json` (transformers layout and key names).
 
 use super::nn::{linear, linear_no_bias, Linear};
+use super::weights::Weights;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, LayerNorm};
 use serde::Deserialize;
 
 fn default_act() -> String {
@@ -82,16 +83,16 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(vb: VarBuilder, c: &ClipTextConfig, act: Activation) -> Result<Self> {
+    fn new(vb: Weights, c: &ClipTextConfig, act: Activation) -> Result<Self> {
         let h = c.hidden_size;
         let attn = vb.pp("self_attn");
         Ok(Self {
-            layer_norm1: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm1"))?,
+            layer_norm1: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm1").vb())?,
             q: linear(h, h, attn.pp("q_proj"))?,
             k: linear(h, h, attn.pp("k_proj"))?,
             v: linear(h, h, attn.pp("v_proj"))?,
             out: linear(h, h, attn.pp("out_proj"))?,
-            layer_norm2: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm2"))?,
+            layer_norm2: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("layer_norm2").vb())?,
             fc1: linear(h, c.intermediate_size, vb.pp("mlp.fc1"))?,
             fc2: linear(c.intermediate_size, h, vb.pp("mlp.fc2"))?,
             heads: c.num_attention_heads,
@@ -149,7 +150,7 @@ pub struct ClipTextModel {
 
 impl ClipTextModel {
     /// Builds the model from `config`; `with_projection` loads `text_projection.weight` too.
-    pub fn new(vb: VarBuilder, config: ClipTextConfig, with_projection: bool) -> Result<Self> {
+    pub fn new(vb: Weights, config: ClipTextConfig, with_projection: bool) -> Result<Self> {
         // Values that would divide by zero in `forward` or allocate without bound.
         let (h, heads) = (config.hidden_size, config.num_attention_heads);
         if heads == 0 || h % heads != 0 {
@@ -182,14 +183,22 @@ impl ClipTextModel {
             None
         };
         Ok(Self {
-            token_embedding: candle_nn::embedding(config.vocab_size, h, tm.pp("embeddings.token_embedding"))?,
+            token_embedding: candle_nn::embedding(
+                config.vocab_size,
+                h,
+                tm.pp("embeddings.token_embedding").vb(),
+            )?,
             position_embedding: candle_nn::embedding(
                 config.max_position_embeddings,
                 h,
-                tm.pp("embeddings.position_embedding"),
+                tm.pp("embeddings.position_embedding").vb(),
             )?,
             layers,
-            final_layer_norm: candle_nn::layer_norm(h, config.layer_norm_eps, tm.pp("final_layer_norm"))?,
+            final_layer_norm: candle_nn::layer_norm(
+                h,
+                config.layer_norm_eps,
+                tm.pp("final_layer_norm").vb(),
+            )?,
             text_projection,
             config,
         })

@@ -1,13 +1,8 @@
 //! Reading a component's `config.json` and safetensors weights, with errors that name the file.
 
 use crate::error::{Error, Result};
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Largest JSON or text file a checkpoint may hand us (configs are kilobytes, a tokenizer.json a few
 /// megabytes): reading is refused beyond this rather than allocating whatever a file claims.
@@ -90,123 +85,6 @@ fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
     let start = before[..colon].rfind('"')?;
     let key = &before[start + 1..colon];
     (!key.is_empty() && key.len() <= 200).then(|| key.to_string())
-}
-
-/// A weight reader over memory-mapped safetensors files (one, or the shards of a sharded checkpoint).
-///
-/// Tensors are converted to `dtype` on load. Every tensor a model asks for is checked before it is
-/// read: it must exist, hold floating-point data, and have exactly the shape the component's
-/// `config.json` implies; each failure names the tensor and the file (candle's own messages name
-/// neither). Tensors no model asks for are ignored, as diffusers ignores unexpected keys (it only
-/// logs them).
-///
-/// The files are mapped to read their headers; tensors are read with `pread` into memory the model
-/// owns ([`super::tensor_file`]), so the mapping never makes the file's pages resident.
-pub fn var_builder(weights: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-    if weights.is_empty() {
-        return Err(Error::Internal("no weight files to read".into()));
-    }
-    let mut files = Vec::with_capacity(weights.len());
-    let mut routing = HashMap::new();
-    for (i, w) in weights.iter().enumerate() {
-        // Check the header up front so a truncated or foreign file gets a message naming it.
-        check_safetensors(w)?;
-        // SAFETY: the mapped files are only read; the caller is told (above) not to modify them
-        // while in use.
-        let st = unsafe { MmapedSafetensors::new(w) }.map_err(|e| {
-            Error::InvalidModel(format!("cannot read safetensors weights {}: {e}", w.display()))
-        })?;
-        for (name, _) in st.tensors() {
-            // The first shard that holds a name wins; diffusers' loader would let a later one win,
-            // but a tensor in two shards is a broken index either way.
-            routing.entry(name).or_insert(i);
-        }
-        let reader = super::tensor_file::TensorFile::open(w).map_err(|e| {
-            Error::InvalidModel(format!("cannot read safetensors weights {}: {e}", w.display()))
-        })?;
-        files.push((w.clone(), st, reader));
-    }
-    let backend = CheckedSafetensors { files, routing };
-    Ok(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
-}
-
-/// The [`SimpleBackend`] behind [`var_builder`].
-struct CheckedSafetensors {
-    files: Vec<(PathBuf, MmapedSafetensors, super::tensor_file::TensorFile)>,
-    /// Tensor name → index in `files`.
-    routing: HashMap<String, usize>,
-}
-
-impl CheckedSafetensors {
-    fn file_names(&self) -> String {
-        let names: Vec<String> = self
-            .files
-            .iter()
-            .map(|(p, _, _)| p.display().to_string())
-            .collect();
-        names.join(", ")
-    }
-
-    /// The file holding `name` and the tensor's shape, refusing missing and non-float tensors.
-    fn find(&self, name: &str) -> candle_core::Result<(&Path, Stored<'_>, Vec<usize>)> {
-        let Some(&i) = self.routing.get(name) else {
-            candle_core::bail!("tensor {name} is missing from {}", self.file_names());
-        };
-        let (path, st, reader) = &self.files[i];
-        let view = st.get(name)?;
-        let dtype = DType::try_from(view.dtype()).ok();
-        let Some(dtype) = dtype.filter(|d| matches!(d, DType::F16 | DType::BF16 | DType::F32 | DType::F64))
-        else {
-            candle_core::bail!(
-                "tensor {name} in {} has dtype {:?}; model weights must be floating point (F16, BF16, F32 or F64)",
-                path.display(),
-                view.dtype()
-            );
-        };
-        Ok((path.as_path(), Stored { reader, dtype }, view.shape().to_vec()))
-    }
-}
-
-/// Where a found tensor's data is and how it is stored.
-struct Stored<'a> {
-    reader: &'a super::tensor_file::TensorFile,
-    dtype: DType,
-}
-
-impl SimpleBackend for CheckedSafetensors {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let (path, stored, shape) = self.find(name)?;
-        if shape != s.dims() {
-            candle_core::bail!(
-                "tensor {name} in {} has shape {shape:?}, but config.json implies {:?}",
-                path.display(),
-                s.dims()
-            );
-        }
-        stored
-            .reader
-            .read(name, stored.dtype, &shape, dev)?
-            .to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let (_, stored, shape) = self.find(name)?;
-        stored
-            .reader
-            .read(name, stored.dtype, &shape, dev)?
-            .to_dtype(dtype)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.routing.contains_key(name)
-    }
 }
 
 /// Largest safetensors header we read (the format's own limit is 100 MB).

@@ -10,3 +10,4 @@ pub mod transformer;
 pub mod unet;
 pub mod unet_config;
 pub mod vae;
+pub mod weights;

@@ -1,17 +1,17 @@
 //! Layers shared by the UNet and the VAE, each matching its diffusers module (names follow the checkpoint keys).
 
 use super::cpu;
+use super::weights::{Weight, Weights};
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2dConfig, VarBuilder};
 
 /// `torch.nn.Conv2d` with a square kernel, stride and symmetric padding (no groups or dilation).
 ///
-/// Float32 weights on the CPU are packed for [`cpu::conv::conv2d`] when loaded; everything else runs
-/// candle's `conv2d`.
+/// Float32 weights on the CPU are packed for [`cpu::conv::conv2d`] (on first use, see
+/// [`super::weights`]); everything else runs candle's `conv2d`.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     /// `(c_out, c_in, k, k)`, or `(k·k, c_in, c_out)` when `packed`.
-    weight: Tensor,
+    weight: Weight,
     packed: bool,
     kernel: usize,
     bias: Option<Tensor>,
@@ -61,7 +61,7 @@ impl Conv2d {
             let k = (self.kernel, self.kernel);
             return cpu::conv::conv2d(
                 xs,
-                &self.weight,
+                self.weight.get()?,
                 k,
                 self.bias.as_ref(),
                 self.stride,
@@ -99,13 +99,13 @@ impl Conv2d {
     /// NCHW `xs` → this 1×1 convolution in token layout `(b, h·w, c_out)` (see
     /// [`cpu::conv::pointwise_to_tokens`]). Only when [`Conv2d::token_projection`].
     pub fn to_tokens(&self, xs: &Tensor) -> Result<Tensor> {
-        cpu::conv::pointwise_to_tokens(xs, &self.weight, self.bias.as_ref())
+        cpu::conv::pointwise_to_tokens(xs, self.weight.get()?, self.bias.as_ref())
     }
 
     /// Tokens `(b, h·w, c_in)` → this 1×1 convolution in NCHW, plus `residual` (see
     /// [`cpu::conv::tokens_to_pointwise`]). Only when [`Conv2d::token_projection`].
     pub fn from_tokens(&self, tokens: &Tensor, hw: (usize, usize), residual: &Tensor) -> Result<Tensor> {
-        cpu::conv::tokens_to_pointwise(tokens, hw, &self.weight, self.bias.as_ref(), residual)
+        cpu::conv::tokens_to_pointwise(tokens, hw, self.weight.get()?, self.bias.as_ref(), residual)
     }
 }
 
@@ -124,7 +124,7 @@ impl Module for Conv2d {
             if cpu::fast_path(xs) {
                 return cpu::conv::conv2d(
                     xs,
-                    &self.weight,
+                    self.weight.get()?,
                     k,
                     self.bias.as_ref(),
                     self.stride,
@@ -136,7 +136,7 @@ impl Module for Conv2d {
             let x32 = xs.to_dtype(DType::F32)?;
             return cpu::conv::conv2d(
                 &x32,
-                &self.weight,
+                self.weight.get()?,
                 k,
                 self.bias.as_ref(),
                 self.stride,
@@ -146,7 +146,7 @@ impl Module for Conv2d {
             )?
             .to_dtype(xs.dtype());
         }
-        let out = xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let out = xs.conv2d(self.weight.get()?, self.padding, self.stride, 1, 1)?;
         match &self.bias {
             Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?),
             None => Ok(out),
@@ -154,53 +154,59 @@ impl Module for Conv2d {
     }
 }
 
-/// `torch.nn.Linear`. Float32 weights on the CPU are kept transposed (`(in, out)`) for
+/// `torch.nn.Linear`. Float32 weights on the CPU are kept transposed (`(in, out)`, on first use) for
 /// [`cpu::linear`], which also adds a residual as it writes; elsewhere candle's matmul.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `(out, in)`, or `(in, out)` when `packed`.
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
     packed: bool,
 }
 
-/// A [`Linear`] with bias, loaded as `candle_nn::linear`.
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    Linear::from_candle(candle_nn::linear(in_dim, out_dim, vb)?)
+/// A [`Linear`] with bias (`weight` and `bias` under `vb`).
+pub fn linear(in_dim: usize, out_dim: usize, vb: Weights) -> Result<Linear> {
+    Linear::new(in_dim, out_dim, true, vb)
 }
 
-/// A [`Linear`] without bias, loaded as `candle_nn::linear_no_bias`.
-pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    Linear::from_candle(candle_nn::linear_no_bias(in_dim, out_dim, vb)?)
+/// A [`Linear`] without bias.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: Weights) -> Result<Linear> {
+    Linear::new(in_dim, out_dim, false, vb)
+}
+
+/// `(out, in)` → `(in, out)`, the layout [`cpu::linear`] takes.
+fn pack_linear(w: &[f32], shape: &[usize]) -> Result<Tensor> {
+    let &[o, i] = shape else {
+        candle_core::bail!("internal error: linear weight of shape {shape:?}")
+    };
+    cpu::tensor(cpu::conv::pack_data(w, o, i, 1)?, (i, o))
+}
+
+/// `(c_out, c_in, kh, kw)` → `(kh·kw, c_in, c_out)`, the layout [`cpu::conv::conv2d`] takes.
+fn pack_conv(w: &[f32], shape: &[usize]) -> Result<Tensor> {
+    let &[o, i, kh, kw] = shape else {
+        candle_core::bail!("internal error: convolution weight of shape {shape:?}")
+    };
+    cpu::tensor(cpu::conv::pack_data(w, o, i, kh * kw)?, (kh * kw, i, o))
 }
 
 impl Linear {
-    fn from_candle(lin: candle_nn::Linear) -> Result<Self> {
-        let w = lin.weight();
-        let packed = cpu::fast_path(w);
-        let weight = if packed {
-            let (o, i) = w.dims2()?;
-            cpu::conv::pack_weight(&w.reshape((o, i, 1, 1))?)?.reshape((i, o))?
-        } else {
-            w.clone()
-        };
-        Ok(Self {
-            weight,
-            bias: lin.bias().cloned(),
-            packed,
-        })
+    fn new(in_dim: usize, out_dim: usize, bias: bool, vb: Weights) -> Result<Self> {
+        let (weight, packed) = vb.packed(&[out_dim, in_dim], "weight", pack_linear)?;
+        let bias = bias.then(|| vb.get(out_dim, "bias")).transpose()?;
+        Ok(Self { weight, bias, packed })
     }
 
     /// `self(xs) + residual`.
     pub fn forward_add(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         if self.packed && cpu::fast_path(xs) && residual.is_none_or(cpu::fast_path) {
-            return cpu::linear(xs, &self.weight, self.bias.as_ref(), residual);
+            return cpu::linear(xs, self.weight.get()?, self.bias.as_ref(), residual);
         }
         let out = if self.packed {
             let x32 = xs.to_dtype(DType::F32)?;
-            cpu::linear(&x32, &self.weight, self.bias.as_ref(), None)?.to_dtype(xs.dtype())?
+            cpu::linear(&x32, self.weight.get()?, self.bias.as_ref(), None)?.to_dtype(xs.dtype())?
         } else {
-            candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(xs)?
+            candle_nn::Linear::new(self.weight.get()?.clone(), self.bias.clone()).forward(xs)?
         };
         match residual {
             Some(r) => out + r,
@@ -217,30 +223,20 @@ impl Module for Linear {
 
 /// A 2-D convolution with square kernel, stride and symmetric padding, as `torch.nn.Conv2d`.
 pub fn conv2d(
-    vb: VarBuilder,
+    vb: Weights,
     in_ch: usize,
     out_ch: usize,
     kernel: usize,
     stride: usize,
     padding: usize,
 ) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    // candle's constructor names and checks the weights; the layer itself is ours.
-    let conv = candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)?;
-    let packed = cpu::fast_path(conv.weight());
+    let shape = [out_ch, in_ch, kernel, kernel];
+    let (weight, packed) = vb.packed(&shape, "weight", pack_conv)?;
     Ok(Conv2d {
-        weight: if packed {
-            cpu::conv::pack_weight(conv.weight())?
-        } else {
-            conv.weight().clone()
-        },
+        weight,
         packed,
         kernel,
-        bias: conv.bias().cloned(),
+        bias: Some(vb.get(out_ch, "bias")?),
         stride,
         padding,
     })
@@ -257,13 +253,13 @@ pub struct GroupNorm {
 }
 
 /// Loads a [`GroupNorm`] from `weight` and `bias` under `vb`, as `candle_nn::group_norm`.
-pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: Weights) -> Result<GroupNorm> {
     if groups == 0 || !channels.is_multiple_of(groups) {
         candle_core::bail!("GroupNorm: num_groups ({groups}) must divide num_channels ({channels})")
     }
     Ok(GroupNorm {
-        weight: vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?,
-        bias: vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?,
+        weight: vb.get(channels, "weight")?,
+        bias: vb.get(channels, "bias")?,
         groups,
         eps,
     })
@@ -346,7 +342,7 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    pub fn new(vb: Weights, in_dim: usize, out_dim: usize) -> Result<Self> {
         Ok(Self {
             linear_1: linear(in_dim, out_dim, vb.pp("linear_1"))?,
             linear_2: linear(out_dim, out_dim, vb.pp("linear_2"))?,
@@ -385,7 +381,7 @@ pub struct ResnetConfig {
 }
 
 impl ResnetBlock2D {
-    pub fn new(vb: VarBuilder, c: ResnetConfig) -> Result<Self> {
+    pub fn new(vb: Weights, c: ResnetConfig) -> Result<Self> {
         let conv_shortcut = if c.in_channels != c.out_channels {
             Some(conv2d(
                 vb.pp("conv_shortcut"),
@@ -446,7 +442,7 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
-    pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
+    pub fn new(vb: Weights, channels: usize, padding: usize) -> Result<Self> {
         Ok(Self {
             conv: conv2d(vb.pp("conv"), channels, channels, 3, 2, padding)?,
             asymmetric_pad: padding == 0,
@@ -474,7 +470,7 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
-    pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+    pub fn new(vb: Weights, channels: usize) -> Result<Self> {
         Ok(Self {
             conv: conv2d(vb.pp("conv"), channels, channels, 3, 1, 1)?,
         })

@@ -1,28 +1,53 @@
 //! Reading tensors out of a safetensors file into memory the model owns, without mapping the file.
 //!
-//! candle's CPU tensors own their storage, so a mapped file is copied either way; reading with
-//! `pread` instead of through the mapping keeps the file's pages out of this process's resident set
-//! (while loading, RSS holds the model once instead of model + mapped file) and skips a page fault per
-//! 4 KiB of file. Float32 data goes straight from the page cache into the tensor's buffer (advised as
-//! transparent huge pages on Linux, which cuts the fault cost of filling it); other dtypes are read
-//! into a byte buffer and converted as candle converts them.
+//! candle's CPU tensors own their storage, so a mapped file would be copied either way; reading with
+//! `pread` instead of through a mapping keeps the file's pages out of this process's resident set
+//! (RSS holds the model once instead of model + mapped file) and skips a page fault per 4 KiB of file.
+//! Float32 data goes straight from the page cache into the tensor's buffer (advised as transparent
+//! huge pages on Linux, which cuts the fault cost of filling it); other dtypes are read into a byte
+//! buffer and converted as candle converts them.
 
 use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// One safetensors file open for reading: where each tensor's bytes are.
+/// What a safetensors header says about one tensor.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// The header's dtype string (`"F32"`, `"I64"`, …).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    begin: u64,
+    end: u64,
+}
+
+impl Entry {
+    /// The dtype as a float type a model can hold, or `None` (integers, bools, 8-bit floats).
+    pub fn float_dtype(&self) -> Option<DType> {
+        match self.dtype.as_str() {
+            "F16" => Some(DType::F16),
+            "BF16" => Some(DType::BF16),
+            "F32" => Some(DType::F32),
+            "F64" => Some(DType::F64),
+            _ => None,
+        }
+    }
+}
+
+/// One safetensors file open for reading: its path and what its header says each tensor is.
 #[derive(Debug)]
 pub(crate) struct TensorFile {
     file: File,
-    /// Tensor name → absolute byte range in the file.
-    ranges: HashMap<String, (u64, u64)>,
+    path: PathBuf,
+    entries: HashMap<String, Entry>,
 }
 
 impl TensorFile {
     /// Opens `path` and reads its header. The header must already have passed
-    /// [`super::load::check_safetensors`]; only what reading needs is taken from it here.
+    /// [`super::load::check_safetensors`] (offsets inside the file, sizes matching shapes); only what
+    /// reading needs is taken from it here.
     pub fn open(path: &Path) -> Result<Self> {
         use std::io::Read;
         let mut file = File::open(path)?;
@@ -33,23 +58,106 @@ impl TensorFile {
         file.read_exact(&mut header)?;
         let json: serde_json::Value = serde_json::from_slice(&header).map_err(candle_core::Error::wrap)?;
         let start = 8 + len;
-        let mut ranges = HashMap::new();
+        let mut entries = HashMap::new();
         for (name, info) in json.as_object().into_iter().flatten() {
             let offsets = info.get("data_offsets").and_then(|o| o.as_array());
-            if let Some([a, b]) = offsets.map(Vec::as_slice) {
-                if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
-                    ranges.insert(name.clone(), (start + a, start + b));
-                }
-            }
+            let Some([a, b]) = offsets.map(Vec::as_slice) else {
+                continue; // `__metadata__`
+            };
+            let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) else {
+                continue;
+            };
+            let dtype = info
+                .get("dtype")
+                .and_then(|d| d.as_str())
+                .unwrap_or("")
+                .to_string();
+            let shape = info
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .map(|s| s.iter().filter_map(|d| d.as_u64().map(|d| d as usize)).collect())
+                .unwrap_or_default();
+            let entry = Entry {
+                dtype,
+                shape,
+                begin: start + a,
+                end: start + b,
+            };
+            entries.insert(name.clone(), entry);
         }
-        Ok(Self { file, ranges })
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            entries,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The names of the tensors in this file.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.entries.keys()
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.get(name)
+    }
+
+    /// Runs `f` on tensor `name`'s float32 values read through a mapping of just its bytes (the page
+    /// cache's own pages: no copy, and read ahead from disk as one range), then unmaps them, so they do
+    /// not stay in this process's resident set. `Ok(None)` when the tensor is not stored as
+    /// little-endian float32 at an aligned offset; the caller then reads and converts it instead.
+    pub fn with_mapped_f32<R>(&self, name: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<Option<R>> {
+        let Some(entry) = self.entries.get(name) else {
+            candle_core::bail!("tensor {name} is not in {}", self.path.display());
+        };
+        if entry.dtype != "F32" || !cfg!(target_endian = "little") {
+            return Ok(None);
+        }
+        let n = ((entry.end - entry.begin) / 4) as usize;
+        if n == 0 {
+            return f(&[]).map(Some);
+        }
+        // A file cut short since it was loaded would make reading the mapping fault (SIGBUS) instead of
+        // failing: check its length first. Truncating it *while* it is read is still not survivable,
+        // which is why the files must stay unchanged while a pipeline uses them (as diffusers' mapped
+        // weights must).
+        let len = self.file.metadata()?.len();
+        if len < entry.end {
+            candle_core::bail!(
+                "{} is {len} bytes, too short to hold tensor {name} (bytes {}..{}): the file changed since it \
+                 was loaded",
+                self.path.display(),
+                entry.begin,
+                entry.end
+            );
+        }
+        // SAFETY: a read-only mapping of a range checked to lie inside the file; see above for files
+        // changed by others meanwhile.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(entry.begin)
+                .len(n * 4)
+                .map(&self.file)?
+        };
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::WillNeed);
+        if !(map.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()) {
+            return Ok(None);
+        }
+        // SAFETY: n·4 mapped bytes at an f32-aligned address; any bit pattern is a valid f32.
+        let values = unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<f32>(), n) };
+        f(values).map(Some)
     }
 
     /// Reads tensor `name`, stored as `dtype` with `shape`, onto `device`.
     pub fn read(&self, name: &str, dtype: DType, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let Some(&(begin, end)) = self.ranges.get(name) else {
-            candle_core::bail!("tensor {name} has no data offsets");
+        let Some(entry) = self.entries.get(name) else {
+            candle_core::bail!("tensor {name} is not in {}", self.path.display());
         };
+        let (begin, end) = (entry.begin, entry.end);
         let bytes = (end - begin) as usize;
         let elems: usize = shape.iter().product();
         if bytes != elems * dtype.size_in_bytes() {
@@ -74,7 +182,7 @@ fn read_f32(file: &File, offset: u64, n: usize) -> Result<Vec<f32>> {
     const CHUNK: usize = 4 << 20;
     let mut v: Vec<f32> = Vec::with_capacity(n);
     let len = n * 4;
-    advise_huge_pages(v.as_mut_ptr().cast(), len);
+    super::cpu::advise_huge_pages(v.as_mut_ptr().cast(), len);
     let dst = super::cpu::SendPtr(v.as_mut_ptr());
     let fd = file.as_raw_fd();
     (0..len.div_ceil(CHUNK))
@@ -147,21 +255,4 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> Result<()> {
         f.read_exact(buf)?;
     }
     Ok(())
-}
-
-/// Asks Linux to back `len` bytes at `ptr` with transparent huge pages where it can (a hint; the
-/// kernel's `madvise` mode of THP honours it, `never` ignores it).
-pub(crate) fn advise_huge_pages(ptr: *mut u8, len: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (ptr as usize).next_multiple_of(HUGE);
-        let end = (ptr as usize + len) & !(HUGE - 1);
-        if end > start {
-            // SAFETY: the range lies inside the caller's allocation; MADV_HUGEPAGE changes no contents.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (ptr, len);
 }

@@ -2,8 +2,9 @@
 //! (self-attention, cross-attention, GEGLU feed-forward), projection out, residual.
 
 use super::nn::{attention, conv2d, group_norm, linear, linear_no_bias, Conv2d, GroupNorm, Linear};
+use super::weights::Weights;
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::LayerNorm;
 
 /// diffusers `Attention` with the plain processor: q from `xs`, k/v from `context` (or `xs`).
 #[derive(Debug, Clone)]
@@ -17,7 +18,7 @@ pub struct CrossAttention {
 
 impl CrossAttention {
     pub fn new(
-        vb: VarBuilder,
+        vb: Weights,
         query_dim: usize,
         context_dim: usize,
         heads: usize,
@@ -61,7 +62,7 @@ struct GegluFeedForward {
 }
 
 impl GegluFeedForward {
-    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+    fn new(vb: Weights, dim: usize) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
             proj: linear(dim, inner * 2, vb.pp("net.0.proj"))?,
@@ -95,13 +96,13 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
+    fn new(vb: Weights, dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
         Ok(Self {
-            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1").vb())?,
             attn1: CrossAttention::new(vb.pp("attn1"), dim, dim, heads, head_dim)?,
-            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2").vb())?,
             attn2: CrossAttention::new(vb.pp("attn2"), dim, context_dim, heads, head_dim)?,
-            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3").vb())?,
             ff: GegluFeedForward::new(vb.pp("ff"), dim)?,
         })
     }
@@ -142,7 +143,7 @@ pub struct Transformer2D {
 }
 
 impl Transformer2D {
-    pub fn new(vb: VarBuilder, c: TransformerConfig) -> Result<Self> {
+    pub fn new(vb: Weights, c: TransformerConfig) -> Result<Self> {
         let ch = c.channels;
         let proj = |name: &str| -> Result<Projection> {
             if c.use_linear_projection {

@@ -6,8 +6,8 @@ use super::nn::{
 };
 use super::transformer::{Transformer2D, TransformerConfig};
 pub use super::unet_config::UNetConfig;
+use super::weights::Weights;
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::VarBuilder;
 
 /// SDXL's extra conditioning (`added_cond_kwargs`): pooled text embeddings and the size/crop time ids.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub struct UNet2DConditionModel {
 
 impl UNet2DConditionModel {
     /// Builds the model from `config`, reading weights through `vb` (diffusers key names).
-    pub fn new(vb: VarBuilder, config: UNetConfig) -> Result<Self> {
+    pub fn new(vb: Weights, config: UNetConfig) -> Result<Self> {
         if let Err(what) = config.check_values() {
             candle_core::bail!("invalid UNet config: {what}");
         }

@@ -3,8 +3,9 @@
 use super::nn::{
     conv2d, group_norm, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, ResnetConfig, Upsample2D,
 };
+use super::weights::Weights;
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::Linear;
 use serde::Deserialize;
 
 fn three() -> usize {
@@ -165,15 +166,15 @@ struct PixelAttention {
 }
 
 impl PixelAttention {
-    fn new(vb: VarBuilder, ch: usize, groups: usize) -> Result<Self> {
+    fn new(vb: Weights, ch: usize, groups: usize) -> Result<Self> {
         let legacy = !vb.contains_tensor("to_q.weight") && vb.contains_tensor("query.weight");
         let name = |new: &'static str, old: &'static str| if legacy { old } else { new };
         Ok(Self {
             norm: group_norm(groups, ch, 1e-6, vb.pp(name("group_norm", "group_norm")))?,
-            q: candle_nn::linear(ch, ch, vb.pp(name("to_q", "query")))?,
-            k: candle_nn::linear(ch, ch, vb.pp(name("to_k", "key")))?,
-            v: candle_nn::linear(ch, ch, vb.pp(name("to_v", "value")))?,
-            out: candle_nn::linear(ch, ch, vb.pp(name("to_out.0", "proj_attn")))?,
+            q: candle_nn::linear(ch, ch, vb.pp(name("to_q", "query")).vb())?,
+            k: candle_nn::linear(ch, ch, vb.pp(name("to_k", "key")).vb())?,
+            v: candle_nn::linear(ch, ch, vb.pp(name("to_v", "value")).vb())?,
+            out: candle_nn::linear(ch, ch, vb.pp(name("to_out.0", "proj_attn")).vb())?,
         })
     }
 }
@@ -206,7 +207,7 @@ struct VaeMid {
 }
 
 impl VaeMid {
-    fn new(vb: VarBuilder, ch: usize, cfg: &VaeConfig) -> Result<Self> {
+    fn new(vb: Weights, ch: usize, cfg: &VaeConfig) -> Result<Self> {
         let r = resnet_cfg(ch, ch, cfg.norm_num_groups);
         Ok(Self {
             first: ResnetBlock2D::new(vb.pp("resnets.0"), r)?,
@@ -253,7 +254,7 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+    fn new(vb: Weights, cfg: &VaeConfig) -> Result<Self> {
         let chs = &cfg.block_out_channels;
         let n = chs.len();
         let mut blocks = Vec::with_capacity(n);
@@ -315,7 +316,7 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+    fn new(vb: Weights, cfg: &VaeConfig) -> Result<Self> {
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let n = rev.len();
         let mut blocks = Vec::with_capacity(n);
@@ -390,7 +391,7 @@ pub struct AutoencoderKL {
 }
 
 impl AutoencoderKL {
-    pub fn new(vb: VarBuilder, config: VaeConfig) -> Result<Self> {
+    pub fn new(vb: Weights, config: VaeConfig) -> Result<Self> {
         if let Err(what) = config.check_values() {
             candle_core::bail!("invalid VAE config: {what}");
         }

@@ -73,6 +73,7 @@ pub extern "C" fn ap_load_params_default() -> ap_load_params {
         progress: None,
         progress_user_data: std::ptr::null_mut(),
         dtype: std::ptr::null(),
+        preload: 0,
     }
 }
 

@@ -74,6 +74,7 @@ pub unsafe fn load_options(p: &ap_load_params) -> Result<LoadOptions> {
         cache_dir: opt_str(p.cache_dir, "cache_dir")?.map(Into::into),
         token: opt_str(p.token, "token")?,
         local_files_only: p.local_files_only != 0,
+        preload: p.preload != 0,
     })
 }
 

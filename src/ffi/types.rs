@@ -77,6 +77,11 @@ pub struct ap_load_params {
     /// Compute dtype of the UNet and text encoders: "f32" (default, NULL), "f16" or "bf16". The VAE
     /// stays f32 when its config has `force_upcast`; latents and scheduler math are always f32.
     pub dtype: *const c_char,
+    /// Nonzero: read every weight during the load. 0 (default): float32 CPU weights are read on first
+    /// use, as diffusers' memory-mapped weights are, so the load returns quickly and the first run's
+    /// first step (and first decode) is slower. The weight files must then stay unchanged while the
+    /// pipeline lives.
+    pub preload: i32,
 }
 
 /// Inputs of `ap_run`. Initialise with `ap_run_params_default()`; a 0 / negative / NULL field means

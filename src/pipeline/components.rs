@@ -1,16 +1,18 @@
 //! The loaded models of a checkpoint, shared (through `Arc`) by every pipeline made from it.
 
 use crate::components::clip::{ClipTextConfig, ClipTextModel};
-use crate::components::load::{model_error, read_config, var_builder};
+use crate::components::load::{model_error, read_config};
 use crate::components::tokenizer::ClipTokenizer;
 use crate::components::unet::{UNet2DConditionModel, UNetConfig};
 use crate::components::vae::{AutoencoderKL, VaeConfig};
+use crate::components::weights::{WeightStore, Weights};
 use crate::error::{Error, Result};
 use crate::model_index::ModelIndex;
 use crate::schedulers::SchedulerConfig;
 use crate::source::ModelSource;
 use candle_core::{DType, Device};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A tokenizer and the text encoder it feeds.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct Components {
     scheduler: std::sync::RwLock<SchedulerConfig>,
     pub device: Device,
     pub dtype: DType,
+    /// Each model's deferred weights (see [`crate::components::weights`]).
+    weights: Vec<Arc<WeightStore>>,
 }
 
 impl Components {
@@ -44,6 +48,24 @@ impl Components {
     /// Applies `patch` to the shared scheduler config.
     pub(crate) fn patch_scheduler(&self, patch: impl FnOnce(&mut SchedulerConfig)) {
         patch(&mut self.scheduler.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Memory the weights not read yet will take when a run first uses them (float32 CPU weights are
+    /// read on first use, see [`crate::components::weights`]): their bytes, plus the read buffer of the
+    /// largest. Zero once every weight has been used or after [`Components::preload`].
+    pub fn pending_weight_bytes(&self) -> u64 {
+        let (mut total, mut largest) = (0, 0);
+        for store in &self.weights {
+            let (bytes, max) = store.pending_bytes();
+            total += bytes;
+            largest = largest.max(max);
+        }
+        total + largest
+    }
+
+    /// Reads every weight that is still deferred, so no later run pays for it.
+    pub fn preload(&self) -> Result<()> {
+        self.weights.iter().try_for_each(|store| store.materialize())
     }
 }
 
@@ -69,12 +91,14 @@ const TOKENIZER_FILES: &[&str] = &[
 ];
 
 impl Components {
-    /// Loads every component `index` lists, reporting `(done, total)` to `progress` after each.
+    /// Loads every component `index` lists, reporting `(done, total)` to `progress` after each;
+    /// `preload` reads deferred weights as each component loads instead of on first use.
     pub fn load(
         source: &ModelSource,
         index: &ModelIndex,
         device: &Device,
         dtype: DType,
+        preload: bool,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Self> {
         let has_second = index.component("text_encoder_2").is_some();
@@ -110,11 +134,21 @@ impl Components {
         }
         crate::schedulers::build(&scheduler)?;
 
-        let text_encoder = load_text_encoder(source, "tokenizer", "text_encoder", false, device, dtype)?;
-        tick(progress)?;
+        let mut weights = Vec::new();
+        let mut loaded = |store: Arc<WeightStore>, progress: &mut dyn FnMut(usize, usize) -> bool| {
+            if preload {
+                store.materialize()?;
+            }
+            weights.push(store);
+            tick(progress)
+        };
+        let (text_encoder, store) =
+            load_text_encoder(source, "tokenizer", "text_encoder", false, device, dtype)?;
+        loaded(store, progress)?;
         let text_encoder_2 = if has_second {
-            let enc = load_text_encoder(source, "tokenizer_2", "text_encoder_2", true, device, dtype)?;
-            tick(progress)?;
+            let (enc, store) =
+                load_text_encoder(source, "tokenizer_2", "text_encoder_2", true, device, dtype)?;
+            loaded(store, progress)?;
             Some(enc)
         } else {
             None
@@ -122,9 +156,10 @@ impl Components {
 
         let unet_cfg: UNetConfig = read_config(&source.file("unet", "config.json")?)?;
         let unet_dir = PathBuf::from(source.component_location("unet"));
-        let vb = var_builder(&source.weights("unet", "diffusion_pytorch_model")?, dtype, device)?;
+        let vb = Weights::open(&source.weights("unet", "diffusion_pytorch_model")?, dtype, device)?;
+        let store = vb.store();
         let unet = UNet2DConditionModel::new(vb, unet_cfg).map_err(|e| model_error("unet", &unet_dir, e))?;
-        tick(progress)?;
+        loaded(store, progress)?;
 
         let vae_cfg: VaeConfig = read_config(&source.file("vae", "config.json")?)?;
         let vae_dir = PathBuf::from(source.component_location("vae"));
@@ -134,13 +169,14 @@ impl Components {
         } else {
             dtype
         };
-        let vb = var_builder(
+        let vb = Weights::open(
             &source.weights("vae", "diffusion_pytorch_model")?,
             vae_dtype,
             device,
         )?;
+        let store = vb.store();
         let vae = AutoencoderKL::new(vb, vae_cfg).map_err(|e| model_error("vae", &vae_dir, e))?;
-        tick(progress)?;
+        loaded(store, progress)?;
 
         let ctx = text_encoder.model.config().hidden_size
             + text_encoder_2
@@ -160,6 +196,7 @@ impl Components {
             scheduler: std::sync::RwLock::new(scheduler),
             device: device.clone(),
             dtype,
+            weights,
         })
     }
 
@@ -176,7 +213,7 @@ fn load_text_encoder(
     with_projection: bool,
     device: &Device,
     dtype: DType,
-) -> Result<TextEncoder> {
+) -> Result<(TextEncoder, Arc<WeightStore>)> {
     // Fetch (hub) or locate every tokenizer file first: the tokenizer reads its folder as a whole.
     let mut folder = None;
     for f in TOKENIZER_FILES {
@@ -193,7 +230,8 @@ fn load_text_encoder(
     let tok = ClipTokenizer::from_dir(&folder)?;
     let cfg: ClipTextConfig = read_config(&source.file(encoder, "config.json")?)?;
     let dir = PathBuf::from(source.component_location(encoder));
-    let vb = var_builder(&source.weights(encoder, "model")?, dtype, device)?;
+    let vb = Weights::open(&source.weights(encoder, "model")?, dtype, device)?;
+    let store = vb.store();
     let model = ClipTextModel::new(vb, cfg, with_projection).map_err(|e| model_error(encoder, &dir, e))?;
     // Ids or lengths the encoder cannot embed would only fail at the first run, with candle's index
     // error; refuse the pair here, naming both folders.
@@ -212,8 +250,9 @@ fn load_text_encoder(
             tok.max_length()
         )));
     }
-    Ok(TextEncoder {
+    let encoder = TextEncoder {
         tokenizer: tok,
         model,
-    })
+    };
+    Ok((encoder, store))
 }

@@ -127,7 +127,7 @@ impl Pipeline {
                     .into(),
             ));
         }
-        let components = Components::load(&source, &plan.index, &device, dtype, progress)?;
+        let components = Components::load(&source, &plan.index, &device, dtype, opts.preload, progress)?;
         components.patch_scheduler(|s| config::patch_legacy_scheduler(plan.family, task, s));
         let mut base = plan.index.config.clone();
         base.insert("_name_or_path".into(), Value::String(model.to_string()));

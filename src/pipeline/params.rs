@@ -21,6 +21,11 @@ pub struct LoadOptions {
     pub token: Option<String>,
     /// Never touch the network; default from `HF_HUB_OFFLINE`.
     pub local_files_only: bool,
+    /// Read every weight while loading. By default float32 CPU weights are read on first use, as
+    /// diffusers' memory-mapped weights are: loading is fast and the first denoising step (or text
+    /// encoding, or decode) reads what it needs. Preloading moves that cost into the load, so no run
+    /// has a slow first step.
+    pub preload: bool,
 }
 
 /// Progress of a run or a load: return `false` to cancel.

@@ -59,31 +59,46 @@ impl Affine {
 /// A `(c_out, c_in, kh, kw)` f32 CPU weight as `(kh·kw, c_in, c_out)`, the layout [`conv2d`] takes.
 pub fn pack_weight(weight: &Tensor) -> Result<Tensor> {
     let (c_out, c_in, kh, kw) = weight.dims4()?;
-    let taps = kh * kw;
+    let packed = with_f32(weight, |w| pack_data(w, c_out, c_in, kh * kw))?;
+    tensor(packed, (kh * kw, c_in, c_out))
+}
+
+/// [`pack_weight`] on the row-major data `w` of a `(c_out, c_in, taps)` weight (a linear layer's
+/// `(out, in)` is `taps = 1`): returns it as `(taps, c_in, c_out)`. Reads `w` once, in order, so `w`
+/// may be a file's pages read on first touch; the result is written once, into memory advised as
+/// huge pages (a model's weights are gigabytes of fresh pages).
+pub fn pack_data(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Result<Vec<f32>> {
     let k_len = c_in * taps;
+    let n = c_out * k_len;
+    if w.len() != n {
+        bail!(
+            "internal error: packing {} values as a {c_out}×{c_in}×{taps} weight",
+            w.len()
+        );
+    }
     // A blocked transpose of the (c_out × c_in·taps) weight: column k = c·taps + tap becomes row
     // tap·c_in + c. Each task transposes a band of 64 columns in 64 × 64 tiles that stay in L1.
     const B: usize = 64;
-    let mut out = vec![0f32; weight.elem_count()];
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    super::advise_huge_pages(out.as_mut_ptr().cast(), n * 4);
     let dst = SendPtr(out.as_mut_ptr());
-    with_f32(weight, |w| {
-        (0..k_len.div_ceil(B)).into_par_iter().for_each(|kb| {
-            let (k0, k1) = (kb * B, (kb * B + B).min(k_len));
-            for o0 in (0..c_out).step_by(B) {
-                let o1 = (o0 + B).min(c_out);
-                for k in k0..k1 {
-                    let (c, tap) = (k / taps, k % taps);
-                    let row = (tap * c_in + c) * c_out;
-                    for o in o0..o1 {
-                        // SAFETY: rows of columns k0..k1 belong to this task alone.
-                        unsafe { *dst.get().add(row + o) = w[o * k_len + k] };
-                    }
+    (0..k_len.div_ceil(B)).into_par_iter().for_each(|kb| {
+        let (k0, k1) = (kb * B, (kb * B + B).min(k_len));
+        for o0 in (0..c_out).step_by(B) {
+            let o1 = (o0 + B).min(c_out);
+            for k in k0..k1 {
+                let (c, tap) = (k / taps, k % taps);
+                let row = (tap * c_in + c) * c_out;
+                for o in o0..o1 {
+                    // SAFETY: rows of columns k0..k1 belong to this task alone, inside the capacity.
+                    unsafe { dst.get().add(row + o).write(w[o * k_len + k]) };
                 }
             }
-        });
-        Ok(())
-    })?;
-    tensor(out, (taps, c_in, c_out))
+        }
+    });
+    // SAFETY: the bands cover every column k of every row o, so all n values were written.
+    unsafe { out.set_len(n) };
+    Ok(out)
 }
 
 /// How the input reaches the convolution.

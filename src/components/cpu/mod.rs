@@ -58,6 +58,23 @@ impl SendPtr {
     }
 }
 
+/// Asks Linux to back `len` bytes at `ptr` with transparent huge pages where it can (a hint; the
+/// kernel's `madvise` mode of THP honours it, `never` ignores it).
+pub(crate) fn advise_huge_pages(ptr: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + len) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: the range lies inside the caller's allocation; MADV_HUGEPAGE changes no contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
 /// Wraps an output buffer as a CPU tensor of `shape`.
 pub(crate) fn tensor(data: Vec<f32>, shape: impl Into<candle_core::Shape>) -> Result<Tensor> {
     Tensor::from_vec(data, shape, &candle_core::Device::Cpu)

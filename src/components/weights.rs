@@ -1,0 +1,353 @@
+//! A component's weights: its safetensors files, the checks every tensor passes, and the handles
+//! layers keep to the weights they read on first use.
+//!
+//! Float32 convolution and linear weights on the CPU are nearly all of a checkpoint's bytes (SD 1.5:
+//! 4.1 of 4.1 GB) and are repacked for our kernels ([`super::cpu`]). Reading and repacking them up
+//! front made loading take seconds where diffusers maps the files and reads nothing until the first
+//! forward. They are therefore *deferred*, as diffusers' mapped weights are: loading checks each one
+//! against its file's header (present, floating point, the shape `config.json` implies) and keeps a
+//! [`Weight`] handle; the first forward that needs it reads and packs it, once for every user
+//! (pipelines made with `from_pipe` share the handles). [`WeightStore::materialize`] reads them all
+//! at once, for callers that want no slow first step (`LoadOptions::preload`). Everything else —
+//! biases, norms, embeddings, and every weight on a GPU or in half precision — is read during load.
+//!
+//! Reads go through `pread` ([`super::tensor_file`]), not a mapping: the pages a mapping touches
+//! would stay in this process's resident set next to the packed copy.
+
+use super::tensor_file::TensorFile;
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// The safetensors files of one component: one file, or the shards of a sharded checkpoint.
+#[derive(Debug)]
+struct Files {
+    files: Vec<TensorFile>,
+    /// Tensor name → index in `files`.
+    routing: HashMap<String, usize>,
+}
+
+impl Files {
+    fn names(&self) -> String {
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .map(|f| f.path().display().to_string())
+            .collect();
+        names.join(", ")
+    }
+
+    /// The file holding `name`, its stored dtype and shape; refuses missing and non-float tensors,
+    /// and a shape other than `expect` when given. Reads only the header.
+    fn find(
+        &self,
+        name: &str,
+        expect: Option<&[usize]>,
+    ) -> candle_core::Result<(&TensorFile, DType, &[usize])> {
+        let Some(&i) = self.routing.get(name) else {
+            candle_core::bail!("tensor {name} is missing from {}", self.names());
+        };
+        let file = &self.files[i];
+        let Some(entry) = file.entry(name) else {
+            candle_core::bail!("tensor {name} is missing from {}", file.path().display());
+        };
+        let Some(dtype) = entry.float_dtype() else {
+            candle_core::bail!(
+                "tensor {name} in {} has dtype {}; model weights must be floating point (F16, BF16, F32 or F64)",
+                file.path().display(),
+                entry.dtype
+            );
+        };
+        if let Some(expect) = expect.filter(|e| *e != entry.shape.as_slice()) {
+            candle_core::bail!(
+                "tensor {name} in {} has shape {:?}, but config.json implies {expect:?}",
+                file.path().display(),
+                entry.shape
+            );
+        }
+        Ok((file, dtype, &entry.shape))
+    }
+
+    /// Reads `name` (of shape `expect`, when given) as `dtype` onto `dev`.
+    fn read(
+        &self,
+        name: &str,
+        expect: Option<&[usize]>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let (file, stored, shape) = self.find(name, expect)?;
+        file.read(name, stored, shape, dev)
+            .map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "cannot read tensor {name} from {}: {e}",
+                    file.path().display()
+                ))
+            })?
+            .to_dtype(dtype)
+    }
+}
+
+/// candle's view of [`Files`], for the layers built with `candle_nn` helpers.
+struct Backend(Arc<Files>);
+
+impl SimpleBackend for Backend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.read(name, Some(s.dims()), dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.read(name, None, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.routing.contains_key(name)
+    }
+}
+
+/// The deferred weights made from one component's files, so they can be counted and read ahead.
+///
+/// Holds them weakly: a [`Weight`] belongs to its layer and keeps the files open; the store only
+/// finds the ones still alive.
+#[derive(Debug, Default)]
+pub struct WeightStore {
+    deferred: Mutex<Vec<Weak<Deferred>>>,
+}
+
+impl WeightStore {
+    fn live(&self) -> Vec<Arc<Deferred>> {
+        let list = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Bytes of deferred weights not read yet, and the largest of them (reading one needs a buffer of
+    /// its size next to the packed copy).
+    pub fn pending_bytes(&self) -> (u64, u64) {
+        let pending: Vec<u64> = self
+            .live()
+            .iter()
+            .filter(|d| d.tensor.get().is_none())
+            .map(|d| d.bytes())
+            .collect();
+        (pending.iter().sum(), pending.iter().copied().max().unwrap_or(0))
+    }
+
+    /// Reads and packs every deferred weight not read yet.
+    pub fn materialize(&self) -> Result<()> {
+        for d in self.live() {
+            d.get().map_err(|e| Error::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the message of a deferred weight that could not be read; [`crate::error::Error`] turns a
+/// tensor-op failure carrying it into `Error::Io` (candle's errors carry only text).
+pub(crate) const FIRST_USE_READ_FAILED: &str = "reading a weight on first use failed:";
+
+/// How a deferred weight is laid out for its kernel once read: its row-major float32 values and its
+/// stored shape in, the packed tensor out.
+pub type Pack = fn(&[f32], &[usize]) -> candle_core::Result<Tensor>;
+
+/// A weight read (and packed) on first use; see the module documentation.
+#[derive(Debug)]
+struct Deferred {
+    files: Arc<Files>,
+    name: String,
+    /// The stored shape (checked against the header when deferred).
+    shape: Vec<usize>,
+    pack: Pack,
+    tensor: OnceLock<Tensor>,
+    /// Held while reading, so concurrent first uses read once.
+    reading: Mutex<()>,
+}
+
+impl Deferred {
+    fn bytes(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64 * 4
+    }
+
+    fn get(&self) -> candle_core::Result<&Tensor> {
+        if let Some(t) = self.tensor.get() {
+            return Ok(t);
+        }
+        let _reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = self.tensor.get() {
+            return Ok(t);
+        }
+        let packed = self.read_packed().map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "{FIRST_USE_READ_FAILED} {e} (the checkpoint's files must stay unchanged while the pipeline \
+                 is alive, or load it with preload)"
+            ))
+        })?;
+        Ok(self.tensor.get_or_init(|| packed))
+    }
+
+    /// Packs the weight straight from the file's pages when it is stored as float32 (one pass over
+    /// the data), else reads and converts it first.
+    fn read_packed(&self) -> candle_core::Result<Tensor> {
+        let (file, _, _) = self.files.find(&self.name, Some(&self.shape))?;
+        if let Some(packed) = file.with_mapped_f32(&self.name, |w| (self.pack)(w, &self.shape))? {
+            return Ok(packed);
+        }
+        let raw = self
+            .files
+            .read(&self.name, Some(&self.shape), DType::F32, &Device::Cpu)?;
+        super::cpu::with_f32(&raw, |w| (self.pack)(w, &self.shape))
+    }
+}
+
+/// A layer's weight: read already, or deferred until first use (float32 on the CPU, see the module
+/// documentation). Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct Weight(WeightState);
+
+#[derive(Debug, Clone)]
+enum WeightState {
+    Ready(Tensor),
+    Deferred(Arc<Deferred>),
+}
+
+impl Weight {
+    /// A weight that is already in memory.
+    pub fn ready(t: Tensor) -> Self {
+        Self(WeightState::Ready(t))
+    }
+
+    /// The tensor, read and packed now if this is its first use. A failure (the file changed or went
+    /// away since loading) names the tensor and the file.
+    pub fn get(&self) -> candle_core::Result<&Tensor> {
+        match &self.0 {
+            WeightState::Ready(t) => Ok(t),
+            WeightState::Deferred(d) => d.get(),
+        }
+    }
+
+    /// The dtype the tensor has (or will have once read).
+    pub fn dtype(&self) -> DType {
+        match &self.0 {
+            WeightState::Ready(t) => t.dtype(),
+            WeightState::Deferred(_) => DType::F32,
+        }
+    }
+}
+
+/// What a model's constructor reads its weights through: candle's [`VarBuilder`] (with our checks
+/// behind it) plus deferred weights for the layers that pack theirs.
+#[derive(Clone)]
+pub struct Weights {
+    vb: VarBuilder<'static>,
+    files: Arc<Files>,
+    store: Arc<WeightStore>,
+}
+
+impl Weights {
+    /// Opens a component's weight files (`weights`: one file, or every shard) for a model computing
+    /// in `dtype` on `device`.
+    ///
+    /// Every tensor a model asks for is checked when the model is built: it must exist, hold
+    /// floating-point data, and have exactly the shape the component's `config.json` implies; each
+    /// failure names the tensor and the file (candle's own messages name neither). Tensors no model
+    /// asks for are ignored, as diffusers ignores unexpected keys (it only logs them). The files must
+    /// not be modified while a model built from them is alive: deferred weights are read later.
+    pub fn open(weights: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        if weights.is_empty() {
+            return Err(Error::Internal("no weight files to read".into()));
+        }
+        let mut files = Vec::with_capacity(weights.len());
+        let mut routing = HashMap::new();
+        for (i, w) in weights.iter().enumerate() {
+            // Check the header up front so a truncated or foreign file gets a message naming it.
+            super::load::check_safetensors(w)?;
+            let file = TensorFile::open(w).map_err(|e| {
+                Error::InvalidModel(format!("cannot read safetensors weights {}: {e}", w.display()))
+            })?;
+            for name in file.names() {
+                // The first shard that holds a name wins; diffusers' loader would let a later one win,
+                // but a tensor in two shards is a broken index either way.
+                routing.entry(name.clone()).or_insert(i);
+            }
+            files.push(file);
+        }
+        let files = Arc::new(Files { files, routing });
+        let vb = VarBuilder::from_backend(Box::new(Backend(files.clone())), dtype, device.clone());
+        Ok(Self {
+            vb,
+            files,
+            store: Arc::default(),
+        })
+    }
+
+    /// The deferred weights of this component (shared by every [`Weights::pp`] of it).
+    pub fn store(&self) -> Arc<WeightStore> {
+        self.store.clone()
+    }
+
+    /// candle's builder at the same prefix, for `candle_nn` constructors.
+    pub fn vb(&self) -> VarBuilder<'static> {
+        self.vb.clone()
+    }
+
+    /// The weights under `prefix.` (as [`VarBuilder::pp`]).
+    pub fn pp(&self, prefix: impl ToString) -> Self {
+        Self {
+            vb: self.vb.pp(prefix),
+            files: self.files.clone(),
+            store: self.store.clone(),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.vb.dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    pub fn contains_tensor(&self, name: &str) -> bool {
+        self.vb.contains_tensor(name)
+    }
+
+    /// Reads tensor `name` of shape `s` now.
+    pub fn get(&self, s: impl Into<Shape>, name: &str) -> candle_core::Result<Tensor> {
+        self.vb.get(s, name)
+    }
+
+    /// Tensor `name` of shape `shape`, laid out by `pack` for a float32 CPU kernel: deferred when
+    /// this model computes in float32 on the CPU (checked against the header now), otherwise read now
+    /// and returned as stored (the caller runs candle's ops on it); the flag says which.
+    pub fn packed(&self, shape: &[usize], name: &str, pack: Pack) -> candle_core::Result<(Weight, bool)> {
+        if !(self.device().is_cpu() && self.dtype() == DType::F32) {
+            return Ok((Weight::ready(self.get(shape, name)?), false));
+        }
+        let full = match self.vb.prefix() {
+            p if p.is_empty() => name.to_string(),
+            p => format!("{p}.{name}"),
+        };
+        self.files.find(&full, Some(shape))?;
+        let deferred = Arc::new(Deferred {
+            files: self.files.clone(),
+            name: full,
+            shape: shape.to_vec(),
+            pack,
+            tensor: OnceLock::new(),
+            reading: Mutex::new(()),
+        });
+        let mut list = self.store.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        list.push(Arc::downgrade(&deferred));
+        Ok((Weight(WeightState::Deferred(deferred)), true))
+    }
+}

@@ -1,0 +1,130 @@
+//! Weights read on first use (`components::weights`): a lazily loaded pipeline gives the images a
+//! preloaded one gives, every pipeline and thread sharing the models sees each weight read, the memory
+//! check counts what is still unread, and a weight file that changes under a lazy pipeline fails the
+//! run with an I/O error naming the file instead of crashing.
+
+mod common;
+
+use autopipeline::{Error, LoadOptions, Pipeline, RunParams, Task};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn checkpoint() -> PathBuf {
+    common::data_dir().join("checkpoints/sd15-tiny")
+}
+
+fn load(dir: &Path, preload: bool) -> Pipeline {
+    let opts = LoadOptions {
+        preload,
+        ..Default::default()
+    };
+    Pipeline::from_pretrained(dir.to_str().unwrap(), Task::Text2Image, &opts, None).unwrap()
+}
+
+fn params() -> RunParams {
+    RunParams {
+        prompt: "a lighthouse on a cliff at dusk".into(),
+        negative_prompt: Some("blurry".into()),
+        num_inference_steps: Some(2),
+        width: Some(64),
+        height: Some(64),
+        seed: 11,
+        ..Default::default()
+    }
+}
+
+/// Bytes of float data in the component's safetensors files (from their headers).
+fn stored_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for component in ["text_encoder", "unet", "vae"] {
+        for entry in std::fs::read_dir(dir.join(component)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "safetensors") {
+                let bytes = std::fs::read(&path).unwrap();
+                let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+                total += (bytes.len() - 8 - n) as u64;
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn a_lazy_load_reads_weights_on_first_use_and_matches_a_preloaded_one() {
+    let dir = checkpoint();
+    let lazy = load(&dir, false);
+    let pending = lazy.components().pending_weight_bytes();
+    // Nearly all of a checkpoint is convolution and linear weights; what is left (norms, biases,
+    // embeddings) is read during the load. Pending bytes add the read buffer of the largest weight.
+    let stored = stored_bytes(&dir);
+    assert!(
+        pending > stored * 3 / 4 && pending <= 2 * stored,
+        "pending {pending} of {stored} stored bytes"
+    );
+    let derived = lazy.from_pipe(Task::Image2Image, &Default::default()).unwrap();
+    let want = lazy.run(&params(), None).unwrap().images;
+    // text2img never runs the VAE encoder, so its weights stay on disk (as unused mapped pages do).
+    let unread = lazy.components().pending_weight_bytes();
+    assert!(unread > 0 && unread < pending / 2, "{unread} of {pending} bytes still unread");
+    // from_pipe shares the models: what one pipeline read, the other has, and img2img reads the rest.
+    assert_eq!(derived.components().pending_weight_bytes(), unread);
+    let image = want[0].clone();
+    let i2i = RunParams {
+        image: Some(image),
+        ..params()
+    };
+    derived.run(&i2i, None).unwrap();
+    assert_eq!(lazy.components().pending_weight_bytes(), 0);
+
+    let preloaded = load(&dir, true);
+    assert_eq!(preloaded.components().pending_weight_bytes(), 0);
+    let got = preloaded.run(&params(), None).unwrap().images;
+    assert_eq!(
+        got, want,
+        "a preloaded pipeline gives other pixels than a lazy one"
+    );
+}
+
+#[test]
+fn concurrent_first_runs_on_a_lazy_pipeline_agree() {
+    let want = load(&checkpoint(), true).run(&params(), None).unwrap().images;
+    let lazy = Arc::new(load(&checkpoint(), false));
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let p = lazy.clone();
+            std::thread::spawn(move || p.run(&params(), None).unwrap().images)
+        })
+        .collect();
+    for run in runs {
+        assert_eq!(run.join().unwrap(), want);
+    }
+}
+
+#[test]
+fn a_weight_file_cut_short_after_a_lazy_load_fails_the_run_with_an_io_error() {
+    let work = std::env::temp_dir().join(format!("autopipeline-weights-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let (lazy_dir, preload_dir) = (work.join("lazy"), work.join("preload"));
+    common::copy_dir(&checkpoint(), &lazy_dir);
+    common::copy_dir(&checkpoint(), &preload_dir);
+    let lazy = load(&lazy_dir, false);
+    let preloaded = load(&preload_dir, true);
+
+    // Keep the header, drop the tensors: every deferred UNet weight now lies past the end.
+    for dir in [&lazy_dir, &preload_dir] {
+        let path = dir.join("unet/diffusion_pytorch_model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        std::fs::write(&path, &bytes[..header]).unwrap();
+    }
+    match lazy.run(&params(), None) {
+        Err(Error::Io(msg)) => {
+            assert!(msg.contains("diffusion_pytorch_model.safetensors"), "{msg}");
+            assert!(msg.contains("preload"), "{msg}");
+        }
+        other => panic!("expected an I/O error, got {:?}", other.map(|o| o.images.len())),
+    }
+    // A preloaded pipeline read everything while loading and no longer needs the files.
+    preloaded.run(&params(), None).unwrap();
+    let _ = std::fs::remove_dir_all(&work);
+}
