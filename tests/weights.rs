@@ -65,7 +65,10 @@ fn a_lazy_load_reads_weights_on_first_use_and_matches_a_preloaded_one() {
     let want = lazy.run(&params(), None).unwrap().images;
     // text2img never runs the VAE encoder, so its weights stay on disk (as unused mapped pages do).
     let unread = lazy.components().pending_weight_bytes();
-    assert!(unread > 0 && unread < pending / 2, "{unread} of {pending} bytes still unread");
+    assert!(
+        unread > 0 && unread < pending / 2,
+        "{unread} of {pending} bytes still unread"
+    );
     // from_pipe shares the models: what one pipeline read, the other has, and img2img reads the rest.
     assert_eq!(derived.components().pending_weight_bytes(), unread);
     let image = want[0].clone();
@@ -127,4 +130,26 @@ fn a_weight_file_cut_short_after_a_lazy_load_fails_the_run_with_an_io_error() {
     // A preloaded pipeline read everything while loading and no longer needs the files.
     preloaded.run(&params(), None).unwrap();
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Runs started from a rayon pool's own threads (a Rust caller generating in `par_iter`) give the
+/// images a preloaded pipeline gives. (While one of them packs a weight, its thread runs other rayon
+/// jobs, which may be another run's first use of that same weight: waiting for the read there would
+/// wait on itself. The tiny checkpoint's weights pack in one task, so the unit test in
+/// `components::weights` pins that case.)
+#[test]
+fn first_uses_inside_a_rayon_pool_do_not_deadlock() {
+    use rayon::prelude::*;
+    let want = load(&checkpoint(), true).run(&params(), None).unwrap().images;
+    let lazy = load(&checkpoint(), false);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let runs: Vec<_> = pool.install(|| {
+        (0..4)
+            .into_par_iter()
+            .map(|_| lazy.run(&params(), None).unwrap().images)
+            .collect()
+    });
+    for images in runs {
+        assert_eq!(images, want);
+    }
 }

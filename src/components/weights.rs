@@ -131,8 +131,8 @@ impl WeightStore {
         list.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Bytes of deferred weights not read yet, and the largest of them (reading one needs a buffer of
-    /// its size next to the packed copy).
+    /// Bytes of deferred weights not read yet, and the largest of them (reading one stored in another
+    /// dtype needs a buffer of its size next to the packed copy).
     pub fn pending_bytes(&self) -> (u64, u64) {
         let pending: Vec<u64> = self
             .live()
@@ -182,7 +182,21 @@ impl Deferred {
         if let Some(t) = self.tensor.get() {
             return Ok(t);
         }
-        let _reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        let _reading = if rayon::current_thread_index().is_some() {
+            // A rayon worker must not wait here: a thread packing a weight runs other rayon jobs while
+            // its packing finishes, and one of them may be a forward (of a run started inside a rayon
+            // pool) that needs the weight this very thread is packing lower on its stack. Waiting
+            // would be waiting on itself; it packs its own copy instead and the first one kept wins.
+            match self.reading.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            }
+        } else {
+            // Other threads never run rayon jobs while they wait, so they can wait: concurrent first
+            // uses then read each weight once.
+            Some(self.reading.lock().unwrap_or_else(|e| e.into_inner()))
+        };
         if let Some(t) = self.tensor.get() {
             return Ok(t);
         }
@@ -349,5 +363,82 @@ impl Weights {
         let mut list = self.store.deferred.lock().unwrap_or_else(|e| e.into_inner());
         list.push(Arc::downgrade(&deferred));
         Ok((Weight(WeightState::Deferred(deferred)), true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file holding one float32 `(rows, cols)` tensor `w` with values 0, 1, 2, …
+    fn one_tensor_file(tag: &str, rows: usize, cols: usize) -> PathBuf {
+        let n = rows * cols;
+        let header = format!(
+            r#"{{"w":{{"dtype":"F32","shape":[{rows},{cols}],"data_offsets":[0,{}]}}}}"#,
+            n * 4
+        );
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        for i in 0..n {
+            bytes.extend_from_slice(&(i as f32).to_le_bytes());
+        }
+        let path = std::env::temp_dir().join(format!(
+            "autopipeline-weights-{tag}-{}.safetensors",
+            std::process::id()
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn transpose(w: &[f32], shape: &[usize]) -> candle_core::Result<Tensor> {
+        let (r, c) = (shape[0], shape[1]);
+        let t: Vec<f32> = (0..r * c).map(|i| w[(i % r) * c + i / r]).collect();
+        Tensor::from_vec(t, (c, r), &Device::Cpu)
+    }
+
+    #[test]
+    fn a_deferred_weight_is_checked_at_load_and_packed_on_first_use() {
+        let path = one_tensor_file("first-use", 3, 5);
+        let weights = Weights::open(std::slice::from_ref(&path), DType::F32, &Device::Cpu).unwrap();
+        let err = weights.packed(&[5, 3], "w", transpose).unwrap_err().to_string();
+        assert!(
+            err.contains("[3, 5]") && err.contains("config.json implies [5, 3]"),
+            "{err}"
+        );
+        let (w, deferred) = weights.packed(&[3, 5], "w", transpose).unwrap();
+        assert!(deferred);
+        assert_eq!(weights.store().pending_bytes(), (60, 60));
+        let t = w.get().unwrap();
+        assert_eq!(t.dims(), &[5, 3]);
+        assert_eq!(t.to_vec2::<f32>().unwrap()[1], vec![1.0, 6.0, 11.0]);
+        assert_eq!(weights.store().pending_bytes(), (0, 0));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// On a rayon worker, a first use while the weight's read lock is held (by a frame lower on the
+    /// same thread, in the case this guards against) packs its own copy instead of waiting forever.
+    #[test]
+    fn a_first_use_on_a_rayon_worker_never_waits_for_the_read_lock() {
+        let path = one_tensor_file("rayon", 2, 2);
+        let weights = Weights::open(std::slice::from_ref(&path), DType::F32, &Device::Cpu).unwrap();
+        let (w, _) = weights.packed(&[2, 2], "w", transpose).unwrap();
+        let WeightState::Deferred(d) = &w.0 else {
+            panic!("float32 CPU weights are deferred")
+        };
+        let held = d.reading.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w2 = w.clone();
+        std::thread::spawn(move || {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let got = pool.install(|| w2.get().map(|t| t.to_vec2::<f32>().unwrap()));
+            let _ = tx.send(got.unwrap());
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+        drop(held);
+        assert_eq!(
+            got.expect("the rayon worker waited for the lock"),
+            vec![vec![0.0, 2.0], vec![1.0, 3.0]]
+        );
+        std::fs::remove_file(path).unwrap();
     }
 }
