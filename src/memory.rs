@@ -7,8 +7,10 @@
 //! two for a layer's input and output living together. Real peaks are higher, so this never refuses
 //! a run that could have fit; it catches requests that are off by orders of magnitude (an 8192² batch
 //! of 64 on a laptop). Weights still to be read on first use ([`crate::components::weights`]) are
-//! added, exactly: a lazily loaded model too large for the machine is refused here, at its first run,
-//! rather than aborting the process halfway through reading it. Memory available comes from `/proc/meminfo` (`MemAvailable + SwapFree`) and a
+//! added: a lazily loaded model too large for the machine is refused here, at its first run, rather
+//! than aborting the process halfway through reading it. That sum is every unread weight, including
+//! ones this task never reads (text2img leaves the VAE encoder unread, about 3 % of SD 1.5), so the
+//! bound can overshoot by that much on a first run. Memory available comes from `/proc/meminfo` (`MemAvailable + SwapFree`) and a
 //! cgroup v2 limit when there is one; elsewhere (other systems, CUDA devices) only the
 //! address-space bound applies.
 

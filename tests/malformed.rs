@@ -91,7 +91,6 @@ impl Drop for Checkpoint {
     }
 }
 
-/// Copies a folder, making the copies writable (the fixtures are read-only).
 fn read_safetensors(path: &Path) -> Vec<(String, Value, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -276,6 +275,41 @@ fn safetensors_header_that_is_not_json_or_lies_about_sizes() {
         invalid_model,
         &["diffusion_pytorch_model.safetensors"],
     );
+}
+
+/// The safetensors format tiles the data with the tensors: a gap, an overlap or bytes after the last
+/// tensor mean a corrupt or foreign file, refused at load as the safetensors readers refuse it.
+#[test]
+fn safetensors_data_with_a_gap_an_overlap_or_trailing_bytes() {
+    let cases = [
+        (
+            r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}"#,
+            12,
+            "gap",
+        ),
+        (
+            r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}"#,
+            8,
+            "overlap",
+        ),
+        (
+            r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}"#,
+            8,
+            "extra bytes",
+        ),
+    ];
+    for (header, data_len, what) in cases {
+        let ck = Checkpoint::sd15();
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, data_len));
+        ck.write("vae/diffusion_pytorch_model.safetensors", bytes);
+        assert_error(
+            &ck.fail(),
+            invalid_model,
+            &["vae", "diffusion_pytorch_model.safetensors", what],
+        );
+    }
 }
 
 #[test]

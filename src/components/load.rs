@@ -137,8 +137,9 @@ fn header_len(n: [u8; 8], file_len: u64, what: &str) -> Result<usize> {
     Ok(header_len as usize)
 }
 
-/// The header must be a JSON object of `name → {dtype, shape, data_offsets}` whose byte ranges lie
-/// inside the `data_len` bytes after it and match each tensor's shape and dtype.
+/// The header must be a JSON object of `name → {dtype, shape, data_offsets}` whose byte ranges match
+/// each tensor's shape and dtype and tile the `data_len` bytes after it exactly, as the safetensors
+/// format requires (and its readers, diffusers' included, check): no gaps, overlaps or trailing bytes.
 fn check_header(header: &[u8], data_len: u64, what: &str) -> Result<()> {
     let bad = |why: &str| bad_safetensors(what, why);
     let json: serde_json::Value =
@@ -146,6 +147,7 @@ fn check_header(header: &[u8], data_len: u64, what: &str) -> Result<()> {
     let Some(map) = json.as_object() else {
         return Err(bad("header is not a JSON object"));
     };
+    let mut ranges = Vec::with_capacity(map.len());
     for (name, info) in map {
         if name == "__metadata__" {
             continue;
@@ -206,6 +208,23 @@ fn check_header(header: &[u8], data_len: u64, what: &str) -> Result<()> {
                 bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string())
             )));
         }
+        ranges.push((begin, end, name));
+    }
+    ranges.sort();
+    let mut covered = 0;
+    for (begin, end, name) in ranges {
+        if begin != covered {
+            return Err(bad(&format!(
+                "tensor {name} starts at data byte {begin}, not where the tensor before it ends ({covered}): \
+                 its data_offsets leave a gap or overlap another tensor"
+            )));
+        }
+        covered = end;
+    }
+    if covered != data_len {
+        return Err(bad(&format!(
+            "its tensors cover {covered} of the {data_len} data bytes after the header (extra bytes at the end)"
+        )));
     }
     Ok(())
 }

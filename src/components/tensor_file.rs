@@ -1,11 +1,13 @@
-//! Reading tensors out of a safetensors file into memory the model owns, without mapping the file.
+//! Reading tensors out of a safetensors file into memory the model owns.
 //!
-//! candle's CPU tensors own their storage, so a mapped file would be copied either way; reading with
-//! `pread` instead of through a mapping keeps the file's pages out of this process's resident set
-//! (RSS holds the model once instead of model + mapped file) and skips a page fault per 4 KiB of file.
-//! Float32 data goes straight from the page cache into the tensor's buffer (advised as transparent
-//! huge pages on Linux, which cuts the fault cost of filling it); other dtypes are read into a byte
-//! buffer and converted as candle converts them.
+//! candle's CPU tensors own their storage, so a file's data is copied either way; the question is only
+//! how it is read. Weights read during the load ([`TensorFile::read`]) use `pread`: float32 data goes
+//! straight from the page cache into the tensor's buffer (advised as transparent huge pages on Linux,
+//! which cuts the fault cost of filling it), other dtypes into a byte buffer converted as candle
+//! converts them. Weights packed on first use ([`TensorFile::with_mapped_f32`]) are read through a
+//! short-lived mapping of just their bytes, so packing is the only pass over them; unmapping afterwards
+//! keeps the file's pages out of this process's resident set (RSS holds the model once, not model +
+//! mapped file).
 
 use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
@@ -108,7 +110,8 @@ impl TensorFile {
     /// Runs `f` on tensor `name`'s float32 values read through a mapping of just its bytes (the page
     /// cache's own pages: no copy, and read ahead from disk as one range), then unmaps them, so they do
     /// not stay in this process's resident set. `Ok(None)` when the tensor is not stored as
-    /// little-endian float32 at an aligned offset; the caller then reads and converts it instead.
+    /// little-endian float32 at an aligned offset, or the file cannot be mapped (some network and FUSE
+    /// file systems): the caller then reads it with [`TensorFile::read`] instead.
     pub fn with_mapped_f32<R>(&self, name: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<Option<R>> {
         let Some(entry) = self.entries.get(name) else {
             candle_core::bail!("tensor {name} is not in {}", self.path.display());
@@ -140,7 +143,10 @@ impl TensorFile {
             memmap2::MmapOptions::new()
                 .offset(entry.begin)
                 .len(n * 4)
-                .map(&self.file)?
+                .map(&self.file)
+        };
+        let Ok(map) = map else {
+            return Ok(None);
         };
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::WillNeed);

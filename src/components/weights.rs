@@ -11,8 +11,13 @@
 //! at once, for callers that want no slow first step (`LoadOptions::preload`). Everything else —
 //! biases, norms, embeddings, and every weight on a GPU or in half precision — is read during load.
 //!
-//! Reads go through `pread` ([`super::tensor_file`]), not a mapping: the pages a mapping touches
-//! would stay in this process's resident set next to the packed copy.
+//! Deferred weights are packed straight from the page cache through a mapping of each tensor's bytes,
+//! unmapped once packed so the file's pages do not stay in this process's resident set next to the
+//! packed copy ([`super::tensor_file`]). Before mapping, the file's length is checked, so a file cut
+//! short since the load fails the run with an I/O error; one cut *while* a tensor is packed can still
+//! kill the process (SIGBUS), and one rewritten in place gives wrong weights, which is why the files
+//! must stay unchanged while a model built from them lives, as diffusers' mapped weights must.
+//! Errors reading the data itself (EIO) surface at the first run that needs it.
 
 use super::tensor_file::TensorFile;
 use crate::error::{Error, Result};
@@ -131,16 +136,17 @@ impl WeightStore {
         list.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Bytes of deferred weights not read yet, and the largest of them (reading one stored in another
-    /// dtype needs a buffer of its size next to the packed copy).
+    /// Bytes of deferred weights not read yet, and the largest read buffer one of them needs (only
+    /// weights stored in another dtype than float32 are read into a buffer before packing).
     pub fn pending_bytes(&self) -> (u64, u64) {
-        let pending: Vec<u64> = self
-            .live()
-            .iter()
-            .filter(|d| d.tensor.get().is_none())
-            .map(|d| d.bytes())
-            .collect();
-        (pending.iter().sum(), pending.iter().copied().max().unwrap_or(0))
+        let (mut total, mut buffer) = (0, 0);
+        for d in self.live().iter().filter(|d| d.tensor.get().is_none()) {
+            total += d.bytes();
+            if !d.stored_f32 {
+                buffer = buffer.max(d.bytes());
+            }
+        }
+        (total, buffer)
     }
 
     /// Reads and packs every deferred weight not read yet.
@@ -167,6 +173,8 @@ struct Deferred {
     name: String,
     /// The stored shape (checked against the header when deferred).
     shape: Vec<usize>,
+    /// Stored as float32: packed straight from the file, no read buffer.
+    stored_f32: bool,
     pack: Pack,
     tensor: OnceLock<Tensor>,
     /// Held while reading, so concurrent first uses read once.
@@ -200,26 +208,34 @@ impl Deferred {
         if let Some(t) = self.tensor.get() {
             return Ok(t);
         }
-        let packed = self.read_packed().map_err(|e| {
+        // Only failures to read the file are I/O errors (marked for `Error`); packing's are not.
+        let io = |e: candle_core::Error| {
             candle_core::Error::Msg(format!(
                 "{FIRST_USE_READ_FAILED} {e} (the checkpoint's files must stay unchanged while the pipeline \
                  is alive, or load it with preload)"
             ))
-        })?;
+        };
+        // Straight from the file's pages when stored as float32 (one pass over the data), else read
+        // and converted first.
+        let (file, _, _) = self.files.find(&self.name, Some(&self.shape)).map_err(io)?;
+        let mut packed = None;
+        let mapped = file
+            .with_mapped_f32(&self.name, |w| {
+                packed = Some((self.pack)(w, &self.shape));
+                Ok(())
+            })
+            .map_err(io)?;
+        let packed = match (mapped, packed) {
+            (Some(()), Some(packed)) => packed?,
+            _ => {
+                let raw = self
+                    .files
+                    .read(&self.name, Some(&self.shape), DType::F32, &Device::Cpu)
+                    .map_err(io)?;
+                super::cpu::with_f32(&raw, |w| (self.pack)(w, &self.shape))?
+            }
+        };
         Ok(self.tensor.get_or_init(|| packed))
-    }
-
-    /// Packs the weight straight from the file's pages when it is stored as float32 (one pass over
-    /// the data), else reads and converts it first.
-    fn read_packed(&self) -> candle_core::Result<Tensor> {
-        let (file, _, _) = self.files.find(&self.name, Some(&self.shape))?;
-        if let Some(packed) = file.with_mapped_f32(&self.name, |w| (self.pack)(w, &self.shape))? {
-            return Ok(packed);
-        }
-        let raw = self
-            .files
-            .read(&self.name, Some(&self.shape), DType::F32, &Device::Cpu)?;
-        super::cpu::with_f32(&raw, |w| (self.pack)(w, &self.shape))
     }
 }
 
@@ -351,11 +367,12 @@ impl Weights {
             p if p.is_empty() => name.to_string(),
             p => format!("{p}.{name}"),
         };
-        self.files.find(&full, Some(shape))?;
+        let (_, stored, _) = self.files.find(&full, Some(shape))?;
         let deferred = Arc::new(Deferred {
             files: self.files.clone(),
             name: full,
             shape: shape.to_vec(),
+            stored_f32: stored == DType::F32,
             pack,
             tensor: OnceLock::new(),
             reading: Mutex::new(()),
@@ -407,7 +424,7 @@ mod tests {
         );
         let (w, deferred) = weights.packed(&[3, 5], "w", transpose).unwrap();
         assert!(deferred);
-        assert_eq!(weights.store().pending_bytes(), (60, 60));
+        assert_eq!(weights.store().pending_bytes(), (60, 0));
         let t = w.get().unwrap();
         assert_eq!(t.dims(), &[5, 3]);
         assert_eq!(t.to_vec2::<f32>().unwrap()[1], vec![1.0, 6.0, 11.0]);

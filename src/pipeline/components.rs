@@ -51,8 +51,8 @@ impl Components {
     }
 
     /// Memory the weights not read yet will take when a run first uses them (float32 CPU weights are
-    /// read on first use, see [`crate::components::weights`]): their bytes, plus the read buffer of the
-    /// largest. Zero once every weight has been used or after [`Components::preload`].
+    /// read on first use, see [`crate::components::weights`]): their bytes, plus the largest read buffer
+    /// one of them needs (weights stored in half precision are converted through one). Zero once every weight has been used or after [`Components::preload`].
     pub fn pending_weight_bytes(&self) -> u64 {
         let (mut total, mut largest) = (0, 0);
         for store in &self.weights {

@@ -15,7 +15,8 @@
 //! output: a nearest-neighbour ×`up` upsampling (diffusers' `Upsample2D`) and a per-channel affine map
 //! with optional SiLU (the group norm + SiLU before every resnet convolution, see [`Affine`]).
 //!
-//! Weights are laid out once, when the model loads, as `(kh·kw, c_in, c_out)` ([`pack_weight`]): the
+//! Weights are laid out once, on first use (see `components::weights`), as `(kh·kw, c_in, c_out)`
+//! ([`pack_weight`], [`pack_data`]): the
 //! gemm packs its operands in panels along `c_out`, which that layout makes contiguous reads.
 
 use super::{simd, tensor, with_f32, SendPtr};
