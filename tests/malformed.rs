@@ -6,7 +6,7 @@ mod common;
 
 use autopipeline::{Error, LoadOptions, Pipeline, Task};
 use serde_json::{json, Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A copy of a fixture checkpoint under the system temp dir, removed on drop.
@@ -62,9 +62,9 @@ impl Checkpoint {
     /// Rewrites the safetensors file `rel` through `edit` on its `(name, info, bytes)` tensors.
     fn edit_safetensors(&self, rel: &str, edit: impl FnOnce(&mut Vec<(String, Value, Vec<u8>)>)) {
         let path = self.path(rel);
-        let mut tensors = read_safetensors(&path);
+        let mut tensors = common::read_safetensors(&path);
         edit(&mut tensors);
-        std::fs::write(path, write_safetensors(&tensors)).unwrap();
+        std::fs::write(path, common::write_safetensors(&tensors)).unwrap();
     }
 
     fn load(&self) -> autopipeline::Result<Pipeline> {
@@ -89,44 +89,6 @@ impl Drop for Checkpoint {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn read_safetensors(path: &Path) -> Vec<(String, Value, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    header
-        .into_iter()
-        .filter(|(name, _)| name != "__metadata__")
-        .map(|(name, info)| {
-            let offsets = info["data_offsets"].as_array().unwrap();
-            let (a, b) = (
-                offsets[0].as_u64().unwrap() as usize,
-                offsets[1].as_u64().unwrap() as usize,
-            );
-            (name, info, data[a..b].to_vec())
-        })
-        .collect()
-}
-
-fn write_safetensors(tensors: &[(String, Value, Vec<u8>)]) -> Vec<u8> {
-    let mut header = Map::new();
-    let mut data = Vec::new();
-    for (name, info, bytes) in tensors {
-        let mut info = info.clone();
-        info["data_offsets"] = json!([data.len(), data.len() + bytes.len()]);
-        header.insert(name.clone(), info);
-        data.extend_from_slice(bytes);
-    }
-    let mut header = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while !header.len().is_multiple_of(8) {
-        header.push(b' ');
-    }
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&data);
-    out
 }
 
 /// Asserts `err` is the `want` variant and its message contains every one of `names`.
@@ -669,7 +631,7 @@ fn pickle_only_weights_are_refused_not_executed() {
 /// Splits `component`'s single safetensors file into two shards and an index.
 fn shard(ck: &Checkpoint, component: &str, base: &str) -> Map<String, Value> {
     let file = format!("{component}/{base}.safetensors");
-    let tensors = read_safetensors(&ck.path(&file));
+    let tensors = common::read_safetensors(&ck.path(&file));
     let (a, b) = tensors.split_at(tensors.len() / 2);
     let names = [
         format!("{base}-00001-of-00002.safetensors"),
@@ -677,7 +639,7 @@ fn shard(ck: &Checkpoint, component: &str, base: &str) -> Map<String, Value> {
     ];
     let mut map = Map::new();
     for (part, name) in [a, b].iter().zip(&names) {
-        ck.write(&format!("{component}/{name}"), write_safetensors(part));
+        ck.write(&format!("{component}/{name}"), common::write_safetensors(part));
         for (t, _, _) in part.iter() {
             map.insert(t.clone(), json!(name));
         }

@@ -153,3 +153,58 @@ fn first_uses_inside_a_rayon_pool_do_not_deadlock() {
         assert_eq!(images, want);
     }
 }
+
+/// Rewrites every float32 tensor of `dir`'s text encoder, UNet and VAE files rounded to float16,
+/// stored as float16 (`half`) or as float32 holding the rounded values.
+fn round_to_f16(dir: &Path, store_half: bool) {
+    for file in [
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        let path = dir.join(file);
+        let mut tensors = common::read_safetensors(&path);
+        for (_, info, bytes) in &mut tensors {
+            if info["dtype"] != "F32" {
+                continue;
+            }
+            let halves = bytes
+                .chunks_exact(4)
+                .map(|b| half::f16::from_f32(f32::from_le_bytes(b.try_into().unwrap())));
+            *bytes = if store_half {
+                info["dtype"] = "F16".into();
+                halves.flat_map(|h| h.to_le_bytes()).collect()
+            } else {
+                halves.flat_map(|h| h.to_f32().to_le_bytes()).collect()
+            };
+        }
+        std::fs::write(&path, common::write_safetensors(&tensors)).unwrap();
+    }
+}
+
+/// Weights stored in half precision take the other first-use path (read, convert, then pack) and
+/// need a read buffer: the same values stored as float32 (packed straight from the file) give the
+/// same pixels, and only the half-precision checkpoint counts a buffer in its unread bytes.
+#[test]
+fn half_precision_files_are_read_converted_and_packed_on_first_use() {
+    let work = std::env::temp_dir().join(format!("autopipeline-weights-f16-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let (half_dir, single_dir) = (work.join("f16"), work.join("f32"));
+    common::copy_dir(&checkpoint(), &half_dir);
+    common::copy_dir(&checkpoint(), &single_dir);
+    round_to_f16(&half_dir, true);
+    round_to_f16(&single_dir, false);
+    let (half, single) = (load(&half_dir, false), load(&single_dir, false));
+    let (half_pending, single_pending) = (
+        half.components().pending_weight_bytes(),
+        single.components().pending_weight_bytes(),
+    );
+    assert!(
+        half_pending > single_pending && half_pending <= 2 * single_pending,
+        "unread: {half_pending} bytes stored as f16, {single_pending} as f32"
+    );
+    let got = half.run(&params(), None).unwrap().images;
+    let want = single.run(&params(), None).unwrap().images;
+    assert_eq!(got, want);
+    let _ = std::fs::remove_dir_all(&work);
+}

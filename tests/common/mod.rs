@@ -106,3 +106,44 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The tensors of a safetensors file in header order: name, header entry, data bytes.
+pub fn read_safetensors(path: &Path) -> Vec<(String, serde_json::Value, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, info)| {
+            let offsets = info["data_offsets"].as_array().unwrap();
+            let (a, b) = (
+                offsets[0].as_u64().unwrap() as usize,
+                offsets[1].as_u64().unwrap() as usize,
+            );
+            (name, info, data[a..b].to_vec())
+        })
+        .collect()
+}
+
+/// A safetensors file of `tensors` (their `data_offsets` recomputed, laid end to end).
+pub fn write_safetensors(tensors: &[(String, serde_json::Value, Vec<u8>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, info, bytes) in tensors {
+        let mut info = info.clone();
+        info["data_offsets"] = serde_json::json!([data.len(), data.len() + bytes.len()]);
+        header.insert(name.clone(), info);
+        data.extend_from_slice(bytes);
+    }
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+    while !header.len().is_multiple_of(8) {
+        header.push(b' ');
+    }
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&data);
+    out
+}
