@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
     // Load with load progress.
     uint32_t loaded = 0, load_total = 0;
     ap::Pipeline pipe = ap::Pipeline::fromPretrained(
-        sd15, ap::Task::Text2Image, ap::LoadParams().localFilesOnly().onProgress([&](uint32_t step, uint32_t total) {
+        sd15, ap::Task::Text2Image, ap::LoadParams().localFilesOnly().preload().onProgress([&](uint32_t step, uint32_t total) {
             loaded = step;
             load_total = total;
             return true;

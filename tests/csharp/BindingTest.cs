@@ -111,7 +111,7 @@ internal static class BindingTest
             "ap_load_params layout matches the library");
 
         var loadProgress = new Recorder();
-        using (var pipe = Pipeline.FromPretrained(sd15, PipelineTask.Text2Image, new LoadOptions { LocalFilesOnly = true }, loadProgress))
+        using (var pipe = Pipeline.FromPretrained(sd15, PipelineTask.Text2Image, new LoadOptions { LocalFilesOnly = true, Preload = true }, loadProgress))
         {
             Check(loadProgress.Seen.Count > 0 && loadProgress.Seen[loadProgress.Seen.Count - 1].Step == loadProgress.Seen[0].Total,
                 "load progress reached its total");

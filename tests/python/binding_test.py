@@ -39,7 +39,7 @@ def boom(step, total):
 
 
 loaded = []
-with ap.Pipeline.from_pretrained(sd15, "text2img", local_files_only=True,
+with ap.Pipeline.from_pretrained(sd15, "text2img", local_files_only=True, preload=True,
                                  progress=lambda s, t: loaded.append((s, t))) as pipe:
     check(loaded and loaded[-1][0] == loaded[-1][1], "load progress reached its total")
     check(ap.version().count(".") == 2, "version")
