@@ -1,10 +1,11 @@
 //! CLIP text encoders (`CLIPTextModel`, `CLIPTextModelWithProjection`) built from the checkpoint's
 //! `config.json` (transformers layout and key names).
 
+use super::nn::Embedding;
 use super::nn::{linear, linear_no_bias, Linear};
 use super::weights::Weights;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm};
+use candle_nn::LayerNorm;
 use serde::Deserialize;
 
 fn default_act() -> String {
@@ -183,15 +184,11 @@ impl ClipTextModel {
             None
         };
         Ok(Self {
-            token_embedding: candle_nn::embedding(
-                config.vocab_size,
-                h,
-                tm.pp("embeddings.token_embedding").vb(),
-            )?,
-            position_embedding: candle_nn::embedding(
+            token_embedding: super::nn::embedding(config.vocab_size, h, tm.pp("embeddings.token_embedding"))?,
+            position_embedding: super::nn::embedding(
                 config.max_position_embeddings,
                 h,
-                tm.pp("embeddings.position_embedding").vb(),
+                tm.pp("embeddings.position_embedding"),
             )?,
             layers,
             final_layer_norm: candle_nn::layer_norm(

@@ -221,6 +221,36 @@ impl Module for Linear {
     }
 }
 
+/// `torch.nn.Embedding`: rows of a `(n, dim)` table picked by id. The table is deferred like the
+/// packed weights (a CLIP vocabulary's is 150-250 MB) and used as stored.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    table: Weight,
+    dim: usize,
+}
+
+/// An [`Embedding`] of `n` rows of `dim` values (`weight` under `vb`).
+pub fn embedding(n: usize, dim: usize, vb: Weights) -> Result<Embedding> {
+    let (table, _) = vb.packed(&[n, dim], "weight", as_stored)?;
+    Ok(Embedding { table, dim })
+}
+
+/// The weight as stored (an [`Embedding`] table needs no other layout).
+fn as_stored(w: &[f32], shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_slice(w, shape, &candle_core::Device::Cpu)
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.dim);
+        self.table
+            .get()?
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape(dims)
+    }
+}
+
 /// A 2-D convolution with square kernel, stride and symmetric padding, as `torch.nn.Conv2d`.
 pub fn conv2d(
     vb: Weights,

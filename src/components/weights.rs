@@ -8,8 +8,9 @@
 //! against its file's header (present, floating point, the shape `config.json` implies) and keeps a
 //! [`Weight`] handle; the first forward that needs it reads and packs it, once for every user
 //! (pipelines made with `from_pipe` share the handles). [`WeightStore::materialize`] reads them all
-//! at once, for callers that want no slow first step (`LoadOptions::preload`). Everything else —
-//! biases, norms, embeddings, and every weight on a GPU or in half precision — is read during load.
+//! at once, for callers that want no slow first step (`LoadOptions::preload`). Embedding tables are
+//! deferred the same way (used as stored); everything else — biases and norms, kilobytes each, and
+//! every weight on a GPU or in half precision — is read during load.
 //!
 //! Deferred weights are packed straight from the page cache through a mapping of each tensor's bytes,
 //! unmapped once packed so the file's pages do not stay in this process's resident set next to the
@@ -356,7 +357,8 @@ impl Weights {
         self.vb.get(s, name)
     }
 
-    /// Tensor `name` of shape `shape`, laid out by `pack` for a float32 CPU kernel: deferred when
+    /// Tensor `name` of shape `shape`, laid out by `pack` for a float32 CPU kernel (or kept as stored,
+    /// for a table such as an embedding's): deferred when
     /// this model computes in float32 on the CPU (checked against the header now), otherwise read now
     /// and returned as stored (the caller runs candle's ops on it); the flag says which.
     pub fn packed(&self, shape: &[usize], name: &str, pack: Pack) -> candle_core::Result<(Weight, bool)> {
