@@ -6,6 +6,10 @@ bench/gpu.sh.
 
     python3 bench/gpu.py OUT_DIR CKPT_DIR [sd15 sdxl]            # the whole comparison
     python3 bench/gpu.py measure ours|diffusers MODEL SIZE       # one side (prints one JSON line)
+    python3 bench/gpu.py profile ours|diffusers MODEL SIZE OUT.txt [cpu]   # kernel table of one side
+
+With AP_PROFILE=sdxl (or sd15, or both, comma-separated), the comparison also writes
+OUT_DIR/profile-ARCH-SIDE.txt for those architectures after measuring them.
 """
 
 import json
@@ -22,48 +26,88 @@ PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detail
 NEGATIVE = "blurry, low quality"
 
 
-def measure(side, model, size):
-    """Load time, then a 2-step warm-up run and a timed 20-step run; it/s over steps 2..20 (the first step
-    includes one-off kernel loading), and the whole timed run's seconds."""
-    stamps, out = [], {"side": side, "size": size}
+def build(side, model, size, device="cuda"):
+    """Loads one side's pipeline on `device`; returns the load seconds and `run(steps, stamps=None)`, which
+    generates with `steps` steps, appending a timestamp to `stamps` after each step (after a device
+    synchronisation on both sides: ours synchronises before reporting progress)."""
     t = time.perf_counter()
     if side == "diffusers":
         import torch
         from diffusers import AutoPipelineForText2Image
 
-        pipe = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=torch.float16).to("cuda")
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        pipe = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=dtype).to(device)
         pipe.set_progress_bar_config(disable=True)
-        torch.cuda.synchronize()
-        out["load_s"] = time.perf_counter() - t
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        sync()
+        load_s = time.perf_counter() - t
 
-        def cb(_pipe, _i, _t, kw):
-            torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
-            return kw
+        def run(steps, stamps=None):
+            def cb(_pipe, _i, _t, kw):
+                sync()
+                stamps.append(time.perf_counter())
+                return kw
 
-        def run(steps, cb=None):
             pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, height=size, width=size,
-                 generator=torch.Generator("cpu").manual_seed(0), output_type="np", callback_on_step_end=cb)
-            torch.cuda.synchronize()
+                 generator=torch.Generator("cpu").manual_seed(0), output_type="np",
+                 callback_on_step_end=cb if stamps is not None else None)
+            sync()
     else:
         sys.path.insert(0, str(REPO / "bindings" / "python"))
         import autopipeline as ap
 
-        pipe = ap.Pipeline.from_pretrained(model, "text2img", device="cuda", dtype="f16")
-        out["load_s"] = time.perf_counter() - t
+        pipe = ap.Pipeline.from_pretrained(model, "text2img", device=device,
+                                           dtype="f16" if device == "cuda" else None)
+        load_s = time.perf_counter() - t
 
-        def run(steps, cb=None):
-            progress = (lambda s, n: (stamps.append(time.perf_counter()), True)[1]) if cb else None
+        def run(steps, stamps=None):
+            progress = (lambda s, n: (stamps.append(time.perf_counter()), True)[1]) if stamps is not None else None
             pipe.run(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, width=size, height=size,
                      seed=0, progress=progress)
 
-        cb = True
+    return load_s, run
+
+
+def measure(side, model, size):
+    """Load time, then a 2-step warm-up run and a timed 20-step run; it/s over steps 2..20 (the first step
+    includes one-off kernel loading), and the whole timed run's seconds."""
+    stamps, out = [], {"side": side, "size": size}
+    out["load_s"], run = build(side, model, size)
     run(2)
     t = time.perf_counter()
-    run(STEPS, cb)
+    run(STEPS, stamps)
     out["run_s"] = time.perf_counter() - t
     out["it_s"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     return out
+
+
+def profile(side, model, size, out_path, device="cuda"):
+    """After a 2-step warm-up, a 3-step run under torch.profiler, written to `out_path` as a table of
+    kernels (or, on the CPU, ops) by total time. On a GPU this profiles ours too: the profiler's CUPTI
+    tracing records every kernel the process launches, whichever library launches it (ours go through
+    cudarc on the same primary context), so the two sides' tables compare kernel for kernel."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU]
+    if device == "cuda":
+        torch.cuda.init()
+        activities.append(ProfilerActivity.CUDA)
+    _, run = build(side, model, size, device)
+    run(2)
+    with torch.profiler.profile(activities=activities) as prof:
+        run(3)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    for key in (["self_device_time_total", "self_cuda_time_total"] if device == "cuda" else []) + [
+            "self_cpu_time_total"]:
+        try:
+            table = events.table(sort_by=key, row_limit=60, max_name_column_width=90)
+            break
+        except (AttributeError, KeyError, ValueError):
+            continue
+    Path(out_path).write_text(f"{side} {model} {size}² {device}, 3 steps after a 2-step warm-up\n{table}\n")
 
 
 class MemorySampler(threading.Thread):
@@ -125,6 +169,14 @@ def main(out_dir, ckpt_dir, archs):
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 (out_dir / "gpu_bench.json").write_text(json.dumps(results, indent=1))
+            if arch in os.environ.get("AP_PROFILE", "").split(","):
+                for name in os.environ.get("AP_BENCH_SIDES", "diffusers,ours").split(","):
+                    dest = out_dir / f"profile-{arch}-{name}.txt"
+                    proc = subprocess.run([sys.executable, __file__, "profile", name, str(model), str(size), str(dest)],
+                                          capture_output=True, text=True, timeout=240)
+                    log.write(f"--- profile {name} {arch}\n{proc.stdout}\n{proc.stderr[-4000:]}\n")
+                    print(f"{arch} {name}: profile {'written to ' + str(dest) if proc.returncode == 0 else 'failed'}",
+                          flush=True)
     print(f"\n{results['gpu']}, torch {results['torch']}, fp16, {STEPS} steps, CFG")
     print(f"{'arch':6} {'size':>5} {'side':10} {'load s':>7} {'run s':>7} {'it/s':>7} {'peak MiB':>9}")
     by = {}
@@ -146,5 +198,7 @@ def main(out_dir, ckpt_dir, archs):
 if __name__ == "__main__":
     if sys.argv[1] == "measure":
         print(json.dumps(measure(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    elif sys.argv[1] == "profile":
+        profile(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], *sys.argv[6:7])
     else:
         main(sys.argv[1], sys.argv[2], set(sys.argv[3:]) or {"sd15", "sdxl"})
