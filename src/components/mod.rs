@@ -1,5 +1,6 @@
 //! Model components, each built from its own folder's `config.json` and weights.
 
+pub mod bounded;
 pub mod clip;
 pub mod cpu;
 pub mod load;

@@ -1,13 +1,14 @@
 //! Layers shared by the UNet and the VAE, each matching its diffusers module (names follow the checkpoint keys).
 
-use super::cpu;
 use super::weights::{Weight, Weights};
+use super::{bounded, cpu};
 use candle_core::{DType, Module, Result, Tensor, D};
 
 /// `torch.nn.Conv2d` with a square kernel, stride and symmetric padding (no groups or dilation).
 ///
 /// Float32 weights on the CPU are packed for [`cpu::conv::conv2d`] (on first use, see
-/// [`super::weights`]); everything else runs candle's `conv2d`.
+/// [`super::weights`]); everything else runs candle's `conv2d`, split into bands of rows where its
+/// im2col columns would be large ([`bounded::conv2d`]).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     /// `(c_out, c_in, k, k)`, or `(k·k, c_in, c_out)` when `packed`.
@@ -74,19 +75,36 @@ impl Conv2d {
             Some(p) => p.norm.run(xs, p.silu)?,
             None => xs.clone(),
         };
-        let xs = if up > 1 {
-            let (_, _, h, w) = xs.dims4()?;
-            xs.upsample_nearest2d(h * up, w * up)?
-        } else {
-            xs
-        };
-        let mut out = self.forward(&xs)?;
-        if let Some(add) = channel_add {
-            out = out.broadcast_add(&add.unsqueeze(2)?.unsqueeze(3)?)?;
+        if self.packed {
+            let xs = if up > 1 {
+                let (_, _, h, w) = xs.dims4()?;
+                xs.upsample_nearest2d(h * up, w * up)?
+            } else {
+                xs
+            };
+            let mut out = self.forward(&xs)?;
+            if let Some(add) = channel_add {
+                out = out.broadcast_add(&add.unsqueeze(2)?.unsqueeze(3)?)?;
+            }
+            return match residual {
+                Some(r) => out + r,
+                None => Ok(out),
+            };
         }
-        match residual {
-            Some(r) => out + r,
-            None => Ok(out),
+        let add = bounded::ConvAdd {
+            bias: self.bias.as_ref(),
+            channel: channel_add,
+            residual,
+        };
+        bounded::conv2d(&xs, self.weight.get()?, self.shape(up), add, bounded::BAND_BYTES)
+    }
+
+    fn shape(&self, up: usize) -> bounded::ConvShape {
+        bounded::ConvShape {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            up,
         }
     }
 
@@ -146,11 +164,11 @@ impl Module for Conv2d {
             )?
             .to_dtype(xs.dtype());
         }
-        let out = xs.conv2d(self.weight.get()?, self.padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?),
-            None => Ok(out),
-        }
+        let add = bounded::ConvAdd {
+            bias: self.bias.as_ref(),
+            ..Default::default()
+        };
+        bounded::conv2d(xs, self.weight.get()?, self.shape(1), add, bounded::BAND_BYTES)
     }
 }
 
@@ -309,9 +327,15 @@ impl GroupNorm {
         }
     }
 
+    /// Float32 on the CPU: [`cpu::group_norm`]. Elsewhere candle's ops, with bounded temporaries
+    /// ([`bounded::group_norm`]) once a float32 copy of `xs` would pass [`bounded::BAND_BYTES`].
     fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         if cpu::fast_path(xs) && cpu::fast_path(&self.weight) {
             return cpu::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu);
+        }
+        if xs.elem_count() * DType::F32.size_in_bytes() > bounded::BAND_BYTES {
+            let band = bounded::BAND_BYTES;
+            return bounded::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu, band);
         }
         let c = xs.dim(1)?;
         let gn = candle_nn::GroupNorm::new(self.weight.clone(), self.bias.clone(), c, self.groups, self.eps)?;
