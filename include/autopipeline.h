@@ -175,8 +175,9 @@ typedef struct ap_load_params {
   ap_progress_fn progress;
   void *progress_user_data;
   /**
-   * Compute dtype of the UNet and text encoders: "f32" (default, NULL), "f16" or "bf16". The VAE
-   * stays f32 when its config has `force_upcast`; latents and scheduler math are always f32.
+   * Compute dtype of the models: "f32" (default, NULL), "f16" or "bf16". As in diffusers, an SDXL
+   * pipeline's VAE runs in f32 when its config has `force_upcast` (on its half-precision values); SD
+   * pipelines run theirs in this dtype. Latents and scheduler math are always f32.
    */
   const char *dtype;
   /**

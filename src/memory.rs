@@ -75,11 +75,7 @@ pub fn estimate_bytes(c: &Components, run: RunShape) -> u128 {
     // VAE decoder: its last up block runs at full resolution with block_out_channels[0] channels.
     let vae = c.vae.config();
     let vae_ch = vae.block_out_channels.first().copied().unwrap_or(1) as u128;
-    let vae_bytes = if vae.force_upcast.unwrap_or(true) {
-        f32b
-    } else {
-        act
-    };
+    let vae_bytes = bytes_of(c.vae.dtype());
     let tile = vae.sample_size.max(1) as u128;
     let (dw, dh) = if run.vae.tiling {
         (w.min(tile), h.min(tile))

@@ -18,7 +18,7 @@ use candle_core::{DType, Result, Tensor};
 
 /// Temporaries of one band stay under this many bytes (a quarter of a GiB: a few dozen rows of a
 /// 1024²-wide convolution, no split at all for the UNet at its published sizes).
-pub const BAND_BYTES: usize = 256 << 20;
+pub(crate) const BAND_BYTES: usize = 256 << 20;
 
 /// Shape of a [`conv2d`]: square kernel, stride and symmetric zero padding, applied to the input
 /// upsampled ×`up` (nearest) first.

@@ -391,6 +391,11 @@ pub struct AutoencoderKL {
 }
 
 impl AutoencoderKL {
+    /// The dtype the VAE computes in.
+    pub fn dtype(&self) -> DType {
+        self.decoder.conv_in.dtype()
+    }
+
     pub fn new(vb: Weights, config: VaeConfig) -> Result<Self> {
         if let Err(what) = config.check_values() {
             candle_core::bail!("invalid VAE config: {what}");

@@ -35,6 +35,9 @@ struct Files {
     files: Vec<TensorFile>,
     /// Tensor name → index in `files`.
     routing: HashMap<String, usize>,
+    /// Values are rounded to this dtype before being converted to the model's (see
+    /// [`Weights::open_upcast`]).
+    round_through: Option<DType>,
 }
 
 impl Files {
@@ -87,14 +90,16 @@ impl Files {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let (file, stored, shape) = self.find(name, expect)?;
-        file.read(name, stored, shape, dev)
-            .map_err(|e| {
-                candle_core::Error::Msg(format!(
-                    "cannot read tensor {name} from {}: {e}",
-                    file.path().display()
-                ))
-            })?
-            .to_dtype(dtype)
+        let t = file.read(name, stored, shape, dev).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "cannot read tensor {name} from {}: {e}",
+                file.path().display()
+            ))
+        })?;
+        match self.round_through {
+            Some(r) if r != stored => t.to_dtype(r)?.to_dtype(dtype),
+            _ => t.to_dtype(dtype),
+        }
     }
 }
 
@@ -220,12 +225,15 @@ impl Deferred {
         // and converted first.
         let (file, _, _) = self.files.find(&self.name, Some(&self.shape)).map_err(io)?;
         let mut packed = None;
-        let mapped = file
-            .with_mapped_f32(&self.name, |w| {
+        let mapped = if self.files.round_through.is_some() {
+            None // values to round: the read path below rounds them
+        } else {
+            file.with_mapped_f32(&self.name, |w| {
                 packed = Some((self.pack)(w, &self.shape));
                 Ok(())
             })
-            .map_err(io)?;
+            .map_err(io)?
+        };
         let packed = match (mapped, packed) {
             (Some(()), Some(packed)) => packed?,
             _ => {
@@ -294,6 +302,24 @@ impl Weights {
     /// asks for are ignored, as diffusers ignores unexpected keys (it only logs them). The files must
     /// not be modified while a model built from them is alive: deferred weights are read later.
     pub fn open(weights: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        Self::open_with(weights, dtype, device, None)
+    }
+
+    /// [`Weights::open`] for a model computing in float32 on weights whose values are those of
+    /// `stored` (a half dtype): what diffusers computes with when it loads a model in half precision
+    /// and moves it to float32 to run (the SDXL pipelines' `force_upcast` VAE). Weights stored in
+    /// another dtype are rounded to `stored` first; weights stored in it convert exactly.
+    pub fn open_upcast(weights: &[PathBuf], stored: DType, device: &Device) -> Result<Self> {
+        let round = (stored != DType::F32).then_some(stored);
+        Self::open_with(weights, DType::F32, device, round)
+    }
+
+    fn open_with(
+        weights: &[PathBuf],
+        dtype: DType,
+        device: &Device,
+        round_through: Option<DType>,
+    ) -> Result<Self> {
         if weights.is_empty() {
             return Err(Error::Internal("no weight files to read".into()));
         }
@@ -312,7 +338,11 @@ impl Weights {
             }
             files.push(file);
         }
-        let files = Arc::new(Files { files, routing });
+        let files = Arc::new(Files {
+            files,
+            routing,
+            round_through,
+        });
         let vb = VarBuilder::from_backend(Box::new(Backend(files.clone())), dtype, device.clone());
         Ok(Self {
             vb,
@@ -391,6 +421,11 @@ mod tests {
 
     /// A safetensors file holding one float32 `(rows, cols)` tensor `w` with values 0, 1, 2, …
     fn one_tensor_file(tag: &str, rows: usize, cols: usize) -> PathBuf {
+        tensor_file(tag, rows, cols, |i| i as f32)
+    }
+
+    /// A safetensors file holding one float32 `(rows, cols)` tensor `w` with values `value(0..)`.
+    fn tensor_file(tag: &str, rows: usize, cols: usize, value: fn(usize) -> f32) -> PathBuf {
         let n = rows * cols;
         let header = format!(
             r#"{{"w":{{"dtype":"F32","shape":[{rows},{cols}],"data_offsets":[0,{}]}}}}"#,
@@ -399,7 +434,7 @@ mod tests {
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header.as_bytes());
         for i in 0..n {
-            bytes.extend_from_slice(&(i as f32).to_le_bytes());
+            bytes.extend_from_slice(&value(i).to_le_bytes());
         }
         let path = std::env::temp_dir().join(format!(
             "autopipeline-weights-{tag}-{}.safetensors",
@@ -431,6 +466,32 @@ mod tests {
         assert_eq!(t.dims(), &[5, 3]);
         assert_eq!(t.to_vec2::<f32>().unwrap()[1], vec![1.0, 6.0, 11.0]);
         assert_eq!(weights.store().pending_bytes(), (0, 0));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// `open_upcast`: float32 compute on the values of the half dtype, read now or deferred alike.
+    #[test]
+    fn upcast_weights_hold_the_values_of_the_half_dtype() {
+        // Steps of 1e-4 near 1: none but the first is a float16 value (its spacing there is 2^-10).
+        let path = tensor_file("upcast", 2, 3, |i| 1.0 + i as f32 * 1e-4);
+        let files = std::slice::from_ref(&path);
+        let exact: Vec<f32> = (0..6).map(|i| 1.0 + i as f32 * 1e-4).collect();
+        let rounded: Vec<f32> = exact.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        assert_ne!(exact, rounded);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+
+        let plain = Weights::open(files, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(flat(&plain.get((2, 3), "w").unwrap()), exact);
+        let up = Weights::open_upcast(files, DType::F16, &Device::Cpu).unwrap();
+        assert_eq!(up.dtype(), DType::F32);
+        assert_eq!(flat(&up.get((2, 3), "w").unwrap()), rounded);
+        let as_stored = |w: &[f32], s: &[usize]| Tensor::from_slice(w, s, &Device::Cpu);
+        let (w, deferred) = up.packed(&[2, 3], "w", as_stored).unwrap();
+        assert!(deferred);
+        assert_eq!(flat(w.get().unwrap()), rounded);
+        // Upcasting from float32 is no rounding at all.
+        let same = Weights::open_upcast(files, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(flat(&same.get((2, 3), "w").unwrap()), exact);
         std::fs::remove_file(path).unwrap();
     }
 

@@ -92,13 +92,15 @@ const TOKENIZER_FILES: &[&str] = &[
 
 impl Components {
     /// Loads every component `index` lists, reporting `(done, total)` to `progress` after each;
-    /// `preload` reads deferred weights as each component loads instead of on first use.
+    /// `preload` reads deferred weights as each component loads instead of on first use; `upcast_vae`
+    /// (the SDXL family) keeps a `force_upcast` VAE of a half-precision run in float32.
     pub fn load(
         source: &ModelSource,
         index: &ModelIndex,
         device: &Device,
         dtype: DType,
         preload: bool,
+        upcast_vae: bool,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Self> {
         let has_second = index.component("text_encoder_2").is_some();
@@ -163,17 +165,15 @@ impl Components {
 
         let vae_cfg: VaeConfig = read_config(&source.file("vae", "config.json")?)?;
         let vae_dir = PathBuf::from(source.component_location("vae"));
-        // diffusers keeps a `force_upcast` VAE in float32 when the pipeline runs in half precision.
-        let vae_dtype = if vae_cfg.force_upcast.unwrap_or(true) {
-            DType::F32
+        // diffusers' SDXL pipelines move a `force_upcast` VAE to float32 for every encode and decode of a
+        // half-precision run (its half-precision values, computed in float32); the SD pipelines run it
+        // in the pipeline's dtype whatever its config says.
+        let vae_files = source.weights("vae", "diffusion_pytorch_model")?;
+        let vb = if upcast_vae && dtype != DType::F32 && vae_cfg.force_upcast.unwrap_or(true) {
+            Weights::open_upcast(&vae_files, dtype, device)?
         } else {
-            dtype
+            Weights::open(&vae_files, dtype, device)?
         };
-        let vb = Weights::open(
-            &source.weights("vae", "diffusion_pytorch_model")?,
-            vae_dtype,
-            device,
-        )?;
         let store = vb.store();
         let vae = AutoencoderKL::new(vb, vae_cfg).map_err(|e| model_error("vae", &vae_dir, e))?;
         loaded(store, progress)?;

@@ -127,7 +127,16 @@ impl Pipeline {
                     .into(),
             ));
         }
-        let components = Components::load(&source, &plan.index, &device, dtype, opts.preload, progress)?;
+        let upcast_vae = plan.family == Family::StableDiffusionXl;
+        let components = Components::load(
+            &source,
+            &plan.index,
+            &device,
+            dtype,
+            opts.preload,
+            upcast_vae,
+            progress,
+        )?;
         components.patch_scheduler(|s| config::patch_legacy_scheduler(plan.family, task, s));
         let mut base = plan.index.config.clone();
         base.insert("_name_or_path".into(), Value::String(model.to_string()));
