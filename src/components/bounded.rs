@@ -1,9 +1,9 @@
 //! Convolution and group norm built from candle ops with bounded temporaries: the path of every
-//! tensor that is not float32 on the CPU (CUDA, half precision on the CPU), at sizes where candle's own
-//! ops would allocate far more than the tensors involved.
+//! tensor that is not float32 on the CPU (CUDA; half precision on the CPU for the group norm), at sizes
+//! where candle's own ops would allocate far more than the tensors involved.
 //!
-//! candle's `conv2d` (CUDA and CPU alike) lowers to im2col + matmul: a `(b·h_out·w_out, c_in·k·k)`
-//! column matrix, nine times the input for a 3×3 kernel. The VAE decoder at full resolution makes that
+//! candle's CUDA `conv2d` lowers to im2col + matmul: a `(b·h_out·w_out, c_in·k·k)` column matrix, nine
+//! times the input for a 3×3 kernel (its CPU `conv2d` is direct). The VAE decoder at full resolution makes that
 //! the largest allocation of a run (SDXL at 1024², float32 VAE: a 256-channel convolution's columns are
 //! 9.7 GB), where PyTorch's cuDNN needs a bounded workspace. [`conv2d`] splits such a convolution into
 //! bands of output rows whose columns fit [`BAND_BYTES`], and writes each band (bias, per-channel add and
@@ -19,6 +19,17 @@ use candle_core::{DType, Result, Tensor};
 /// Temporaries of one band stay under this many bytes (a quarter of a GiB: a few dozen rows of a
 /// 1024²-wide convolution, no split at all for the UNet at its published sizes).
 pub(crate) const BAND_BYTES: usize = 256 << 20;
+
+/// The band bound for a [`conv2d`] of `xs`: [`BAND_BYTES`], except on the CPU, where candle's `conv2d`
+/// is direct (no column matrix to bound; measured on the SD 1.5 VAE decoder at 512² in f16: splitting
+/// only added its copies).
+pub fn conv_band_bytes(xs: &Tensor) -> usize {
+    if xs.device().is_cpu() {
+        usize::MAX
+    } else {
+        BAND_BYTES
+    }
+}
 
 /// Shape of a [`conv2d`]: square kernel, stride and symmetric zero padding, applied to the input
 /// upsampled ×`up` (nearest) first.

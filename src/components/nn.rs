@@ -96,7 +96,13 @@ impl Conv2d {
             channel: channel_add,
             residual,
         };
-        bounded::conv2d(&xs, self.weight.get()?, self.shape(up), add, bounded::BAND_BYTES)
+        bounded::conv2d(
+            &xs,
+            self.weight.get()?,
+            self.shape(up),
+            add,
+            bounded::conv_band_bytes(&xs),
+        )
     }
 
     fn shape(&self, up: usize) -> bounded::ConvShape {
@@ -168,7 +174,13 @@ impl Module for Conv2d {
             bias: self.bias.as_ref(),
             ..Default::default()
         };
-        bounded::conv2d(xs, self.weight.get()?, self.shape(1), add, bounded::BAND_BYTES)
+        bounded::conv2d(
+            xs,
+            self.weight.get()?,
+            self.shape(1),
+            add,
+            bounded::conv_band_bytes(xs),
+        )
     }
 }
 
