@@ -8,7 +8,8 @@
 //! 9.7 GB), where PyTorch's cuDNN needs a bounded workspace. [`conv2d`] splits such a convolution into
 //! bands of output rows whose columns fit [`BAND_BYTES`], and writes each band (bias, per-channel add and
 //! residual included) into the output as it is made. `candle_nn::GroupNorm` keeps four to five
-//! full-size float32 temporaries alive; [`group_norm`] holds one band of them.
+//! full-size float32 temporaries alive; [`group_norm`] holds one band of them
+//! ([`GROUP_NORM_BAND_BYTES`]).
 //!
 //! Below the bound both fall through to the single-op form, so the UNet at the published sizes runs
 //! exactly what it ran before; splitting changes no value beyond float noise (each output row is the
@@ -16,9 +17,15 @@
 
 use candle_core::{DType, Result, Tensor};
 
-/// Temporaries of one band stay under this many bytes (a quarter of a GiB: a few dozen rows of a
-/// 1024²-wide convolution, no split at all for the UNet at its published sizes).
+/// A convolution's im2col columns stay under this many bytes (a quarter of a GiB: a few dozen rows of
+/// a 1024²-wide convolution, still tens of thousands of matmul rows; no split at all for the UNet at
+/// its published sizes).
 pub(crate) const BAND_BYTES: usize = 256 << 20;
+
+/// A group norm whose float32 copy would pass this many bytes runs in bands of this size. candle_nn's
+/// keeps four to five such copies alive, so this bounds them to about the size of one convolution band;
+/// the largest UNet feature map at the published sizes (SDXL at 1024², CFG: 42 MB) stays below.
+pub(crate) const GROUP_NORM_BAND_BYTES: usize = 64 << 20;
 
 /// The band bound for a [`conv2d`] of `xs`: [`BAND_BYTES`], except on the CPU, where candle's `conv2d`
 /// is direct (no column matrix to bound; measured on the SD 1.5 VAE decoder at 512² in f16: splitting

@@ -340,13 +340,14 @@ impl GroupNorm {
     }
 
     /// Float32 on the CPU: [`cpu::group_norm`]. Elsewhere candle's ops, with bounded temporaries
-    /// ([`bounded::group_norm`]) once a float32 copy of `xs` would pass [`bounded::BAND_BYTES`].
+    /// ([`bounded::group_norm`]) once a float32 copy of `xs` would pass
+    /// [`bounded::GROUP_NORM_BAND_BYTES`].
     fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         if cpu::fast_path(xs) && cpu::fast_path(&self.weight) {
             return cpu::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu);
         }
-        if xs.elem_count() * DType::F32.size_in_bytes() > bounded::BAND_BYTES {
-            let band = bounded::BAND_BYTES;
+        let band = bounded::GROUP_NORM_BAND_BYTES;
+        if xs.elem_count() * DType::F32.size_in_bytes() > band {
             return bounded::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu, band);
         }
         let c = xs.dim(1)?;
