@@ -159,7 +159,9 @@ pub fn group_norm(
     band_bytes: usize,
 ) -> Result<Tensor> {
     let dims = xs.dims().to_vec();
-    let (b, c) = (dims[0], dims[1]);
+    let &[b, c, ..] = dims.as_slice() else {
+        candle_core::bail!("GroupNorm: input of shape {dims:?} has no channel dimension")
+    };
     if groups == 0 || !c.is_multiple_of(groups) {
         candle_core::bail!("GroupNorm: num_groups ({groups}) must divide num_channels ({c})")
     }
