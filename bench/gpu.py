@@ -96,10 +96,21 @@ def profile(side, model, size, out_path, device="cuda"):
     _, run = build(side, model, size, device)
     run(2)
     with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
         run(3)
         if device == "cuda":
             torch.cuda.synchronize()
+        wall = time.perf_counter() - start
     events = prof.key_averages()
+    # Kernel time against wall time says whether the side is bound by the GPU or by the host launching
+    # its kernels (per-op overhead), which decides the next optimisation.
+    busy, launches = 0.0, 0
+    for e in events:
+        if str(getattr(e, "device_type", "")).endswith("CUDA"):
+            busy += (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)) / 1e6
+            launches += e.count
+    summary = (f"wall {wall:.3f} s for 3 steps (under the profiler); GPU kernels and copies {busy:.3f} s "
+               f"({100 * busy / wall:.0f} % busy), {launches} launches ({launches / 3:.0f} per step)")
     for key in (["self_device_time_total", "self_cuda_time_total"] if device == "cuda" else []) + [
             "self_cpu_time_total"]:
         try:
@@ -107,7 +118,7 @@ def profile(side, model, size, out_path, device="cuda"):
             break
         except (AttributeError, KeyError, ValueError):
             continue
-    Path(out_path).write_text(f"{side} {model} {size}² {device}, 3 steps after a 2-step warm-up\n{table}\n")
+    Path(out_path).write_text(f"{side} {model} {size}² {device}, 3 steps after a 2-step warm-up\n{summary}\n{table}\n")
 
 
 class MemorySampler(threading.Thread):
