@@ -175,9 +175,11 @@ typedef struct ap_load_params {
   ap_progress_fn progress;
   void *progress_user_data;
   /**
-   * Compute dtype of the models: "f32" (default, NULL), "f16" or "bf16". As in diffusers, an SDXL
-   * pipeline's VAE runs in f32 when its config has `force_upcast` (on its half-precision values); SD
-   * pipelines run theirs in this dtype. Latents and scheduler math are always f32.
+   * Precision of the models: "f32" (default, NULL), "f16" or "bf16" (not on the CPU). As in
+   * diffusers, an SDXL pipeline's VAE runs in f32 when its config has `force_upcast` (on its
+   * half-precision values); SD pipelines run theirs in this dtype. On the CPU, f16 models hold f16
+   * weights (half the memory) but compute in f32 (faster there, and more exact). Latents and
+   * scheduler math are always f32.
    */
   const char *dtype;
   /**

@@ -274,9 +274,11 @@ impl Module for Embedding {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();
         dims.push(self.dim);
+        // A table kept in half precision gives its rows in the dtype the model computes in.
         self.table
             .get()?
             .index_select(&ids.flatten_all()?, 0)?
+            .to_dtype(self.table.dtype())?
             .reshape(dims)
     }
 }

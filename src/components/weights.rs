@@ -10,7 +10,9 @@
 //! (pipelines made with `from_pipe` share the handles). [`WeightStore::materialize`] reads them all
 //! at once, for callers that want no slow first step (`LoadOptions::preload`). Embedding tables are
 //! deferred the same way (used as stored); everything else — biases and norms, kilobytes each, and
-//! every weight on a GPU or in half precision — is read during load.
+//! every weight on a GPU — is read during load. A half-precision model on the CPU defers the same
+//! weights, keeps them packed in half precision and computes in float32
+//! ([`Weights::open_half_on_cpu`]).
 //!
 //! Deferred weights are packed straight from the page cache through a mapping of each tensor's bytes,
 //! unmapped once packed so the file's pages do not stay in this process's resident set next to the
@@ -38,6 +40,8 @@ struct Files {
     /// Values are rounded to this dtype before being converted to the model's (see
     /// [`Weights::open_upcast`]).
     round_through: Option<DType>,
+    /// The dtype deferred weights are kept in once packed (see [`Weights::open_half_on_cpu`]).
+    packed_store: DType,
 }
 
 impl Files {
@@ -142,15 +146,14 @@ impl WeightStore {
         list.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Bytes of deferred weights not read yet, and the largest read buffer one of them needs (only
-    /// weights stored in another dtype than float32 are read into a buffer before packing).
+    /// Bytes of deferred weights not read yet (as they will be kept), and the largest transient
+    /// buffer reading one of them needs (a float32 read buffer for weights not packed straight from a
+    /// float32 file, the float32 packing of weights kept in half precision).
     pub fn pending_bytes(&self) -> (u64, u64) {
         let (mut total, mut buffer) = (0, 0);
         for d in self.live().iter().filter(|d| d.tensor.get().is_none()) {
             total += d.bytes();
-            if !d.stored_f32 {
-                buffer = buffer.max(d.bytes());
-            }
+            buffer = buffer.max(d.transient_bytes());
         }
         (total, buffer)
     }
@@ -188,8 +191,21 @@ struct Deferred {
 }
 
 impl Deferred {
+    /// What the packed weight takes once read.
     fn bytes(&self) -> u64 {
-        self.shape.iter().product::<usize>() as u64 * 4
+        self.numel() * self.files.packed_store.size_in_bytes() as u64
+    }
+
+    /// What reading it needs besides: a float32 read buffer unless packed straight from a float32
+    /// file's pages, and the float32 packing when it is kept in another dtype.
+    fn transient_bytes(&self) -> u64 {
+        let read = !self.stored_f32 || self.files.round_through.is_some();
+        let convert = self.files.packed_store != DType::F32;
+        self.numel() * 4 * (read as u64 + convert as u64)
+    }
+
+    fn numel(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64
     }
 
     fn get(&self) -> candle_core::Result<&Tensor> {
@@ -244,6 +260,10 @@ impl Deferred {
                 super::cpu::with_f32(&raw, |w| (self.pack)(w, &self.shape))?
             }
         };
+        let packed = match self.files.packed_store {
+            DType::F16 => super::cpu::to_f16(&packed)?,
+            _ => packed,
+        };
         Ok(self.tensor.get_or_init(|| packed))
     }
 }
@@ -274,7 +294,8 @@ impl Weight {
         }
     }
 
-    /// The dtype the tensor has (or will have once read).
+    /// The dtype the layer computes in: the tensor's, or float32 for a deferred weight (packed for a
+    /// float32 kernel, whatever dtype it is kept in).
     pub fn dtype(&self) -> DType {
         match &self.0 {
             WeightState::Ready(t) => t.dtype(),
@@ -302,7 +323,16 @@ impl Weights {
     /// asks for are ignored, as diffusers ignores unexpected keys (it only logs them). The files must
     /// not be modified while a model built from them is alive: deferred weights are read later.
     pub fn open(weights: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
-        Self::open_with(weights, dtype, device, None)
+        Self::open_with(weights, dtype, device, None, DType::F32)
+    }
+
+    /// A half-precision (`half`) model on the CPU: it holds the values diffusers' `half` model holds
+    /// (every weight rounded to `half`), computes in float32 with our kernels, and keeps its packed
+    /// weights (nearly all of its bytes) in `half` between uses, so it takes the memory of a half
+    /// model. candle's own half-precision CPU kernels are several times slower than ours and
+    /// accumulate convolutions in half precision; the packed weights are converted back at each use.
+    pub fn open_half_on_cpu(weights: &[PathBuf], half: DType) -> Result<Self> {
+        Self::open_with(weights, DType::F32, &Device::Cpu, Some(half), half)
     }
 
     /// [`Weights::open`] for a model computing in float32 on weights whose values are those of
@@ -311,7 +341,7 @@ impl Weights {
     /// another dtype are rounded to `stored` first; weights stored in it convert exactly.
     pub fn open_upcast(weights: &[PathBuf], stored: DType, device: &Device) -> Result<Self> {
         let round = (stored != DType::F32).then_some(stored);
-        Self::open_with(weights, DType::F32, device, round)
+        Self::open_with(weights, DType::F32, device, round, DType::F32)
     }
 
     fn open_with(
@@ -319,6 +349,7 @@ impl Weights {
         dtype: DType,
         device: &Device,
         round_through: Option<DType>,
+        packed_store: DType,
     ) -> Result<Self> {
         if weights.is_empty() {
             return Err(Error::Internal("no weight files to read".into()));
@@ -342,6 +373,7 @@ impl Weights {
             files,
             routing,
             round_through,
+            packed_store,
         });
         let vb = VarBuilder::from_backend(Box::new(Backend(files.clone())), dtype, device.clone());
         Ok(Self {

@@ -22,7 +22,17 @@ pub fn fast_path(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
+thread_local! {
+    /// The float32 copy of the last half-precision tensor [`with_f32`] converted on this thread, kept
+    /// for the next: a fresh buffer per call would fault its pages in every time (a packed weight is
+    /// up to tens of MB, converted at every use).
+    static HALF_SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Runs `f` on the f32 data of `t` in row-major order (copying `t` to a contiguous layout if needed).
+///
+/// A float16 `t` (a weight kept in half precision, see [`super::weights::Weights::open_half_on_cpu`]) is
+/// converted into a per-thread buffer first, in parallel: the kernels always compute in float32.
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = if t.is_contiguous() {
         t.clone()
@@ -30,17 +40,48 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R>
         t.contiguous()?
     };
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        bail!(
-            "internal error: a float32 CPU kernel got a {:?} tensor on {:?}",
-            t.dtype(),
-            t.device().location()
-        )
-    };
     let Some((start, end)) = layout.contiguous_offsets() else {
         bail!("internal error: contiguous tensor without contiguous offsets")
     };
-    f(&data[start..end])
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(data)) => f(&data[start..end]),
+        Storage::Cpu(CpuStorage::F16(data)) => {
+            use half::slice::HalfFloatSliceExt;
+            let src = &data[start..end];
+            // Taken out of the slot, so a nested call (two half tensors at once) gets its own.
+            let mut buf = HALF_SCRATCH.with(std::cell::Cell::take);
+            if buf.len() < src.len() {
+                buf.resize(src.len(), 0.0);
+            }
+            let dst = &mut buf[..src.len()];
+            const CHUNK: usize = 1 << 16;
+            dst.par_chunks_mut(CHUNK)
+                .zip(src.par_chunks(CHUNK))
+                .for_each(|(d, s)| s.convert_to_f32_slice(d));
+            let result = f(dst);
+            HALF_SCRATCH.with(|slot| slot.set(buf));
+            result
+        }
+        _ => bail!(
+            "internal error: a float32 CPU kernel got a {:?} tensor on {:?}",
+            t.dtype(),
+            t.device().location()
+        ),
+    }
+}
+
+/// `t` (float32, on the CPU) rounded to float16, converted in parallel (candle's conversion is one
+/// scalar loop: seconds for a model's weights).
+pub fn to_f16(t: &Tensor) -> Result<Tensor> {
+    use half::slice::HalfFloatSliceExt;
+    with_f32(t, |src| {
+        let mut out = vec![half::f16::ZERO; src.len()];
+        const CHUNK: usize = 1 << 16;
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| d.convert_from_f32_slice(s));
+        Tensor::from_vec(out, t.shape(), t.device())
+    })
 }
 
 /// A raw pointer that parallel tasks write through, each into its own disjoint region.
@@ -305,5 +346,36 @@ mod tests {
         let gate = h.narrow(D::Minus1, 24, 24).unwrap().gelu_erf().unwrap();
         let want = (value * gate).unwrap();
         assert_eq!(max_diff(&geglu(&h).unwrap(), &want), 0.0);
+    }
+
+    /// Half-precision tensors reach the kernels as their exact float32 values, nested or not, and
+    /// `to_f16` rounds as candle's conversion does.
+    #[test]
+    fn half_tensors_convert_exactly() {
+        let a = rand(&[3, 70001], 1);
+        let b = rand(&[5, 7], 2);
+        let (ha, hb) = (to_f16(&a).unwrap(), to_f16(&b).unwrap());
+        assert_eq!(ha.dtype(), DType::F16);
+        let want_a = a.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+        let want_b = b.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+        assert_eq!(max_diff(&ha.to_dtype(DType::F32).unwrap(), &want_a), 0.0);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for _ in 0..2 {
+            // Twice: the second call reuses the thread's buffer, holding the larger tensor's values.
+            with_f32(&hb, |vb| {
+                assert_eq!(vb, flat(&want_b).as_slice());
+                with_f32(&ha, |va| {
+                    assert_eq!(va, flat(&want_a).as_slice());
+                    Ok(())
+                })
+            })
+            .unwrap();
+        }
+        let t = ha.t().unwrap();
+        with_f32(&t, |v| {
+            assert_eq!(v, flat(&want_a.t().unwrap()).as_slice());
+            Ok(())
+        })
+        .unwrap();
     }
 }
