@@ -66,8 +66,9 @@ pub fn check_run(c: &Components, run: RunShape) -> Result<()> {
 
 /// A lower bound on the run's peak activation memory, in bytes.
 pub fn estimate_bytes(c: &Components, run: RunShape) -> u128 {
-    let act = bytes_of(c.dtype);
     let f32b = 4u128;
+    // Activations are in the UNet's compute dtype (f32 on the CPU, whatever the pipeline's dtype).
+    let act = bytes_of(c.unet.dtype());
     let (w, h) = (run.width as u128, run.height as u128);
     let batch = run.batch as u128;
     let unet_batch = batch * if run.cfg { 2 } else { 1 };

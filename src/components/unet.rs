@@ -233,6 +233,11 @@ impl UNet2DConditionModel {
     }
 
     /// The config this model was built from.
+    /// The dtype the UNet computes in (its activations').
+    pub fn dtype(&self) -> DType {
+        self.conv_in.dtype()
+    }
+
     pub fn config(&self) -> &UNetConfig {
         &self.config
     }
@@ -250,7 +255,7 @@ impl UNet2DConditionModel {
         context: &Tensor,
         added: Option<&AddedCond>,
     ) -> Result<Tensor> {
-        let dtype = self.conv_in.dtype();
+        let dtype = self.dtype();
         if sample.dtype() != dtype {
             let cast = added
                 .map(|a| -> Result<AddedCond> {
