@@ -26,9 +26,7 @@ fn half_precision_runs_close_to_f32() {
         ("sdxl-tiny", "sdxl-t2i-cfg-neg-prompt2"),
     ] {
         let reference = run(ckpt, case, "f32");
-        // bf16 has no CPU matmul in candle (refused below), so f16 is the half type checked here.
-        let (dtype, tol) = ("f16", 4u8);
-        {
+        for (dtype, tol) in [("f16", 4u8), ("bf16", 4u8)] {
             let half = run(ckpt, case, dtype);
             let worst = half
                 .iter()
@@ -53,18 +51,6 @@ fn half_precision_runs_close_to_f32() {
             );
         }
     }
-}
-
-#[test]
-fn bf16_on_cpu_is_refused_with_a_reason() {
-    let dir = common::data_dir().join("checkpoints/sd15-tiny");
-    let opts = LoadOptions {
-        dtype: Some("bf16".into()),
-        ..Default::default()
-    };
-    let err = Pipeline::from_pretrained(dir.to_str().unwrap(), Task::Text2Image, &opts, None).unwrap_err();
-    assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
-    assert!(err.to_string().contains("bf16"), "{err}");
 }
 
 #[test]

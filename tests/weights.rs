@@ -209,59 +209,91 @@ fn half_precision_files_are_read_converted_and_packed_on_first_use() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
-/// Float16 on the CPU holds float16 values and computes in float32 with the float32 kernels, keeping
-/// the packed weights in float16: each model gives bit for bit what the float32 pipeline gives on the
-/// same values stored as float32, and half the bytes wait to be read.
+/// Rewrites every float32 tensor of `dir`'s text encoder, UNet and VAE files as `round` gives it, still
+/// stored as float32.
+fn round_values(dir: &Path, round: fn(f32) -> f32) {
+    for file in [
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        let path = dir.join(file);
+        let mut tensors = common::read_safetensors(&path);
+        for (_, info, bytes) in &mut tensors {
+            if info["dtype"] == "F32" {
+                *bytes = bytes
+                    .chunks_exact(4)
+                    .flat_map(|b| round(f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes())
+                    .collect();
+            }
+        }
+        std::fs::write(&path, common::write_safetensors(&tensors)).unwrap();
+    }
+}
+
+/// Half precision on the CPU holds half-precision values and computes in float32 with the float32
+/// kernels, keeping the packed weights in half precision: each model gives bit for bit what the float32
+/// pipeline gives on the same values stored as float32, and half the bytes wait to be read.
 #[test]
 fn half_precision_on_the_cpu_holds_half_values_computed_in_f32() {
     use candle_core::{DType, Device, Tensor};
-    let work = std::env::temp_dir().join(format!("autopipeline-weights-cpu-f16-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    common::copy_dir(&checkpoint(), &work);
-    round_to_f16(&work, false);
-    let half_opts = LoadOptions {
-        dtype: Some("f16".into()),
-        ..Default::default()
-    };
+    type Round = fn(f32) -> f32;
+    let rounds: [(&str, DType, Round); 2] = [
+        ("f16", DType::F16, |v| half::f16::from_f32(v).to_f32()),
+        ("bf16", DType::BF16, |v| half::bf16::from_f32(v).to_f32()),
+    ];
     let dir = checkpoint();
-    let half = Pipeline::from_pretrained(dir.to_str().unwrap(), Task::Text2Image, &half_opts, None).unwrap();
-    let rounded = load(&work, false);
     let single = load(&dir, false);
-    let (half_pending, single_pending) = (
-        half.components().pending_weight_bytes(),
-        single.components().pending_weight_bytes(),
-    );
-    assert!(
-        half_pending > 0 && (half_pending as f64) < 0.75 * single_pending as f64,
-        "unread: {half_pending} bytes kept as f16, {single_pending} as f32"
-    );
+    let single_pending = single.components().pending_weight_bytes();
+    for (name, dtype, round) in rounds {
+        let work =
+            std::env::temp_dir().join(format!("autopipeline-weights-cpu-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        common::copy_dir(&dir, &work);
+        round_values(&work, round);
+        let opts = LoadOptions {
+            dtype: Some(name.into()),
+            ..Default::default()
+        };
+        let half = Pipeline::from_pretrained(dir.to_str().unwrap(), Task::Text2Image, &opts, None).unwrap();
+        let rounded = load(&work, false);
+        let half_pending = half.components().pending_weight_bytes();
+        assert!(
+            half_pending > 0 && (half_pending as f64) < 0.75 * single_pending as f64,
+            "{name}: unread {half_pending} bytes kept in half precision, {single_pending} as f32"
+        );
 
-    let (h, r) = (half.components(), rounded.components());
-    assert_eq!(h.dtype, DType::F16, "the pipeline's dtype (noise is drawn in it)");
-    let same = |a: &Tensor, b: &Tensor, what: &str| {
-        assert_eq!(a.dtype(), DType::F32, "{what} computes in f32");
-        let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
-        assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap(), "{what}");
-    };
-    let ids = Tensor::new(h.text_encoder.tokenizer.encode("a lighthouse").ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let (ctx_h, ctx_r) = (
-        h.text_encoder.model.forward(&ids).unwrap().last_hidden_state,
-        r.text_encoder.model.forward(&ids).unwrap().last_hidden_state,
-    );
-    same(&ctx_h, &ctx_r, "text encoder");
-    let x = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &Device::Cpu).unwrap();
-    let (eps_h, eps_r) = (
-        h.unet.forward(&x, 500.0, &ctx_h, None).unwrap(),
-        r.unet.forward(&x, 500.0, &ctx_r, None).unwrap(),
-    );
-    same(&eps_h, &eps_r, "UNet");
-    same(
-        &h.vae.decode(&x).unwrap(),
-        &r.vae.decode(&x).unwrap(),
-        "VAE decoder",
-    );
-    let _ = std::fs::remove_dir_all(&work);
+        let (h, r) = (half.components(), rounded.components());
+        assert_eq!(h.dtype, dtype, "the pipeline's dtype (noise is drawn in it)");
+        let same = |a: &Tensor, b: &Tensor, what: &str| {
+            assert_eq!(a.dtype(), DType::F32, "{name}: {what} computes in f32");
+            let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
+            assert_eq!(
+                a.to_vec1::<f32>().unwrap(),
+                b.to_vec1::<f32>().unwrap(),
+                "{name}: {what}"
+            );
+        };
+        let ids = Tensor::new(h.text_encoder.tokenizer.encode("a lighthouse").ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let (ctx_h, ctx_r) = (
+            h.text_encoder.model.forward(&ids).unwrap().last_hidden_state,
+            r.text_encoder.model.forward(&ids).unwrap().last_hidden_state,
+        );
+        same(&ctx_h, &ctx_r, "text encoder");
+        let x = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &Device::Cpu).unwrap();
+        let (eps_h, eps_r) = (
+            h.unet.forward(&x, 500.0, &ctx_h, None).unwrap(),
+            r.unet.forward(&x, 500.0, &ctx_r, None).unwrap(),
+        );
+        same(&eps_h, &eps_r, "UNet");
+        same(
+            &h.vae.decode(&x).unwrap(),
+            &r.vae.decode(&x).unwrap(),
+            "VAE decoder",
+        );
+        let _ = std::fs::remove_dir_all(&work);
+    }
 }

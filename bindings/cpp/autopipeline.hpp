@@ -505,7 +505,7 @@ public:
     LoadParams& token(std::string v) { token_ = std::move(v); return *this; }
     /// Never use the network.
     LoadParams& localFilesOnly(bool v = true) { localFilesOnly_ = v; return *this; }
-    /// Precision of the models: "f32" (default), "f16" or "bf16" (not on the CPU); see ap_load_params.dtype.
+    /// Precision of the models: "f32" (default), "f16" or "bf16"; see ap_load_params.dtype.
     LoadParams& dtype(std::string v) { dtype_ = std::move(v); return *this; }
     /// Read every weight during the load (slower load, no slow first step). By default float32 CPU
     /// weights are read on first use, as diffusers' memory-mapped weights are.

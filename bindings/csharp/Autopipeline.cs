@@ -200,7 +200,7 @@ namespace Autopipeline
         public string Token { get; set; }
         /// <summary>Never use the network.</summary>
         public bool LocalFilesOnly { get; set; }
-        /// <summary>Precision of the models: "f32" (default), "f16" or "bf16" (not on the CPU); see ap_load_params.dtype.</summary>
+        /// <summary>Precision of the models: "f32" (default), "f16" or "bf16"; see ap_load_params.dtype.</summary>
         public string Dtype { get; set; }
         /// <summary>Read every weight during the load (slower load, no slow first step). By default
         /// float32 CPU weights are read on first use, as diffusers' memory-mapped weights are.</summary>

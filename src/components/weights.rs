@@ -261,8 +261,8 @@ impl Deferred {
             }
         };
         let packed = match self.files.packed_store {
-            DType::F16 => super::cpu::to_f16(&packed)?,
-            _ => packed,
+            DType::F32 => packed,
+            half => super::cpu::to_half(&packed, half)?,
         };
         Ok(self.tensor.get_or_init(|| packed))
     }

@@ -74,9 +74,9 @@ pub struct ap_load_params {
     /// Called after each loaded component; may be NULL.
     pub progress: ap_progress_fn,
     pub progress_user_data: *mut c_void,
-    /// Precision of the models: "f32" (default, NULL), "f16" or "bf16" (not on the CPU). As in
-    /// diffusers, an SDXL pipeline's VAE runs in f32 when its config has `force_upcast` (on its
-    /// half-precision values); SD pipelines run theirs in this dtype. On the CPU, f16 models hold f16
+    /// Precision of the models: "f32" (default, NULL), "f16" or "bf16". As in diffusers, an SDXL
+    /// pipeline's VAE runs in f32 when its config has `force_upcast` (on its half-precision values); SD
+    /// pipelines run theirs in this dtype. On the CPU, half-precision models hold half-precision
     /// weights (half the memory) but compute in f32 (faster there, and more exact). Latents and
     /// scheduler math are always f32.
     pub dtype: *const c_char,

@@ -69,11 +69,12 @@ impl Components {
     }
 }
 
-/// A model's weights for computing in `dtype` on `device`. Float16 on the CPU holds float16 values
-/// but computes in float32 with our kernels ([`Weights::open_half_on_cpu`]): candle's float16 CPU
-/// kernels are 3.5× slower (SD 1.5 UNet step at 256²) and accumulate convolutions in half precision.
+/// A model's weights for computing in `dtype` on `device`. Half precision on the CPU holds half-precision
+/// values but computes in float32 with our kernels ([`Weights::open_half_on_cpu`]): candle's float16
+/// CPU kernels are 3.5× slower (SD 1.5 UNet step at 256²) and accumulate convolutions in half
+/// precision, and it has no bfloat16 CPU matmul at all.
 fn open_weights(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Weights> {
-    if device.is_cpu() && dtype == DType::F16 {
+    if device.is_cpu() && matches!(dtype, DType::F16 | DType::BF16) {
         Weights::open_half_on_cpu(files, dtype)
     } else {
         Weights::open(files, dtype, device)

@@ -119,14 +119,6 @@ impl Pipeline {
             None => &mut no_progress,
         };
         let dtype = components::parse_dtype(opts.dtype.as_deref())?;
-        if dtype == candle_core::DType::BF16 && device.is_cpu() {
-            // candle 0.11's CPU matmul has no bf16 kernel: refuse now rather than fail mid-run.
-            return Err(Error::Unsupported(
-                "bf16 is not supported on the CPU (candle has no CPU bf16 matmul): use f32 or f16 there, or bf16 on \
-                 a CUDA device"
-                    .into(),
-            ));
-        }
         let upcast_vae = plan.family == Family::StableDiffusionXl;
         let components = Components::load(
             &source,

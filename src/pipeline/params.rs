@@ -7,11 +7,11 @@ use crate::image::Image;
 pub struct LoadOptions {
     /// `"cpu"` (default), `"cuda"` or `"cuda:N"`.
     pub device: Option<String>,
-    /// Precision of the models: `"f32"` (default), `"f16"` or `"bf16"` (not on the CPU). As in
-    /// diffusers, an SDXL pipeline's VAE runs in f32 when its config says `force_upcast` (the SDXL VAE
-    /// overflows in f16), on its half-precision values; SD pipelines run theirs in this dtype. On the
-    /// CPU, f16 models hold f16 values and f16 weights (half the memory) but compute in f32 (faster
-    /// than f16 there, and more exact). Latents and scheduler steps are always f32.
+    /// Precision of the models: `"f32"` (default), `"f16"` or `"bf16"`. As in diffusers, an SDXL
+    /// pipeline's VAE runs in f32 when its config says `force_upcast` (the SDXL VAE overflows in f16), on
+    /// its half-precision values; SD pipelines run theirs in this dtype. On the CPU, half-precision
+    /// models hold half-precision values and weights (half the memory) but compute in f32 (faster
+    /// there, and more exact). Latents and scheduler steps are always f32.
     pub dtype: Option<String>,
     /// Weight variant, e.g. `"fp16"` → `diffusion_pytorch_model.fp16.safetensors`.
     pub variant: Option<String>,

@@ -31,8 +31,9 @@ thread_local! {
 
 /// Runs `f` on the f32 data of `t` in row-major order (copying `t` to a contiguous layout if needed).
 ///
-/// A float16 `t` (a weight kept in half precision, see [`super::weights::Weights::open_half_on_cpu`]) is
-/// converted into a per-thread buffer first, in parallel: the kernels always compute in float32.
+/// A float16 or bfloat16 `t` (a weight kept in half precision, see
+/// [`super::weights::Weights::open_half_on_cpu`]) is converted into a per-thread buffer first, in
+/// parallel: the kernels always compute in float32.
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = if t.is_contiguous() {
         t.clone()
@@ -45,23 +46,8 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R>
     };
     match &*storage {
         Storage::Cpu(CpuStorage::F32(data)) => f(&data[start..end]),
-        Storage::Cpu(CpuStorage::F16(data)) => {
-            use half::slice::HalfFloatSliceExt;
-            let src = &data[start..end];
-            // Taken out of the slot, so a nested call (two half tensors at once) gets its own.
-            let mut buf = HALF_SCRATCH.with(std::cell::Cell::take);
-            if buf.len() < src.len() {
-                buf.resize(src.len(), 0.0);
-            }
-            let dst = &mut buf[..src.len()];
-            const CHUNK: usize = 1 << 16;
-            dst.par_chunks_mut(CHUNK)
-                .zip(src.par_chunks(CHUNK))
-                .for_each(|(d, s)| s.convert_to_f32_slice(d));
-            let result = f(dst);
-            HALF_SCRATCH.with(|slot| slot.set(buf));
-            result
-        }
+        Storage::Cpu(CpuStorage::F16(data)) => with_converted(&data[start..end], f),
+        Storage::Cpu(CpuStorage::BF16(data)) => with_converted(&data[start..end], f),
         _ => bail!(
             "internal error: a float32 CPU kernel got a {:?} tensor on {:?}",
             t.dtype(),
@@ -70,18 +56,65 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R>
     }
 }
 
-/// `t` (float32, on the CPU) rounded to float16, converted in parallel (candle's conversion is one
-/// scalar loop: seconds for a model's weights).
-pub fn to_f16(t: &Tensor) -> Result<Tensor> {
-    use half::slice::HalfFloatSliceExt;
-    with_f32(t, |src| {
-        let mut out = vec![half::f16::ZERO; src.len()];
-        const CHUNK: usize = 1 << 16;
-        out.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| d.convert_from_f32_slice(s));
-        Tensor::from_vec(out, t.shape(), t.device())
-    })
+/// Half-precision values that convert to and from float32 slices (SIMD where the CPU has it).
+trait HalfSlice: Copy + Default + Send + Sync + candle_core::WithDType {
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]);
+}
+
+macro_rules! half_slice {
+    ($t:ty) => {
+        impl HalfSlice for $t {
+            fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+                use half::slice::HalfFloatSliceExt;
+                src.convert_to_f32_slice(dst)
+            }
+            fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+                use half::slice::HalfFloatSliceExt;
+                dst.convert_from_f32_slice(src)
+            }
+        }
+    };
+}
+half_slice!(half::f16);
+half_slice!(half::bf16);
+
+/// Values converted in parallel chunks of this many.
+const CONVERT_CHUNK: usize = 1 << 16;
+
+/// [`with_f32`] of half-precision data: converted into the thread's scratch buffer, in parallel.
+fn with_converted<T: HalfSlice, R>(src: &[T], f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    // Taken out of the slot, so a nested call (two half tensors at once) gets its own.
+    let mut buf = HALF_SCRATCH.with(std::cell::Cell::take);
+    if buf.len() < src.len() {
+        buf.resize(src.len(), 0.0);
+    }
+    let dst = &mut buf[..src.len()];
+    dst.par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(d, s)| T::to_f32_slice(s, d));
+    let result = f(dst);
+    HALF_SCRATCH.with(|slot| slot.set(buf));
+    result
+}
+
+/// `t` (float32, on the CPU) rounded to `dtype` (float16 or bfloat16), converted in parallel
+/// (candle's conversion is one scalar loop: seconds for a model's weights).
+pub fn to_half(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    fn run<T: HalfSlice>(t: &Tensor) -> Result<Tensor> {
+        with_f32(t, |src| {
+            let mut out = vec![T::default(); src.len()];
+            out.par_chunks_mut(CONVERT_CHUNK)
+                .zip(src.par_chunks(CONVERT_CHUNK))
+                .for_each(|(d, s)| T::from_f32_slice(s, d));
+            Tensor::from_vec(out, t.shape(), t.device())
+        })
+    }
+    match dtype {
+        DType::F16 => run::<half::f16>(t),
+        DType::BF16 => run::<half::bf16>(t),
+        other => bail!("internal error: {other:?} is not a half-precision dtype"),
+    }
 }
 
 /// A raw pointer that parallel tasks write through, each into its own disjoint region.
@@ -349,12 +382,12 @@ mod tests {
     }
 
     /// Half-precision tensors reach the kernels as their exact float32 values, nested or not, and
-    /// `to_f16` rounds as candle's conversion does.
+    /// `to_half` rounds as candle's conversion does.
     #[test]
     fn half_tensors_convert_exactly() {
         let a = rand(&[3, 70001], 1);
         let b = rand(&[5, 7], 2);
-        let (ha, hb) = (to_f16(&a).unwrap(), to_f16(&b).unwrap());
+        let (ha, hb) = (to_half(&a, DType::F16).unwrap(), to_half(&b, DType::F16).unwrap());
         assert_eq!(ha.dtype(), DType::F16);
         let want_a = a.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
         let want_b = b.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
@@ -377,5 +410,14 @@ mod tests {
             Ok(())
         })
         .unwrap();
+        let bf = to_half(&a, DType::BF16).unwrap();
+        assert_eq!(bf.dtype(), DType::BF16);
+        let want = a.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        with_f32(&bf, |v| {
+            assert_eq!(v, flat(&want).as_slice());
+            Ok(())
+        })
+        .unwrap();
+        assert!(to_half(&a, DType::F32).is_err());
     }
 }
