@@ -199,9 +199,15 @@ impl Deferred {
     /// What reading it needs besides: a float32 read buffer unless packed straight from a float32
     /// file's pages, and the float32 packing when it is kept in another dtype.
     fn transient_bytes(&self) -> u64 {
-        let read = !self.stored_f32 || self.files.round_through.is_some();
+        let read = !self.stored_f32 || self.rounds_on_read();
         let convert = self.files.packed_store != DType::F32;
         self.numel() * 4 * (read as u64 + convert as u64)
+    }
+
+    /// Whether its values must be rounded as they are read: rounded to a dtype it is not kept in (a
+    /// weight kept in that dtype is rounded when converted to it after packing).
+    fn rounds_on_read(&self) -> bool {
+        matches!(self.files.round_through, Some(r) if r != self.files.packed_store)
     }
 
     fn numel(&self) -> u64 {
@@ -241,7 +247,7 @@ impl Deferred {
         // and converted first.
         let (file, _, _) = self.files.find(&self.name, Some(&self.shape)).map_err(io)?;
         let mut packed = None;
-        let mapped = if self.files.round_through.is_some() {
+        let mapped = if self.rounds_on_read() {
             None // values to round: the read path below rounds them
         } else {
             file.with_mapped_f32(&self.name, |w| {
