@@ -154,9 +154,9 @@ fn first_uses_inside_a_rayon_pool_do_not_deadlock() {
     }
 }
 
-/// Rewrites every float32 tensor of `dir`'s text encoder, UNet and VAE files rounded to float16,
-/// stored as float16 (`half`) or as float32 holding the rounded values.
-fn round_to_f16(dir: &Path, store_half: bool) {
+/// Rewrites every float32 tensor of `dir`'s text encoder, UNet and VAE files through `rewrite`, which
+/// gets the tensor's header entry and its bytes.
+fn rewrite_f32_tensors(dir: &Path, rewrite: impl Fn(&mut serde_json::Value, &mut Vec<u8>)) {
     for file in [
         "text_encoder/model.safetensors",
         "unet/diffusion_pytorch_model.safetensors",
@@ -165,21 +165,33 @@ fn round_to_f16(dir: &Path, store_half: bool) {
         let path = dir.join(file);
         let mut tensors = common::read_safetensors(&path);
         for (_, info, bytes) in &mut tensors {
-            if info["dtype"] != "F32" {
-                continue;
+            if info["dtype"] == "F32" {
+                rewrite(info, bytes);
             }
-            let halves = bytes
-                .chunks_exact(4)
-                .map(|b| half::f16::from_f32(f32::from_le_bytes(b.try_into().unwrap())));
-            *bytes = if store_half {
-                info["dtype"] = "F16".into();
-                halves.flat_map(|h| h.to_le_bytes()).collect()
-            } else {
-                halves.flat_map(|h| h.to_f32().to_le_bytes()).collect()
-            };
         }
         std::fs::write(&path, common::write_safetensors(&tensors)).unwrap();
     }
+}
+
+/// The float32 values of little-endian `bytes`.
+fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+}
+
+/// Rewrites every float32 tensor of `dir`'s models rounded to float16, stored as float16 (`half`) or
+/// as float32 holding the rounded values.
+fn round_to_f16(dir: &Path, store_half: bool) {
+    rewrite_f32_tensors(dir, |info, bytes| {
+        let halves: Vec<half::f16> = floats(bytes).map(half::f16::from_f32).collect();
+        *bytes = if store_half {
+            info["dtype"] = "F16".into();
+            halves.iter().flat_map(|h| h.to_le_bytes()).collect()
+        } else {
+            halves.iter().flat_map(|h| h.to_f32().to_le_bytes()).collect()
+        };
+    });
 }
 
 /// Weights stored in half precision take the other first-use path (read, convert, then pack) and
@@ -209,26 +221,11 @@ fn half_precision_files_are_read_converted_and_packed_on_first_use() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
-/// Rewrites every float32 tensor of `dir`'s text encoder, UNet and VAE files as `round` gives it, still
-/// stored as float32.
+/// Rewrites every float32 tensor of `dir`'s models as `round` gives it, still stored as float32.
 fn round_values(dir: &Path, round: fn(f32) -> f32) {
-    for file in [
-        "text_encoder/model.safetensors",
-        "unet/diffusion_pytorch_model.safetensors",
-        "vae/diffusion_pytorch_model.safetensors",
-    ] {
-        let path = dir.join(file);
-        let mut tensors = common::read_safetensors(&path);
-        for (_, info, bytes) in &mut tensors {
-            if info["dtype"] == "F32" {
-                *bytes = bytes
-                    .chunks_exact(4)
-                    .flat_map(|b| round(f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes())
-                    .collect();
-            }
-        }
-        std::fs::write(&path, common::write_safetensors(&tensors)).unwrap();
-    }
+    rewrite_f32_tensors(dir, |_, bytes| {
+        *bytes = floats(bytes).flat_map(|v| round(v).to_le_bytes()).collect();
+    });
 }
 
 /// Half precision on the CPU holds half-precision values and computes in float32 with the float32

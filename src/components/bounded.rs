@@ -230,32 +230,7 @@ pub fn group_norm(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
-
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        // A deterministic spread of values (no RNG dependency): a few periods of mixed frequencies.
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| {
-                let x = (i as f64 + seed as f64 * 0.37) * 0.618;
-                ((x.sin() * 3.0 + (x * 7.3).cos()) * 0.5 + 0.25) as f32
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-        d.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::components::test_util::{max_diff, rand};
 
     /// The single-op reference: candle's conv2d over the whole (upsampled) input, then the adds.
     fn reference(xs: &Tensor, w: &Tensor, s: ConvShape, add: ConvAdd<'_>) -> Tensor {

@@ -6,6 +6,8 @@ pub mod cpu;
 pub mod load;
 pub mod nn;
 mod tensor_file;
+#[cfg(test)]
+mod test_util;
 pub mod tokenizer;
 pub mod transformer;
 pub mod unet;

@@ -597,27 +597,8 @@ impl Geometry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::components::test_util::{max_diff, rand};
     use candle_core::Device;
-
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let mut g = crate::rng::TorchCpuGenerator::new(seed);
-        let n = shape.iter().product();
-        Tensor::from_vec(g.randn(n), shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// `(b, c_in, h, w, c_out, k, stride, padding)`.
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize);

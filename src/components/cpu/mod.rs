@@ -322,26 +322,8 @@ pub fn geglu(h: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, D};
-
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let mut g = crate::rng::TorchCpuGenerator::new(seed);
-        let n = shape.iter().product();
-        Tensor::from_vec(g.randn(n), shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::components::test_util::{max_diff, rand};
+    use candle_core::D;
 
     #[test]
     fn group_norm_matches_candle() {
