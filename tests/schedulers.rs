@@ -13,19 +13,6 @@ fn npy(rel: &str) -> Tensor {
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn config_of(case: &Value) -> SchedulerConfig {
     let mut cfg = case["config"].clone();
     cfg["_class_name"] = case["class"].clone();
@@ -134,10 +121,10 @@ fn trajectory_matches_diffusers() {
         let mut rng: Generator = TorchCpuGenerator::new(5).into();
         for (i, &t) in ts.iter().enumerate() {
             let xin = s.scale_model_input(&x, t).unwrap();
-            let d = max_diff(&xin, &scaled.get(i).unwrap());
+            let d = common::cases::max_abs(&xin, &scaled.get(i).unwrap());
             assert!(d < 1e-5, "{} step {i}: scaled input differs by {d}", case["name"]);
             x = s.step(&outputs.get(i).unwrap(), t, &x, &mut rng).unwrap();
-            let d = max_diff(&x, &prevs.get(i).unwrap());
+            let d = common::cases::max_abs(&x, &prevs.get(i).unwrap());
             assert!(d < 1e-5, "{} step {i}: prev sample differs by {d}", case["name"]);
         }
     }
@@ -160,7 +147,7 @@ fn add_noise_matches_diffusers() {
                 t,
             )
             .unwrap();
-        let d = max_diff(&got, &npy(an["result"].as_str().unwrap()));
+        let d = common::cases::max_abs(&got, &npy(an["result"].as_str().unwrap()));
         assert!(d < 1e-5, "{}: add_noise differs by {d}", case["name"]);
     }
 }
