@@ -45,22 +45,28 @@ fn main() {
     }
 }
 
-/// `cuda` builds: compiles `src/rng/torch_cuda_randn.cu` to PTX with nvcc's default floating-point flags
-/// (those torch's kernels are built with, which bit-exact draws depend on).
+/// `cuda` builds: compiles the CUDA sources to PTX. `src/rng/torch_cuda_randn.cu` with nvcc's default
+/// floating-point flags (those torch's kernels are built with, which bit-exact draws depend on); our
+/// model kernels (`src/components/cuda/kernels.cu`) likewise, for Hopper unless CUDA_COMPUTE_CAP says
+/// otherwise (their tensor-core paths need compute capability 8.0 or newer).
 fn build_cuda_ptx() {
-    let src = "src/rng/torch_cuda_randn.cu";
-    println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
-    let out =
-        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("torch_cuda_randn.ptx");
-    let mut nvcc = std::process::Command::new("nvcc");
-    nvcc.args(["--ptx", "-O3", "-o"]).arg(&out).arg(src);
-    if let Ok(cap) = std::env::var("CUDA_COMPUTE_CAP") {
-        nvcc.arg(format!("--gpu-architecture=compute_{}", cap.trim()));
-    }
-    match nvcc.status() {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("nvcc failed ({s}) compiling {src}"),
-        Err(e) => panic!("nvcc not found ({e}): the `cuda` feature needs the CUDA toolkit on PATH (see scripts/cuda/build.sh)"),
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let cap = std::env::var("CUDA_COMPUTE_CAP").ok();
+    for (src, ptx, default_cap) in [
+        ("src/rng/torch_cuda_randn.cu", "torch_cuda_randn.ptx", None),
+        ("src/components/cuda/kernels.cu", "ap_kernels.ptx", Some("90")),
+    ] {
+        println!("cargo:rerun-if-changed={src}");
+        let mut nvcc = std::process::Command::new("nvcc");
+        nvcc.args(["--ptx", "-O3", "-o"]).arg(out_dir.join(ptx)).arg(src);
+        if let Some(cap) = cap.as_deref().or(default_cap) {
+            nvcc.arg(format!("--gpu-architecture=compute_{}", cap.trim()));
+        }
+        match nvcc.status() {
+            Ok(s) if s.success() => {}
+            Ok(s) => panic!("nvcc failed ({s}) compiling {src}"),
+            Err(e) => panic!("nvcc not found ({e}): the `cuda` feature needs the CUDA toolkit on PATH (see scripts/cuda/build.sh)"),
+        }
     }
 }

@@ -52,3 +52,11 @@ fi
 mkdir -p "$CARGO_TARGET_DIR" && echo "$now" > "$stamp"
 cargo build --release --features cuda "${@:2}" --lib
 echo "built $CARGO_TARGET_DIR/release/libautopipeline.so"
+# AP_CUDA_TESTS=1: also the GPU kernel tests (tests/cuda_kernels.rs) as one binary to carry to a GPU
+# machine, copied to target-cuda/release/cuda_kernels.
+if [ -n "${AP_CUDA_TESTS:-}" ]; then
+  exe=$(cargo test --release --features cuda --test cuda_kernels --no-run --message-format=json \
+    | python3 -c 'import json,sys;print([m["executable"] for m in map(json.loads,sys.stdin) if m.get("executable")][-1])')
+  cp "$exe" "$CARGO_TARGET_DIR/release/cuda_kernels"
+  echo "built $CARGO_TARGET_DIR/release/cuda_kernels"
+fi

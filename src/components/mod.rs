@@ -3,6 +3,8 @@
 pub mod bounded;
 pub mod clip;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod load;
 pub mod nn;
 mod tensor_file;

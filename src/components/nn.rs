@@ -96,6 +96,10 @@ impl Conv2d {
             channel: channel_add,
             residual,
         };
+        #[cfg(feature = "cuda")]
+        if super::cuda::applies(&xs, "conv") {
+            return super::cuda::conv2d(&xs, self.weight.get()?, self.shape(up), add, bounded::BAND_BYTES);
+        }
         bounded::conv2d(
             &xs,
             self.weight.get()?,
@@ -174,6 +178,10 @@ impl Module for Conv2d {
             bias: self.bias.as_ref(),
             ..Default::default()
         };
+        #[cfg(feature = "cuda")]
+        if super::cuda::applies(xs, "conv") {
+            return super::cuda::conv2d(xs, self.weight.get()?, self.shape(1), add, bounded::BAND_BYTES);
+        }
         bounded::conv2d(
             xs,
             self.weight.get()?,
@@ -232,6 +240,15 @@ impl Linear {
         if self.packed && cpu::fast_path(xs) && residual.is_none_or(cpu::fast_path) {
             return cpu::linear(xs, self.weight.get()?, self.bias.as_ref(), residual);
         }
+        #[cfg(feature = "cuda")]
+        if !self.packed && super::cuda::applies(xs, "add") {
+            let y = self.matmul(xs)?;
+            return match (&self.bias, residual) {
+                (Some(bias), r) => super::cuda::add_last(&y, bias, r),
+                (None, Some(r)) => y + r,
+                (None, None) => Ok(y),
+            };
+        }
         let out = if self.packed {
             let x32 = xs.to_dtype(DType::F32)?;
             cpu::linear(&x32, self.weight.get()?, self.bias.as_ref(), None)?.to_dtype(xs.dtype())?
@@ -242,6 +259,25 @@ impl Linear {
             Some(r) => out + r,
             None => Ok(out),
         }
+    }
+}
+
+impl Linear {
+    /// `xs · weightᵀ` without the bias (unpacked weights).
+    #[cfg(feature = "cuda")]
+    fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
+        candle_nn::Linear::new(self.weight.get()?.clone(), None).forward(xs)
+    }
+
+    /// diffusers' GEGLU of this projection: `(h₁ + b₁) · gelu(h₂ + b₂)` for `h = xs · weightᵀ` split in
+    /// two halves, as one kernel after the matmul on CUDA; `None` where that does not apply.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub fn geglu_fused(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if !self.packed && super::cuda::applies(xs, "geglu") {
+            return super::cuda::geglu(&self.matmul(xs)?, self.bias.as_ref()).map(Some);
+        }
+        Ok(None)
     }
 }
 
@@ -347,6 +383,10 @@ impl GroupNorm {
     fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         if cpu::fast_path(xs) && cpu::fast_path(&self.weight) {
             return cpu::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu);
+        }
+        #[cfg(feature = "cuda")]
+        if super::cuda::applies(xs, "norm") {
+            return super::cuda::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu);
         }
         let band = bounded::GROUP_NORM_BAND_BYTES;
         if xs.elem_count() * DType::F32.size_in_bytes() > band {
@@ -592,6 +632,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     }
     let lk = k.dim(1)?;
     let head_dim = inner / heads;
+    #[cfg(feature = "cuda")]
+    if super::cuda::attention_applies(q, head_dim) {
+        return super::cuda::attention(q, k, v, heads);
+    }
     let split = |t: &Tensor, l: usize| -> Result<Tensor> {
         t.reshape((b, l, heads, head_dim))?
             .transpose(1, 2)?

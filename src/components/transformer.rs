@@ -74,6 +74,9 @@ impl GegluFeedForward {
 impl GegluFeedForward {
     /// `self(xs) + residual`.
     fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let Some(gated) = self.proj.geglu_fused(xs)? {
+            return self.out.forward_add(&gated, Some(residual));
+        }
         let h = self.proj.forward(xs)?;
         if super::cpu::fast_path(&h) {
             return self.out.forward_add(&super::cpu::geglu(&h)?, Some(residual));

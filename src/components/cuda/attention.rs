@@ -1,0 +1,140 @@
+//! Attention without a score matrix in memory: one kernel per call, tensor cores through WMMA, scores
+//! and sums in f32 (see `attention` in kernels.cu). Replaces, on CUDA in f16 / bf16, candle's per-head
+//! transposes, score matmul, softmax kernel over the stored L×L scores, and value matmul.
+
+use super::{u32_arg, view};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::CudaDType;
+use candle_core::{CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+
+/// Query rows per block, keys per tile and the padded row lengths of the kernel's shared memory.
+const BR: usize = 64;
+const BC: usize = 64;
+const SLD: usize = BC + 4;
+const PLD: usize = BC + 8;
+/// Head sizes up to 16·MAX_NF (SD 1.5's largest is 160).
+const MAX_NF: usize = 10;
+
+/// Shared memory of the kernel for `nf` 16-wide slices of the head (its `smem` layout).
+fn shared_bytes(nf: usize) -> usize {
+    let ld = nf * 16 + 8;
+    (BR + 2 * BC) * ld * 2 + 4 * 16 * SLD * 4 + 4 * 16 * PLD * 2
+}
+
+/// Whether [`attention`] takes these inputs: CUDA, f16 or bf16, heads of at most 160 values.
+pub fn attention_applies(q: &Tensor, head_dim: usize) -> bool {
+    super::enabled("attention")
+        && q.device().is_cuda()
+        && matches!(q.dtype(), DType::F16 | DType::BF16)
+        && (1..=16 * MAX_NF).contains(&head_dim)
+}
+
+struct Attention {
+    heads: usize,
+}
+
+fn run<T: CudaDType + DeviceRepr + WithDType>(
+    op: &Attention,
+    (qs, ql): (&CudaStorage, &Layout),
+    (ks, kl): (&CudaStorage, &Layout),
+    (vs, vl): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = qs.device();
+    let q = view::<T>(qs, ql, "attention query")?;
+    let k = view::<T>(ks, kl, "attention key")?;
+    let v = view::<T>(vs, vl, "attention value")?;
+    let (&[b, lq, inner], &[bk, lk, inner_k]) = (ql.dims(), kl.dims()) else {
+        candle_core::bail!("attention of shapes {:?} and {:?}", ql.shape(), kl.shape())
+    };
+    if bk != b || inner_k != inner || vl.shape() != kl.shape() || lk == 0 || inner % op.heads != 0 {
+        candle_core::bail!(
+            "attention of shapes {:?}, {:?}, {:?}",
+            ql.shape(),
+            kl.shape(),
+            vl.shape()
+        )
+    }
+    let d = inner / op.heads;
+    let nf = d.div_ceil(16);
+    if nf > MAX_NF || b * op.heads > 65_535 {
+        candle_core::bail!("attention with {} heads of {d} values over {b} images", op.heads)
+    }
+    let func = super::function(dev, &format!("ap_attention_{}_nf{nf}", T::DTYPE.as_str()))?;
+    let smem = shared_bytes(nf);
+    func.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .map_err(|e| super::wrap("attention shared memory", e))?;
+    let mut out = unsafe { dev.alloc::<T>(b * lq * inner) }?;
+    let args = [
+        u32_arg(op.heads, "heads")?,
+        u32_arg(lq, "query length")?,
+        u32_arg(lk, "key length")?,
+        u32_arg(d, "head size")?,
+        u32_arg(inner, "query row")?,
+        u32_arg(inner, "key row")?,
+        u32_arg(inner, "output row")?,
+    ];
+    let scale = 1.0 / (d as f32).sqrt();
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(&q).arg(&k).arg(&v).arg(&mut out);
+    for a in &args {
+        builder.arg(a);
+    }
+    builder.arg(&scale);
+    let cfg = LaunchConfig {
+        grid_dim: (
+            u32_arg(lq.div_ceil(BR), "query blocks")?,
+            (b * op.heads) as u32,
+            1,
+        ),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    // SAFETY: arguments match the kernel's signature; q and out hold b·lq·inner values, k and v
+    // b·lk·inner, all contiguous rows of `inner` (checked by `view`); shared memory as the kernel lays it.
+    unsafe { builder.launch(cfg) }.map_err(|e| super::wrap("attention", e))?;
+    Ok((T::wrap_cuda_slice(out, dev.clone()), ql.shape().clone()))
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "ap-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("ap-attention runs on CUDA only")
+    }
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        match s1.dtype() {
+            DType::F16 => run::<half::f16>(self, (s1, l1), (s2, l2), (s3, l3)),
+            DType::BF16 => run::<half::bf16>(self, (s1, l1), (s2, l2), (s3, l3)),
+            d => candle_core::bail!("our attention kernel takes f16 or bf16, not {d:?}"),
+        }
+    }
+}
+
+/// `softmax(q·kᵀ/√d)·v` per head for `(b, l, heads·d)` inputs (see [`attention_applies`]).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    q.apply_op3_no_bwd(&k, &v, &Attention { heads })
+}

@@ -1,0 +1,163 @@
+//! Convolution as our transposed im2col + one cuBLAS matmul whose result is already NCHW.
+//!
+//! candle's CUDA `conv2d` builds `(b·h_out·w_out, c_in·k·k)` columns (one thread per element, 64-bit
+//! divisions each), multiplies, then transposes the `(b, h·w, c_out)` result into NCHW. Here the columns
+//! are `(b, c_in·k·k, h_out·w_out)`, read and written coalesced along image rows, with the nearest
+//! upsampling and zero padding folded into the reads, so `weight (c_out, c_in·k·k) × columns` is the
+//! output; bias, per-image channel add and residual follow in one kernel. Convolutions whose columns
+//! would pass the band bound run in bands of output rows, as [`crate::components::bounded::conv2d`].
+
+use super::{by_dtype, kernel, u32_arg, view};
+use crate::components::bounded::{ConvAdd, ConvShape};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::CudaDType;
+use candle_core::{CudaStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+
+/// Columns of output rows `[row0, row0 + rows)`.
+struct Im2ColT {
+    shape: ConvShape,
+    w_out: usize,
+    row0: usize,
+    rows: usize,
+}
+
+fn im2col_run<T: CudaDType + DeviceRepr + WithDType>(
+    op: &Im2ColT,
+    s: &CudaStorage,
+    l: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s.device();
+    let x = view::<T>(s, l, "convolution input")?;
+    let &[b, c, h, w] = l.dims() else {
+        candle_core::bail!("convolution input of shape {:?}", l.shape())
+    };
+    let k = op.shape.kernel;
+    let ckk = c * k * k;
+    let n_pix = op.rows * op.w_out;
+    if ckk > 65_535 || b > 65_535 {
+        candle_core::bail!("convolution of {c} channels × {k}² over {b} images exceeds the kernel's grid")
+    }
+    let mut col = unsafe { dev.alloc::<T>(b * ckk * n_pix) }?;
+    let func = kernel::<T>(dev, "ap_im2col_t")?;
+    let args = [
+        u32_arg(c, "channels")?,
+        u32_arg(h, "height")?,
+        u32_arg(w, "width")?,
+        u32_arg(op.shape.up, "upsampling")?,
+        u32_arg(k, "kernel")?,
+        u32_arg(op.shape.stride, "stride")?,
+        u32_arg(op.shape.padding, "padding")?,
+        u32_arg(op.w_out, "output width")?,
+        u32_arg(op.row0, "row")?,
+        u32_arg(op.rows, "rows")?,
+    ];
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(&x).arg(&mut col);
+    for a in &args {
+        builder.arg(a);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (u32_arg(n_pix.div_ceil(256), "pixels")?, ckk as u32, b as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match ap_im2col_t's signature; x holds b·c·h·w values (contiguous, checked by
+    // `view`) and the kernel reads only inside it; col holds b·ckk·n_pix values, the most it writes.
+    unsafe { builder.launch(cfg) }.map_err(|e| super::wrap("ap_im2col_t", e))?;
+    Ok((T::wrap_cuda_slice(col, dev.clone()), Shape::from((b, ckk, n_pix))))
+}
+
+impl CustomOp1 for Im2ColT {
+    fn name(&self) -> &'static str {
+        "ap-im2col-t"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("ap-im2col-t runs on CUDA only")
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(s.dtype(), im2col_run(self, s, l))
+    }
+}
+
+/// `conv2d(upsample(xs, up), weight) + bias + channel + residual` (weight `(c_out, c_in, k, k)`), in
+/// bands of output rows whose columns stay under `band_bytes`.
+pub fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    shape: ConvShape,
+    add: ConvAdd<'_>,
+    band_bytes: usize,
+) -> Result<Tensor> {
+    let ConvShape {
+        kernel: k,
+        stride: s,
+        padding: p,
+        up,
+    } = shape;
+    let xs = xs.contiguous()?;
+    let (b, c_in, h, w) = xs.dims4()?;
+    let (hu, wu) = (h * up, w * up);
+    if hu + 2 * p < k || wu + 2 * p < k || s == 0 {
+        candle_core::bail!("conv2d: a {k}x{k} kernel does not fit a {hu}x{wu} input padded by {p}")
+    }
+    let (h_out, w_out) = ((hu + 2 * p - k) / s + 1, (wu + 2 * p - k) / s + 1);
+    let c_out = weight.dim(0)?;
+    let w2 = weight
+        .to_dtype(xs.dtype())?
+        .contiguous()?
+        .reshape((c_out, c_in * k * k))?;
+    // Bias and per-image channel add become one (b, c_out) or (c_out,) vector.
+    let vec = match (add.bias, add.channel) {
+        (Some(bias), Some(ch)) => Some(
+            ch.to_dtype(xs.dtype())?
+                .broadcast_add(&bias.to_dtype(xs.dtype())?.unsqueeze(0)?)?,
+        ),
+        (Some(bias), None) => Some(bias.clone()),
+        (None, Some(ch)) => Some(ch.clone()),
+        (None, None) => None,
+    };
+    let finish = |y: Tensor, residual: Option<Tensor>| -> Result<Tensor> {
+        match (&vec, residual) {
+            (Some(v), r) => super::add_channel(&y, v, r.as_ref()),
+            (None, Some(r)) => y + r,
+            (None, None) => Ok(y),
+        }
+    };
+    let columns = |row0: usize, rows: usize| -> Result<Tensor> {
+        if k == 1 && s == 1 && p == 0 && up == 1 && row0 == 0 && rows == h_out {
+            // A pointwise convolution's columns are its input.
+            return xs.reshape((b, c_in, h * w));
+        }
+        xs.apply_op1_no_bwd(&Im2ColT {
+            shape,
+            w_out,
+            row0,
+            rows,
+        })
+    };
+    let row_bytes = b * w_out * c_in * k * k * xs.dtype().size_in_bytes();
+    let rows = (band_bytes / row_bytes.max(1)).clamp(1, h_out);
+    if rows == h_out {
+        let y = w2
+            .broadcast_matmul(&columns(0, h_out)?)?
+            .reshape((b, c_out, h_out, w_out))?;
+        return finish(y, add.residual.cloned());
+    }
+    let out = Tensor::zeros((b, c_out, h_out, w_out), xs.dtype(), xs.device())?;
+    let mut r0 = 0;
+    while r0 < h_out {
+        let n = rows.min(h_out - r0);
+        let y = w2
+            .broadcast_matmul(&columns(r0, n)?)?
+            .reshape((b, c_out, n, w_out))?;
+        let residual = match add.residual {
+            Some(r) => Some(r.narrow(2, r0, n)?),
+            None => None,
+        };
+        out.slice_set(&finish(y, residual)?, 2, r0)?;
+        r0 += n;
+    }
+    Ok(out)
+}

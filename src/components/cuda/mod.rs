@@ -1,0 +1,114 @@
+//! Our CUDA kernels (`kernels.cu`, compiled to PTX by build.rs) for the GPU paths where candle 0.11's
+//! generic kernels cost the most: convolution columns laid out for an NCHW result ([`conv2d`]), bias and
+//! residual adds ([`add_last`], [`add_channel`]), GEGLU ([`geglu`]), group norm + SiLU ([`group_norm`])
+//! and attention that never stores a score matrix ([`attention`]).
+//!
+//! Measured on an H100 before them (bench/README.md): candle's im2col, broadcast adds, softmax and
+//! group-norm pieces were over half of a UNet step's GPU time, the matmuls a tenth. Each kernel computes
+//! in f32 and rounds its output once. `AP_CUDA_KERNELS=0` turns them all off (candle's kernels then run
+//! everywhere), `AP_CUDA_KERNELS=conv,norm` (names from [`KERNELS`]) only those on, for comparisons.
+
+mod attention;
+mod conv;
+mod elementwise;
+mod norm;
+
+pub use attention::{attention, attention_applies};
+pub use conv::conv2d;
+pub use elementwise::{add_channel, add_last, geglu};
+pub use norm::group_norm;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaView, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, DeviceId};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Tensor, WithDType};
+use std::sync::{Arc, Mutex, OnceLock};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ap_kernels.ptx"));
+
+/// The kernels by the names `AP_CUDA_KERNELS` takes.
+pub const KERNELS: [&str; 5] = ["conv", "add", "geglu", "norm", "attention"];
+
+/// Whether our kernel `name` (one of [`KERNELS`]) is on: `AP_CUDA_KERNELS` unset or `1` turns all on, `0`
+/// all off, a comma-separated list of names those alone (read once).
+pub fn enabled(name: &str) -> bool {
+    static ON: OnceLock<Option<Vec<String>>> = OnceLock::new();
+    let on = ON.get_or_init(|| match std::env::var("AP_CUDA_KERNELS") {
+        Err(_) => None,
+        Ok(v) if v.trim() == "1" || v.trim().is_empty() => None,
+        Ok(v) => Some(v.split(',').map(|s| s.trim().to_string()).collect()),
+    });
+    on.as_ref().is_none_or(|list| list.iter().any(|k| k == name))
+}
+
+/// Whether `t` takes our kernel `name`: on a CUDA device, in f16, bf16 or f32, with the kernel on.
+pub fn applies(t: &Tensor, name: &str) -> bool {
+    enabled(name) && t.device().is_cuda() && matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F32)
+}
+
+fn wrap(what: &str, e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("autopipeline CUDA kernels: {what}: {e}"))
+}
+
+/// `name` from our PTX module, loaded once per device.
+pub(crate) fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+    static MODULES: Mutex<Vec<(DeviceId, Arc<CudaModule>)>> = Mutex::new(Vec::new());
+    let module = {
+        let mut modules = MODULES.lock().unwrap_or_else(|e| e.into_inner());
+        match modules.iter().find(|(id, _)| *id == dev.id()) {
+            Some((_, m)) => m.clone(),
+            None => {
+                let m = dev
+                    .cuda_stream()
+                    .context()
+                    .load_module(PTX.into())
+                    .map_err(|e| wrap("loading the module", e))?;
+                modules.push((dev.id(), m.clone()));
+                m
+            }
+        }
+    };
+    module.load_function(name).map_err(|e| wrap(name, e))
+}
+
+/// The kernel `root` for element type `T` (`root_f16`, …).
+pub(crate) fn kernel<T: WithDType>(dev: &CudaDevice, root: &str) -> Result<CudaFunction> {
+    function(dev, &format!("{root}_{}", T::DTYPE.as_str()))
+}
+
+/// The contiguous elements of `s` under `l`.
+pub(crate) fn view<'a, T: CudaDType + DeviceRepr>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    if !l.is_contiguous() {
+        candle_core::bail!("internal error: {what} passed to a CUDA kernel is not contiguous")
+    }
+    let slice = s.as_cuda_slice::<T>()?;
+    slice
+        .try_slice(l.start_offset()..l.start_offset() + l.shape().elem_count())
+        .ok_or_else(|| wrap(what, "layout out of the storage's bounds"))
+}
+
+/// `n` as a kernel's 32-bit size argument.
+pub(crate) fn u32_arg(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| wrap(what, format!("{n} does not fit the kernel's 32-bit indices")))
+}
+
+/// Runs `$f::<T>(args)` for the element type of `$dtype` (f16, bf16 or f32).
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $dtype {
+            candle_core::DType::F16 => $f::<half::f16>($($arg),*),
+            candle_core::DType::BF16 => $f::<half::bf16>($($arg),*),
+            candle_core::DType::F32 => $f::<f32>($($arg),*),
+            d => candle_core::bail!("our CUDA kernels take f16, bf16 or f32, not {d:?}"),
+        }
+    };
+}
+pub(crate) use by_dtype;
+
+/// Blocks for a grid-stride loop over `n` elements at 256 threads.
+pub(crate) fn blocks_for(n: usize) -> u32 {
+    n.div_ceil(256).clamp(1, 65_535 * 16) as u32
+}

@@ -1,0 +1,250 @@
+//! Our CUDA kernels (src/components/cuda) against candle's own ops computed in f32 on the same GPU, on
+//! random inputs over the shapes the SD / SDXL UNets and VAEs use and the edges of each kernel's tiling
+//! (partial tiles, heads not a multiple of 16, bands of one row). Built only with `--features cuda` and
+//! run where a GPU is present (scripts/cuda/lent_gpu.sh); without one each test says so and passes.
+//!
+//! Tolerances: each kernel rounds its output once, so f16 results are within a few f16 ulps of the f32
+//! reference (relative 2^-11 each, plus the f16 rounding of attention probabilities and of the inputs to
+//! f32-accumulated matmuls); a wrong index or a missed tile gives errors of the size of the values.
+#![cfg(feature = "cuda")]
+
+use autopipeline::components::bounded::{ConvAdd, ConvShape};
+use autopipeline::components::cuda;
+use candle_core::{DType, Device, Tensor, D};
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("no CUDA device ({e}): skipped");
+            None
+        }
+    }
+}
+
+fn randn(dev: &Device, shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::randn(0f32, 1f32, shape, dev)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// Largest |a − b| over max(1, max |b|).
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    let diff = (a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1.0)
+}
+
+fn tol(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 2e-5,
+        DType::F16 => 4e-3,
+        _ => 3e-2,
+    }
+}
+
+fn f32_of(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::F32).unwrap()
+}
+
+#[test]
+fn convolution_matches_candle() {
+    let Some(dev) = gpu() else { return };
+    // (b, c_in, c_out, h, w, kernel, stride, padding, up, band bytes)
+    let cases = [
+        (2, 4, 320, 16, 16, 3, 1, 1, 1, usize::MAX),
+        (2, 320, 320, 19, 13, 3, 1, 1, 1, usize::MAX),
+        (2, 64, 32, 9, 7, 3, 2, 1, 1, usize::MAX),
+        (1, 16, 16, 11, 6, 3, 2, 0, 1, usize::MAX),
+        (2, 64, 64, 8, 8, 3, 1, 1, 2, usize::MAX),
+        (2, 40, 24, 7, 9, 1, 1, 0, 1, usize::MAX),
+        (2, 32, 48, 10, 12, 3, 1, 1, 1, 1),
+        (1, 32, 16, 6, 9, 3, 1, 1, 2, 4000),
+    ];
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for &(b, ci, co, h, w, k, s, p, up, band) in &cases {
+            let x = randn(&dev, &[b, ci, h, w], dtype);
+            let wt = (randn(&dev, &[co, ci, k, k], dtype) * (1.0 / ((ci * k * k) as f64).sqrt())).unwrap();
+            let bias = randn(&dev, &[co], dtype);
+            let chan = randn(&dev, &[b, co], dtype);
+            let shape = ConvShape {
+                kernel: k,
+                stride: s,
+                padding: p,
+                up,
+            };
+            let reference = f32_of(&x)
+                .upsample_nearest2d(h * up, w * up)
+                .unwrap()
+                .conv2d(&f32_of(&wt), p, s, 1, 1)
+                .unwrap();
+            let res = randn(&dev, reference.dims(), dtype);
+            let with_adds = reference
+                .broadcast_add(&f32_of(&bias).reshape((1, co, 1, 1)).unwrap())
+                .unwrap()
+                .broadcast_add(&f32_of(&chan).reshape((b, co, 1, 1)).unwrap())
+                .unwrap()
+                .add(&f32_of(&res))
+                .unwrap();
+            let plain = cuda::conv2d(&x, &wt, shape, ConvAdd::default(), band).unwrap();
+            let add = ConvAdd {
+                bias: Some(&bias),
+                channel: Some(&chan),
+                residual: Some(&res),
+            };
+            let fused = cuda::conv2d(&x, &wt, shape, add, band).unwrap();
+            let case = format!("{dtype:?} {:?}", (b, ci, co, h, w, k, s, p, up, band));
+            let (e1, e2) = (rel_err(&plain, &reference), rel_err(&fused, &with_adds));
+            assert!(e1 <= tol(dtype) && e2 <= tol(dtype), "{case}: {e1} / {e2}");
+        }
+    }
+}
+
+#[test]
+fn adds_match_candle() {
+    let Some(dev) = gpu() else { return };
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let y = randn(&dev, &[2, 77, 640], dtype);
+        let bias = randn(&dev, &[640], dtype);
+        let res = randn(&dev, &[2, 77, 640], dtype);
+        let want = f32_of(&y).broadcast_add(&f32_of(&bias)).unwrap();
+        assert!(rel_err(&cuda::add_last(&y, &bias, None).unwrap(), &want) <= tol(dtype));
+        let want_r = (&want + f32_of(&res)).unwrap();
+        assert!(rel_err(&cuda::add_last(&y, &bias, Some(&res)).unwrap(), &want_r) <= tol(dtype));
+
+        let y = randn(&dev, &[2, 96, 5, 7], dtype);
+        let c = randn(&dev, &[96], dtype);
+        let cb = randn(&dev, &[2, 96], dtype);
+        let res = randn(&dev, &[2, 96, 5, 7], dtype);
+        let want = f32_of(&y)
+            .broadcast_add(&f32_of(&c).reshape((1, 96, 1, 1)).unwrap())
+            .unwrap();
+        assert!(rel_err(&cuda::add_channel(&y, &c, None).unwrap(), &want) <= tol(dtype));
+        let want = f32_of(&y)
+            .broadcast_add(&f32_of(&cb).reshape((2, 96, 1, 1)).unwrap())
+            .unwrap();
+        let want = (want + f32_of(&res)).unwrap();
+        assert!(rel_err(&cuda::add_channel(&y, &cb, Some(&res)).unwrap(), &want) <= tol(dtype));
+    }
+}
+
+#[test]
+fn geglu_matches_candle() {
+    let Some(dev) = gpu() else { return };
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let h = randn(&dev, &[2, 33, 2 * 160], dtype);
+        let bias = randn(&dev, &[2 * 160], dtype);
+        let hb = f32_of(&h).broadcast_add(&f32_of(&bias)).unwrap();
+        let want = (hb.narrow(D::Minus1, 0, 160).unwrap()
+            * hb.narrow(D::Minus1, 160, 160).unwrap().gelu_erf().unwrap())
+        .unwrap();
+        let got = cuda::geglu(&h, Some(&bias)).unwrap();
+        assert!(rel_err(&got, &want) <= tol(dtype), "{dtype:?}");
+        let h32 = f32_of(&h);
+        let want = (h32.narrow(D::Minus1, 0, 160).unwrap()
+            * h32.narrow(D::Minus1, 160, 160).unwrap().gelu_erf().unwrap())
+        .unwrap();
+        assert!(
+            rel_err(&cuda::geglu(&h, None).unwrap(), &want) <= tol(dtype),
+            "{dtype:?} no bias"
+        );
+    }
+}
+
+#[test]
+fn group_norm_matches_candle() {
+    let Some(dev) = gpu() else { return };
+    // (b, c, h, w, groups): partial chunks, several chunks per group, a large common offset.
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for &(b, c, h, w, g, offset) in &[
+            (2, 64, 9, 7, 32, 0.0),
+            (2, 320, 64, 64, 32, 0.0),
+            (1, 128, 40, 40, 32, 30.0),
+        ] {
+            let x = (randn(&dev, &[b, c, h, w], dtype) + offset)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let weight = randn(&dev, &[c], dtype);
+            let bias = randn(&dev, &[c], dtype);
+            let gn = candle_nn::GroupNorm::new(f32_of(&weight), f32_of(&bias), c, g, 1e-5).unwrap();
+            let want = candle_core::Module::forward(&gn, &f32_of(&x)).unwrap();
+            for silu in [false, true] {
+                let got = cuda::group_norm(&x, g, 1e-5, &weight, &bias, silu).unwrap();
+                let want = if silu { want.silu().unwrap() } else { want.clone() };
+                let e = rel_err(&got, &want);
+                assert!(
+                    e <= tol(dtype).max(1e-4),
+                    "{dtype:?} {:?} silu {silu}: {e}",
+                    (b, c, h, w, g, offset)
+                );
+            }
+        }
+    }
+}
+
+/// softmax(q·kᵀ/√d)·v per head in f32 with candle's ops.
+fn attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
+    let (b, lq, inner) = q.dims3().unwrap();
+    let lk = k.dim(1).unwrap();
+    let d = inner / heads;
+    let split = |t: &Tensor, l: usize| {
+        f32_of(t)
+            .reshape((b, l, heads, d))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let (q, k, v) = (split(q, lq), split(k, lk), split(v, lk));
+    let s = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+    let p = candle_nn::ops::softmax_last_dim(&s).unwrap();
+    p.matmul(&v)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((b, lq, inner))
+        .unwrap()
+}
+
+#[test]
+fn attention_matches_candle() {
+    let Some(dev) = gpu() else { return };
+    // (b, lq, lk, heads, head size): SD 1.5 (40, 80, 160) and SDXL (64) heads, cross attention over 77
+    // tokens, partial query and key tiles, heads not a multiple of 16, one key.
+    let cases = [
+        (2, 256, 256, 8, 40),
+        (2, 300, 77, 8, 80),
+        (1, 100, 130, 4, 160),
+        (2, 1024, 1024, 10, 64),
+        (2, 64, 77, 20, 64),
+        (1, 70, 1, 2, 8),
+        (1, 65, 200, 3, 72),
+    ];
+    for dtype in [DType::F16, DType::BF16] {
+        for &(b, lq, lk, heads, d) in &cases {
+            let q = randn(&dev, &[b, lq, heads * d], dtype);
+            let k = randn(&dev, &[b, lk, heads * d], dtype);
+            let v = randn(&dev, &[b, lk, heads * d], dtype);
+            assert!(cuda::attention_applies(&q, d));
+            let got = cuda::attention(&q, &k, &v, heads).unwrap();
+            let want = attention_f32(&q, &k, &v, heads);
+            let e = rel_err(&got, &want);
+            assert!(e <= tol(dtype), "{dtype:?} {:?}: {e}", (b, lq, lk, heads, d));
+        }
+    }
+}
