@@ -9,7 +9,8 @@ bench/gpu.sh.
     python3 bench/gpu.py profile ours|diffusers MODEL SIZE OUT.txt [cpu]   # kernel table of one side
 
 With AP_PROFILE=sdxl (or sd15, or both, comma-separated), the comparison also writes
-OUT_DIR/profile-ARCH-SIDE.txt for those architectures after measuring them.
+OUT_DIR/profile-ARCH-SIDE.txt for those architectures after measuring them (AP_PROFILE_SIDES=ours: only
+that side). Our side's CUDA kernels follow AP_CUDA_KERNELS (see src/components/cuda/mod.rs).
 """
 
 import json
@@ -181,7 +182,8 @@ def main(out_dir, ckpt_dir, archs):
                 print(json.dumps(row), flush=True)
                 (out_dir / "gpu_bench.json").write_text(json.dumps(results, indent=1))
             if arch in os.environ.get("AP_PROFILE", "").split(","):
-                for name in os.environ.get("AP_BENCH_SIDES", "diffusers,ours").split(","):
+                sides = os.environ.get("AP_PROFILE_SIDES") or os.environ.get("AP_BENCH_SIDES", "diffusers,ours")
+                for name in sides.split(","):
                     dest = out_dir / f"profile-{arch}-{name}.txt"
                     proc = subprocess.run([sys.executable, __file__, "profile", name, str(model), str(size), str(dest)],
                                           capture_output=True, text=True, timeout=240)

@@ -1,23 +1,52 @@
 #!/usr/bin/env bash
-# Everything the lent GPU machine runs, in one call (device time is scarce): unpack the CUDA build and
-# the diffusers wheel carried in .gpu/, then the device check and the GPU benchmark, each under its
-# own time limit. Prepare .gpu/ here first:
+# Everything the lent GPU machine runs, in one call (device time is scarce): unpack the CUDA build, the
+# kernel test binary and the diffusers wheel carried in .gpu/, then the kernel tests, the GPU benchmark,
+# the device check and an A/B of our kernels, each under its own time limit. Prepare .gpu/ here first:
 #
-#   scripts/cuda/build.sh                                    # target-cuda/release/libautopipeline.so
+#   AP_CUDA_TESTS=1 scripts/cuda/build.sh     # target-cuda/release/{libautopipeline.so,cuda_kernels}
 #   mkdir -p .gpu/whl && xz -T2 -c target-cuda/release/libautopipeline.so > .gpu/libautopipeline.so.xz
+#   xz -T2 -c target-cuda/release/cuda_kernels > .gpu/cuda_kernels.xz
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux2014_x86_64 -d .gpu/whl diffusers==0.42.1 importlib_metadata
 #
-# then run `scripts/cuda/lent_gpu.sh` there with `.gpu` carried; results land in $OUT.
+# then run `scripts/cuda/lent_gpu.sh [section ...]` there with `.gpu` carried (sections of
+# device_check.py; none: all). Results land in $OUT/results.tgz (one file: the device tool brings back
+# at most eight), the combined log in $OUT/all.log.
+#
+# Time limits (seconds): AP_TEST_SECONDS (kernel tests, 60), AP_BENCH_SECONDS (benchmark, 270; 0 skips
+# it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (A/B, 60). AP_AB lists AP_CUDA_KERNELS
+# settings to measure our SD 1.5 side under after the benchmark (default "0": candle's kernels only).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/out}
-mkdir -p "$out" /tmp/ap
+res=/tmp/ap-results
+rm -rf "$res" && mkdir -p "$out" "$res" /tmp/ap
 xz -dc .gpu/libautopipeline.so.xz > /tmp/ap/libautopipeline.so
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/ap/site .gpu/whl/*.whl
 export PYTHONPATH=/tmp/ap/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-timeout "${AP_CHECK_SECONDS:-240}" scripts/cuda/device_check.sh /tmp/ap/libautopipeline.so "$out" "$@" 2>&1 \
-  | tee "$out/device_check.log"
-if [ $# -eq 0 ] || [ -n "${AP_BENCH_ALSO:-}" ]; then
-  timeout "${AP_BENCH_SECONDS:-270}" bench/gpu.sh /tmp/ap/libautopipeline.so "$out" 2>&1 | tee "$out/gpu_bench.txt"
+libs=$(python3 -c "import glob,os,site;print(':'.join(sorted({os.path.dirname(p) for sp in site.getsitepackages() for p in glob.glob(os.path.join(sp,'nvidia','**','lib*.so*'),recursive=True)})))")
+pack() { tar czf "$out/results.tgz" -C "$res" . ; }
+trap pack EXIT
+
+if [ -f .gpu/cuda_kernels.xz ]; then
+  xz -dc .gpu/cuda_kernels.xz > /tmp/ap/cuda_kernels && chmod +x /tmp/ap/cuda_kernels
+  echo "== kernel tests"
+  LD_LIBRARY_PATH="$libs" timeout "${AP_TEST_SECONDS:-60}" /tmp/ap/cuda_kernels --test-threads 1 2>&1 \
+    | tee "$res/kernel_tests.log"
+fi
+if [ "${AP_BENCH_SECONDS:-270}" != 0 ]; then
+  echo "== benchmark"
+  timeout "${AP_BENCH_SECONDS:-270}" bench/gpu.sh /tmp/ap/libautopipeline.so "$res" 2>&1 | tee "$res/gpu_bench.txt"
+fi
+echo "== device check"
+timeout "${AP_CHECK_SECONDS:-240}" scripts/cuda/device_check.sh /tmp/ap/libautopipeline.so "$res" "$@" 2>&1 \
+  > "$res/device_check.log"
+grep -E "^==|^   \(" "$res/device_check.log"
+if [ -d "${AP_BENCH_CKPT:-/tmp/ap-bench}/sd15" ]; then
+  echo "== A/B of our kernels, SD 1.5 512²"
+  for setting in ${AP_AB:-0}; do
+    row=$(AP_CUDA_KERNELS="$setting" LD_LIBRARY_PATH="$libs" AUTOPIPELINE_LIBRARY=/tmp/ap/libautopipeline.so \
+      timeout "${AP_AB_SECONDS:-60}" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/sd15" 512 2>/dev/null | tail -n1)
+    echo "AP_CUDA_KERNELS=$setting $row" | tee -a "$res/ab.txt"
+  done
 fi
