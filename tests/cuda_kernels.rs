@@ -240,7 +240,6 @@ fn attention_matches_candle() {
             let q = randn(&dev, &[b, lq, heads * d], dtype);
             let k = randn(&dev, &[b, lk, heads * d], dtype);
             let v = randn(&dev, &[b, lk, heads * d], dtype);
-            assert!(cuda::attention_applies(&q, d));
             let got = cuda::attention(&q, &k, &v, heads).unwrap();
             let want = attention_f32(&q, &k, &v, heads);
             let e = rel_err(&got, &want);

@@ -15,7 +15,8 @@
 #
 # Time limits (seconds): AP_TEST_SECONDS (kernel tests, 60), AP_BENCH_SECONDS (benchmark, 270; 0 skips
 # it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (A/B, 60). AP_AB lists AP_CUDA_KERNELS
-# settings to measure our SD 1.5 side under after the benchmark (default "0": candle's kernels only).
+# settings to measure our SD 1.5 side under after the benchmark (default "0 all": candle's kernels only, then
+# all of ours, those off by default included).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/out}
@@ -44,7 +45,7 @@ timeout "${AP_CHECK_SECONDS:-240}" scripts/cuda/device_check.sh /tmp/ap/libautop
 grep -E "^==|^   \(" "$res/device_check.log"
 if [ -d "${AP_BENCH_CKPT:-/tmp/ap-bench}/sd15" ]; then
   echo "== A/B of our kernels, SD 1.5 512²"
-  for setting in ${AP_AB:-0}; do
+  for setting in ${AP_AB:-0 all}; do
     row=$(AP_CUDA_KERNELS="$setting" LD_LIBRARY_PATH="$libs" AUTOPIPELINE_LIBRARY=/tmp/ap/libautopipeline.so \
       timeout "${AP_AB_SECONDS:-60}" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/sd15" 512 2>/dev/null | tail -n1)
     echo "AP_CUDA_KERNELS=$setting $row" | tee -a "$res/ab.txt"

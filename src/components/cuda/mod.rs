@@ -6,7 +6,8 @@
 //! Measured on an H100 before them (bench/README.md): candle's im2col, broadcast adds, softmax and
 //! group-norm pieces were over half of a UNet step's GPU time, the matmuls a tenth. Each kernel computes
 //! in f32 and rounds its output once. `AP_CUDA_KERNELS=0` turns them all off (candle's kernels then run
-//! everywhere), `AP_CUDA_KERNELS=conv,norm` (names from [`KERNELS`]) only those on, for comparisons.
+//! everywhere), `AP_CUDA_KERNELS=conv,norm` (names from [`KERNELS`]) only those on, `all` adds the ones
+//! measured slower than what they replace ([`enabled`]), for comparisons.
 
 mod attention;
 mod conv;
@@ -28,16 +29,26 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ap_kernels.ptx"));
 /// The kernels by the names `AP_CUDA_KERNELS` takes.
 pub const KERNELS: [&str; 5] = ["conv", "add", "geglu", "norm", "attention"];
 
-/// Whether our kernel `name` (one of [`KERNELS`]) is on: `AP_CUDA_KERNELS` unset or `1` turns all on, `0`
-/// all off, a comma-separated list of names those alone (read once).
+/// Kernels that stay off unless named: correct, but measured slower than candle's path they replace
+/// (attention, two passes through WMMA: SDXL 1024² on an H100 5.4 it/s with it, 7.2 without).
+const OFF_BY_DEFAULT: [&str; 1] = ["attention"];
+
+/// Whether our kernel `name` (one of [`KERNELS`]) is on. `AP_CUDA_KERNELS` unset: all but
+/// [`OFF_BY_DEFAULT`]; `all`: all; `0`: none; a comma-separated list of names: those alone (read once).
 pub fn enabled(name: &str) -> bool {
-    static ON: OnceLock<Option<Vec<String>>> = OnceLock::new();
-    let on = ON.get_or_init(|| match std::env::var("AP_CUDA_KERNELS") {
-        Err(_) => None,
-        Ok(v) if v.trim() == "1" || v.trim().is_empty() => None,
-        Ok(v) => Some(v.split(',').map(|s| s.trim().to_string()).collect()),
+    static ON: OnceLock<Vec<String>> = OnceLock::new();
+    let on = ON.get_or_init(|| {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match std::env::var("AP_CUDA_KERNELS") {
+            Err(_) => names(&KERNELS)
+                .into_iter()
+                .filter(|k| !OFF_BY_DEFAULT.contains(&k.as_str()))
+                .collect(),
+            Ok(v) if v.trim() == "all" => names(&KERNELS),
+            Ok(v) => v.split(',').map(|s| s.trim().to_string()).collect(),
+        }
     });
-    on.as_ref().is_none_or(|list| list.iter().any(|k| k == name))
+    on.iter().any(|k| k == name)
 }
 
 /// Whether `t` takes our kernel `name`: on a CUDA device, in f16, bf16 or f32, with the kernel on.
