@@ -61,7 +61,8 @@ fn f32_of(t: &Tensor) -> Tensor {
 #[test]
 fn convolution_matches_candle() {
     let Some(dev) = gpu() else { return };
-    // (b, c_in, c_out, h, w, kernel, stride, padding, up, band bytes)
+    // (b, c_in, c_out, h, w, kernel, stride, padding, up, band bytes): the specialised 3×3 (×1, ×2
+    // upsampling) and 1×1 columns, the generic ones (2×2, ×3), pointwise without columns, bands.
     let cases = [
         (2, 4, 320, 16, 16, 3, 1, 1, 1, usize::MAX),
         (2, 320, 320, 19, 13, 3, 1, 1, 1, usize::MAX),
@@ -69,6 +70,9 @@ fn convolution_matches_candle() {
         (1, 16, 16, 11, 6, 3, 2, 0, 1, usize::MAX),
         (2, 64, 64, 8, 8, 3, 1, 1, 2, usize::MAX),
         (2, 40, 24, 7, 9, 1, 1, 0, 1, usize::MAX),
+        (2, 24, 16, 9, 7, 1, 2, 0, 1, usize::MAX),
+        (1, 8, 8, 7, 7, 2, 1, 0, 1, usize::MAX),
+        (1, 8, 8, 5, 4, 3, 1, 1, 3, usize::MAX),
         (2, 32, 48, 10, 12, 3, 1, 1, 1, 1),
         (1, 32, 16, 6, 9, 3, 1, 1, 2, 4000),
     ];

@@ -1,6 +1,7 @@
-//! Attention without a score matrix in memory: one kernel per call, tensor cores through WMMA, scores
-//! and sums in f32 (see `attention` in kernels.cu). Replaces, on CUDA in f16 / bf16, candle's per-head
-//! transposes, score matmul, softmax kernel over the stored L×L scores, and value matmul.
+//! Attention without a score matrix in memory: one kernel per call, single pass with an online softmax
+//! on tensor cores (`mma.sync`), scores and sums in f32 (see `attention` in kernels.cu). Replaces, on
+//! CUDA in f16 / bf16, candle's per-head transposes, score matmul, softmax over the stored L×L scores
+//! and value matmul.
 
 use super::{u32_arg, view};
 use candle_core::backend::BackendStorage;
@@ -9,26 +10,26 @@ use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKe
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 
-/// Query rows per block, keys per tile and the padded row lengths of the kernel's shared memory.
+/// Query rows per block and keys per tile.
 const BR: usize = 64;
 const BC: usize = 64;
-const SLD: usize = BC + 4;
-const PLD: usize = BC + 8;
 /// Head sizes up to 16·MAX_NF (SD 1.5's largest is 160).
 const MAX_NF: usize = 10;
 
 /// Shared memory of the kernel for `nf` 16-wide slices of the head (its `smem` layout).
 fn shared_bytes(nf: usize) -> usize {
     let ld = nf * 16 + 8;
-    (BR + 2 * BC) * ld * 2 + 4 * 16 * SLD * 4 + 4 * 16 * PLD * 2
+    (BR + 2 * BC) * ld * 2
 }
 
-/// Whether [`attention`] takes these inputs: CUDA, f16 or bf16, heads of at most 160 values.
+/// Whether [`attention`] takes these inputs: CUDA, f16 or bf16, heads of an even number of values, at
+/// most 160 (the kernel moves values in pairs).
 pub fn attention_applies(q: &Tensor, head_dim: usize) -> bool {
     super::enabled("attention")
         && q.device().is_cuda()
         && matches!(q.dtype(), DType::F16 | DType::BF16)
         && (1..=16 * MAX_NF).contains(&head_dim)
+        && head_dim.is_multiple_of(2)
 }
 
 struct Attention {
@@ -58,7 +59,9 @@ fn run<T: CudaDType + DeviceRepr + WithDType>(
     }
     let d = inner / op.heads;
     let nf = d.div_ceil(16);
-    if nf > MAX_NF || b * op.heads > 65_535 {
+    // Pairs of values are read and written as 32-bit words: even sizes and offsets keep them aligned.
+    let even = [ql, kl, vl].iter().all(|l| l.start_offset().is_multiple_of(2));
+    if nf > MAX_NF || !d.is_multiple_of(2) || !even || b * op.heads > 65_535 {
         candle_core::bail!("attention with {} heads of {d} values over {b} images", op.heads)
     }
     let func = super::function(dev, &format!("ap_attention_{}_nf{nf}", T::DTYPE.as_str()))?;

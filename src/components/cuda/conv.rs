@@ -39,7 +39,14 @@ fn im2col_run<T: CudaDType + DeviceRepr + WithDType>(
         candle_core::bail!("convolution of {c} channels × {k}² over {b} images exceeds the kernel's grid")
     }
     let mut col = unsafe { dev.alloc::<T>(b * ckk * n_pix) }?;
-    let func = kernel::<T>(dev, "ap_im2col_t")?;
+    // The sizes every model convolution has, as compile-time constants of the kernel; others generic.
+    let root = match (k, op.shape.up) {
+        (3, 1) => "ap_im2col_t_k3_up1",
+        (3, 2) => "ap_im2col_t_k3_up2",
+        (1, 1) => "ap_im2col_t_k1_up1",
+        _ => "ap_im2col_t",
+    };
+    let func = kernel::<T>(dev, root)?;
     let args = [
         u32_arg(c, "channels")?,
         u32_arg(h, "height")?,

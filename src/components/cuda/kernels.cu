@@ -27,15 +27,19 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 // Convolution columns, transposed: col[b][ci·k·k + ky·k + kx][p] for output pixels p of rows
 // [row0, row0 + rows), from x (B, C, H, W) upsampled ×up (nearest) and zero-padded by pad. The matmul
 // weight (c_out, C·k·k) × col[b] is then the NCHW output itself. Grid: (pixel blocks, C·k·k, B).
-template <typename T>
-__device__ void im2col_t(const T *x, T *col, uint32_t c, uint32_t h, uint32_t w, uint32_t up, uint32_t k,
+// KC / UPC: the kernel size and upsampling as compile-time constants (3×3 and 1×1, ×1 and ×2: every
+// convolution of the models), which turns their divisions into multiplies and shifts; 0 = from the
+// arguments. The kernel is bound by its integer arithmetic, not by memory.
+template <typename T, uint32_t KC, uint32_t UPC>
+__device__ void im2col_t(const T *x, T *col, uint32_t c, uint32_t h, uint32_t w, uint32_t up_arg, uint32_t k_arg,
                          uint32_t stride, uint32_t pad, uint32_t w_out, uint32_t row0, uint32_t rows) {
+  const uint32_t k = KC ? KC : k_arg, up = UPC ? UPC : up_arg;
   const uint32_t n_pix = rows * w_out;
   const uint32_t p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= n_pix) return;
   const uint32_t r = blockIdx.y, b = blockIdx.z, ckk = gridDim.y;
   const uint32_t kx = r % k, ky = (r / k) % k, ci = r / (k * k);
-  const uint32_t oy = row0 + p / w_out, ox = p % w_out;
+  const uint32_t oy = row0 + p / w_out, ox = p - (p / w_out) * w_out;
   const int iy = (int)(oy * stride + ky) - (int)pad, ix = (int)(ox * stride + kx) - (int)pad;
   T v = from_f<T>(0.f);
   if (iy >= 0 && ix >= 0 && iy < (int)(h * up) && ix < (int)(w * up)) {
@@ -168,142 +172,198 @@ __device__ void gn_apply(const T *x, const float *stats, const T *weight, const 
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Attention softmax(q·kᵀ·scale)·v for one (image, head) per grid row and 64 query rows per block (4
-// warps of 16), tensor cores through WMMA, scores and sums in f32. q, k, v, out are (B, L, H·D) rows
-// (row strides given), head h at column h·D; D ≤ 16·NF, zero-padded to 16·NF in shared memory.
+// Attention softmax(q·kᵀ·scale)·v, single pass with an online softmax (the flash-attention scheme), for
+// one (image, head) per grid row and 64 query rows per block: 4 warps of 16 rows, keys in tiles of 64.
+// q, k, v, out are (B, L, H·D) rows (row strides given), head h at column h·D, D even and ≤ 16·NF
+// (zero-padded to 16·NF in shared memory), so no transposes are needed around it.
 //
-// Two passes over the keys: the first finds each row's max and sum of exponentials, the second adds
-// the normalised probabilities (rounded to the input type, as a softmax output would be) times v. The
-// second pass never rescales its accumulators, whose register layout WMMA leaves unspecified; the
-// price is computing q·kᵀ twice. No L×L matrix is ever stored.
+// Tensor cores through `mma.sync.m16n8k16` with f32 accumulators, whose register layouts the PTX ISA
+// documents (“Matrix Fragments for mma.m16n8k16”): lane = 4·g + t holds rows g and g + 8 and columns
+// 2t, 2t + 1 of each 16×8 accumulator tile, and the same rows / columns (+8) of a 16×16 A operand.
+// That lets the scores stay in registers: row maxima and sums reduce over the 4 lanes of a row, the
+// output accumulators are rescaled in place when a row's maximum grows, and the probabilities (rounded
+// to the input type, ≤ 1) are repacked directly as the A operand of the probabilities × values product.
 #define ATT_BR 64
 #define ATT_BC 64
-#define ATT_SLD (ATT_BC + 4)
-#define ATT_PLD (ATT_BC + 8)
 
+__device__ __forceinline__ uint32_t pack2(__half lo, __half hi) {
+  return (uint32_t)__half_as_ushort(lo) | ((uint32_t)__half_as_ushort(hi) << 16);
+}
+__device__ __forceinline__ uint32_t pack2(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+  return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+}
+
+template <typename T> __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__half>(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Rows [row0, row0 + rows) of one head into shared memory (row stride ld), two values at a time (D is
+// even), zeros past the sequence and past D.
 template <typename T>
 __device__ __forceinline__ void load_tile(T *dst, const T *src, uint32_t row0, uint32_t len, uint32_t stride,
                                           uint32_t d, uint32_t dp, uint32_t ld, uint32_t rows) {
-  for (uint32_t idx = threadIdx.x; idx < rows * dp; idx += blockDim.x) {
-    const uint32_t r = idx / dp, col = idx % dp;
-    T v = from_f<T>(0.f);
-    if (row0 + r < len && col < d) v = src[(size_t)(row0 + r) * stride + col];
-    dst[r * ld + col] = v;
+  const uint32_t pairs = dp / 2;
+  for (uint32_t idx = threadIdx.x; idx < rows * pairs; idx += blockDim.x) {
+    const uint32_t r = idx / pairs, col = 2 * (idx % pairs);
+    uint32_t v = 0;
+    if (row0 + r < len && col < d) v = *reinterpret_cast<const uint32_t *>(src + (size_t)(row0 + r) * stride + col);
+    *reinterpret_cast<uint32_t *>(dst + r * ld + col) = v;
   }
 }
 
-template <typename T, int NF>
-__device__ __forceinline__ void att_scores(const T *qs, const T *ks, float *ss) {
-  constexpr int LD = NF * 16 + 8;
-  const uint32_t warp = threadIdx.x / 32;
-#pragma unroll
-  for (int j = 0; j < ATT_BC / 16; ++j) {
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
-    wmma::fill_fragment(s, 0.f);
-#pragma unroll
-    for (int kk = 0; kk < NF; ++kk) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-      wmma::load_matrix_sync(a, qs + warp * 16 * LD + kk * 16, LD);
-      wmma::load_matrix_sync(b, ks + j * 16 * LD + kk * 16, LD);
-      wmma::mma_sync(s, a, b, s);
-    }
-    wmma::store_matrix_sync(ss + j * 16, s, ATT_SLD, wmma::mem_row_major);
-  }
+template <typename T> __device__ __forceinline__ uint32_t lds2(const T *p) {
+  return *reinterpret_cast<const uint32_t *>(p);
 }
 
 template <typename T, int NF>
 __device__ void attention(const T *q, const T *k, const T *v, T *o, uint32_t heads, uint32_t lq, uint32_t lk,
                           uint32_t d, uint32_t q_stride, uint32_t kv_stride, uint32_t o_stride, float scale) {
-  constexpr int DP = NF * 16, LD = DP + 8, OLD = DP + 4;
+  constexpr int DP = NF * 16, LD = DP + 8, NT = DP / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   T *qs = reinterpret_cast<T *>(smem);
   T *ks = qs + ATT_BR * LD;
   T *vs = ks + ATT_BC * LD;
-  float *ss_all = reinterpret_cast<float *>(vs + ATT_BC * LD);
-  T *ps_all = reinterpret_cast<T *>(ss_all + 4 * 16 * ATT_SLD);
 
-  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const uint32_t bh = blockIdx.y, b = bh / heads, h = bh % heads;
   const uint32_t q0 = blockIdx.x * ATT_BR;
   const T *qb = q + (size_t)b * lq * q_stride + h * d;
   const T *kb = k + (size_t)b * lk * kv_stride + h * d;
   const T *vb = v + (size_t)b * lk * kv_stride + h * d;
-  float *ss = ss_all + warp * 16 * ATT_SLD;
-  T *ps = ps_all + warp * 16 * ATT_PLD;
 
   load_tile(qs, qb, q0, lq, q_stride, d, DP, LD, ATT_BR);
-  // Lanes 2r and 2r + 1 share query row r of the warp, 32 score columns each.
-  const uint32_t r = lane >> 1, side = lane & 1;
-  const float *srow = ss + r * ATT_SLD + side * 32;
-  float m = -INFINITY, l = 0.f;
-  for (uint32_t k0 = 0; k0 < lk; k0 += ATT_BC) {
-    __syncthreads();
-    load_tile(ks, kb, k0, lk, kv_stride, d, DP, LD, ATT_BC);
-    __syncthreads();
-    att_scores<T, NF>(qs, ks, ss);
-    __syncwarp();
-    const int valid = min(32, (int)lk - (int)(k0 + side * 32));
-    float mx = -INFINITY;
-    for (int j = 0; j < valid; ++j) mx = fmaxf(mx, srow[j] * scale);
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    const float m_new = fmaxf(m, mx);
-    float sum = 0.f;
-    for (int j = 0; j < valid; ++j) sum += expf(srow[j] * scale - m_new);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    l = l * expf(m - m_new) + sum;
-    m = m_new;
-    __syncwarp();
-  }
-  const float inv_l = 1.f / l;
-
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NF];
+  __syncthreads();
+  // This warp's 16 query rows as A operands, one per 16 values of the head.
+  uint32_t qa[NF][4];
+  const T *qw = qs + warp * 16 * LD;
 #pragma unroll
-  for (int i = 0; i < NF; ++i) wmma::fill_fragment(acc[i], 0.f);
+  for (int kk = 0; kk < NF; ++kk) {
+    qa[kk][0] = lds2(qw + g * LD + kk * 16 + 2 * t);
+    qa[kk][1] = lds2(qw + (g + 8) * LD + kk * 16 + 2 * t);
+    qa[kk][2] = lds2(qw + g * LD + kk * 16 + 8 + 2 * t);
+    qa[kk][3] = lds2(qw + (g + 8) * LD + kk * 16 + 8 + 2 * t);
+  }
+
+  // Scores in base 2: x·scale·log2(e), so that exp2 gives the softmax's exp.
+  const float sl2 = scale * 1.4426950408889634f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float acc[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
   for (uint32_t k0 = 0; k0 < lk; k0 += ATT_BC) {
     __syncthreads();
     load_tile(ks, kb, k0, lk, kv_stride, d, DP, LD, ATT_BC);
     load_tile(vs, vb, k0, lk, kv_stride, d, DP, LD, ATT_BC);
     __syncthreads();
-    att_scores<T, NF>(qs, ks, ss);
-    __syncwarp();
-    for (int j = 0; j < 32; ++j) {
-      const uint32_t col = side * 32 + j;
-      const float p = k0 + col < lk ? expf(srow[j] * scale - m) * inv_l : 0.f;
-      ps[r * ATT_PLD + col] = from_f<T>(p);
+
+    // s[j]: keys 8j .. 8j + 7 of the tile; [0], [1] row g, [2], [3] row g + 8; columns 2t, 2t + 1.
+    float s[ATT_BC / 8][4];
+#pragma unroll
+    for (int j = 0; j < ATT_BC / 8; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+      const T *kr = ks + (8 * j + g) * LD + 2 * t;
+#pragma unroll
+      for (int kk = 0; kk < NF; ++kk) mma16816<T>(s[j], qa[kk], lds2(kr + kk * 16), lds2(kr + kk * 16 + 8));
     }
-    __syncwarp();
+    float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int kk = 0; kk < ATT_BC / 16; ++kk) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-      wmma::load_matrix_sync(a, ps + kk * 16, ATT_PLD);
+    for (int j = 0; j < ATT_BC / 8; ++j) {
 #pragma unroll
-      for (int i = 0; i < NF; ++i) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> bf;
-        wmma::load_matrix_sync(bf, vs + kk * 16 * LD + i * 16, LD);
-        wmma::mma_sync(acc[i], a, bf, acc[i]);
+      for (int e = 0; e < 4; ++e) {
+        const bool valid = k0 + 8 * j + 2 * t + (e & 1) < lk;
+        s[j][e] = valid ? s[j][e] * sl2 : -INFINITY;
+        mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m[r], mx[r]);  // finite: the tile has at least one key
+      alpha[r] = exp2f(m[r] - m_new);
+      m[r] = m_new;
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      acc[n][0] *= alpha[0];
+      acc[n][1] *= alpha[0];
+      acc[n][2] *= alpha[1];
+      acc[n][3] *= alpha[1];
+    }
+    // Probabilities × values, 16 keys (two score tiles) per step.
+#pragma unroll
+    for (int c = 0; c < ATT_BC / 16; ++c) {
+      T p[8];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p0 = exp2f(s[2 * c][e] - m[e >> 1]), p1 = exp2f(s[2 * c + 1][e] - m[e >> 1]);
+        p[e] = from_f<T>(p0);
+        p[4 + e] = from_f<T>(p1);
+        // The sum takes the rounded probabilities, the ones the product uses.
+        l[e >> 1] += to_f(p[e]) + to_f(p[4 + e]);
+      }
+      const uint32_t a[4] = {pack2(p[0], p[1]), pack2(p[2], p[3]), pack2(p[4], p[5]), pack2(p[6], p[7])};
+      const T *v0 = vs + (16 * c + 2 * t) * LD + g;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        const T *vn = v0 + 8 * n;
+        const uint32_t b0 = pack2(vn[0], vn[LD]), b1 = pack2(vn[8 * LD], vn[9 * LD]);
+        mma16816<T>(acc[n], a, b0, b1);
       }
     }
   }
-  __syncthreads();  // the q/k/v tiles are reused as the output staging area
-  float *os = reinterpret_cast<float *>(smem) + warp * 16 * OLD;
 #pragma unroll
-  for (int i = 0; i < NF; ++i) wmma::store_matrix_sync(os + i * 16, acc[i], OLD, wmma::mem_row_major);
-  __syncwarp();
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    l[r] = 1.f / l[r];
+  }
   T *ob = o + (size_t)b * lq * o_stride + h * d;
-  for (uint32_t idx = lane; idx < 16 * d; idx += 32) {
-    const uint32_t rr = idx / d, col = idx % d, row = q0 + warp * 16 + rr;
-    if (row < lq) ob[(size_t)row * o_stride + col] = from_f<T>(os[rr * OLD + col]);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const uint32_t row = q0 + warp * 16 + g + 8 * r;
+    if (row >= lq) continue;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const uint32_t col = 8 * n + 2 * t;
+      if (col < d) {
+        *reinterpret_cast<uint32_t *>(ob + (size_t)row * o_stride + col) =
+            pack2(from_f<T>(acc[n][2 * r] * l[r]), from_f<T>(acc[n][2 * r + 1] * l[r]));
+      }
+    }
   }
 }
 
 // ---------------------------------------------------------------------------------------------------
+#define IM2COL(T, S, V, KC, UPC)                                                                                 \
+  extern "C" __global__ void ap_im2col_t##V##_##S(const T *x, T *col, uint32_t c, uint32_t h, uint32_t w,    \
+                                                  uint32_t up, uint32_t k, uint32_t stride, uint32_t pad,     \
+                                                  uint32_t w_out, uint32_t row0, uint32_t rows) {             \
+    im2col_t<T, KC, UPC>(x, col, c, h, w, up, k, stride, pad, w_out, row0, rows);                             \
+  }
+
 #define ELEMENTWISE(T, S)                                                                                       \
-  extern "C" __global__ void ap_im2col_t_##S(const T *x, T *col, uint32_t c, uint32_t h, uint32_t w,         \
-                                             uint32_t up, uint32_t k, uint32_t stride, uint32_t pad,          \
-                                             uint32_t w_out, uint32_t row0, uint32_t rows) {                  \
-    im2col_t<T>(x, col, c, h, w, up, k, stride, pad, w_out, row0, rows);                                      \
-  }                                                                                                           \
+  IM2COL(T, S, , 0, 0)                                                                                        \
+  IM2COL(T, S, _k3_up1, 3, 1)                                                                                 \
+  IM2COL(T, S, _k3_up2, 3, 2)                                                                                 \
+  IM2COL(T, S, _k1_up1, 1, 1)                                                                                 \
   extern "C" __global__ void ap_add_last_##S(const T *y, const T *vec, const T *res, T *out, uint32_t n,      \
                                              uint32_t n_vec, uint32_t has_res) {                              \
     add_last<T>(y, vec, res, out, n, n_vec, has_res);                                                         \

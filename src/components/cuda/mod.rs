@@ -29,8 +29,10 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ap_kernels.ptx"));
 /// The kernels by the names `AP_CUDA_KERNELS` takes.
 pub const KERNELS: [&str; 5] = ["conv", "add", "geglu", "norm", "attention"];
 
-/// Kernels that stay off unless named: correct, but measured slower than candle's path they replace
-/// (attention, two passes through WMMA: SDXL 1024² on an H100 5.4 it/s with it, 7.2 without).
+/// Kernels that stay off unless named. Attention: its first version (two passes over the keys through
+/// WMMA) was correct but slower than candle's path (SDXL 1024² on an H100: 5.4 it/s with it, 7.2
+/// without); the single-pass rewrite in kernels.cu has not run on a GPU yet, and stays off until a run
+/// of tests/cuda_kernels.rs and the benchmark shows it correct and faster.
 const OFF_BY_DEFAULT: [&str; 1] = ["attention"];
 
 /// Whether our kernel `name` (one of [`KERNELS`]) is on. `AP_CUDA_KERNELS` unset: all but
