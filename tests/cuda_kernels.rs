@@ -8,9 +8,12 @@
 //! f32-accumulated matmuls); a wrong index or a missed tile gives errors of the size of the values.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use autopipeline::components::bounded::{ConvAdd, ConvShape};
 use autopipeline::components::cuda;
 use candle_core::{DType, Device, Tensor, D};
+use common::cases::max_abs;
 
 fn gpu() -> Option<Device> {
     match Device::new_cuda(0) {
@@ -29,21 +32,11 @@ fn randn(dev: &Device, shape: &[usize], dtype: DType) -> Tensor {
         .unwrap()
 }
 
-/// Largest |a − b| over max(1, max |b|).
+/// Largest |a − b| over max(1, max |b|), in f32.
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    assert_eq!(a.dims(), b.dims());
-    let diff = (a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
+    let (a, b) = (f32_of(a), f32_of(b));
     let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1.0)
+    max_abs(&a, &b) / scale.to_scalar::<f32>().unwrap().max(1.0)
 }
 
 fn tol(dtype: DType) -> f32 {

@@ -48,6 +48,29 @@ pub struct ConvShape {
     pub up: usize,
 }
 
+impl ConvShape {
+    /// The output height and width over an `h`×`w` input, or an error where the kernel does not fit.
+    pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let (hu, wu) = (h * self.up, w * self.up);
+        if hu + 2 * p < k || wu + 2 * p < k || s == 0 {
+            candle_core::bail!("conv2d: a {k}x{k} kernel does not fit a {hu}x{wu} input padded by {p}")
+        }
+        Ok(((hu + 2 * p - k) / s + 1, (wu + 2 * p - k) / s + 1))
+    }
+}
+
+/// The `(batch, channels)` of a group norm's input `dims`, checked against `groups`.
+pub fn group_norm_dims(dims: &[usize], groups: usize) -> Result<(usize, usize)> {
+    let &[b, c, ..] = dims else {
+        candle_core::bail!("GroupNorm: input of shape {dims:?} has no channel dimension")
+    };
+    if groups == 0 || !c.is_multiple_of(groups) {
+        candle_core::bail!("GroupNorm: num_groups ({groups}) must divide num_channels ({c})")
+    }
+    Ok((b, c))
+}
+
 /// What is added to a convolution's output as it is written.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConvAdd<'a> {
@@ -76,10 +99,7 @@ pub fn conv2d(
     } = shape;
     let (b, c_in, h, w) = xs.dims4()?;
     let (hu, wu) = (h * up, w * up);
-    if hu + 2 * p < k || wu + 2 * p < k || s == 0 {
-        candle_core::bail!("conv2d: a {k}x{k} kernel does not fit a {hu}x{wu} input padded by {p}")
-    }
-    let (h_out, w_out) = ((hu + 2 * p - k) / s + 1, (wu + 2 * p - k) / s + 1);
+    let (h_out, w_out) = shape.output_size(h, w)?;
     let row_bytes = b * w_out * c_in * k * k * xs.dtype().size_in_bytes();
     let rows = (band_bytes / row_bytes.max(1)).clamp(1, h_out);
     // Bands need padding < kernel (every band then reads at least one image row); any real
@@ -161,12 +181,7 @@ pub fn group_norm(
     band_bytes: usize,
 ) -> Result<Tensor> {
     let dims = xs.dims().to_vec();
-    let &[b, c, ..] = dims.as_slice() else {
-        candle_core::bail!("GroupNorm: input of shape {dims:?} has no channel dimension")
-    };
-    if groups == 0 || !c.is_multiple_of(groups) {
-        candle_core::bail!("GroupNorm: num_groups ({groups}) must divide num_channels ({c})")
-    }
+    let (b, c) = group_norm_dims(&dims, groups)?;
     let cpg = c / groups;
     let rows = b * groups;
     let n = xs.elem_count() / rows.max(1);

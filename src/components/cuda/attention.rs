@@ -8,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// Query rows per block and keys per tile.
 const BR: usize = 64;
@@ -35,6 +35,22 @@ pub fn attention_applies(q: &Tensor, head_dim: usize) -> bool {
 struct Attention {
     heads: usize,
 }
+
+impl Attention {
+    fn cuda(
+        &self,
+        q: super::Input<'_>,
+        k: super::Input<'_>,
+        v: super::Input<'_>,
+    ) -> Result<(CudaStorage, Shape)> {
+        match q.0.dtype() {
+            DType::F16 => run::<half::f16>(self, q, k, v),
+            DType::BF16 => run::<half::bf16>(self, q, k, v),
+            d => candle_core::bail!("our attention kernel takes f16 or bf16, not {d:?}"),
+        }
+    }
+}
+super::cuda_only_op!(Attention, "ap-attention", 3, cuda);
 
 fn run<T: CudaDType + DeviceRepr + WithDType>(
     op: &Attention,
@@ -102,38 +118,6 @@ fn run<T: CudaDType + DeviceRepr + WithDType>(
     // b·lk·inner, all contiguous rows of `inner` (checked by `view`); shared memory as the kernel lays it.
     unsafe { builder.launch(cfg) }.map_err(|e| super::wrap("attention", e))?;
     Ok((T::wrap_cuda_slice(out, dev.clone()), ql.shape().clone()))
-}
-
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "ap-attention"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("ap-attention runs on CUDA only")
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        match s1.dtype() {
-            DType::F16 => run::<half::f16>(self, (s1, l1), (s2, l2), (s3, l3)),
-            DType::BF16 => run::<half::bf16>(self, (s1, l1), (s2, l2), (s3, l3)),
-            d => candle_core::bail!("our attention kernel takes f16 or bf16, not {d:?}"),
-        }
-    }
 }
 
 /// `softmax(q·kᵀ/√d)·v` per head for `(b, l, heads·d)` inputs (see [`attention_applies`]).

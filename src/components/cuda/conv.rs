@@ -12,7 +12,7 @@ use crate::components::bounded::{ConvAdd, ConvShape};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CudaStorage, Layout, Result, Shape, Tensor, WithDType};
 
 /// Columns of output rows `[row0, row0 + rows)`.
 struct Im2ColT {
@@ -21,6 +21,13 @@ struct Im2ColT {
     row0: usize,
     rows: usize,
 }
+
+impl Im2ColT {
+    fn cuda(&self, (s, l): super::Input<'_>) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(s.dtype(), im2col_run(self, s, l))
+    }
+}
+super::cuda_only_op!(Im2ColT, "ap-im2col-t", 1, cuda);
 
 fn im2col_run<T: CudaDType + DeviceRepr + WithDType>(
     op: &Im2ColT,
@@ -76,18 +83,6 @@ fn im2col_run<T: CudaDType + DeviceRepr + WithDType>(
     Ok((T::wrap_cuda_slice(col, dev.clone()), Shape::from((b, ckk, n_pix))))
 }
 
-impl CustomOp1 for Im2ColT {
-    fn name(&self) -> &'static str {
-        "ap-im2col-t"
-    }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("ap-im2col-t runs on CUDA only")
-    }
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(s.dtype(), im2col_run(self, s, l))
-    }
-}
-
 /// `conv2d(upsample(xs, up), weight) + bias + channel + residual` (weight `(c_out, c_in, k, k)`), in
 /// bands of output rows whose columns stay under `band_bytes`.
 pub fn conv2d(
@@ -105,11 +100,7 @@ pub fn conv2d(
     } = shape;
     let xs = xs.contiguous()?;
     let (b, c_in, h, w) = xs.dims4()?;
-    let (hu, wu) = (h * up, w * up);
-    if hu + 2 * p < k || wu + 2 * p < k || s == 0 {
-        candle_core::bail!("conv2d: a {k}x{k} kernel does not fit a {hu}x{wu} input padded by {p}")
-    }
-    let (h_out, w_out) = ((hu + 2 * p - k) / s + 1, (wu + 2 * p - k) / s + 1);
+    let (h_out, w_out) = shape.output_size(h, w)?;
     let c_out = weight.dim(0)?;
     let w2 = weight
         .to_dtype(xs.dtype())?

@@ -5,7 +5,7 @@ use super::{blocks_for, by_dtype, kernel, u32_arg, view};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CudaStorage, Layout, Result, Shape, Tensor, WithDType};
 
 /// Which element of the vector each output element adds.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +34,22 @@ impl AddVec {
         Ok((out, y.1.shape().clone()))
     }
 }
+
+impl AddVec {
+    fn cuda2(&self, y: super::Input<'_>, vec: super::Input<'_>) -> Result<(CudaStorage, Shape)> {
+        self.run(y, vec, None)
+    }
+    fn cuda3(
+        &self,
+        y: super::Input<'_>,
+        vec: super::Input<'_>,
+        res: super::Input<'_>,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.run(y, vec, Some(res))
+    }
+}
+super::cuda_only_op!(AddVec, "ap-add-vec", 2, cuda2);
+super::cuda_only_op!(AddVec, "ap-add-vec-residual", 3, cuda3);
 
 fn add_vec<T: CudaDType + DeviceRepr + WithDType>(
     index: VecIndex,
@@ -117,58 +133,6 @@ fn add_vec<T: CudaDType + DeviceRepr + WithDType>(
     Ok(T::wrap_cuda_slice(out, dev.clone()))
 }
 
-impl CustomOp2 for AddVec {
-    fn name(&self) -> &'static str {
-        "ap-add-vec"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("ap-add-vec runs on CUDA only")
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), None)
-    }
-}
-
-impl CustomOp3 for AddVec {
-    fn name(&self) -> &'static str {
-        "ap-add-vec-residual"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("ap-add-vec-residual runs on CUDA only")
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-}
-
 fn apply(y: &Tensor, vec: &Tensor, residual: Option<&Tensor>, index: VecIndex) -> Result<Tensor> {
     let y = y.contiguous()?;
     let vec = vec.to_dtype(y.dtype())?.contiguous()?;
@@ -195,6 +159,13 @@ pub fn add_channel(y: &Tensor, add: &Tensor, residual: Option<&Tensor>) -> Resul
 struct Geglu {
     has_bias: bool,
 }
+
+impl Geglu {
+    fn cuda(&self, h: super::Input<'_>, bias: super::Input<'_>) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(h.0.dtype(), geglu_run(h, bias, self.has_bias))
+    }
+}
+super::cuda_only_op!(Geglu, "ap-geglu", 2, cuda);
 
 fn geglu_run<T: CudaDType + DeviceRepr + WithDType>(
     (hs, hl): (&CudaStorage, &Layout),
@@ -229,30 +200,6 @@ fn geglu_run<T: CudaDType + DeviceRepr + WithDType>(
     // SAFETY: arguments match ap_geglu's signature; h holds 2n values, out n, bias 2f when used.
     unsafe { b.launch(cfg) }.map_err(|e| super::wrap("ap_geglu", e))?;
     Ok((T::wrap_cuda_slice(out, dev.clone()), Shape::from(dims)))
-}
-
-impl CustomOp2 for Geglu {
-    fn name(&self) -> &'static str {
-        "ap-geglu"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("ap-geglu runs on CUDA only")
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(s1.dtype(), geglu_run((s1, l1), (s2, l2), self.has_bias))
-    }
 }
 
 /// diffusers' GEGLU on the projection `h` `(…, 2f)` before its bias: `(h₁ + b₁) · gelu(h₂ + b₂)`.

@@ -121,6 +121,91 @@ macro_rules! by_dtype {
 }
 pub(crate) use by_dtype;
 
+/// Implements candle's `CustomOp1` / `CustomOp2` / `CustomOp3` for an op that runs on CUDA only, from
+/// its method `$run` taking each input as `(&CudaStorage, &Layout)`; the CPU side refuses (callers route
+/// only CUDA tensors here).
+macro_rules! cuda_only_op {
+    ($ty:ty, $name:literal, 1, $run:ident) => {
+        impl candle_core::CustomOp1 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                candle_core::bail!(concat!($name, " runs on CUDA only"))
+            }
+            fn cuda_fwd(
+                &self,
+                s: &candle_core::CudaStorage,
+                l: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                self.$run((s, l))
+            }
+        }
+    };
+    ($ty:ty, $name:literal, 2, $run:ident) => {
+        impl candle_core::CustomOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                candle_core::bail!(concat!($name, " runs on CUDA only"))
+            }
+            fn cuda_fwd(
+                &self,
+                s1: &candle_core::CudaStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CudaStorage,
+                l2: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                self.$run((s1, l1), (s2, l2))
+            }
+        }
+    };
+    ($ty:ty, $name:literal, 3, $run:ident) => {
+        impl candle_core::CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                candle_core::bail!(concat!($name, " runs on CUDA only"))
+            }
+            fn cuda_fwd(
+                &self,
+                s1: &candle_core::CudaStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CudaStorage,
+                l2: &candle_core::Layout,
+                s3: &candle_core::CudaStorage,
+                l3: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                self.$run((s1, l1), (s2, l2), (s3, l3))
+            }
+        }
+    };
+}
+pub(crate) use cuda_only_op;
+
+/// An input of a CUDA op: its storage and layout.
+pub(crate) type Input<'a> = (&'a CudaStorage, &'a Layout);
+
 /// Blocks for a grid-stride loop over `n` elements at 256 threads.
 pub(crate) fn blocks_for(n: usize) -> u32 {
     n.div_ceil(256).clamp(1, 65_535 * 16) as u32

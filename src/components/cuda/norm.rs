@@ -7,9 +7,7 @@ use super::{by_dtype, kernel, u32_arg, view};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{
-    CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// Values per partial sum (`GN_CHUNK` in kernels.cu).
 const CHUNK: usize = 4096;
@@ -19,6 +17,13 @@ struct Partial {
     rows: usize,
     n: usize,
 }
+
+impl Partial {
+    fn cuda(&self, (s, l): super::Input<'_>) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(s.dtype(), partial_run(self, s, l))
+    }
+}
+super::cuda_only_op!(Partial, "ap-group-norm-partial", 1, cuda);
 
 fn partial_run<T: CudaDType + DeviceRepr + WithDType>(
     op: &Partial,
@@ -50,23 +55,18 @@ fn partial_run<T: CudaDType + DeviceRepr + WithDType>(
     ))
 }
 
-impl CustomOp1 for Partial {
-    fn name(&self) -> &'static str {
-        "ap-group-norm-partial"
-    }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("ap-group-norm-partial runs on CUDA only")
-    }
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(s.dtype(), partial_run(self, s, l))
-    }
-}
-
 /// Each row's mean and `1/sqrt(var + eps)`, `(rows, 2)` f32, from `x` and its partial sums.
 struct Finalize {
     n: usize,
     eps: f32,
 }
+
+impl Finalize {
+    fn cuda(&self, x: super::Input<'_>, partial: super::Input<'_>) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(x.0.dtype(), finalize_run(self, x, partial))
+    }
+}
+super::cuda_only_op!(Finalize, "ap-group-norm-stats", 2, cuda);
 
 fn finalize_run<T: CudaDType + DeviceRepr + WithDType>(
     op: &Finalize,
@@ -101,35 +101,23 @@ fn finalize_run<T: CudaDType + DeviceRepr + WithDType>(
     Ok((f32::wrap_cuda_slice(stats, dev.clone()), Shape::from((rows, 2))))
 }
 
-impl CustomOp2 for Finalize {
-    fn name(&self) -> &'static str {
-        "ap-group-norm-stats"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("ap-group-norm-stats runs on CUDA only")
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(s1.dtype(), finalize_run(self, (s1, l1), (s2, l2)))
-    }
-}
-
 /// The normalisation itself, from `x`, the statistics and `(weight ‖ bias)` (`2c` values in x's dtype).
 struct Apply {
     groups: usize,
     silu: bool,
 }
+
+impl Apply {
+    fn cuda(
+        &self,
+        x: super::Input<'_>,
+        stats: super::Input<'_>,
+        wb: super::Input<'_>,
+    ) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(x.0.dtype(), apply_run(self, x, stats, wb))
+    }
+}
+super::cuda_only_op!(Apply, "ap-group-norm", 3, cuda);
 
 fn apply_run<T: CudaDType + DeviceRepr + WithDType>(
     op: &Apply,
@@ -177,34 +165,6 @@ fn apply_run<T: CudaDType + DeviceRepr + WithDType>(
     Ok((T::wrap_cuda_slice(out, dev.clone()), xl.shape().clone()))
 }
 
-impl CustomOp3 for Apply {
-    fn name(&self) -> &'static str {
-        "ap-group-norm"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("ap-group-norm runs on CUDA only")
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(s1.dtype(), apply_run(self, (s1, l1), (s2, l2), (s3, l3)))
-    }
-}
-
 /// `silu?(group_norm(xs))` for `xs` `(b, c, …)`.
 pub fn group_norm(
     xs: &Tensor,
@@ -214,13 +174,7 @@ pub fn group_norm(
     bias: &Tensor,
     silu: bool,
 ) -> Result<Tensor> {
-    let dims = xs.dims();
-    let &[b, c, ..] = dims else {
-        candle_core::bail!("GroupNorm: input of shape {dims:?} has no channel dimension")
-    };
-    if groups == 0 || !c.is_multiple_of(groups) {
-        candle_core::bail!("GroupNorm: num_groups ({groups}) must divide num_channels ({c})")
-    }
+    let (b, _) = crate::components::bounded::group_norm_dims(xs.dims(), groups)?;
     let xs = xs.contiguous()?;
     let rows = b * groups;
     let n = xs.elem_count() / rows.max(1);
