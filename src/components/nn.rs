@@ -7,8 +7,9 @@ use candle_core::{DType, Module, Result, Tensor, D};
 /// `torch.nn.Conv2d` with a square kernel, stride and symmetric padding (no groups or dilation).
 ///
 /// Float32 weights on the CPU are packed for [`cpu::conv::conv2d`] (on first use, see
-/// [`super::weights`]); everything else runs candle's `conv2d`, split into bands of rows where its
-/// im2col columns would be large ([`bounded::conv2d`]).
+/// [`super::weights`]); CUDA tensors take our kernels (`cuda::conv2d`, with the `cuda` feature);
+/// everything else runs candle's `conv2d`, split into bands of rows where its im2col columns would be
+/// large ([`bounded::conv2d`]).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     /// `(c_out, c_in, k, k)`, or `(k·k, c_in, c_out)` when `packed`.
@@ -193,7 +194,8 @@ impl Module for Conv2d {
 }
 
 /// `torch.nn.Linear`. Float32 weights on the CPU are kept transposed (`(in, out)`, on first use) for
-/// [`cpu::linear`], which also adds a residual as it writes; elsewhere candle's matmul.
+/// [`cpu::linear`], which also adds a residual as it writes; elsewhere candle's matmul, followed on
+/// CUDA by one kernel adding bias and residual (`cuda::add_last`).
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `(out, in)`, or `(in, out)` when `packed`.
@@ -260,9 +262,7 @@ impl Linear {
             None => Ok(out),
         }
     }
-}
 
-impl Linear {
     /// `xs · weightᵀ` without the bias (unpacked weights).
     #[cfg(feature = "cuda")]
     fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
@@ -377,7 +377,8 @@ impl GroupNorm {
         }
     }
 
-    /// Float32 on the CPU: [`cpu::group_norm`]. Elsewhere candle's ops, with bounded temporaries
+    /// Float32 on the CPU: [`cpu::group_norm`]. On CUDA our kernels (`cuda::group_norm`). Elsewhere
+    /// candle's ops, with bounded temporaries
     /// ([`bounded::group_norm`]) once a float32 copy of `xs` would pass
     /// [`bounded::GROUP_NORM_BAND_BYTES`].
     fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
@@ -622,7 +623,8 @@ const GPU_ATTENTION_CHUNK_ELEMENTS: usize = 1 << 26;
 /// in f32.
 ///
 /// Float32 on the CPU runs [`cpu::attention::attention`], which holds one cache-sized block of scores
-/// per thread. Elsewhere rows of the query are processed in chunks: rows are independent, so chunking
+/// per thread; on CUDA in half precision our fused kernel where it is on (`cuda::attention`, off by
+/// default: see `cuda::enabled`). Elsewhere rows of the query are processed in chunks: rows are independent, so chunking
 /// changes nothing numerically but bounds the memory of the score matrix.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, lq, inner) = q.dims3()?;
