@@ -52,6 +52,15 @@ fn f32_of(t: &Tensor) -> Tensor {
 }
 
 #[test]
+fn kernel_settings() {
+    assert_eq!(cuda::kernels_for(""), ["conv", "add", "geglu", "norm"]);
+    assert_eq!(cuda::kernels_for("1"), cuda::kernels_for(""));
+    assert_eq!(cuda::kernels_for("all"), cuda::KERNELS);
+    assert!(cuda::kernels_for("0").is_empty());
+    assert_eq!(cuda::kernels_for(" norm , attention,nope"), ["norm", "attention"]);
+}
+
+#[test]
 fn convolution_matches_candle() {
     let Some(dev) = gpu() else { return };
     // (b, c_in, c_out, h, w, kernel, stride, padding, up, band bytes): the specialised 3×3 (×1, ×2

@@ -14,9 +14,10 @@
 # at most eight), the combined log in $OUT/all.log.
 #
 # Time limits (seconds): AP_TEST_SECONDS (kernel tests, 60), AP_BENCH_SECONDS (benchmark, 270; 0 skips
-# it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (A/B, 60). AP_AB lists AP_CUDA_KERNELS
-# settings to measure our SD 1.5 side under after the benchmark (default "0 all": candle's kernels only, then
-# all of ours, those off by default included).
+# it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (each A/B run, 60). AP_AB lists
+# AP_CUDA_KERNELS settings to measure our side under after the benchmark (default "0 all": candle's
+# kernels only, then all of ours, those off by default included), for each of AP_AB_ARCHS (default
+# "sd15:512 sdxl:1024"). The benchmark's own "ours" row is the default setting.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/out}
@@ -40,14 +41,18 @@ if [ "${AP_BENCH_SECONDS:-270}" != 0 ]; then
   timeout "${AP_BENCH_SECONDS:-270}" bench/gpu.sh /tmp/ap/libautopipeline.so "$res" 2>&1 | tee "$res/gpu_bench.txt"
 fi
 echo "== device check"
-timeout "${AP_CHECK_SECONDS:-240}" scripts/cuda/device_check.sh /tmp/ap/libautopipeline.so "$res" "$@" 2>&1 \
-  > "$res/device_check.log"
+# AP_CHECK_KERNELS=all checks the kernels that are off by default end to end too.
+AP_CUDA_KERNELS=${AP_CHECK_KERNELS:-${AP_CUDA_KERNELS:-}} timeout "${AP_CHECK_SECONDS:-240}" \
+  scripts/cuda/device_check.sh /tmp/ap/libautopipeline.so "$res" "$@" > "$res/device_check.log" 2>&1
 grep -E "^==|^   \(" "$res/device_check.log"
-if [ -d "${AP_BENCH_CKPT:-/tmp/ap-bench}/sd15" ]; then
-  echo "== A/B of our kernels, SD 1.5 512²"
+# The A/B: our side alone under each AP_CUDA_KERNELS setting, per architecture the benchmark wrote.
+for arch_size in ${AP_AB_ARCHS:-sd15:512 sdxl:1024}; do
+  arch=${arch_size%%:*} size=${arch_size##*:}
+  [ -d "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" ] || continue
+  echo "== A/B of our kernels, $arch ${size}²"
   for setting in ${AP_AB:-0 all}; do
     row=$(AP_CUDA_KERNELS="$setting" LD_LIBRARY_PATH="$libs" AUTOPIPELINE_LIBRARY=/tmp/ap/libautopipeline.so \
-      timeout "${AP_AB_SECONDS:-60}" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/sd15" 512 2>/dev/null | tail -n1)
-    echo "AP_CUDA_KERNELS=$setting $row" | tee -a "$res/ab.txt"
+      timeout "${AP_AB_SECONDS:-60}" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" "$size" 2>/dev/null | tail -n1)
+    echo "$arch AP_CUDA_KERNELS=$setting $row" | tee -a "$res/ab.txt"
   done
-fi
+done

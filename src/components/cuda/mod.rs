@@ -35,22 +35,30 @@ pub const KERNELS: [&str; 5] = ["conv", "add", "geglu", "norm", "attention"];
 /// of tests/cuda_kernels.rs and the benchmark shows it correct and faster.
 const OFF_BY_DEFAULT: [&str; 1] = ["attention"];
 
-/// Whether our kernel `name` (one of [`KERNELS`]) is on. `AP_CUDA_KERNELS` unset: all but
-/// [`OFF_BY_DEFAULT`]; `all`: all; `0`: none; a comma-separated list of names: those alone (read once).
+/// Whether our kernel `name` (one of [`KERNELS`]) is on. `AP_CUDA_KERNELS` unset, empty or `1`: all
+/// but [`OFF_BY_DEFAULT`]; `all`: all; `0`: none; a comma-separated list of names: those alone (read
+/// once).
 pub fn enabled(name: &str) -> bool {
-    static ON: OnceLock<Vec<String>> = OnceLock::new();
-    let on = ON.get_or_init(|| {
-        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        match std::env::var("AP_CUDA_KERNELS") {
-            Err(_) => names(&KERNELS)
-                .into_iter()
-                .filter(|k| !OFF_BY_DEFAULT.contains(&k.as_str()))
-                .collect(),
-            Ok(v) if v.trim() == "all" => names(&KERNELS),
-            Ok(v) => v.split(',').map(|s| s.trim().to_string()).collect(),
-        }
-    });
-    on.iter().any(|k| k == name)
+    static ON: OnceLock<Vec<&'static str>> = OnceLock::new();
+    ON.get_or_init(|| kernels_for(&std::env::var("AP_CUDA_KERNELS").unwrap_or_default()))
+        .contains(&name)
+}
+
+/// The kernels an `AP_CUDA_KERNELS` setting turns on (see [`enabled`]); unknown names are ignored.
+pub fn kernels_for(setting: &str) -> Vec<&'static str> {
+    match setting.trim() {
+        "" | "1" => KERNELS
+            .iter()
+            .copied()
+            .filter(|k| !OFF_BY_DEFAULT.contains(k))
+            .collect(),
+        "all" => KERNELS.to_vec(),
+        list => KERNELS
+            .iter()
+            .copied()
+            .filter(|k| list.split(',').any(|s| s.trim() == *k))
+            .collect(),
+    }
 }
 
 /// Whether `t` takes our kernel `name`: on a CUDA device, in f16, bf16 or f32, with the kernel on.
