@@ -53,11 +53,22 @@ fn f32_of(t: &Tensor) -> Tensor {
 
 #[test]
 fn kernel_settings() {
-    assert_eq!(cuda::kernels_for(""), ["conv", "add", "geglu", "norm"]);
+    assert_eq!(cuda::kernels_for(""), ["conv", "add", "geglu", "norm", "cudnn"]);
     assert_eq!(cuda::kernels_for("1"), cuda::kernels_for(""));
     assert_eq!(cuda::kernels_for("all"), cuda::KERNELS);
     assert!(cuda::kernels_for("0").is_empty());
     assert_eq!(cuda::kernels_for(" norm , attention,nope"), ["norm", "attention"]);
+}
+
+/// A convolution path under test: our columns, or cuDNN in `cudnn` builds.
+type ConvPath = fn(&Tensor, &Tensor, ConvShape, ConvAdd<'_>, usize) -> candle_core::Result<Tensor>;
+
+fn conv_paths() -> Vec<(&'static str, ConvPath)> {
+    vec![
+        ("columns", cuda::conv2d_columns as ConvPath),
+        #[cfg(feature = "cudnn")]
+        ("cudnn", |x, w, s, a, _| cuda::conv2d_cudnn(x, w, s, a)),
+    ]
 }
 
 #[test]
@@ -78,6 +89,7 @@ fn convolution_matches_candle() {
         (2, 32, 48, 10, 12, 3, 1, 1, 1, 1),
         (1, 32, 16, 6, 9, 3, 1, 1, 2, 4000),
     ];
+    let cpu = |t: &Tensor| f32_of(t).to_device(&Device::Cpu).unwrap();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for &(b, ci, co, h, w, k, s, p, up, band) in &cases {
             let x = randn(&dev, &[b, ci, h, w], dtype);
@@ -90,10 +102,14 @@ fn convolution_matches_candle() {
                 padding: p,
                 up,
             };
-            let reference = f32_of(&x)
+            // On the CPU: candle's CUDA convolution is cuDNN's in `cudnn` builds, which may run f32
+            // through TF32.
+            let reference = cpu(&x)
                 .upsample_nearest2d(h * up, w * up)
                 .unwrap()
-                .conv2d(&f32_of(&wt), p, s, 1, 1)
+                .conv2d(&cpu(&wt), p, s, 1, 1)
+                .unwrap()
+                .to_device(&dev)
                 .unwrap();
             let res = randn(&dev, reference.dims(), dtype);
             let with_adds = reference
@@ -103,16 +119,18 @@ fn convolution_matches_candle() {
                 .unwrap()
                 .add(&f32_of(&res))
                 .unwrap();
-            let plain = cuda::conv2d(&x, &wt, shape, ConvAdd::default(), band).unwrap();
             let add = ConvAdd {
                 bias: Some(&bias),
                 channel: Some(&chan),
                 residual: Some(&res),
             };
-            let fused = cuda::conv2d(&x, &wt, shape, add, band).unwrap();
-            let case = format!("{dtype:?} {:?}", (b, ci, co, h, w, k, s, p, up, band));
-            let (e1, e2) = (rel_err(&plain, &reference), rel_err(&fused, &with_adds));
-            assert!(e1 <= tol(dtype) && e2 <= tol(dtype), "{case}: {e1} / {e2}");
+            for (name, conv) in conv_paths() {
+                let plain = conv(&x, &wt, shape, ConvAdd::default(), band).unwrap();
+                let fused = conv(&x, &wt, shape, add, band).unwrap();
+                let case = format!("{name} {dtype:?} {:?}", (b, ci, co, h, w, k, s, p, up, band));
+                let (e1, e2) = (rel_err(&plain, &reference), rel_err(&fused, &with_adds));
+                assert!(e1 <= tol(dtype) && e2 <= tol(dtype), "{case}: {e1} / {e2}");
+            }
         }
     }
 }

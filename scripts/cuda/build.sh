@@ -4,7 +4,9 @@
 # Measured on the 2-core dev machine: ~25 minutes; the .so (~55 MB, sm_90) loads libcuda.so.1,
 # libcudart.so.13, libcublas.so.13 and libcurand.so.10 at run time.
 #
-#   scripts/cuda/build.sh [COMPUTE_CAP]     # default 90 (H100/H200)
+#   scripts/cuda/build.sh [COMPUTE_CAP [CARGO_ARGS...]]   # default 90 (H100/H200)
+#   scripts/cuda/build.sh 90 --features cudnn             # + cuDNN convolutions (needs libcudnn.so.9
+#                                                         #   at run time; PyTorch's wheels have it)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cap=${1:-90}
@@ -38,6 +40,14 @@ if [ ! -f "$cu/lib/stubs/libcuda.so" ]; then
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cu/lib/stubs/libcuda.so" "$cu/lib/stubs/cuda_stub.c"
   ln -sf libcuda.so "$cu/lib/stubs/libcuda.so.1"
 fi
+# The same for cuDNN (`--features cudnn`): no cuDNN package is needed here; the GPU machine's
+# libcudnn.so.9 (PyTorch's nvidia-cudnn wheel) is loaded at run time.
+if [ ! -f "$cu/lib/stubs/libcudnn.so" ]; then
+  src=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.*/src/cudnn/sys | head -n1)
+  grep -ohE 'pub (unsafe )?fn cudnn[A-Za-z0-9_]+' "$src"/*.rs | awk '{print $NF}' | sort -u \
+    | sed 's/.*/void &(void) {}/' > "$cu/lib/stubs/cudnn_stub.c"
+  cc -shared -fPIC -Wl,-soname,libcudnn.so.9 -o "$cu/lib/stubs/libcudnn.so" "$cu/lib/stubs/cudnn_stub.c"
+fi
 
 export PATH="$cu/bin:$PATH" CUDA_ROOT="$cu" CUDA_PATH="$cu" CUDA_HOME="$cu" CUDA_COMPUTE_CAP="$cap"
 export LIBRARY_PATH="$cu/lib:$cu/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
@@ -55,7 +65,7 @@ echo "built $CARGO_TARGET_DIR/release/libautopipeline.so"
 # AP_CUDA_TESTS=1: also the GPU kernel tests (tests/cuda_kernels.rs) as one binary to carry to a GPU
 # machine, copied to target-cuda/release/cuda_kernels.
 if [ -n "${AP_CUDA_TESTS:-}" ]; then
-  exe=$(cargo test --release --features cuda --test cuda_kernels --no-run --message-format=json \
+  exe=$(cargo test --release --features cuda "${@:2}" --test cuda_kernels --no-run --message-format=json \
     | python3 -c 'import json,sys;print([m["executable"] for m in map(json.loads,sys.stdin) if m.get("executable")][-1])')
   cp "$exe" "$CARGO_TARGET_DIR/release/cuda_kernels"
   echo "built $CARGO_TARGET_DIR/release/cuda_kernels"

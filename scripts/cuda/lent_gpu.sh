@@ -3,7 +3,7 @@
 # kernel test binary and the diffusers wheel carried in .gpu/, then the kernel tests, the GPU benchmark,
 # the device check and an A/B of our kernels, each under its own time limit. Prepare .gpu/ here first:
 #
-#   AP_CUDA_TESTS=1 scripts/cuda/build.sh     # target-cuda/release/{libautopipeline.so,cuda_kernels}
+#   AP_CUDA_TESTS=1 scripts/cuda/build.sh 90 --features cudnn   # target-cuda/release/{libautopipeline.so,cuda_kernels}
 #   mkdir -p .gpu/whl && xz -T2 -c target-cuda/release/libautopipeline.so > .gpu/libautopipeline.so.xz
 #   xz -T2 -c target-cuda/release/cuda_kernels > .gpu/cuda_kernels.xz
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -15,9 +15,10 @@
 #
 # Time limits (seconds): AP_TEST_SECONDS (kernel tests, 60), AP_BENCH_SECONDS (benchmark, 270; 0 skips
 # it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (each A/B run, 60). AP_AB lists
-# AP_CUDA_KERNELS settings to measure our side under after the benchmark (default "0 all": candle's
-# kernels only, then all of ours, those off by default included), for each of AP_AB_ARCHS (default
-# "sd15:512 sdxl:1024"). The benchmark's own "ours" row is the default setting.
+# AP_CUDA_KERNELS settings to measure our side under after the benchmark (default
+# "conv,add,geglu,norm all": our kernels with our im2col convolutions instead of cuDNN's, then all,
+# attention included), for each of AP_AB_ARCHS (default "sd15:512 sdxl:1024"). The benchmark's own
+# "ours" row is the default setting (in a `cudnn` build: cuDNN convolutions, candle's attention).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/out}
@@ -50,7 +51,7 @@ for arch_size in ${AP_AB_ARCHS:-sd15:512 sdxl:1024}; do
   arch=${arch_size%%:*} size=${arch_size##*:}
   [ -d "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" ] || continue
   echo "== A/B of our kernels, $arch ${size}²"
-  for setting in ${AP_AB:-0 all}; do
+  for setting in ${AP_AB:-conv,add,geglu,norm all}; do
     row=$(AP_CUDA_KERNELS="$setting" LD_LIBRARY_PATH="$libs" AUTOPIPELINE_LIBRARY=/tmp/ap/libautopipeline.so \
       timeout "${AP_AB_SECONDS:-60}" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" "$size" 2>/dev/null | tail -n1)
     echo "$arch AP_CUDA_KERNELS=$setting $row" | tee -a "$res/ab.txt"

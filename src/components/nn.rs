@@ -98,7 +98,7 @@ impl Conv2d {
             residual,
         };
         #[cfg(feature = "cuda")]
-        if super::cuda::applies(&xs, "conv") {
+        if super::cuda::conv_applies(&xs) {
             return super::cuda::conv2d(&xs, self.weight.get()?, self.shape(up), add, bounded::BAND_BYTES);
         }
         bounded::conv2d(
@@ -180,7 +180,7 @@ impl Module for Conv2d {
             ..Default::default()
         };
         #[cfg(feature = "cuda")]
-        if super::cuda::applies(xs, "conv") {
+        if super::cuda::conv_applies(xs) {
             return super::cuda::conv2d(xs, self.weight.get()?, self.shape(1), add, bounded::BAND_BYTES);
         }
         bounded::conv2d(

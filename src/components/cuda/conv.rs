@@ -1,4 +1,5 @@
-//! Convolution as our transposed im2col + one cuBLAS matmul whose result is already NCHW.
+//! Convolution as our transposed im2col + one cuBLAS matmul whose result is already NCHW (or, built
+//! with the `cudnn` feature, through cuDNN: [`super::cudnn`]).
 //!
 //! candle's CUDA `conv2d` builds `(b·h_out·w_out, c_in·k·k)` columns (one thread per element, 64-bit
 //! divisions each), multiplies, then transposes the `(b, h·w, c_out)` result into NCHW. Here the columns
@@ -12,7 +13,7 @@ use crate::components::bounded::{ConvAdd, ConvShape};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaStorage, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// Columns of output rows `[row0, row0 + rows)`.
 struct Im2ColT {
@@ -83,9 +84,59 @@ fn im2col_run<T: CudaDType + DeviceRepr + WithDType>(
     Ok((T::wrap_cuda_slice(col, dev.clone()), Shape::from((b, ckk, n_pix))))
 }
 
-/// `conv2d(upsample(xs, up), weight) + bias + channel + residual` (weight `(c_out, c_in, k, k)`), in
-/// bands of output rows whose columns stay under `band_bytes`.
+/// `conv2d(upsample(xs, up), weight) + bias + channel + residual` (weight `(c_out, c_in, k, k)`): through
+/// cuDNN where it is built and on (`cudnn`, see [`super::enabled`]) and takes the sizes, otherwise our
+/// columns ([`conv2d_columns`]).
 pub fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    shape: ConvShape,
+    add: ConvAdd<'_>,
+    band_bytes: usize,
+) -> Result<Tensor> {
+    #[cfg(feature = "cudnn")]
+    if super::enabled("cudnn") {
+        let (b, _, h, w) = xs.dims4()?;
+        let (h_out, w_out) = shape.output_size(h, w)?;
+        if super::cudnn::takes(xs, shape, b * weight.dim(0)? * h_out * w_out) {
+            return conv2d_cudnn(xs, weight, shape, add);
+        }
+    }
+    conv2d_columns(xs, weight, shape, add, band_bytes)
+}
+
+/// [`conv2d`] through cuDNN, whatever the kernel settings (see [`super::cudnn`]).
+#[cfg(feature = "cudnn")]
+pub fn conv2d_cudnn(xs: &Tensor, weight: &Tensor, shape: ConvShape, add: ConvAdd<'_>) -> Result<Tensor> {
+    let y = super::cudnn::conv2d(xs, weight, shape)?;
+    finish(y, add_vector(&add, xs.dtype())?.as_ref(), add.residual.cloned())
+}
+
+/// Bias and per-image channel add as one `(b, c_out)` or `(c_out,)` vector.
+fn add_vector(add: &ConvAdd<'_>, dtype: DType) -> Result<Option<Tensor>> {
+    Ok(match (add.bias, add.channel) {
+        (Some(bias), Some(ch)) => Some(
+            ch.to_dtype(dtype)?
+                .broadcast_add(&bias.to_dtype(dtype)?.unsqueeze(0)?)?,
+        ),
+        (Some(bias), None) => Some(bias.clone()),
+        (None, Some(ch)) => Some(ch.clone()),
+        (None, None) => None,
+    })
+}
+
+/// `y + vec + residual` in one kernel (or none).
+fn finish(y: Tensor, vec: Option<&Tensor>, residual: Option<Tensor>) -> Result<Tensor> {
+    match (vec, residual) {
+        (Some(v), r) => super::add_channel(&y, v, r.as_ref()),
+        (None, Some(r)) => y + r,
+        (None, None) => Ok(y),
+    }
+}
+
+/// [`conv2d`] as our transposed im2col + one matmul, in bands of output rows whose columns stay under
+/// `band_bytes`.
+pub fn conv2d_columns(
     xs: &Tensor,
     weight: &Tensor,
     shape: ConvShape,
@@ -106,23 +157,7 @@ pub fn conv2d(
         .to_dtype(xs.dtype())?
         .contiguous()?
         .reshape((c_out, c_in * k * k))?;
-    // Bias and per-image channel add become one (b, c_out) or (c_out,) vector.
-    let vec = match (add.bias, add.channel) {
-        (Some(bias), Some(ch)) => Some(
-            ch.to_dtype(xs.dtype())?
-                .broadcast_add(&bias.to_dtype(xs.dtype())?.unsqueeze(0)?)?,
-        ),
-        (Some(bias), None) => Some(bias.clone()),
-        (None, Some(ch)) => Some(ch.clone()),
-        (None, None) => None,
-    };
-    let finish = |y: Tensor, residual: Option<Tensor>| -> Result<Tensor> {
-        match (&vec, residual) {
-            (Some(v), r) => super::add_channel(&y, v, r.as_ref()),
-            (None, Some(r)) => y + r,
-            (None, None) => Ok(y),
-        }
-    };
+    let vec = add_vector(&add, xs.dtype())?;
     let columns = |row0: usize, rows: usize| -> Result<Tensor> {
         if k == 1 && s == 1 && p == 0 && up == 1 && row0 == 0 && rows == h_out {
             // A pointwise convolution's columns are its input.
@@ -141,7 +176,7 @@ pub fn conv2d(
         let y = w2
             .broadcast_matmul(&columns(0, h_out)?)?
             .reshape((b, c_out, h_out, w_out))?;
-        return finish(y, add.residual.cloned());
+        return finish(y, vec.as_ref(), add.residual.cloned());
     }
     let out = Tensor::zeros((b, c_out, h_out, w_out), xs.dtype(), xs.device())?;
     let mut r0 = 0;
@@ -154,7 +189,7 @@ pub fn conv2d(
             Some(r) => Some(r.narrow(2, r0, n)?),
             None => None,
         };
-        out.slice_set(&finish(y, residual)?, 2, r0)?;
+        out.slice_set(&finish(y, vec.as_ref(), residual)?, 2, r0)?;
         r0 += n;
     }
     Ok(out)

@@ -1,7 +1,8 @@
 //! Our CUDA kernels (`kernels.cu`, compiled to PTX by build.rs) for the GPU paths where candle 0.11's
 //! generic kernels cost the most: convolution columns laid out for an NCHW result ([`conv2d`]), bias and
 //! residual adds ([`add_last`], [`add_channel`]), GEGLU ([`geglu`]), group norm + SiLU ([`group_norm`])
-//! and attention that never stores a score matrix ([`attention`]).
+//! and attention that never stores a score matrix ([`attention`]); with the `cudnn` feature,
+//! convolutions through cuDNN configured as PyTorch does (`cudnn.rs`).
 //!
 //! Measured on an H100 before them (bench/README.md): candle's im2col, broadcast adds, softmax and
 //! group-norm pieces were over half of a UNet step's GPU time, the matmuls a tenth. Each kernel computes
@@ -11,11 +12,15 @@
 
 mod attention;
 mod conv;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod elementwise;
 mod norm;
 
 pub use attention::{attention, attention_applies};
-pub use conv::conv2d;
+#[cfg(feature = "cudnn")]
+pub use conv::conv2d_cudnn;
+pub use conv::{conv2d, conv2d_columns};
 pub use elementwise::{add_channel, add_last, geglu};
 pub use norm::group_norm;
 
@@ -26,8 +31,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ap_kernels.ptx"));
 
-/// The kernels by the names `AP_CUDA_KERNELS` takes.
-pub const KERNELS: [&str; 5] = ["conv", "add", "geglu", "norm", "attention"];
+/// The kernels by the names `AP_CUDA_KERNELS` takes. `cudnn` is cuDNN's convolutions in place of our
+/// columns (`conv`) and has an effect only in builds with the `cudnn` feature.
+pub const KERNELS: [&str; 6] = ["conv", "add", "geglu", "norm", "attention", "cudnn"];
 
 /// Kernels that stay off unless named. Attention: its first version (two passes over the keys through
 /// WMMA) was correct but slower than candle's path (SDXL 1024² on an H100: 5.4 it/s with it, 7.2
@@ -59,6 +65,11 @@ pub fn kernels_for(setting: &str) -> Vec<&'static str> {
             .filter(|k| list.split(',').any(|s| s.trim() == *k))
             .collect(),
     }
+}
+
+/// Whether convolutions of `t` take our path ([`conv2d`]): our columns or cuDNN on.
+pub fn conv_applies(t: &Tensor) -> bool {
+    applies(t, "conv") || (cfg!(feature = "cudnn") && applies(t, "cudnn"))
 }
 
 /// Whether `t` takes our kernel `name`: on a CUDA device, in f16, bf16 or f32, with the kernel on.

@@ -1,0 +1,252 @@
+//! Convolutions through cuDNN (the `cudnn` feature), configured as PyTorch configures them, so a UNet
+//! step's convolutions cost what they cost diffusers: implicit-GEMM kernels that never write the
+//! `c_in·k²` columns our im2col path stores and reads back (≈ 17 ms of an SDXL 1024² step on an H100).
+//!
+//! Half-precision data is convolved with f32 accumulation (cuDNN's "pseudo half" configuration, as
+//! PyTorch; candle 0.11's own cuDNN path accumulates f16 in f16) on tensor cores; f32 data with plain
+//! FMA math, never TF32, because f32 is our exact path (parity with diffusers' CPU outputs). The
+//! algorithm is cuDNN's heuristic first choice (`cudnnGetConvolutionForwardAlgorithm_v7`, PyTorch's
+//! choice without `cudnn.benchmark`) unless its workspace exceeds [`WORKSPACE_BYTES`]; then implicit
+//! GEMM, which needs none. Descriptors and algorithm are built once per shape and device.
+
+use super::view;
+use crate::components::bounded::ConvShape;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cudnn::{
+    sys, ConvDescriptor, ConvForward, Cudnn, CudnnDataType, FilterDescriptor, TensorDescriptor,
+};
+use candle_core::cuda_backend::cudarc::driver::{CudaStream, DeviceRepr, ValidAsZeroBits};
+use candle_core::cuda_backend::{CudaDType, DeviceId};
+use candle_core::{CudaDevice, CudaStorage, DType, Result, Shape, Tensor, WithDType};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The most workspace a convolution's algorithm may ask for (the band bound of our im2col path).
+const WORKSPACE_BYTES: usize = crate::components::bounded::BAND_BYTES;
+
+/// Whether [`conv2d`] takes a convolution of `xs` (contiguous `(b, c, h, w)` after any upsampling)
+/// producing `out_elems` values: cuDNN's legacy API counts elements in 32-bit integers.
+pub fn takes(xs: &Tensor, shape: ConvShape, out_elems: usize) -> bool {
+    let in_elems = xs.elem_count() * shape.up * shape.up;
+    xs.device().is_cuda()
+        && matches!(xs.dtype(), DType::F16 | DType::BF16 | DType::F32)
+        && in_elems < i32::MAX as usize
+        && out_elems < i32::MAX as usize
+}
+
+/// `conv2d(upsample(xs, up), weight)` for `(b, c_in, h, w)` inputs and `(c_out, c_in, k, k)` weights of
+/// the same dtype (see [`takes`]); adds are the caller's.
+pub fn conv2d(xs: &Tensor, weight: &Tensor, shape: ConvShape) -> Result<Tensor> {
+    let xs = if shape.up > 1 {
+        let (_, _, h, w) = xs.dims4()?;
+        xs.upsample_nearest2d(h * shape.up, w * shape.up)?
+    } else {
+        xs.contiguous()?
+    };
+    let weight = weight.to_dtype(xs.dtype())?.contiguous()?;
+    xs.apply_op2_no_bwd(&weight, &Conv { shape })
+}
+
+struct Conv {
+    shape: ConvShape,
+}
+
+impl Conv {
+    fn cuda(&self, x: super::Input<'_>, w: super::Input<'_>) -> Result<(CudaStorage, Shape)> {
+        match x.0.dtype() {
+            DType::F16 => run::<half::f16>(self, x, w),
+            DType::BF16 => run::<half::bf16>(self, x, w),
+            DType::F32 => run::<f32>(self, x, w),
+            d => candle_core::bail!("cuDNN convolutions take f16, bf16 or f32, not {d:?}"),
+        }
+    }
+}
+super::cuda_only_op!(Conv, "ap-cudnn-conv2d", 2, cuda);
+
+/// What identifies a convolution's descriptors: dtype and every size.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    dtype: DType,
+    x: [i32; 4],
+    c_out: i32,
+    kernel: i32,
+    stride: i32,
+    padding: i32,
+}
+
+/// One convolution's descriptors and algorithm.
+struct Plan<T: CudnnDataType> {
+    conv: ConvDescriptor<f32>,
+    x: TensorDescriptor<T>,
+    w: FilterDescriptor<T>,
+    y: TensorDescriptor<T>,
+    algo: sys::cudnnConvolutionFwdAlgo_t,
+    workspace: usize,
+}
+
+/// A device's cuDNN handle (bound to the device's one stream) and plans.
+struct DeviceCudnn {
+    stream: Arc<CudaStream>,
+    cudnn: Arc<Cudnn>,
+    plans: HashMap<Key, Box<dyn Any>>,
+}
+
+// SAFETY: a cuDNN handle may be used from any thread, one call at a time: these live in `STATE` and
+// are used only while its lock is held (with the device's context bound to the calling thread).
+unsafe impl Send for DeviceCudnn {}
+
+static STATE: Mutex<Vec<(DeviceId, DeviceCudnn)>> = Mutex::new(Vec::new());
+
+fn wrap(what: &str, e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("autopipeline cuDNN convolution: {what}: {e}"))
+}
+
+fn i32_arg(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n).map_err(|_| wrap(what, format!("{n} does not fit cuDNN's 32-bit sizes")))
+}
+
+fn new_plan<T: CudnnDataType>(cudnn: &Arc<Cudnn>, key: &Key, y_dims: [i32; 4]) -> Result<Plan<T>> {
+    let e = |what: &'static str| move |err| wrap(what, err);
+    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let mut conv = cudnn
+        .create_conv2d::<f32>(
+            [key.padding; 2],
+            [key.stride; 2],
+            [1, 1],
+            sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+        )
+        .map_err(e("convolution descriptor"))?;
+    let math = if T::DATA_TYPE == sys::cudnnDataType_t::CUDNN_DATA_FLOAT {
+        sys::cudnnMathType_t::CUDNN_FMA_MATH
+    } else {
+        sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+    };
+    conv.set_math_type(math).map_err(e("math type"))?;
+    let x = cudnn
+        .create_4d_tensor::<T>(nchw, key.x)
+        .map_err(e("input descriptor"))?;
+    let w_dims = [key.c_out, key.x[1], key.kernel, key.kernel];
+    let w = cudnn
+        .create_4d_filter::<T>(nchw, w_dims)
+        .map_err(e("filter descriptor"))?;
+    let y = cudnn
+        .create_4d_tensor::<T>(nchw, y_dims)
+        .map_err(e("output descriptor"))?;
+    let forward = ConvForward {
+        conv: &conv,
+        x: &x,
+        w: &w,
+        y: &y,
+    };
+    let implicit = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+    let mut algo = forward.pick_algorithm().unwrap_or(implicit);
+    let mut workspace = forward.get_workspace_size(algo).unwrap_or(usize::MAX);
+    if workspace > WORKSPACE_BYTES {
+        algo = implicit;
+        workspace = forward
+            .get_workspace_size(algo)
+            .map_err(e("implicit GEMM workspace"))?;
+    }
+    Ok(Plan {
+        conv,
+        x,
+        w,
+        y,
+        algo,
+        workspace,
+    })
+}
+
+fn run<T>(op: &Conv, (xs, xl): super::Input<'_>, (ws, wl): super::Input<'_>) -> Result<(CudaStorage, Shape)>
+where
+    T: CudaDType + DeviceRepr + WithDType + CudnnDataType + ValidAsZeroBits + 'static,
+{
+    let dev: &CudaDevice = xs.device();
+    let x = view::<T>(xs, xl, "convolution input")?;
+    let w = view::<T>(ws, wl, "convolution weight")?;
+    let (&[b, c, h, wd], &[c_out, c_in, kh, kw]) = (xl.dims(), wl.dims()) else {
+        candle_core::bail!("cuDNN convolution of {:?} by {:?}", xl.shape(), wl.shape())
+    };
+    let k = op.shape.kernel;
+    if c_in != c || kh != k || kw != k {
+        candle_core::bail!("cuDNN convolution of {:?} by {:?}", xl.shape(), wl.shape())
+    }
+    // The input is already upsampled: the output size is that of an unscaled convolution of it.
+    let plain = ConvShape { up: 1, ..op.shape };
+    let (h_out, w_out) = plain.output_size(h, wd)?;
+    let key = Key {
+        dtype: T::DTYPE,
+        x: [
+            i32_arg(b, "images")?,
+            i32_arg(c, "channels")?,
+            i32_arg(h, "height")?,
+            i32_arg(wd, "width")?,
+        ],
+        c_out: i32_arg(c_out, "output channels")?,
+        kernel: i32_arg(k, "kernel")?,
+        stride: i32_arg(op.shape.stride, "stride")?,
+        padding: i32_arg(op.shape.padding, "padding")?,
+    };
+    let y_dims = [
+        key.x[0],
+        key.c_out,
+        i32_arg(h_out, "output height")?,
+        i32_arg(w_out, "output width")?,
+    ];
+    let mut y = unsafe { dev.alloc::<T>(b * c_out * h_out * w_out) }?;
+
+    let stream = dev.cuda_stream();
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(|e| wrap("binding the device", e))?;
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    // Handles of devices nobody else holds any more (only this entry and its handle keep the stream).
+    state.retain(|(_, d)| Arc::strong_count(&d.stream) > 2);
+    let index = match state.iter().position(|(id, _)| *id == dev.id()) {
+        Some(i) => i,
+        None => {
+            let cudnn = Cudnn::new(stream.clone()).map_err(|e| wrap("creating a cuDNN handle", e))?;
+            let entry = DeviceCudnn {
+                stream: stream.clone(),
+                cudnn,
+                plans: HashMap::new(),
+            };
+            state.push((dev.id(), entry));
+            state.len() - 1
+        }
+    };
+    let device = &mut state[index].1;
+    if !device.plans.contains_key(&key) {
+        let plan = new_plan::<T>(&device.cudnn, &key, y_dims)?;
+        device.plans.insert(key, Box::new(plan));
+    }
+    let plan = device.plans[&key]
+        .downcast_ref::<Plan<T>>()
+        .ok_or_else(|| wrap("plan cache", "dtype mismatch"))?;
+    let forward = ConvForward {
+        conv: &plan.conv,
+        x: &plan.x,
+        w: &plan.w,
+        y: &plan.y,
+    };
+    let mut workspace = unsafe { dev.alloc::<u8>(plan.workspace.max(1)) }?;
+    // SAFETY: the descriptors describe exactly these buffers: x (b, c, h, w) and w (c_out, c, k, k)
+    // contiguous (checked by `view`), y (b, c_out, h_out, w_out) freshly allocated, all of dtype T; the
+    // workspace holds what cuDNN asked for this algorithm; all on the handle's stream.
+    unsafe {
+        forward.launch::<_, _, _, _>(
+            plan.algo,
+            Some(&mut workspace),
+            (T::from_f64(1.0), T::from_f64(0.0)),
+            &x,
+            &w,
+            &mut y,
+        )
+    }
+    .map_err(|e| wrap("cudnnConvolutionForward", e))?;
+    drop(state);
+    let shape = Shape::from((b, c_out, h_out, w_out));
+    Ok((T::wrap_cuda_slice(y, dev.clone()), shape))
+}
