@@ -10,7 +10,8 @@ bench/gpu.sh.
 
 With AP_PROFILE=sdxl (or sd15, or both, comma-separated), the comparison also writes
 OUT_DIR/profile-ARCH-SIDE.txt for those architectures after measuring them (AP_PROFILE_SIDES=ours: only
-that side). Our side's CUDA kernels follow AP_CUDA_KERNELS (see src/components/cuda/mod.rs).
+that side). Our side's CUDA kernels follow AP_CUDA_KERNELS (see src/components/cuda/mod.rs); its
+profile follows AP_PROFILE_KERNELS instead where that is set (to profile kernels that are off by default).
 """
 
 import json
@@ -185,8 +186,11 @@ def main(out_dir, ckpt_dir, archs):
                 sides = os.environ.get("AP_PROFILE_SIDES") or os.environ.get("AP_BENCH_SIDES", "diffusers,ours")
                 for name in sides.split(","):
                     dest = out_dir / f"profile-{arch}-{name}.txt"
+                    env = dict(os.environ)
+                    if os.environ.get("AP_PROFILE_KERNELS"):
+                        env["AP_CUDA_KERNELS"] = os.environ["AP_PROFILE_KERNELS"]
                     proc = subprocess.run([sys.executable, __file__, "profile", name, str(model), str(size), str(dest)],
-                                          capture_output=True, text=True, timeout=240)
+                                          capture_output=True, text=True, timeout=240, env=env)
                     log.write(f"--- profile {name} {arch}\n{proc.stdout}\n{proc.stderr[-4000:]}\n")
                     print(f"{arch} {name}: profile {'written to ' + str(dest) if proc.returncode == 0 else 'failed'}",
                           flush=True)
