@@ -249,7 +249,8 @@ fn attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
 fn attention_matches_candle() {
     let Some(dev) = gpu() else { return };
     // (b, lq, lk, heads, head size): SD 1.5 (40, 80, 160) and SDXL (64) heads, cross attention over 77
-    // tokens, partial query and key tiles, heads not a multiple of 16, one key.
+    // tokens, partial query and key tiles, heads not a multiple of 16, one key, one and two key tiles
+    // (the double buffer's first and last iterations), many tiles.
     let cases = [
         (2, 256, 256, 8, 40),
         (2, 300, 77, 8, 80),
@@ -258,16 +259,39 @@ fn attention_matches_candle() {
         (2, 64, 77, 20, 64),
         (1, 70, 1, 2, 8),
         (1, 65, 200, 3, 72),
+        (1, 64, 64, 2, 64),
+        (1, 64, 128, 2, 64),
+        (1, 16, 4096, 2, 40),
     ];
     for dtype in [DType::F16, DType::BF16] {
         for &(b, lq, lk, heads, d) in &cases {
             let q = randn(&dev, &[b, lq, heads * d], dtype);
             let k = randn(&dev, &[b, lk, heads * d], dtype);
             let v = randn(&dev, &[b, lk, heads * d], dtype);
-            let got = cuda::attention(&q, &k, &v, heads).unwrap();
+            let got = cuda::attention(&q, &k, &v, heads)
+                .unwrap()
+                .expect("an H100 has the shared memory");
             let want = attention_f32(&q, &k, &v, heads);
             let e = rel_err(&got, &want);
             assert!(e <= tol(dtype), "{dtype:?} {:?}: {e}", (b, lq, lk, heads, d));
         }
+        // A contiguous view starting 3 values into its buffer: copied to an aligned start first.
+        let (b, l, heads, d) = (1, 70, 2, 40);
+        let n = b * l * heads * d;
+        let shifted = |t: Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .narrow(0, 3, n)
+                .unwrap()
+                .reshape((b, l, heads * d))
+                .unwrap()
+        };
+        let q = shifted(randn(&dev, &[n + 3], dtype));
+        let k = shifted(randn(&dev, &[n + 3], dtype));
+        let v = shifted(randn(&dev, &[n + 3], dtype));
+        assert_eq!(q.layout().start_offset(), 3);
+        let got = cuda::attention(&q, &k, &v, heads).unwrap().unwrap();
+        let e = rel_err(&got, &attention_f32(&q, &k, &v, heads));
+        assert!(e <= tol(dtype), "{dtype:?} offset 3: {e}");
     }
 }

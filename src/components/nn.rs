@@ -636,7 +636,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     let head_dim = inner / heads;
     #[cfg(feature = "cuda")]
     if super::cuda::attention_applies(q, head_dim) {
-        return super::cuda::attention(q, k, v, heads);
+        if let Some(out) = super::cuda::attention(q, k, v, heads)? {
+            return Ok(out);
+        }
     }
     let split = |t: &Tensor, l: usize| -> Result<Tensor> {
         t.reshape((b, l, heads, head_dim))?

@@ -1,11 +1,11 @@
 //! Attention without a score matrix in memory: one kernel per call, single pass with an online softmax
-//! on tensor cores (`mma.sync`), scores and sums in f32 (see `attention` in kernels.cu). Replaces, on
-//! CUDA in f16 / bf16, candle's per-head transposes, score matmul, softmax over the stored L×L scores
-//! and value matmul.
+//! on tensor cores (`mma.sync`), scores and sums in f32, key / value tiles double buffered through
+//! `cp.async` (see `attention` in kernels.cu). Replaces, on CUDA in f16 / bf16, candle's per-head
+//! transposes, score matmul, softmax over the stored L×L scores and value matmul.
 
 use super::{u32_arg, view};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor, WithDType};
@@ -16,20 +16,35 @@ const BC: usize = 64;
 /// Head sizes up to 16·MAX_NF (SD 1.5's largest is 160).
 const MAX_NF: usize = 10;
 
-/// Shared memory of the kernel for `nf` 16-wide slices of the head (its `smem` layout).
+/// Shared memory of the kernel for `nf` 16-wide slices of the head (its `smem` layout: the query tile,
+/// two key tiles, two value tiles, rows padded by 8 values).
 fn shared_bytes(nf: usize) -> usize {
     let ld = nf * 16 + 8;
-    (BR + 2 * BC) * ld * 2
+    (BR + 4 * BC) * ld * 2
 }
 
-/// Whether [`attention`] takes these inputs: CUDA, f16 or bf16, heads of an even number of values, at
-/// most 160 (the kernel moves values in pairs).
+/// Whether [`attention`] takes these inputs: CUDA, f16 or bf16, heads of a multiple of 8 values (the
+/// kernel copies 16-byte chunks; every SD / SDXL head is: 40, 64, 80, 160), at most 160.
 pub fn attention_applies(q: &Tensor, head_dim: usize) -> bool {
     super::enabled("attention")
         && q.device().is_cuda()
         && matches!(q.dtype(), DType::F16 | DType::BF16)
         && (1..=16 * MAX_NF).contains(&head_dim)
-        && head_dim.is_multiple_of(2)
+        && head_dim.is_multiple_of(8)
+}
+
+/// Whether the device gives a block `bytes` of shared memory (heads of 160 take 105 KiB: more than
+/// consumer GPUs allow; those heads then take candle's path).
+fn shared_fits(q: &Tensor, bytes: usize) -> Result<bool> {
+    let candle_core::Device::Cuda(dev) = q.device() else {
+        return Ok(false);
+    };
+    let max = dev
+        .cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(|e| super::wrap("shared memory per block", e))?;
+    Ok(bytes <= max.max(0) as usize)
 }
 
 struct Attention {
@@ -75,9 +90,9 @@ fn run<T: CudaDType + DeviceRepr + WithDType>(
     }
     let d = inner / op.heads;
     let nf = d.div_ceil(16);
-    // Pairs of values are read and written as 32-bit words: even sizes and offsets keep them aligned.
-    let even = [ql, kl, vl].iter().all(|l| l.start_offset().is_multiple_of(2));
-    if nf > MAX_NF || !d.is_multiple_of(2) || !even || b * op.heads > 65_535 {
+    // Values are copied in 16-byte chunks of 8: sizes and offsets in multiples of 8 keep them aligned.
+    let aligned = [ql, kl, vl].iter().all(|l| l.start_offset().is_multiple_of(8));
+    if nf > MAX_NF || !d.is_multiple_of(8) || !aligned || b * op.heads > 65_535 {
         candle_core::bail!("attention with {} heads of {d} values over {b} images", op.heads)
     }
     let func = super::function(dev, &format!("ap_attention_{}_nf{nf}", T::DTYPE.as_str()))?;
@@ -120,8 +135,22 @@ fn run<T: CudaDType + DeviceRepr + WithDType>(
     Ok((T::wrap_cuda_slice(out, dev.clone()), ql.shape().clone()))
 }
 
-/// `softmax(q·kᵀ/√d)·v` per head for `(b, l, heads·d)` inputs (see [`attention_applies`]).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    q.apply_op3_no_bwd(&k, &v, &Attention { heads })
+/// `softmax(q·kᵀ/√d)·v` per head for `(b, l, heads·d)` inputs (see [`attention_applies`]); `None` where
+/// the device lacks the kernel's shared memory for this head size.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Option<Tensor>> {
+    let d = q.dim(2)? / heads.max(1);
+    if !shared_fits(q, shared_bytes(d.div_ceil(16)))? {
+        return Ok(None);
+    }
+    // Contiguous, starting at a multiple of 8 values (a view into a larger buffer may not).
+    let prepare = |t: &Tensor| -> Result<Tensor> {
+        let t = t.contiguous()?;
+        if t.layout().start_offset().is_multiple_of(8) {
+            Ok(t)
+        } else {
+            t.copy()
+        }
+    };
+    let (q, k, v) = (prepare(q)?, prepare(k)?, prepare(v)?);
+    q.apply_op3_no_bwd(&k, &v, &Attention { heads }).map(Some)
 }

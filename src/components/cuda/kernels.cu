@@ -7,12 +7,16 @@
 // _f32); src/components/cuda/*.rs launch them. Index arithmetic is 32-bit where the Rust side has checked
 // that the sizes fit.
 
+#ifdef AP_HOST_EMULATION
+// Compiled for the CPU by tests/kernel_emulation.rs: that header emulates the few CUDA features used
+// here (threads, barriers, warp shuffles, the mma and cp.async instructions below) on host threads.
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 #include <stdint.h>
-
-using namespace nvcuda;
+// A kernel's dynamic shared memory (its size set at launch).
+#define AP_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
@@ -174,8 +178,9 @@ __device__ void gn_apply(const T *x, const float *stats, const T *weight, const 
 // ---------------------------------------------------------------------------------------------------
 // Attention softmax(q·kᵀ·scale)·v, single pass with an online softmax (the flash-attention scheme), for
 // one (image, head) per grid row and 64 query rows per block: 4 warps of 16 rows, keys in tiles of 64.
-// q, k, v, out are (B, L, H·D) rows (row strides given), head h at column h·D, D even and ≤ 16·NF
-// (zero-padded to 16·NF in shared memory), so no transposes are needed around it.
+// q, k, v, out are (B, L, H·D) rows (row strides given), head h at column h·D, D a multiple of 8 and
+// ≤ 16·NF (zero-padded to 16·NF in shared memory), so no transposes are needed around it. Key and value
+// tiles are double buffered through cp.async, so their loads overlap the previous tile's products.
 //
 // Tensor cores through `mma.sync.m16n8k16` with f32 accumulators, whose register layouts the PTX ISA
 // documents (“Matrix Fragments for mma.m16n8k16”): lane = 4·g + t holds rows g and g + 8 and columns
@@ -193,7 +198,16 @@ __device__ __forceinline__ uint32_t pack2(__nv_bfloat16 lo, __nv_bfloat16 hi) {
   return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
 }
 
+// c += a·b for one warp: a 16×16 A, a 16×8 B and a 16×8 f32 accumulator in the documented fragments.
 template <typename T> __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1);
+#ifdef AP_HOST_EMULATION
+template <> inline void mma16816<__half>(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+  ap_emu::mma16816(c, a, b0, b1, ap_emu::half_bits_to_float);
+}
+template <> inline void mma16816<__nv_bfloat16>(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+  ap_emu::mma16816(c, a, b0, b1, ap_emu::bf16_bits_to_float);
+}
+#else
 template <>
 __device__ __forceinline__ void mma16816<__half>(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -210,18 +224,45 @@ __device__ __forceinline__ void mma16816<__nv_bfloat16>(float *c, const uint32_t
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
-// Rows [row0, row0 + rows) of one head into shared memory (row stride ld), two values at a time (D is
-// even), zeros past the sequence and past D.
+// 16 bytes from global to shared memory without going through registers (cp.async, sm_80+), or 16
+// zeros (a zero source size reads nothing); lands by the matching cp_async_wait.
+__device__ __forceinline__ void cp_async_16(void *shared_dst, const void *global_src, bool copy) {
+#ifdef AP_HOST_EMULATION
+  ap_emu::cp_async_16(shared_dst, global_src, copy);
+#else
+  const uint32_t to = (uint32_t)__cvta_generic_to_shared(shared_dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(global_src), "r"(copy ? 16u : 0u));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef AP_HOST_EMULATION
+  ap_emu::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N of this thread's most recent copy groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#ifdef AP_HOST_EMULATION
+  ap_emu::cp_async_wait(N);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// Rows [row0, row0 + rows) of one head into shared memory (row stride ld) by asynchronous 16-byte copies
+// (cp.async, sm_80+), zeros past the sequence and past D (D a multiple of 8, so each 8-value chunk is
+// wholly inside or outside; a zero source size fills the chunk with zeros and reads nothing).
 template <typename T>
-__device__ __forceinline__ void load_tile(T *dst, const T *src, uint32_t row0, uint32_t len, uint32_t stride,
-                                          uint32_t d, uint32_t dp, uint32_t ld, uint32_t rows) {
-  const uint32_t pairs = dp / 2;
-  for (uint32_t idx = threadIdx.x; idx < rows * pairs; idx += blockDim.x) {
-    const uint32_t r = idx / pairs, col = 2 * (idx % pairs);
-    uint32_t v = 0;
-    if (row0 + r < len && col < d) v = *reinterpret_cast<const uint32_t *>(src + (size_t)(row0 + r) * stride + col);
-    *reinterpret_cast<uint32_t *>(dst + r * ld + col) = v;
+__device__ __forceinline__ void load_tile_async(T *dst, const T *src, uint32_t row0, uint32_t len, uint32_t stride,
+                                                uint32_t d, uint32_t dp, uint32_t ld, uint32_t rows) {
+  const uint32_t chunks = dp / 8;
+  for (uint32_t idx = threadIdx.x; idx < rows * chunks; idx += blockDim.x) {
+    const uint32_t r = idx / chunks, col = 8 * (idx % chunks);
+    const bool inside = row0 + r < len && col < d;
+    cp_async_16(dst + r * ld + col, inside ? src + (size_t)(row0 + r) * stride + col : src, inside);
   }
 }
 
@@ -233,10 +274,12 @@ template <typename T, int NF>
 __device__ void attention(const T *q, const T *k, const T *v, T *o, uint32_t heads, uint32_t lq, uint32_t lk,
                           uint32_t d, uint32_t q_stride, uint32_t kv_stride, uint32_t o_stride, float scale) {
   constexpr int DP = NF * 16, LD = DP + 8, NT = DP / 8;
-  extern __shared__ __align__(128) unsigned char smem[];
+  // Shared memory: the query tile, then two key tiles and two value tiles (double buffered: the copy of
+  // tile t + 1 runs while tile t is computed).
+  AP_DYNAMIC_SHARED(smem);
   T *qs = reinterpret_cast<T *>(smem);
-  T *ks = qs + ATT_BR * LD;
-  T *vs = ks + ATT_BC * LD;
+  T *ks_base = qs + ATT_BR * LD;
+  T *vs_base = ks_base + 2 * ATT_BC * LD;
 
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const uint32_t bh = blockIdx.y, b = bh / heads, h = bh % heads;
@@ -244,8 +287,14 @@ __device__ void attention(const T *q, const T *k, const T *v, T *o, uint32_t hea
   const T *qb = q + (size_t)b * lq * q_stride + h * d;
   const T *kb = k + (size_t)b * lk * kv_stride + h * d;
   const T *vb = v + (size_t)b * lk * kv_stride + h * d;
+  const uint32_t tiles = (lk + ATT_BC - 1) / ATT_BC;
 
-  load_tile(qs, qb, q0, lq, q_stride, d, DP, LD, ATT_BR);
+  load_tile_async(qs, qb, q0, lq, q_stride, d, DP, LD, ATT_BR);
+  cp_async_commit();
+  load_tile_async(ks_base, kb, 0, lk, kv_stride, d, DP, LD, ATT_BC);
+  load_tile_async(vs_base, vb, 0, lk, kv_stride, d, DP, LD, ATT_BC);
+  cp_async_commit();
+  cp_async_wait<1>();  // the query tile (the first key / value tile may still be in flight)
   __syncthreads();
   // This warp's 16 query rows as A operands, one per 16 values of the head.
   uint32_t qa[NF][4];
@@ -265,11 +314,20 @@ __device__ void attention(const T *q, const T *k, const T *v, T *o, uint32_t hea
 #pragma unroll
   for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 
-  for (uint32_t k0 = 0; k0 < lk; k0 += ATT_BC) {
-    __syncthreads();
-    load_tile(ks, kb, k0, lk, kv_stride, d, DP, LD, ATT_BC);
-    load_tile(vs, vb, k0, lk, kv_stride, d, DP, LD, ATT_BC);
-    __syncthreads();
+  for (uint32_t tile = 0; tile < tiles; ++tile) {
+    const uint32_t k0 = tile * ATT_BC, buf = tile & 1;
+    if (tile + 1 < tiles) {
+      // The buffer tile + 1 goes to was last read in iteration tile − 1, which ended with a barrier.
+      load_tile_async(ks_base + (buf ^ 1) * ATT_BC * LD, kb, k0 + ATT_BC, lk, kv_stride, d, DP, LD, ATT_BC);
+      load_tile_async(vs_base + (buf ^ 1) * ATT_BC * LD, vb, k0 + ATT_BC, lk, kv_stride, d, DP, LD, ATT_BC);
+      cp_async_commit();
+      cp_async_wait<1>();  // this tile's copies done, the next one's may be in flight
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // every thread's copies of this tile visible to all
+    const T *ks = ks_base + buf * ATT_BC * LD;
+    const T *vs = vs_base + buf * ATT_BC * LD;
 
     // s[j]: keys 8j .. 8j + 7 of the tile; [0], [1] row g, [2], [3] row g + 8; columns 2t, 2t + 1.
     float s[ATT_BC / 8][4];
@@ -328,6 +386,7 @@ __device__ void attention(const T *q, const T *k, const T *v, T *o, uint32_t hea
         mma16816<T>(acc[n], a, b0, b1);
       }
     }
+    __syncthreads();  // all warps are done with this buffer before it is refilled
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
