@@ -7,7 +7,8 @@
 //! FMA math, never TF32, because f32 is our exact path (parity with diffusers' CPU outputs). The
 //! algorithm is cuDNN's heuristic first choice (`cudnnGetConvolutionForwardAlgorithm_v7`, PyTorch's
 //! choice without `cudnn.benchmark`) unless its workspace exceeds [`WORKSPACE_BYTES`]; then implicit
-//! GEMM, which needs none. Descriptors and algorithm are built once per shape and device.
+//! GEMM (precomputed indices, else plain, which needs no workspace). Descriptors and algorithm are built
+//! once per shape and device.
 
 use super::view;
 use crate::components::bounded::ConvShape;
@@ -65,7 +66,7 @@ impl Conv {
 super::cuda_only_op!(Conv, "ap-cudnn-conv2d", 2, cuda);
 
 /// What identifies a convolution's descriptors: dtype and every size.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
     dtype: DType,
     x: [i32; 4],
@@ -139,15 +140,27 @@ fn new_plan<T: CudnnDataType>(cudnn: &Arc<Cudnn>, key: &Key, y_dims: [i32; 4]) -
         w: &w,
         y: &y,
     };
-    let implicit = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-    let mut algo = forward.pick_algorithm().unwrap_or(implicit);
-    let mut workspace = forward.get_workspace_size(algo).unwrap_or(usize::MAX);
-    if workspace > WORKSPACE_BYTES {
-        algo = implicit;
-        workspace = forward
-            .get_workspace_size(algo)
-            .map_err(e("implicit GEMM workspace"))?;
-    }
+    // The heuristic's choice, else the implicit GEMMs (precomputed indices: a small workspace; plain:
+    // none), the first that is supported within the workspace bound.
+    use sys::cudnnConvolutionFwdAlgo_t as Algo;
+    let candidates = [
+        forward.pick_algorithm().ok(),
+        Some(Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM),
+        Some(Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM),
+    ];
+    let (algo, workspace) = candidates
+        .into_iter()
+        .flatten()
+        .find_map(|algo| match forward.get_workspace_size(algo) {
+            Ok(bytes) if bytes <= WORKSPACE_BYTES => Some((algo, bytes)),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            wrap(
+                "algorithm",
+                format!("none for {:?} (dtype, input, c_out, k, stride, pad)", key),
+            )
+        })?;
     Ok(Plan {
         conv,
         x,
@@ -197,13 +210,23 @@ where
     let mut y = unsafe { dev.alloc::<T>(b * c_out * h_out * w_out) }?;
 
     let stream = dev.cuda_stream();
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    // Handles of devices nobody else holds any more (only the entry and its handle keep the stream),
+    // each destroyed with its own device current.
+    let mut i = 0;
+    while i < state.len() {
+        if Arc::strong_count(&state[i].1.stream) <= 2 {
+            let (_, gone) = state.swap_remove(i);
+            let _ = gone.stream.context().bind_to_thread();
+            drop(gone);
+        } else {
+            i += 1;
+        }
+    }
     stream
         .context()
         .bind_to_thread()
         .map_err(|e| wrap("binding the device", e))?;
-    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    // Handles of devices nobody else holds any more (only this entry and its handle keep the stream).
-    state.retain(|(_, d)| Arc::strong_count(&d.stream) > 2);
     let index = match state.iter().position(|(id, _)| *id == dev.id()) {
         Some(i) => i,
         None => {
