@@ -99,17 +99,22 @@ pub fn conv2d(
         let (b, _, h, w) = xs.dims4()?;
         let (h_out, w_out) = shape.output_size(h, w)?;
         if super::cudnn::takes(xs, shape, b * weight.dim(0)? * h_out * w_out) {
-            return conv2d_cudnn(xs, weight, shape, add);
+            if let Ok(y) = super::cudnn::conv2d(xs, weight, shape)? {
+                return finish(y, add_vector(&add, xs.dtype())?.as_ref(), add.residual.cloned());
+            }
         }
     }
     conv2d_columns(xs, weight, shape, add, band_bytes)
 }
 
-/// [`conv2d`] through cuDNN, whatever the kernel settings (see [`super::cudnn`]).
+/// [`conv2d`] through cuDNN, whatever the kernel settings (see [`super::cudnn`]); an error where cuDNN
+/// declines the convolution.
 #[cfg(feature = "cudnn")]
 pub fn conv2d_cudnn(xs: &Tensor, weight: &Tensor, shape: ConvShape, add: ConvAdd<'_>) -> Result<Tensor> {
-    let y = super::cudnn::conv2d(xs, weight, shape)?;
-    finish(y, add_vector(&add, xs.dtype())?.as_ref(), add.residual.cloned())
+    match super::cudnn::conv2d(xs, weight, shape)? {
+        Ok(y) => finish(y, add_vector(&add, xs.dtype())?.as_ref(), add.residual.cloned()),
+        Err(why) => candle_core::bail!("cuDNN declined the convolution: {why}"),
+    }
 }
 
 /// Bias and per-image channel add as one `(b, c_out)` or `(c_out,)` vector.

@@ -8,7 +8,9 @@
 //! algorithm is cuDNN's heuristic first choice (`cudnnGetConvolutionForwardAlgorithm_v7`, PyTorch's
 //! choice without `cudnn.benchmark`) unless its workspace exceeds [`WORKSPACE_BYTES`]; then implicit
 //! GEMM (precomputed indices, else plain, which needs no workspace). Descriptors and algorithm are built
-//! once per shape and device.
+//! once per shape and device. A convolution cuDNN cannot take (no handle, no algorithm within the
+//! bound) is reported to the caller, which runs our columns instead: a cuDNN build never does worse
+//! than one without.
 
 use super::view;
 use crate::components::bounded::ConvShape;
@@ -26,8 +28,11 @@ use std::sync::{Arc, Mutex};
 /// The most workspace a convolution's algorithm may ask for (the band bound of our im2col path).
 const WORKSPACE_BYTES: usize = crate::components::bounded::BAND_BYTES;
 
-/// Whether [`conv2d`] takes a convolution of `xs` (contiguous `(b, c, h, w)` after any upsampling)
-/// producing `out_elems` values: cuDNN's legacy API counts elements in 32-bit integers.
+/// Why cuDNN does not take a convolution (the caller then runs another path).
+pub type Declined = String;
+
+/// Whether [`conv2d`] may take a convolution of `xs` (before any upsampling) producing `out_elems`
+/// values: cuDNN's legacy API counts elements in 32-bit integers.
 pub fn takes(xs: &Tensor, shape: ConvShape, out_elems: usize) -> bool {
     let in_elems = xs.elem_count() * shape.up * shape.up;
     xs.device().is_cuda()
@@ -36,9 +41,16 @@ pub fn takes(xs: &Tensor, shape: ConvShape, out_elems: usize) -> bool {
         && out_elems < i32::MAX as usize
 }
 
-/// `conv2d(upsample(xs, up), weight)` for `(b, c_in, h, w)` inputs and `(c_out, c_in, k, k)` weights of
-/// the same dtype (see [`takes`]); adds are the caller's.
-pub fn conv2d(xs: &Tensor, weight: &Tensor, shape: ConvShape) -> Result<Tensor> {
+/// `conv2d(upsample(xs, up), weight)` for `(b, c_in, h, w)` inputs and `(c_out, c_in, k, k)` weights
+/// (see [`takes`]); adds are the caller's. `Ok(Err(why))` where cuDNN cannot take it.
+pub fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    shape: ConvShape,
+) -> Result<std::result::Result<Tensor, Declined>> {
+    let candle_core::Device::Cuda(dev) = xs.device() else {
+        return Ok(Err("not a CUDA tensor".into()));
+    };
     let xs = if shape.up > 1 {
         let (_, _, h, w) = xs.dims4()?;
         xs.upsample_nearest2d(h * shape.up, w * shape.up)?
@@ -46,11 +58,27 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, shape: ConvShape) -> Result<Tensor> 
         xs.contiguous()?
     };
     let weight = weight.to_dtype(xs.dtype())?.contiguous()?;
-    xs.apply_op2_no_bwd(&weight, &Conv { shape })
+    let key = match Key::new(&xs, &weight, shape)? {
+        Ok(key) => key,
+        Err(why) => return Ok(Err(why)),
+    };
+    // Plan now (descriptors, algorithm), so that a convolution cuDNN declines never reaches the op.
+    let planned = match key.dtype {
+        DType::F16 => with_plan::<half::f16, _>(dev, &key, |_| Ok(()))?,
+        DType::BF16 => with_plan::<half::bf16, _>(dev, &key, |_| Ok(()))?,
+        DType::F32 => with_plan::<f32, _>(dev, &key, |_| Ok(()))?,
+        d => Err(format!(
+            "cuDNN convolutions here take f16, bf16 or f32, not {d:?}"
+        )),
+    };
+    if let Err(why) = planned {
+        return Ok(Err(why));
+    }
+    xs.apply_op2_no_bwd(&weight, &Conv { key }).map(Ok)
 }
 
 struct Conv {
-    shape: ConvShape,
+    key: Key,
 }
 
 impl Conv {
@@ -65,15 +93,48 @@ impl Conv {
 }
 super::cuda_only_op!(Conv, "ap-cudnn-conv2d", 2, cuda);
 
-/// What identifies a convolution's descriptors: dtype and every size.
+/// What identifies a convolution's descriptors: dtype and every size (input already upsampled).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
     dtype: DType,
     x: [i32; 4],
-    c_out: i32,
+    y: [i32; 4],
     kernel: i32,
     stride: i32,
     padding: i32,
+}
+
+impl Key {
+    fn new(xs: &Tensor, weight: &Tensor, shape: ConvShape) -> Result<std::result::Result<Key, Declined>> {
+        let (b, c, h, w) = xs.dims4()?;
+        let (c_out, c_in, kh, kw) = weight.dims4()?;
+        let k = shape.kernel;
+        if c_in != c || kh != k || kw != k {
+            candle_core::bail!("convolution of {:?} by {:?}", xs.shape(), weight.shape())
+        }
+        // The input is already upsampled: the output is that of an unscaled convolution of it.
+        let (h_out, w_out) = ConvShape { up: 1, ..shape }.output_size(h, w)?;
+        let sizes = [b, c, h, w, c_out, h_out, w_out, k, shape.stride, shape.padding];
+        let Ok(n) = sizes
+            .map(i32::try_from)
+            .into_iter()
+            .collect::<std::result::Result<Vec<i32>, _>>()
+        else {
+            return Ok(Err(format!("sizes {sizes:?} do not fit cuDNN's 32-bit integers")));
+        };
+        Ok(Ok(Key {
+            dtype: xs.dtype(),
+            x: [n[0], n[1], n[2], n[3]],
+            y: [n[0], n[4], n[5], n[6]],
+            kernel: n[7],
+            stride: n[8],
+            padding: n[9],
+        }))
+    }
+
+    fn out_elems(&self) -> usize {
+        self.y.iter().map(|&d| d as usize).product()
+    }
 }
 
 /// One convolution's descriptors and algorithm.
@@ -86,11 +147,11 @@ struct Plan<T: CudnnDataType> {
     workspace: usize,
 }
 
-/// A device's cuDNN handle (bound to the device's one stream) and plans.
+/// A device's cuDNN handle (bound to the device's one stream) and plans, or why there is none.
 struct DeviceCudnn {
     stream: Arc<CudaStream>,
-    cudnn: Arc<Cudnn>,
-    plans: HashMap<Key, Box<dyn Any>>,
+    cudnn: std::result::Result<Arc<Cudnn>, Declined>,
+    plans: HashMap<Key, std::result::Result<Box<dyn Any>, Declined>>,
 }
 
 // SAFETY: a cuDNN handle may be used from any thread, one call at a time: these live in `STATE` and
@@ -103,12 +164,8 @@ fn wrap(what: &str, e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("autopipeline cuDNN convolution: {what}: {e}"))
 }
 
-fn i32_arg(n: usize, what: &str) -> Result<i32> {
-    i32::try_from(n).map_err(|_| wrap(what, format!("{n} does not fit cuDNN's 32-bit sizes")))
-}
-
-fn new_plan<T: CudnnDataType>(cudnn: &Arc<Cudnn>, key: &Key, y_dims: [i32; 4]) -> Result<Plan<T>> {
-    let e = |what: &'static str| move |err| wrap(what, err);
+fn new_plan<T: CudnnDataType>(cudnn: &Arc<Cudnn>, key: &Key) -> std::result::Result<Plan<T>, Declined> {
+    let e = |what: &'static str| move |err| format!("cuDNN {what}: {err}");
     let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
     let mut conv = cudnn
         .create_conv2d::<f32>(
@@ -127,12 +184,12 @@ fn new_plan<T: CudnnDataType>(cudnn: &Arc<Cudnn>, key: &Key, y_dims: [i32; 4]) -
     let x = cudnn
         .create_4d_tensor::<T>(nchw, key.x)
         .map_err(e("input descriptor"))?;
-    let w_dims = [key.c_out, key.x[1], key.kernel, key.kernel];
+    let w_dims = [key.y[1], key.x[1], key.kernel, key.kernel];
     let w = cudnn
         .create_4d_filter::<T>(nchw, w_dims)
         .map_err(e("filter descriptor"))?;
     let y = cudnn
-        .create_4d_tensor::<T>(nchw, y_dims)
+        .create_4d_tensor::<T>(nchw, key.y)
         .map_err(e("output descriptor"))?;
     let forward = ConvForward {
         conv: &conv,
@@ -155,12 +212,7 @@ fn new_plan<T: CudnnDataType>(cudnn: &Arc<Cudnn>, key: &Key, y_dims: [i32; 4]) -
             Ok(bytes) if bytes <= WORKSPACE_BYTES => Some((algo, bytes)),
             _ => None,
         })
-        .ok_or_else(|| {
-            wrap(
-                "algorithm",
-                format!("none for {:?} (dtype, input, c_out, k, stride, pad)", key),
-            )
-        })?;
+        .ok_or_else(|| format!("cuDNN has no algorithm for {key:?} within {WORKSPACE_BYTES} bytes"))?;
     Ok(Plan {
         conv,
         x,
@@ -171,44 +223,16 @@ fn new_plan<T: CudnnDataType>(cudnn: &Arc<Cudnn>, key: &Key, y_dims: [i32; 4]) -
     })
 }
 
-fn run<T>(op: &Conv, (xs, xl): super::Input<'_>, (ws, wl): super::Input<'_>) -> Result<(CudaStorage, Shape)>
+/// Runs `f` on the plan for `key` on `dev` (the handle and plan built on first use), holding the lock
+/// that serialises the use of cuDNN handles; `Ok(Err(why))` where cuDNN cannot take `key`.
+fn with_plan<T, R>(
+    dev: &CudaDevice,
+    key: &Key,
+    f: impl FnOnce(&Plan<T>) -> Result<R>,
+) -> Result<std::result::Result<R, Declined>>
 where
-    T: CudaDType + DeviceRepr + WithDType + CudnnDataType + ValidAsZeroBits + 'static,
+    T: CudnnDataType + 'static,
 {
-    let dev: &CudaDevice = xs.device();
-    let x = view::<T>(xs, xl, "convolution input")?;
-    let w = view::<T>(ws, wl, "convolution weight")?;
-    let (&[b, c, h, wd], &[c_out, c_in, kh, kw]) = (xl.dims(), wl.dims()) else {
-        candle_core::bail!("cuDNN convolution of {:?} by {:?}", xl.shape(), wl.shape())
-    };
-    let k = op.shape.kernel;
-    if c_in != c || kh != k || kw != k {
-        candle_core::bail!("cuDNN convolution of {:?} by {:?}", xl.shape(), wl.shape())
-    }
-    // The input is already upsampled: the output size is that of an unscaled convolution of it.
-    let plain = ConvShape { up: 1, ..op.shape };
-    let (h_out, w_out) = plain.output_size(h, wd)?;
-    let key = Key {
-        dtype: T::DTYPE,
-        x: [
-            i32_arg(b, "images")?,
-            i32_arg(c, "channels")?,
-            i32_arg(h, "height")?,
-            i32_arg(wd, "width")?,
-        ],
-        c_out: i32_arg(c_out, "output channels")?,
-        kernel: i32_arg(k, "kernel")?,
-        stride: i32_arg(op.shape.stride, "stride")?,
-        padding: i32_arg(op.shape.padding, "padding")?,
-    };
-    let y_dims = [
-        key.x[0],
-        key.c_out,
-        i32_arg(h_out, "output height")?,
-        i32_arg(w_out, "output width")?,
-    ];
-    let mut y = unsafe { dev.alloc::<T>(b * c_out * h_out * w_out) }?;
-
     let stream = dev.cuda_stream();
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
     // Handles of devices nobody else holds any more (only the entry and its handle keep the stream),
@@ -230,7 +254,7 @@ where
     let index = match state.iter().position(|(id, _)| *id == dev.id()) {
         Some(i) => i,
         None => {
-            let cudnn = Cudnn::new(stream.clone()).map_err(|e| wrap("creating a cuDNN handle", e))?;
+            let cudnn = Cudnn::new(stream.clone()).map_err(|e| format!("creating a cuDNN handle: {e}"));
             let entry = DeviceCudnn {
                 stream: stream.clone(),
                 cudnn,
@@ -241,35 +265,70 @@ where
         }
     };
     let device = &mut state[index].1;
-    if !device.plans.contains_key(&key) {
-        let plan = new_plan::<T>(&device.cudnn, &key, y_dims)?;
-        device.plans.insert(key, Box::new(plan));
-    }
-    let plan = device.plans[&key]
-        .downcast_ref::<Plan<T>>()
-        .ok_or_else(|| wrap("plan cache", "dtype mismatch"))?;
-    let forward = ConvForward {
-        conv: &plan.conv,
-        x: &plan.x,
-        w: &plan.w,
-        y: &plan.y,
+    let cudnn = match &device.cudnn {
+        Ok(c) => c.clone(),
+        Err(why) => return Ok(Err(why.clone())),
     };
-    let mut workspace = unsafe { dev.alloc::<u8>(plan.workspace.max(1)) }?;
-    // SAFETY: the descriptors describe exactly these buffers: x (b, c, h, w) and w (c_out, c, k, k)
-    // contiguous (checked by `view`), y (b, c_out, h_out, w_out) freshly allocated, all of dtype T; the
-    // workspace holds what cuDNN asked for this algorithm; all on the handle's stream.
-    unsafe {
-        forward.launch::<_, _, _, _>(
-            plan.algo,
-            Some(&mut workspace),
-            (T::from_f64(1.0), T::from_f64(0.0)),
-            &x,
-            &w,
-            &mut y,
+    let plan = device
+        .plans
+        .entry(*key)
+        .or_insert_with(|| new_plan::<T>(&cudnn, key).map(|p| Box::new(p) as Box<dyn Any>));
+    match plan {
+        Ok(plan) => {
+            let plan = plan
+                .downcast_ref::<Plan<T>>()
+                .ok_or_else(|| wrap("plan cache", "dtype mismatch"))?;
+            f(plan).map(Ok)
+        }
+        Err(why) => Ok(Err(why.clone())),
+    }
+}
+
+fn run<T>(op: &Conv, (xs, xl): super::Input<'_>, (ws, wl): super::Input<'_>) -> Result<(CudaStorage, Shape)>
+where
+    T: CudaDType + DeviceRepr + WithDType + CudnnDataType + ValidAsZeroBits + 'static,
+{
+    let dev: &CudaDevice = xs.device();
+    let x = view::<T>(xs, xl, "convolution input")?;
+    let w = view::<T>(ws, wl, "convolution weight")?;
+    let key = &op.key;
+    let x_dims: Vec<usize> = key.x.iter().map(|&d| d as usize).collect();
+    let w_dims = [key.y[1], key.x[1], key.kernel, key.kernel].map(|d| d as usize);
+    if xl.dims() != x_dims.as_slice() || wl.dims() != w_dims.as_slice() || T::DTYPE != key.dtype {
+        candle_core::bail!(
+            "internal error: cuDNN convolution planned for {key:?}, given {:?} by {:?}",
+            xl.shape(),
+            wl.shape()
         )
     }
-    .map_err(|e| wrap("cudnnConvolutionForward", e))?;
-    drop(state);
-    let shape = Shape::from((b, c_out, h_out, w_out));
+    let mut y = unsafe { dev.alloc::<T>(key.out_elems()) }?;
+    let launched = with_plan::<T, _>(dev, key, |plan| {
+        let forward = ConvForward {
+            conv: &plan.conv,
+            x: &plan.x,
+            w: &plan.w,
+            y: &plan.y,
+        };
+        let mut workspace = unsafe { dev.alloc::<u8>(plan.workspace.max(1)) }?;
+        // SAFETY: the descriptors describe exactly these buffers (checked above against the key they
+        // were built from): x (b, c, h, w) and w (c_out, c, k, k) contiguous (checked by `view`), y
+        // (b, c_out, h_out, w_out) freshly allocated, all of dtype T; the workspace holds what cuDNN
+        // asked for this algorithm; all on the handle's stream.
+        unsafe {
+            forward.launch::<_, _, _, _>(
+                plan.algo,
+                Some(&mut workspace),
+                (T::from_f64(1.0), T::from_f64(0.0)),
+                &x,
+                &w,
+                &mut y,
+            )
+        }
+        .map_err(|e| wrap("cudnnConvolutionForward", e))
+    })?;
+    if let Err(why) = launched {
+        candle_core::bail!("internal error: cuDNN declined a planned convolution: {why}")
+    }
+    let shape = Shape::from(key.y.map(|d| d as usize).to_vec());
     Ok((T::wrap_cuda_slice(y, dev.clone()), shape))
 }
