@@ -11,7 +11,8 @@
 #
 # then run `scripts/cuda/lent_gpu.sh [section ...]` there with `.gpu` carried (sections of
 # device_check.py; none: all). Results land in $OUT/results.tgz (one file: the device tool brings back
-# at most eight), the combined log in $OUT/all.log.
+# at most eight), the combined log in $OUT/all.log. Order: kernel tests, benchmark, A/B, device check,
+# all within AP_TOTAL_SECONDS.
 #
 # Time limits (seconds): AP_TEST_SECONDS (kernel tests, 60), AP_BENCH_SECONDS (benchmark, 270; 0 skips
 # it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (each A/B run, 60). AP_AB lists
@@ -30,30 +31,46 @@ export PYTHONPATH=/tmp/ap/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 libs=$(python3 -c "import glob,os,site;print(':'.join(sorted({os.path.dirname(p) for sp in site.getsitepackages() for p in glob.glob(os.path.join(sp,'nvidia','**','lib*.so*'),recursive=True)})))")
 pack() { tar czf "$out/results.tgz" -C "$res" . ; }
 trap pack EXIT
+# One deadline for the whole call (AP_TOTAL_SECONDS, default 540: the device tool stops a command at 600
+# s and returns only what is under $OUT by then), so each phase's limit is the smaller of its own and
+# what is left, and the results are packed after every phase.
+started=$(date +%s)
+limit() {
+  local left=$(( ${AP_TOTAL_SECONDS:-540} - ($(date +%s) - started) ))
+  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
 
 if [ -f .gpu/cuda_kernels.xz ]; then
   xz -dc .gpu/cuda_kernels.xz > /tmp/ap/cuda_kernels && chmod +x /tmp/ap/cuda_kernels
   echo "== kernel tests"
-  LD_LIBRARY_PATH="$libs" timeout "${AP_TEST_SECONDS:-60}" /tmp/ap/cuda_kernels --test-threads 1 2>&1 \
+  LD_LIBRARY_PATH="$libs" timeout "$(limit "${AP_TEST_SECONDS:-60}")" /tmp/ap/cuda_kernels --test-threads 1 2>&1 \
     | tee "$res/kernel_tests.log"
+  pack
 fi
 if [ "${AP_BENCH_SECONDS:-270}" != 0 ]; then
   echo "== benchmark"
-  timeout "${AP_BENCH_SECONDS:-270}" bench/gpu.sh /tmp/ap/libautopipeline.so "$res" 2>&1 | tee "$res/gpu_bench.txt"
+  timeout "$(limit "${AP_BENCH_SECONDS:-270}")" bench/gpu.sh /tmp/ap/libautopipeline.so "$res" 2>&1 | tee "$res/gpu_bench.txt"
+  pack
 fi
-echo "== device check"
-# AP_CHECK_KERNELS=all checks the kernels that are off by default end to end too.
-AP_CUDA_KERNELS=${AP_CHECK_KERNELS:-${AP_CUDA_KERNELS:-}} timeout "${AP_CHECK_SECONDS:-240}" \
-  scripts/cuda/device_check.sh /tmp/ap/libautopipeline.so "$res" "$@" > "$res/device_check.log" 2>&1
-grep -E "^==|^   \(" "$res/device_check.log"
 # The A/B: our side alone under each AP_CUDA_KERNELS setting, per architecture the benchmark wrote.
 for arch_size in ${AP_AB_ARCHS:-sd15:512 sdxl:1024}; do
   arch=${arch_size%%:*} size=${arch_size##*:}
   [ -d "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" ] || continue
   echo "== A/B of our kernels, $arch ${size}²"
   for setting in ${AP_AB:-conv,add,geglu,norm all}; do
+    [ "$(limit 30)" -ge 30 ] || { echo "(no time left for $arch $setting)"; continue; }
     row=$(AP_CUDA_KERNELS="$setting" LD_LIBRARY_PATH="$libs" AUTOPIPELINE_LIBRARY=/tmp/ap/libautopipeline.so \
-      timeout "${AP_AB_SECONDS:-60}" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" "$size" 2>/dev/null | tail -n1)
+      timeout "$(limit "${AP_AB_SECONDS:-60}")" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" "$size" 2>/dev/null | tail -n1)
     echo "$arch AP_CUDA_KERNELS=$setting $row" | tee -a "$res/ab.txt"
   done
+  pack
 done
+echo "== device check"
+# AP_CHECK_KERNELS=all checks the kernels that are off by default end to end too. It gets what is left.
+if [ "$(limit 30)" -ge 30 ]; then
+  AP_CUDA_KERNELS=${AP_CHECK_KERNELS:-${AP_CUDA_KERNELS:-}} timeout "$(limit "${AP_CHECK_SECONDS:-240}")" \
+    scripts/cuda/device_check.sh /tmp/ap/libautopipeline.so "$res" "$@" > "$res/device_check.log" 2>&1
+  grep -E "^==|^   \(" "$res/device_check.log"
+else
+  echo "(no time left)"
+fi
