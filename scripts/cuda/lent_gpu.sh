@@ -37,6 +37,7 @@ trap pack EXIT
 started=$(date +%s)
 limit() {
   local left=$(( ${AP_TOTAL_SECONDS:-540} - ($(date +%s) - started) ))
+  [ "$left" -lt 1 ] && left=1  # never 0: `timeout 0` would mean no limit at all
   [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
 }
 
