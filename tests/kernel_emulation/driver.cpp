@@ -1,7 +1,7 @@
 // Runs kernels of src/components/cuda/kernels.cu on the CPU under emulation.h and checks them against
 // plain double-precision references: attention (f16, bf16; every head size the models use, partial
-// tiles, one and many key tiles) and the convolution columns (each compile-time specialisation and the
-// generic kernel). Prints one line per case; exits 1 if any case is off. Built and run by
+// tiles, one and many key tiles), the convolution columns (each compile-time specialisation and the
+// generic kernel), group norm's three passes, GEGLU and the adds. Prints one line per case; exits 1 if any case is off. Built and run by
 // tests/kernel_emulation.rs (`AP_EMU_LATE_COPIES=1` makes cp.async copies land as late as allowed).
 #include "emulation.h"
 
@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <string>
+#include <type_traits>
 
 namespace {
 
@@ -130,6 +131,87 @@ void check_im2col(const char *variant, void (*kernel)(const float *, float *, ui
   report(what, max_err, 0.0);
 }
 
+// Group norm (+ SiLU) through its three kernels, launched as src/components/cuda/norm.rs launches them,
+// against a double-precision group norm. Rows past one GN_CHUNK take several partial sums; `offset`
+// shifts every value, which the shifted sums must not lose to cancellation.
+template <typename T>
+void check_group_norm(const char *type, uint32_t b, uint32_t c, uint32_t inner, uint32_t groups, float offset,
+                      bool silu, double tol) {
+  const uint32_t cpg = c / groups, rows = b * groups, n = cpg * inner, chunks = (n + GN_CHUNK - 1) / GN_CHUNK;
+  std::vector<T> x((size_t)b * c * inner);
+  for (auto &v : x) v = round_to<T>(offset + uniform() * 3.0f);
+  auto weight = random_values<T>(c, 1.5f), bias = random_values<T>(c, 1.0f);
+  std::vector<float> partial((size_t)rows * chunks * 2, -1.0f), stats((size_t)rows * 2, -1.0f);
+  std::vector<T> out(x.size(), round_to<T>(999.0f));
+  void (*partial_k)(const T *, float *, uint32_t);
+  void (*finalize_k)(const T *, const float *, float *, uint32_t, uint32_t, float);
+  void (*apply_k)(const T *, const float *, const T *, const T *, T *, uint32_t, uint32_t, uint32_t, uint32_t);
+  if constexpr (std::is_same_v<T, float>) {
+    partial_k = ap_gn_partial_f32, finalize_k = ap_gn_finalize_f32, apply_k = ap_gn_apply_f32;
+  } else {
+    partial_k = ap_gn_partial_f16, finalize_k = ap_gn_finalize_f16, apply_k = ap_gn_apply_f16;
+  }
+  ap_emu::launch({chunks, rows, 1}, {256, 1, 1}, 0, true, [&] { partial_k(x.data(), partial.data(), n); });
+  ap_emu::launch({rows, 1, 1}, {32, 1, 1}, 0, true,
+                 [&] { finalize_k(x.data(), partial.data(), stats.data(), n, chunks, 1e-5f); });
+  const uint32_t blocks = std::min(1024u, std::max(1u, (inner + 1023) / 1024));
+  ap_emu::launch({blocks, b * c, 1}, {256, 1, 1}, 0, false, [&] {
+    apply_k(x.data(), stats.data(), weight.data(), bias.data(), out.data(), inner, c, cpg, silu ? 1 : 0);
+  });
+  double max_err = 0, max_ref = 1;
+  for (uint32_t r = 0; r < rows; ++r) {
+    const size_t base = (size_t)r * n;
+    double mean = 0, var = 0;
+    for (uint32_t i = 0; i < n; ++i) mean += (double)to_f(x[base + i]);
+    mean /= n;
+    for (uint32_t i = 0; i < n; ++i) var += std::pow((double)to_f(x[base + i]) - mean, 2);
+    var /= n;
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t ch = (r % groups) * cpg + i / inner;
+      double want = ((double)to_f(x[base + i]) - mean) / std::sqrt(var + 1e-5) * (double)to_f(weight[ch]) +
+                    (double)to_f(bias[ch]);
+      if (silu) want = want / (1.0 + std::exp(-want));
+      max_ref = std::max(max_ref, std::fabs(want));
+      max_err = std::max(max_err, std::fabs(want - (double)to_f(out[base + i])));
+    }
+  }
+  char what[160];
+  std::snprintf(what, sizeof what, "group norm %s b=%u c=%u inner=%u groups=%u offset=%g silu=%d", type, b, c, inner,
+                groups, offset, silu);
+  report(what, max_err / max_ref, tol);
+}
+
+// GEGLU with bias and the bias + residual adds (grid-stride loops), f32, against their definitions.
+void check_elementwise() {
+  const uint32_t m = 7, f = 300, n = m * f;
+  auto h = random_values<float>((size_t)m * 2 * f, 3.0f), bias = random_values<float>(2 * f, 1.0f);
+  std::vector<float> out(n, 999.0f);
+  ap_emu::launch({3, 1, 1}, {256, 1, 1}, 0, false, [&] { ap_geglu_f32(h.data(), bias.data(), out.data(), n, f, 1); });
+  double err = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t r = i / f, j = i % f;
+    const double a = (double)h[(size_t)r * 2 * f + j] + bias[j], g = (double)h[(size_t)r * 2 * f + f + j] + bias[f + j];
+    err = std::max(err, std::fabs(a * 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0))) - out[i]));
+  }
+  report("geglu f32 m=7 f=300", err / 10.0, 1e-5);
+
+  const uint32_t b = 2, c = 5, inner = 1100;
+  auto y = random_values<float>((size_t)b * c * inner, 1.0f), res = random_values<float>(y.size(), 1.0f);
+  auto per_image = random_values<float>(b * c, 1.0f);
+  std::vector<float> o(y.size(), 999.0f);
+  ap_emu::launch({2, b * c, 1}, {256, 1, 1}, 0, false, [&] {
+    ap_add_channel_f32(y.data(), per_image.data(), res.data(), o.data(), inner, c, 1, 1);
+  });
+  err = 0;
+  for (size_t i = 0; i < y.size(); ++i) err = std::max(err, (double)std::fabs(y[i] + per_image[i / inner] + res[i] - o[i]));
+  report("add_channel f32 per image + residual", err, 1e-6);
+  ap_emu::launch({4, 1, 1}, {256, 1, 1}, 0, false,
+                 [&] { ap_add_last_f32(y.data(), per_image.data(), nullptr, o.data(), (uint32_t)y.size(), b * c, 0); });
+  err = 0;
+  for (size_t i = 0; i < y.size(); ++i) err = std::max(err, (double)std::fabs(y[i] + per_image[i % (b * c)] - o[i]));
+  report("add_last f32", err, 1e-6);
+}
+
 }  // namespace
 
 int main() {
@@ -152,6 +234,11 @@ int main() {
   check_im2col("_k1_up1", ap_im2col_t_k1_up1_f32, 1, 4, 7, 9, 1, 1, 2, 0, 0, 4);
   check_im2col("", ap_im2col_t_f32, 1, 2, 5, 4, 3, 3, 1, 1, 2, 7);
   check_im2col("", ap_im2col_t_f32, 1, 2, 7, 7, 1, 2, 1, 0, 0, 6);
+
+  check_group_norm<float>("f32", 2, 8, 2000, 2, 0.0f, false, 1e-5);
+  check_group_norm<float>("f32", 1, 6, 3000, 3, 300.0f, true, 1e-4);
+  check_group_norm<__half>("f16", 2, 8, 1500, 4, 20.0f, true, 4e-3);
+  check_elementwise();
 
   std::printf("%d failure(s)\n", failures);
   return failures ? 1 : 0;
