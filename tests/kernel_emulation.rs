@@ -2,8 +2,8 @@
 //! compiler with tests/kernel_emulation/emulation.h, which stands in for CUDA's threads, barriers, warp
 //! shuffles, `mma.sync` (from the PTX ISA's fragment layouts) and `cp.async`, and checked against
 //! double-precision references by tests/kernel_emulation/driver.cpp. This needs no GPU and no CUDA
-//! toolkit, so every test run checks the kernels' index arithmetic, tiling, masking, online softmax
-//! and the synchronisation of the double-buffered copies; tests/cuda_kernels.rs checks the same kernels
+//! toolkit, so every test run checks the kernels' index arithmetic, tiling, masking, online softmax,
+//! reductions and the synchronisation of the double-buffered copies; tests/cuda_kernels.rs checks the same kernels
 //! on a real GPU (speed and the real instructions' rounding only show there).
 
 use std::path::PathBuf;
@@ -46,10 +46,11 @@ fn run(exe: &PathBuf, late_copies: bool) {
     println!("{stdout}");
     assert!(out.status.success(), "kernels off under emulation:\n{stdout}");
     assert!(stdout.contains("0 failure(s)"), "{stdout}");
-    // Every case ran: 18 attention cases (9 shapes × f16, bf16) and 6 convolution-column cases.
+    // Every case ran: 18 attention cases (9 shapes × f16, bf16), 6 convolution-column cases, 3 group
+    // norms, GEGLU and two adds.
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok")).count(),
-        24,
+        30,
         "{stdout}"
     );
 }
