@@ -3,8 +3,8 @@
 //! shuffles, `mma.sync` (from the PTX ISA's fragment layouts) and `cp.async`, and checked against
 //! double-precision references by tests/kernel_emulation/driver.cpp. This needs no GPU and no CUDA
 //! toolkit, so every test run checks the kernels' index arithmetic, tiling, masking, online softmax,
-//! reductions and the synchronisation of the double-buffered copies; tests/cuda_kernels.rs checks the same kernels
-//! on a real GPU (speed and the real instructions' rounding only show there).
+//! reductions and the synchronisation of the double-buffered copies; tests/cuda_kernels.rs checks the
+//! same kernels on a real GPU (speed and the real instructions' rounding only show there).
 
 use std::path::PathBuf;
 use std::process::Command;
