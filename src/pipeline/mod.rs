@@ -83,8 +83,20 @@ pub fn parse_device(spec: Option<&str>) -> Result<Device> {
         )));
     };
     if cfg!(feature = "cuda") {
-        Device::new_cuda(ordinal)
-            .map_err(|e| Error::Unsupported(format!("CUDA device {ordinal} is not usable: {e}")))
+        let device = Device::new_cuda(ordinal)
+            .map_err(|e| Error::Unsupported(format!("CUDA device {ordinal} is not usable: {e}")))?;
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(cuda) = &device {
+            // cudarc gives every buffer two CUDA events (created with it, destroyed with it: four
+            // driver calls per tensor of every op) for its multi-stream bookkeeping, which it only
+            // uses once a context has streams of its own. candle works on the per-thread default
+            // stream and creates none, so the events are never recorded or waited on: turning
+            // tracking off before the first buffer changes no ordering and saves those calls.
+            // SAFETY: no stream is ever created on this context, so there is no second stream to
+            // synchronise with (the condition `disable_event_tracking` asks the caller to uphold).
+            unsafe { cuda.disable_event_tracking() };
+        }
+        Ok(device)
     } else {
         Err(Error::Unsupported(format!(
             "device {spec:?} asked for, but this build of autopipeline has no CUDA support: build it with `--features cuda`"
