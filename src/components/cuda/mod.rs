@@ -27,6 +27,7 @@ pub use norm::group_norm;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaView, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, DeviceId};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Tensor, WithDType};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ap_kernels.ptx"));
@@ -81,25 +82,31 @@ fn wrap(what: &str, e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("autopipeline CUDA kernels: {what}: {e}"))
 }
 
-/// `name` from our PTX module, loaded once per device.
+/// `name` from our PTX module: the module loaded once per device, each function looked up once (the
+/// driver's lookup by name would otherwise run at every launch).
 pub(crate) fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
-    static MODULES: Mutex<Vec<(DeviceId, Arc<CudaModule>)>> = Mutex::new(Vec::new());
-    let module = {
-        let mut modules = MODULES.lock().unwrap_or_else(|e| e.into_inner());
-        match modules.iter().find(|(id, _)| *id == dev.id()) {
-            Some((_, m)) => m.clone(),
-            None => {
-                let m = dev
-                    .cuda_stream()
-                    .context()
-                    .load_module(PTX.into())
-                    .map_err(|e| wrap("loading the module", e))?;
-                modules.push((dev.id(), m.clone()));
-                m
-            }
+    type Functions = HashMap<String, CudaFunction>;
+    static MODULES: Mutex<Vec<(DeviceId, Arc<CudaModule>, Functions)>> = Mutex::new(Vec::new());
+    let mut modules = MODULES.lock().unwrap_or_else(|e| e.into_inner());
+    let index = match modules.iter().position(|(id, _, _)| *id == dev.id()) {
+        Some(i) => i,
+        None => {
+            let m = dev
+                .cuda_stream()
+                .context()
+                .load_module(PTX.into())
+                .map_err(|e| wrap("loading the module", e))?;
+            modules.push((dev.id(), m, HashMap::new()));
+            modules.len() - 1
         }
     };
-    module.load_function(name).map_err(|e| wrap(name, e))
+    let (_, module, functions) = &mut modules[index];
+    if let Some(f) = functions.get(name) {
+        return Ok(f.clone());
+    }
+    let f = module.load_function(name).map_err(|e| wrap(name, e))?;
+    functions.insert(name.to_string(), f.clone());
+    Ok(f)
 }
 
 /// The kernel `root` for element type `T` (`root_f16`, …).
