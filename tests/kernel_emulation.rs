@@ -1,10 +1,12 @@
 //! Our CUDA kernels' source (src/components/cuda/kernels.cu) run on the CPU: compiled by the host C++
 //! compiler with tests/kernel_emulation/emulation.h, which stands in for CUDA's threads, barriers, warp
 //! shuffles, `mma.sync` (from the PTX ISA's fragment layouts) and `cp.async`, and checked against
-//! double-precision references by tests/kernel_emulation/driver.cpp. This needs no GPU and no CUDA
-//! toolkit, so every test run checks the kernels' index arithmetic, tiling, masking, online softmax,
-//! reductions and the synchronisation of the double-buffered copies; tests/cuda_kernels.rs checks the
-//! same kernels on a real GPU (speed and the real instructions' rounding only show there).
+//! double-precision references by tests/kernel_emulation/driver.cpp (misaligned or out-of-bounds
+//! shared-memory accesses and copies abort it, as they would fault or corrupt on a GPU). This needs no
+//! GPU and no CUDA toolkit, so every test run checks the kernels' index arithmetic, tiling, masking,
+//! online softmax, reductions and the synchronisation of the double-buffered copies;
+//! tests/cuda_kernels.rs checks the same kernels on a real GPU (speed and the real instructions'
+//! rounding only show there).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,7 +46,12 @@ fn run(exe: &PathBuf, late_copies: bool) {
     let out = cmd.output().expect("the emulation driver runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
-    assert!(out.status.success(), "kernels off under emulation:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "kernels off under emulation ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("0 failure(s)"), "{stdout}");
     // Every case ran: 18 attention cases (9 shapes × f16, bf16), 6 convolution-column cases, 3 group
     // norms, GEGLU and two adds.

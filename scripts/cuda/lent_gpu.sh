@@ -21,6 +21,7 @@
 # attention included), for each of AP_AB_ARCHS (default "sd15:512 sdxl:1024"). The benchmark's own
 # "ours" row is the default setting (in a `cudnn` build: cuDNN convolutions, candle's attention).
 set -uo pipefail
+started=$(date +%s)
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/out}
 res=/tmp/ap-results
@@ -31,26 +32,28 @@ export PYTHONPATH=/tmp/ap/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 libs=$(python3 -c "import glob,os,site;print(':'.join(sorted({os.path.dirname(p) for sp in site.getsitepackages() for p in glob.glob(os.path.join(sp,'nvidia','**','lib*.so*'),recursive=True)})))")
 pack() { tar czf "$out/results.tgz" -C "$res" . ; }
 trap pack EXIT
-# One deadline for the whole call (AP_TOTAL_SECONDS, default 540: the device tool stops a command at 600
-# s and returns only what is under $OUT by then), so each phase's limit is the smaller of its own and
-# what is left, and the results are packed after every phase.
-started=$(date +%s)
+# One deadline for the whole call, counted from the script's start (AP_TOTAL_SECONDS, default 540: the
+# device tool stops a command at its timeout_s, at most 600 s, and returns only what is under $OUT by
+# then; set it below the call's timeout_s), so each phase's limit is the smaller of its own and what is
+# left, and the results are packed after every phase.
 limit() {
   local left=$(( ${AP_TOTAL_SECONDS:-540} - ($(date +%s) - started) ))
-  [ "$left" -lt 1 ] && left=1  # never 0: `timeout 0` would mean no limit at all
-  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+  local r=$(( left < $1 ? left : $1 ))
+  echo $(( r < 1 ? 1 : r ))  # never 0: `timeout 0` would mean no limit at all
 }
+# timeout that also kills (10 s after the TERM) what ignores the TERM, e.g. a process stuck in the driver.
+tmo() { timeout -k 10 "$@"; }
 
 if [ -f .gpu/cuda_kernels.xz ]; then
   xz -dc .gpu/cuda_kernels.xz > /tmp/ap/cuda_kernels && chmod +x /tmp/ap/cuda_kernels
   echo "== kernel tests"
-  LD_LIBRARY_PATH="$libs" timeout "$(limit "${AP_TEST_SECONDS:-60}")" /tmp/ap/cuda_kernels --test-threads 1 2>&1 \
+  LD_LIBRARY_PATH="$libs" tmo "$(limit "${AP_TEST_SECONDS:-60}")" /tmp/ap/cuda_kernels --test-threads 1 2>&1 \
     | tee "$res/kernel_tests.log"
   pack
 fi
 if [ "${AP_BENCH_SECONDS:-270}" != 0 ]; then
   echo "== benchmark"
-  timeout "$(limit "${AP_BENCH_SECONDS:-270}")" bench/gpu.sh /tmp/ap/libautopipeline.so "$res" 2>&1 | tee "$res/gpu_bench.txt"
+  tmo "$(limit "${AP_BENCH_SECONDS:-270}")" bench/gpu.sh /tmp/ap/libautopipeline.so "$res" 2>&1 | tee "$res/gpu_bench.txt"
   pack
 fi
 # The A/B: our side alone under each AP_CUDA_KERNELS setting, per architecture the benchmark wrote.
@@ -61,7 +64,7 @@ for arch_size in ${AP_AB_ARCHS:-sd15:512 sdxl:1024}; do
   for setting in ${AP_AB:-conv,add,geglu,norm all}; do
     [ "$(limit 30)" -ge 30 ] || { echo "(no time left for $arch $setting)"; continue; }
     row=$(AP_CUDA_KERNELS="$setting" LD_LIBRARY_PATH="$libs" AUTOPIPELINE_LIBRARY=/tmp/ap/libautopipeline.so \
-      timeout "$(limit "${AP_AB_SECONDS:-60}")" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" "$size" 2>/dev/null | tail -n1)
+      tmo "$(limit "${AP_AB_SECONDS:-60}")" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" "$size" 2>/dev/null | tail -n1)
     echo "$arch AP_CUDA_KERNELS=$setting $row" | tee -a "$res/ab.txt"
   done
   pack
@@ -69,7 +72,7 @@ done
 echo "== device check"
 # AP_CHECK_KERNELS=all checks the kernels that are off by default end to end too. It gets what is left.
 if [ "$(limit 30)" -ge 30 ]; then
-  AP_CUDA_KERNELS=${AP_CHECK_KERNELS:-${AP_CUDA_KERNELS:-}} timeout "$(limit "${AP_CHECK_SECONDS:-240}")" \
+  AP_CUDA_KERNELS=${AP_CHECK_KERNELS:-${AP_CUDA_KERNELS:-}} tmo "$(limit "${AP_CHECK_SECONDS:-240}")" \
     scripts/cuda/device_check.sh /tmp/ap/libautopipeline.so "$res" "$@" > "$res/device_check.log" 2>&1
   grep -E "^==|^   \(" "$res/device_check.log"
 else

@@ -14,6 +14,7 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -86,7 +87,23 @@ inline void land(const Copy &c) {
     std::memset(c.dst, 0, 16);
 }
 
+// What the hardware would fault on, or silently corrupt: misaligned or out-of-bounds accesses.
+[[noreturn]] inline void fault(const char *what, const void *p) {
+  std::fprintf(stderr, "emulated fault: %s at %p\n", what, p);
+  std::abort();
+}
+inline void check_aligned(const void *p, size_t bytes) {
+  if ((uintptr_t)p % bytes != 0) fault("misaligned access", p);
+}
+inline void check_shared(const void *p, size_t bytes) {
+  check_aligned(p, bytes);
+  const auto *c = static_cast<const unsigned char *>(p);
+  if (c < block.smem.data() || c + bytes > block.smem.data() + block.smem.size()) fault("shared memory out of bounds", p);
+}
+
 inline void cp_async_16(void *dst, const void *src, bool copy) {
+  check_shared(dst, 16);
+  check_aligned(src, 16);  // cp.async.cg with 16 bytes needs 16-byte source addresses too
   if (!late_copies) return land({dst, src, copy});
   if (pending.empty()) pending.emplace_back();
   pending.back().push_back({dst, src, copy});
@@ -166,7 +183,7 @@ inline void launch(Dim3 grid, Dim3 threads, size_t shared_bytes, bool cooperativ
   block_dim = threads;
   const unsigned n = threads.x * threads.y * threads.z;
   block.threads = n;
-  block.smem.assign(shared_bytes + 128, 0xcd);  // garbage, as uninitialised shared memory
+  block.smem.assign(shared_bytes, 0xcd);  // exactly what the launch asked for, garbage as uninitialised
   block.shfl.assign(n, 0);
   block.mma_ab.assign(n * 6, 0);
   for (unsigned bz = 0; bz < grid.z; ++bz)
@@ -205,6 +222,8 @@ inline void launch(Dim3 grid, Dim3 threads, size_t shared_bytes, bool cooperativ
 #define blockDim ap_emu::block_dim
 #define gridDim ap_emu::grid_dim
 #define AP_DYNAMIC_SHARED(name) unsigned char *name = ap_emu::block.smem.data()
+#define AP_CHECK_SHARED(p, bytes) ap_emu::check_shared(p, bytes)
+#define AP_CHECK_ALIGNED(p, bytes) ap_emu::check_aligned(p, bytes)
 
 inline void __syncthreads() { ap_emu::block.all->arrive_and_wait(); }
 template <typename T> T __shfl_xor_sync(unsigned, T v, int lane_mask) { return ap_emu::shfl_xor(v, lane_mask); }

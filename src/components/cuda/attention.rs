@@ -142,13 +142,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Opt
     if !shared_fits(q, shared_bytes(d.div_ceil(16)))? {
         return Ok(None);
     }
-    // Contiguous, starting at a multiple of 8 values (a view into a larger buffer may not).
+    // Contiguous, starting at a multiple of 8 values (a view into a larger buffer may not: then a
+    // fresh buffer; `Tensor::copy` would keep the view's offset).
     let prepare = |t: &Tensor| -> Result<Tensor> {
         let t = t.contiguous()?;
         if t.layout().start_offset().is_multiple_of(8) {
             Ok(t)
         } else {
-            t.copy()
+            t.force_contiguous()
         }
     };
     let (q, k, v) = (prepare(q)?, prepare(k)?, prepare(v)?);

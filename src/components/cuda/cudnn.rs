@@ -4,8 +4,8 @@
 //!
 //! Half-precision data is convolved with f32 accumulation (cuDNN's "pseudo half" configuration, as
 //! PyTorch; candle 0.11's own cuDNN path accumulates f16 in f16) on tensor cores; f32 data with plain
-//! FMA math, never TF32, because f32 is our exact path (parity with diffusers' CPU outputs). The
-//! algorithm is cuDNN's heuristic first choice (`cudnnGetConvolutionForwardAlgorithm_v7`, PyTorch's
+//! FMA math and implicit GEMM, never TF32, FFT or Winograd, because f32 is our exact path (parity
+//! with diffusers' CPU outputs). For half precision the algorithm is cuDNN's heuristic first choice (`cudnnGetConvolutionForwardAlgorithm_v7`, PyTorch's
 //! choice without `cudnn.benchmark`) unless its workspace exceeds [`WORKSPACE_BYTES`]; then implicit
 //! GEMM (precomputed indices, else plain, which needs no workspace). Descriptors and algorithm are built
 //! once per shape and device. A convolution cuDNN cannot take (no handle, no algorithm within the
@@ -198,10 +198,16 @@ fn new_plan<T: CudnnDataType>(cudnn: &Arc<Cudnn>, key: &Key) -> std::result::Res
         y: &y,
     };
     // The heuristic's choice, else the implicit GEMMs (precomputed indices: a small workspace; plain:
-    // none), the first that is supported within the workspace bound.
+    // none), the first that is supported within the workspace bound. f32 takes the implicit GEMMs
+    // only: FFT and Winograd transforms round differently from a direct sum, and f32 is our exact path.
     use sys::cudnnConvolutionFwdAlgo_t as Algo;
+    let is_f32 = T::DATA_TYPE == sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
     let candidates = [
-        forward.pick_algorithm().ok(),
+        if is_f32 {
+            None
+        } else {
+            forward.pick_algorithm().ok()
+        },
         Some(Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM),
         Some(Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM),
     ];

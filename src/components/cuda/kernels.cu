@@ -16,6 +16,10 @@
 #include <stdint.h>
 // A kernel's dynamic shared memory (its size set at launch).
 #define AP_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
+// Checked under emulation only: a shared-memory access of `bytes` at `p` is aligned and in bounds.
+#define AP_CHECK_SHARED(p, bytes)
+// Checked under emulation only: `p` is aligned to `bytes`.
+#define AP_CHECK_ALIGNED(p, bytes)
 #endif
 
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -267,6 +271,7 @@ __device__ __forceinline__ void load_tile_async(T *dst, const T *src, uint32_t r
 }
 
 template <typename T> __device__ __forceinline__ uint32_t lds2(const T *p) {
+  AP_CHECK_SHARED(p, 4);
   return *reinterpret_cast<const uint32_t *>(p);
 }
 
@@ -403,6 +408,7 @@ __device__ void attention(const T *q, const T *k, const T *v, T *o, uint32_t hea
     for (int n = 0; n < NT; ++n) {
       const uint32_t col = 8 * n + 2 * t;
       if (col < d) {
+        AP_CHECK_ALIGNED(ob + (size_t)row * o_stride + col, 4);
         *reinterpret_cast<uint32_t *>(ob + (size_t)row * o_stride + col) =
             pack2(from_f<T>(acc[n][2 * r] * l[r]), from_f<T>(acc[n][2 * r + 1] * l[r]));
       }
