@@ -342,7 +342,7 @@ typedef struct ap_run_params {
    * Which torch generator `seed` is for: NULL or "cpu" (default) = `torch.Generator("cpu")`, as
    * diffusers' examples use; "cuda" = `torch.Generator("cuda")`, so seeds run on a GPU with diffusers
    * reproduce (draws on a CUDA device are bit-exact, on the CPU within 2.5e-6). Tensors over 256 × the
-   * GPU's launch limit depend on the GPU: "cuda:SMS[:THREADS_PER_SM]" names the one to imitate
+   * GPU's launch limit depend on the GPU: `"cuda:SMS[:THREADS_PER_SM]"` names the one to imitate
    * (default: the device the pipeline runs on, else an H100's 132:2048).
    */
   const char *rng;
@@ -720,7 +720,7 @@ void ap_job_free(struct ap_job *job);
  * Draws `count` tensors in a row from one generator seeded with `seed`, as
  * `g = torch.Generator(rng).manual_seed(seed); [torch.randn(n, generator=g) for n in sizes]` (float32)
  * does, writing them one after another into `out`, which must hold `sizes[0] + … + sizes[count - 1]`
- * floats. `rng`: NULL or "cpu", "cuda", "cuda:SMS[:THREADS_PER_SM]" (see `ap_run_params.rng`).
+ * floats. `rng`: NULL or "cpu", "cuda", `"cuda:SMS[:THREADS_PER_SM]"` (see `ap_run_params.rng`).
  * `device`: NULL or "cpu" computes on the host; "cuda" / "cuda:N" draws on that GPU (bit-exact for the
  * "cuda" generator; needs a CUDA build). Every draw matches torch's for the same shape with that many
  * elements: the shape itself does not matter.

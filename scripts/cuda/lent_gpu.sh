@@ -11,7 +11,8 @@
 #
 # then run `scripts/cuda/lent_gpu.sh [section ...]` there with `.gpu` carried (sections of
 # device_check.py; none: all). Results land in $OUT/results.tgz (one file: the device tool brings back
-# at most eight), the combined log in $OUT/all.log. Order: kernel tests, benchmark, A/B, device check,
+# at most eight; inside: kernel_tests.log, gpu_bench.txt and the benchmark's files, ab.txt,
+# device_check.log and the check's files). Order: kernel tests, benchmark, A/B, device check,
 # all within AP_TOTAL_SECONDS.
 #
 # Time limits (seconds): AP_TEST_SECONDS (kernel tests, 60), AP_BENCH_SECONDS (benchmark, 270; 0 skips

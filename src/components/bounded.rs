@@ -6,10 +6,10 @@
 //! times the input for a 3×3 kernel (its CPU `conv2d` is direct). The VAE decoder at full resolution makes that
 //! the largest allocation of a run (SDXL at 1024², float32 VAE: a 256-channel convolution's columns are
 //! 9.7 GB), where PyTorch's cuDNN needs a bounded workspace. [`conv2d`] splits such a convolution into
-//! bands of output rows whose columns fit [`BAND_BYTES`], and writes each band (bias, per-channel add and
+//! bands of output rows whose columns fit `BAND_BYTES`, and writes each band (bias, per-channel add and
 //! residual included) into the output as it is made. `candle_nn::GroupNorm` keeps four to five
 //! full-size float32 temporaries alive; [`group_norm`] holds one band of them
-//! ([`GROUP_NORM_BAND_BYTES`]).
+//! (`GROUP_NORM_BAND_BYTES`).
 //!
 //! Below the bound both fall through to the single-op form, so the UNet at the published sizes runs
 //! exactly what it ran before; splitting changes no value beyond float noise (each output row is the
@@ -27,7 +27,7 @@ pub(crate) const BAND_BYTES: usize = 256 << 20;
 /// the largest UNet feature map at the published sizes (SDXL at 1024², CFG: 42 MB) stays below.
 pub(crate) const GROUP_NORM_BAND_BYTES: usize = 64 << 20;
 
-/// The band bound for a [`conv2d`] of `xs`: [`BAND_BYTES`], except on the CPU, where candle's `conv2d`
+/// The band bound for a [`conv2d`] of `xs`: `BAND_BYTES` (256 MiB), except on the CPU, where candle's `conv2d`
 /// is direct (no column matrix to bound; measured on the SD 1.5 VAE decoder at 512² in f16: splitting
 /// only added its copies).
 pub fn conv_band_bytes(xs: &Tensor) -> usize {

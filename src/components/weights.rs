@@ -16,7 +16,7 @@
 //!
 //! Deferred weights are packed straight from the page cache through a mapping of each tensor's bytes,
 //! unmapped once packed so the file's pages do not stay in this process's resident set next to the
-//! packed copy ([`super::tensor_file`]). Before mapping, the file's length is checked, so a file cut
+//! packed copy (`tensor_file`). Before mapping, the file's length is checked, so a file cut
 //! short since the load fails the run with an I/O error; one cut *while* a tensor is packed can still
 //! kill the process (SIGBUS), and one rewritten in place gives wrong weights, which is why the files
 //! must stay unchanged while a model built from them lives, as diffusers' mapped weights must.

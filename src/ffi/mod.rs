@@ -1,5 +1,5 @@
 //! The C ABI: the only place with `extern "C"` and raw pointers. Every function null-checks its
-//! arguments, converts them in one place (`convert`), runs inside [`guard`] so no panic crosses the
+//! arguments, converts them in one place (`convert`), runs inside `guard` so no panic crosses the
 //! boundary, and returns an `ap_status` with details in the thread-local `ap_last_error()`.
 
 mod api;

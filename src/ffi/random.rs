@@ -9,7 +9,7 @@ use std::ffi::c_char;
 /// Draws `count` tensors in a row from one generator seeded with `seed`, as
 /// `g = torch.Generator(rng).manual_seed(seed); [torch.randn(n, generator=g) for n in sizes]` (float32)
 /// does, writing them one after another into `out`, which must hold `sizes[0] + … + sizes[count - 1]`
-/// floats. `rng`: NULL or "cpu", "cuda", "cuda:SMS[:THREADS_PER_SM]" (see `ap_run_params.rng`).
+/// floats. `rng`: NULL or "cpu", "cuda", `"cuda:SMS[:THREADS_PER_SM]"` (see `ap_run_params.rng`).
 /// `device`: NULL or "cpu" computes on the host; "cuda" / "cuda:N" draws on that GPU (bit-exact for the
 /// "cuda" generator; needs a CUDA build). Every draw matches torch's for the same shape with that many
 /// elements: the shape itself does not matter.

@@ -161,7 +161,7 @@ pub struct ap_run_params {
     /// Which torch generator `seed` is for: NULL or "cpu" (default) = `torch.Generator("cpu")`, as
     /// diffusers' examples use; "cuda" = `torch.Generator("cuda")`, so seeds run on a GPU with diffusers
     /// reproduce (draws on a CUDA device are bit-exact, on the CPU within 2.5e-6). Tensors over 256 × the
-    /// GPU's launch limit depend on the GPU: "cuda:SMS[:THREADS_PER_SM]" names the one to imitate
+    /// GPU's launch limit depend on the GPU: `"cuda:SMS[:THREADS_PER_SM]"` names the one to imitate
     /// (default: the device the pipeline runs on, else an H100's 132:2048).
     pub rng: *const c_char,
 }

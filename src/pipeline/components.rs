@@ -24,7 +24,7 @@ pub struct TextEncoder {
 /// Every model of a checkpoint. The models are immutable once loaded, so runs on any number of pipelines
 /// and threads may use them at once; the scheduler config is the one shared, mutable piece, as in
 /// diffusers, where pipeline constructors patch the shared scheduler's config (see
-/// [`super::config::patch_legacy_scheduler`]).
+/// `config::patch_legacy_scheduler`).
 #[derive(Debug)]
 pub struct Components {
     pub text_encoder: TextEncoder,

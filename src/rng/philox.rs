@@ -22,7 +22,7 @@
 //! is within an ulp, not correctly rounded). The host uses correctly rounded functions in their place:
 //! measured against torch on an H100, a fifth of the normals are bit-exact and the rest within 2.5e-6
 //! (`tests/rng_cuda.rs`). Builds with the `cuda` feature that run on a GPU draw through
-//! [`super::cuda_kernel`], which runs cuRAND's own code and matches torch bit for bit.
+//! `cuda_kernel`, which runs cuRAND's own code and matches torch bit for bit.
 //!
 //! The grid depends on the GPU (its multiprocessor count and threads per multiprocessor); tensors of at
 //! most `256 × max_blocks` elements come out the same on every GPU, larger ones only on GPUs with the same

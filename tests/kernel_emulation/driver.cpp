@@ -215,7 +215,7 @@ void check_elementwise() {
 }  // namespace
 
 int main() {
-  ap_emu::late_copies = std::getenv("AP_EMU_LATE_COPIES") != nullptr;
+  ap_emu::late_copies = std::getenv("AP_EMU_LATE_COPIES") != nullptr;  // any value
   std::printf("cp.async copies land %s\n", ap_emu::late_copies ? "at the latest wait" : "at once");
 
   // (b, lq, lk, heads, d): SD 1.5 heads (40, 80, 160), SDXL's (64), cross attention over 77 tokens,

@@ -107,7 +107,7 @@ pub fn conv2d(
     conv2d_columns(xs, weight, shape, add, band_bytes)
 }
 
-/// [`conv2d`] through cuDNN, whatever the kernel settings (see [`super::cudnn`]); an error where cuDNN
+/// [`conv2d`] through cuDNN, whatever the kernel settings (see `cudnn.rs`); an error where cuDNN
 /// declines the convolution.
 #[cfg(feature = "cudnn")]
 pub fn conv2d_cudnn(xs: &Tensor, weight: &Tensor, shape: ConvShape, add: ConvAdd<'_>) -> Result<Tensor> {

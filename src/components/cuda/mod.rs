@@ -6,9 +6,10 @@
 //!
 //! Measured on an H100 before them (bench/README.md): candle's im2col, broadcast adds, softmax and
 //! group-norm pieces were over half of a UNet step's GPU time, the matmuls a tenth. Each kernel computes
-//! in f32 and rounds its output once. `AP_CUDA_KERNELS=0` turns them all off (candle's kernels then run
-//! everywhere), `AP_CUDA_KERNELS=conv,norm` (names from [`KERNELS`]) only those on, `all` adds the ones
-//! measured slower than what they replace ([`enabled`]), for comparisons.
+//! in f32 and rounds its output once (attention also its probabilities, as the product takes them).
+//! `AP_CUDA_KERNELS=0` turns them all off (candle's kernels then run everywhere),
+//! `AP_CUDA_KERNELS=conv,norm` (names from [`KERNELS`]) only those on, `all` adds those in
+//! `OFF_BY_DEFAULT` ([`enabled`]), for comparisons.
 
 mod attention;
 mod conv;
@@ -43,7 +44,7 @@ pub const KERNELS: [&str; 6] = ["conv", "add", "geglu", "norm", "attention", "cu
 const OFF_BY_DEFAULT: [&str; 1] = ["attention"];
 
 /// Whether our kernel `name` (one of [`KERNELS`]) is on. `AP_CUDA_KERNELS` unset, empty or `1`: all
-/// but [`OFF_BY_DEFAULT`]; `all`: all; `0`: none; a comma-separated list of names: those alone (read
+/// but `OFF_BY_DEFAULT`; `all`: all; `0`: none; a comma-separated list of names: those alone (read
 /// once).
 pub fn enabled(name: &str) -> bool {
     static ON: OnceLock<Vec<&'static str>> = OnceLock::new();
