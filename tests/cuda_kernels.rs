@@ -293,5 +293,27 @@ fn attention_matches_candle() {
         let got = cuda::attention(&q, &k, &v, heads).unwrap().unwrap();
         let e = rel_err(&got, &attention_f32(&q, &k, &v, heads));
         assert!(e <= tol(dtype), "{dtype:?} offset 3: {e}");
+
+        // Column views of one fused projection's output, as the transformer blocks pass them (read in
+        // place, rows 3·inner or 2·inner apart), and views whose row stride is not a multiple of 8
+        // (copied first).
+        let (b, l, lk, heads, d) = (2, 300, 77, 8, 40);
+        let inner = heads * d;
+        let cols = |t: &Tensor, i: usize| t.narrow(2, i * inner, inner).unwrap();
+        let qkv = randn(&dev, &[b, l, 3 * inner], dtype);
+        let (q, k, v) = (cols(&qkv, 0), cols(&qkv, 1), cols(&qkv, 2));
+        let got = cuda::attention(&q, &k, &v, heads).unwrap().unwrap();
+        let e = rel_err(&got, &attention_f32(&q, &k, &v, heads));
+        assert!(e <= tol(dtype), "{dtype:?} fused qkv: {e}");
+        let kv = randn(&dev, &[b, lk, 2 * inner], dtype);
+        let (k, v) = (cols(&kv, 0), cols(&kv, 1));
+        let got = cuda::attention(&q, &k, &v, heads).unwrap().unwrap();
+        let e = rel_err(&got, &attention_f32(&q, &k, &v, heads));
+        assert!(e <= tol(dtype), "{dtype:?} fused kv: {e}");
+        let odd = randn(&dev, &[b, lk, inner + 4], dtype);
+        let k = odd.narrow(2, 4, inner).unwrap();
+        let got = cuda::attention(&q, &k, &v, heads).unwrap().unwrap();
+        let e = rel_err(&got, &attention_f32(&q, &k, &v, heads));
+        assert!(e <= tol(dtype), "{dtype:?} row stride {}: {e}", inner + 4);
     }
 }

@@ -214,6 +214,30 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: Weights) -> Result<Line
     Linear::new(in_dim, out_dim, false, vb)
 }
 
+/// One bias-free [`Linear`] for several that read the same input: the weight `name` of each of `parts`
+/// (`(out, in_dim)` under its `Weights`) stacked into `(Σ out, in_dim)`, so one matmul writes their
+/// outputs side by side in each row (narrow the last dimension to take them apart). `None` where the
+/// weights are packed for our float32 CPU kernels, which take them apart. The parts are read now and
+/// dropped once stacked: the model holds the stacked copy alone.
+pub fn linear_stacked_no_bias(
+    in_dim: usize,
+    parts: &[(usize, Weights)],
+    name: &str,
+) -> Result<Option<Linear>> {
+    if parts.iter().any(|(_, vb)| vb.packs()) {
+        return Ok(None);
+    }
+    let weights = parts
+        .iter()
+        .map(|(out, vb)| vb.get((*out, in_dim), name))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(Linear {
+        weight: Weight::ready(Tensor::cat(&weights, 0)?),
+        bias: None,
+        packed: false,
+    }))
+}
+
 /// `(out, in)` → `(in, out)`, the layout [`cpu::linear`] takes.
 fn pack_linear(w: &[f32], shape: &[usize]) -> Result<Tensor> {
     let &[o, i] = shape else {

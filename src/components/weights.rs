@@ -425,12 +425,17 @@ impl Weights {
         self.vb.get(s, name)
     }
 
+    /// Whether [`Weights::packed`] defers and packs weights: a model computing in float32 on the CPU.
+    pub fn packs(&self) -> bool {
+        self.device().is_cpu() && self.dtype() == DType::F32
+    }
+
     /// Tensor `name` of shape `shape`, laid out by `pack` for a float32 CPU kernel (or kept as stored,
     /// for a table such as an embedding's): deferred when
     /// this model computes in float32 on the CPU (checked against the header now), otherwise read now
     /// and returned as stored (the caller runs candle's ops on it); the flag says which.
     pub fn packed(&self, shape: &[usize], name: &str, pack: Pack) -> candle_core::Result<(Weight, bool)> {
-        if !(self.device().is_cpu() && self.dtype() == DType::F32) {
+        if !self.packs() {
             return Ok((Weight::ready(self.get(shape, name)?), false));
         }
         let full = match self.vb.prefix() {

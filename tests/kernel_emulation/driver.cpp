@@ -1,6 +1,6 @@
 // Runs kernels of src/components/cuda/kernels.cu on the CPU under emulation.h and checks them against
 // plain double-precision references: attention (f16, bf16; every head size the models use, partial
-// tiles, one and many key tiles), the convolution columns (each compile-time specialisation and the
+// tiles, one and many key tiles, inputs apart or as views of fused projections), the convolution columns (each compile-time specialisation and the
 // generic kernel), group norm's three passes, GEGLU and the adds. Prints one line per case; exits 1 if any case is off. Built and run by
 // tests/kernel_emulation.rs (`AP_EMU_LATE_COPIES=1` makes cp.async copies land as late as allowed).
 #include "emulation.h"
@@ -56,47 +56,84 @@ template <typename T> AttentionKernel attention_kernel(int nf);
 AP_NF_TABLE(f16, __half)
 AP_NF_TABLE(bf16, __nv_bfloat16)
 
+// How q, k and v lie in memory: each in its own (B, L, H·D) buffer, or as column blocks of one fused
+// projection's output (src/components/transformer.rs): self-attention's q | k | v in rows of 3·H·D,
+// cross-attention's k | v in rows of 2·H·D next to a separate q.
+enum class Layout { Apart, Qkv, Kv };
+
 // softmax(q·kᵀ/√d)·v per head, in double from the rounded inputs, against the kernel launched as
 // src/components/cuda/attention.rs launches it (64 query rows per block, one (image, head) per grid row,
-// 128 threads, shared memory for the query tile and two key and two value tiles).
+// 128 threads, shared memory for the query tile and two key and two value tiles, row strides of the
+// layout).
 template <typename T>
-void check_attention(const char *type, uint32_t b, uint32_t lq, uint32_t lk, uint32_t heads, uint32_t d, double tol) {
+void check_attention(const char *type, uint32_t b, uint32_t lq, uint32_t lk, uint32_t heads, uint32_t d, double tol,
+                     Layout layout = Layout::Apart) {
   const uint32_t inner = heads * d, nf = (d + 15) / 16;
-  auto q = random_values<T>((size_t)b * lq * inner, 2.0f);
-  auto k = random_values<T>((size_t)b * lk * inner, 2.0f);
-  auto v = random_values<T>((size_t)b * lk * inner, 1.0f);
+  if (layout == Layout::Qkv) lk = lq;  // self-attention
+  const uint32_t q_row = layout == Layout::Qkv ? 3 * inner : inner;
+  const uint32_t kv_row = layout == Layout::Qkv ? 3 * inner : layout == Layout::Kv ? 2 * inner : inner;
+    std::vector<T> q_buf((size_t)b * lq * q_row), kv_buf, k_buf, v_buf;
+  const T *q = q_buf.data(), *k, *v;
+  if (layout == Layout::Qkv) {
+    k = q + inner;
+    v = q + 2 * inner;
+  } else if (layout == Layout::Kv) {
+    kv_buf.resize((size_t)b * lk * kv_row);
+    k = kv_buf.data();
+    v = k + inner;
+  } else {
+    k_buf.resize((size_t)b * lk * inner);
+    v_buf.resize((size_t)b * lk * inner);
+    k = k_buf.data();
+    v = v_buf.data();
+  }
+  // Element c of row r (of all images) of a view with row stride `row`.
+  auto at = [](const T *base, uint32_t row, size_t r, uint32_t c) -> T & {
+    return const_cast<T *>(base)[r * row + c];
+  };
+  for (size_t r = 0; r < (size_t)b * lq; ++r)
+    for (uint32_t c = 0; c < inner; ++c) at(q, q_row, r, c) = round_to<T>(uniform() * 2.0f);
+  for (size_t r = 0; r < (size_t)b * lk; ++r)
+    for (uint32_t c = 0; c < inner; ++c) {
+      at(k, kv_row, r, c) = round_to<T>(uniform() * 2.0f);
+      at(v, kv_row, r, c) = round_to<T>(uniform());
+    }
   std::vector<T> o((size_t)b * lq * inner, round_to<T>(12345.0f));
   const float scale = 1.0f / std::sqrt((float)d);
   const size_t shared = (size_t)(ATT_BR + 4 * ATT_BC) * (nf * 16 + 8) * sizeof(T);
   AttentionKernel kernel = attention_kernel<T>((int)nf);
   ap_emu::launch({(lq + ATT_BR - 1) / ATT_BR, b * heads, 1}, {128, 1, 1}, shared, true, [&] {
-    kernel(q.data(), k.data(), v.data(), o.data(), heads, lq, lk, d, inner, inner, inner, scale);
+    kernel(q, k, v, o.data(), heads, lq, lk, d, q_row, kv_row, inner, scale);
   });
   double max_err = 0, max_ref = 1;
   std::vector<double> p(lk);
   for (uint32_t bi = 0; bi < b; ++bi)
     for (uint32_t h = 0; h < heads; ++h)
       for (uint32_t i = 0; i < lq; ++i) {
-        const size_t qi = ((size_t)bi * lq + i) * inner + h * d;
+        const size_t qr = (size_t)bi * lq + i;
         double m = -INFINITY, sum = 0;
         for (uint32_t j = 0; j < lk; ++j) {
-          const size_t kj = ((size_t)bi * lk + j) * inner + h * d;
+          const size_t kr = (size_t)bi * lk + j;
           double s = 0;
-          for (uint32_t c = 0; c < d; ++c) s += (double)to_f(q[qi + c]) * (double)to_f(k[kj + c]);
+          for (uint32_t c = 0; c < d; ++c)
+            s += (double)to_f(at(q, q_row, qr, h * d + c)) * (double)to_f(at(k, kv_row, kr, h * d + c));
           p[j] = s * scale;
           m = std::max(m, p[j]);
         }
         for (uint32_t j = 0; j < lk; ++j) sum += (p[j] = std::exp(p[j] - m));
         for (uint32_t c = 0; c < d; ++c) {
           double want = 0;
-          for (uint32_t j = 0; j < lk; ++j) want += p[j] * (double)to_f(v[((size_t)bi * lk + j) * inner + h * d + c]);
+          for (uint32_t j = 0; j < lk; ++j) want += p[j] * (double)to_f(at(v, kv_row, (size_t)bi * lk + j, h * d + c));
           want /= sum;
+          const double got = (double)to_f(o[qr * inner + h * d + c]);
           max_ref = std::max(max_ref, std::fabs(want));
-          max_err = std::max(max_err, std::fabs(want - (double)to_f(o[qi + c])));
+          max_err = std::isnan(got) ? INFINITY : std::max(max_err, std::fabs(want - got));
         }
       }
+  static const char *names[] = {"", " fused qkv", " fused kv"};
   char what[160];
-  std::snprintf(what, sizeof what, "attention %s b=%u lq=%u lk=%u heads=%u d=%u", type, b, lq, lk, heads, d);
+  std::snprintf(what, sizeof what, "attention %s b=%u lq=%u lk=%u heads=%u d=%u%s", type, b, lq, lk, heads, d,
+                names[(int)layout]);
   report(what, max_err / max_ref, tol);
 }
 
@@ -227,6 +264,12 @@ int main() {
     check_attention<__half>("f16", cs[0], cs[1], cs[2], cs[3], cs[4], 4e-3);
     check_attention<__nv_bfloat16>("bf16", cs[0], cs[1], cs[2], cs[3], cs[4], 3e-2);
   }
+  // Column views of fused projections (row strides of 3·H·D or 2·H·D), as the UNet's transformer
+  // blocks pass them: SD 1.5's and SDXL's self-attention, cross-attention over 77 tokens, partial tiles.
+  check_attention<__half>("f16", 2, 70, 70, 2, 40, 4e-3, Layout::Qkv);
+  check_attention<__nv_bfloat16>("bf16", 1, 130, 130, 2, 64, 3e-2, Layout::Qkv);
+  check_attention<__half>("f16", 2, 70, 77, 3, 64, 4e-3, Layout::Kv);
+  check_attention<__nv_bfloat16>("bf16", 1, 65, 200, 1, 80, 3e-2, Layout::Kv);
 
   check_im2col("_k3_up1", ap_im2col_t_k3_up1_f32, 2, 3, 9, 7, 1, 3, 1, 1, 0, 9);
   check_im2col("_k3_up1", ap_im2col_t_k3_up1_f32, 1, 2, 11, 6, 1, 3, 2, 1, 1, 3);

@@ -3,10 +3,10 @@
 //! `cp.async` (see `attention` in kernels.cu). Replaces, on CUDA in f16 / bf16, candle's per-head
 //! transposes, score matmul, softmax over the stored L×L scores and value matmul.
 
-use super::{u32_arg, view};
+use super::u32_arg;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 
@@ -67,6 +67,47 @@ impl Attention {
 }
 super::cuda_only_op!(Attention, "ap-attention", 3, cuda);
 
+/// The row stride of a `(b, l, n)` layout whose rows are `n` contiguous values, `stride` apart, and whose
+/// images follow each other (`l·stride` apart): a contiguous tensor (`stride = n`) or a column view of a
+/// wider one, as the q / k / v of one fused projection are. `None` for any other layout.
+fn row_stride(l: &Layout) -> Option<usize> {
+    let (&[_, len, n], &[image, row, one]) = (l.dims(), l.stride()) else {
+        return None;
+    };
+    (one == 1 && row >= n && image == len * row).then_some(row)
+}
+
+/// The row stride of a layout the kernel reads in place: rows as [`row_stride`] takes them, whose start
+/// offset and stride are multiples of 8 values (the kernel copies 16-byte chunks of 8).
+fn aligned_rows(l: &Layout) -> Option<usize> {
+    row_stride(l).filter(|r| r.is_multiple_of(8) && l.start_offset().is_multiple_of(8))
+}
+
+/// Whether the kernel reads these inputs in place (k and v share one stride argument).
+fn kernel_takes(q: &Layout, k: &Layout, v: &Layout) -> bool {
+    aligned_rows(q).is_some() && aligned_rows(k).is_some() && aligned_rows(k) == aligned_rows(v)
+}
+
+/// The values a `(b, l, n)` layout accepted by [`row_stride`] spans in its storage.
+fn rows_view<'a, T: CudaDType + DeviceRepr>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<(CudaView<'a, T>, usize)> {
+    let Some(row) = row_stride(l) else {
+        candle_core::bail!("internal error: {what} passed to the attention kernel is not rows of values")
+    };
+    let &[b, len, n] = l.dims() else {
+        unreachable!("row_stride takes 3 dims")
+    };
+    let span = if b * len == 0 { 0 } else { (b * len - 1) * row + n };
+    let slice = s.as_cuda_slice::<T>()?;
+    let view = slice
+        .try_slice(l.start_offset()..l.start_offset() + span)
+        .ok_or_else(|| super::wrap(what, "layout out of the storage's bounds"))?;
+    Ok((view, row))
+}
+
 fn run<T: CudaDType + DeviceRepr + WithDType>(
     op: &Attention,
     (qs, ql): (&CudaStorage, &Layout),
@@ -74,9 +115,6 @@ fn run<T: CudaDType + DeviceRepr + WithDType>(
     (vs, vl): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
     let dev = qs.device();
-    let q = view::<T>(qs, ql, "attention query")?;
-    let k = view::<T>(ks, kl, "attention key")?;
-    let v = view::<T>(vs, vl, "attention value")?;
     let (&[b, lq, inner], &[bk, lk, inner_k]) = (ql.dims(), kl.dims()) else {
         candle_core::bail!("attention of shapes {:?} and {:?}", ql.shape(), kl.shape())
     };
@@ -90,11 +128,12 @@ fn run<T: CudaDType + DeviceRepr + WithDType>(
     }
     let d = inner / op.heads;
     let nf = d.div_ceil(16);
-    // Values are copied in 16-byte chunks of 8: sizes and offsets in multiples of 8 keep them aligned.
-    let aligned = [ql, kl, vl].iter().all(|l| l.start_offset().is_multiple_of(8));
-    if nf > MAX_NF || !d.is_multiple_of(8) || !aligned || b * op.heads > 65_535 {
+    if nf > MAX_NF || !d.is_multiple_of(8) || !kernel_takes(ql, kl, vl) || b * op.heads > 65_535 {
         candle_core::bail!("attention with {} heads of {d} values over {b} images", op.heads)
     }
+    let (q, q_row) = rows_view::<T>(qs, ql, "attention query")?;
+    let (k, kv_row) = rows_view::<T>(ks, kl, "attention key")?;
+    let (v, _) = rows_view::<T>(vs, vl, "attention value")?;
     let func = super::function(dev, &format!("ap_attention_{}_nf{nf}", T::DTYPE.as_str()))?;
     let smem = shared_bytes(nf);
     func.set_attribute(
@@ -108,8 +147,8 @@ fn run<T: CudaDType + DeviceRepr + WithDType>(
         u32_arg(lq, "query length")?,
         u32_arg(lk, "key length")?,
         u32_arg(d, "head size")?,
-        u32_arg(inner, "query row")?,
-        u32_arg(inner, "key row")?,
+        u32_arg(q_row, "query row")?,
+        u32_arg(kv_row, "key row")?,
         u32_arg(inner, "output row")?,
     ];
     let scale = 1.0 / (d as f32).sqrt();
@@ -129,8 +168,9 @@ fn run<T: CudaDType + DeviceRepr + WithDType>(
         block_dim: (128, 1, 1),
         shared_mem_bytes: smem as u32,
     };
-    // SAFETY: arguments match the kernel's signature; q and out hold b·lq·inner values, k and v
-    // b·lk·inner, all contiguous rows of `inner` (checked by `view`); shared memory as the kernel lays it.
+    // SAFETY: arguments match the kernel's signature; q spans b·lq rows of `q_row` values and k, v b·lk
+    // rows of `kv_row` (the last row `inner` long), out b·lq·inner values (checked by `rows_view`);
+    // shared memory as the kernel lays it.
     unsafe { builder.launch(cfg) }.map_err(|e| super::wrap("attention", e))?;
     Ok((T::wrap_cuda_slice(out, dev.clone()), ql.shape().clone()))
 }
@@ -142,16 +182,23 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Opt
     if !shared_fits(q, shared_bytes(d.div_ceil(16)))? {
         return Ok(None);
     }
-    // Contiguous, starting at a multiple of 8 values (a view into a larger buffer may not: then a
-    // fresh buffer; `Tensor::copy` would keep the view's offset).
+    // Rows the kernel reads in place (contiguous, or column views of one fused projection's output)
+    // are passed as they are; others are copied to a fresh buffer (`contiguous` of a contiguous view
+    // keeps its offset, which may not be a multiple of 8: then `force_contiguous`).
     let prepare = |t: &Tensor| -> Result<Tensor> {
+        if aligned_rows(t.layout()).is_some() {
+            return Ok(t.clone());
+        }
         let t = t.contiguous()?;
-        if t.layout().start_offset().is_multiple_of(8) {
+        if aligned_rows(t.layout()).is_some() {
             Ok(t)
         } else {
             t.force_contiguous()
         }
     };
-    let (q, k, v) = (prepare(q)?, prepare(k)?, prepare(v)?);
+    let (q, mut k, mut v) = (prepare(q)?, prepare(k)?, prepare(v)?);
+    if aligned_rows(k.layout()) != aligned_rows(v.layout()) {
+        (k, v) = (k.force_contiguous()?, v.force_contiguous()?);
+    }
     q.apply_op3_no_bwd(&k, &v, &Attention { heads }).map(Some)
 }
