@@ -6,6 +6,8 @@
 #   AP_CUDA_TESTS=1 scripts/cuda/build.sh 90 --features cudnn   # target-cuda/release/{libautopipeline.so,cuda_kernels}
 #   mkdir -p .gpu/whl && xz -T2 -c target-cuda/release/libautopipeline.so > .gpu/libautopipeline.so.xz
 #   xz -T2 -c target-cuda/release/cuda_kernels > .gpu/cuda_kernels.xz
+#   scripts/cuda/build.sh 90   # optional fallback without cuDNN, used if the cudnn build cannot load:
+#   xz -T2 -c target-cuda/release/libautopipeline.so > .gpu/libautopipeline-nocudnn.so.xz
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux2014_x86_64 -d .gpu/whl diffusers==0.42.1 importlib_metadata
 #
@@ -33,6 +35,16 @@ export PYTHONPATH=/tmp/ap/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 libs=$(python3 -c "import glob,os,site;print(':'.join(sorted({os.path.dirname(p) for sp in site.getsitepackages() for p in glob.glob(os.path.join(sp,'nvidia','**','lib*.so*'),recursive=True)})))")
 pack() { tar czf "$out/results.tgz" -C "$res" . ; }
 trap pack EXIT
+# A cudnn build needs the machine's libcudnn.so.9 (PyTorch's nvidia-cudnn wheel, on $libs): if it
+# cannot load, run the build without cuDNN carried next to it rather than lose the call.
+if ! LD_LIBRARY_PATH="$libs" python3 -c 'import ctypes,sys; ctypes.CDLL(sys.argv[1])' /tmp/ap/libautopipeline.so \
+    > "$res/library_load.log" 2>&1; then
+  cat "$res/library_load.log"
+  if [ -f .gpu/libautopipeline-nocudnn.so.xz ]; then
+    echo "the library does not load (above): using .gpu/libautopipeline-nocudnn.so.xz" | tee -a "$res/library_load.log"
+    xz -dc .gpu/libautopipeline-nocudnn.so.xz > /tmp/ap/libautopipeline.so
+  fi
+fi
 # One deadline for the whole call, counted from the script's start (AP_TOTAL_SECONDS, default 540: the
 # device tool stops a command at its timeout_s, at most 600 s, and returns only what is under $OUT by
 # then; set it below the call's timeout_s), so each phase's limit is the smaller of its own and what is
