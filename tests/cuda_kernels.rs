@@ -63,16 +63,20 @@ fn kernel_settings() {
 /// A convolution path under test: our columns, or cuDNN in `cudnn` builds.
 type ConvPath = fn(&Tensor, &Tensor, ConvShape, ConvAdd<'_>, usize) -> candle_core::Result<Tensor>;
 
-fn conv_paths() -> Vec<(&'static str, ConvPath)> {
-    vec![
-        ("columns", cuda::conv2d_columns as ConvPath),
-        #[cfg(feature = "cudnn")]
-        ("cudnn", |x, w, s, a, _| cuda::conv2d_cudnn(x, w, s, a)),
-    ]
+// One test per path, so that scripts/cuda/lent_gpu.sh, which runs each test in its own process, can
+// tell which path failed.
+#[test]
+fn convolution_columns_match_candle() {
+    convolution_matches_candle("columns", cuda::conv2d_columns);
 }
 
+#[cfg(feature = "cudnn")]
 #[test]
-fn convolution_matches_candle() {
+fn convolution_cudnn_matches_candle() {
+    convolution_matches_candle("cudnn", |x, w, s, a, _| cuda::conv2d_cudnn(x, w, s, a));
+}
+
+fn convolution_matches_candle(name: &str, conv: ConvPath) {
     let Some(dev) = gpu() else { return };
     // (b, c_in, c_out, h, w, kernel, stride, padding, up, band bytes): the specialised 3×3 (×1, ×2
     // upsampling) and 1×1 columns, the generic ones (2×2, ×3), pointwise without columns, bands.
@@ -124,13 +128,11 @@ fn convolution_matches_candle() {
                 channel: Some(&chan),
                 residual: Some(&res),
             };
-            for (name, conv) in conv_paths() {
-                let plain = conv(&x, &wt, shape, ConvAdd::default(), band).unwrap();
-                let fused = conv(&x, &wt, shape, add, band).unwrap();
-                let case = format!("{name} {dtype:?} {:?}", (b, ci, co, h, w, k, s, p, up, band));
-                let (e1, e2) = (rel_err(&plain, &reference), rel_err(&fused, &with_adds));
-                assert!(e1 <= tol(dtype) && e2 <= tol(dtype), "{case}: {e1} / {e2}");
-            }
+            let plain = conv(&x, &wt, shape, ConvAdd::default(), band).unwrap();
+            let fused = conv(&x, &wt, shape, add, band).unwrap();
+            let case = format!("{name} {dtype:?} {:?}", (b, ci, co, h, w, k, s, p, up, band));
+            let (e1, e2) = (rel_err(&plain, &reference), rel_err(&fused, &with_adds));
+            assert!(e1 <= tol(dtype) && e2 <= tol(dtype), "{case}: {e1} / {e2}");
         }
     }
 }

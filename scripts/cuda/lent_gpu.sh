@@ -15,9 +15,11 @@
 # device_check.py; none: all). Results land in $OUT/results.tgz (one file: the device tool brings back
 # at most eight; inside: kernel_tests.log, gpu_bench.txt and the benchmark's files, ab.txt,
 # device_check.log and the check's files). Order: kernel tests, benchmark, A/B, device check,
-# all within AP_TOTAL_SECONDS.
+# all within AP_TOTAL_SECONDS. Each kernel test runs in its own process; a kernel whose test fails is
+# left out of every later phase's AP_CUDA_KERNELS (kernel_tests.log says which), so that one broken
+# kernel does not fail the device check's every case and hide whether the others are right.
 #
-# Time limits (seconds): AP_TEST_SECONDS (kernel tests, 60), AP_BENCH_SECONDS (benchmark, 270; 0 skips
+# Time limits (seconds): AP_TEST_SECONDS (kernel tests, 90), AP_BENCH_SECONDS (benchmark, 270; 0 skips
 # it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (each A/B run, 60). AP_AB lists
 # AP_CUDA_KERNELS settings to measure our side under after the benchmark (default
 # "conv,add,geglu,norm all": our kernels with our im2col convolutions instead of cuDNN's, then all,
@@ -57,16 +59,58 @@ limit() {
 # timeout that also kills (10 s after the TERM) what ignores the TERM, e.g. a process stuck in the driver.
 tmo() { timeout -k 10 "$@"; }
 
+failed=""  # our kernels whose test failed there, left out of every later phase's setting
 if [ -f .gpu/cuda_kernels.xz ]; then
   xz -dc .gpu/cuda_kernels.xz > /tmp/ap/cuda_kernels && chmod +x /tmp/ap/cuda_kernels
   echo "== kernel tests"
-  LD_LIBRARY_PATH="$libs" tmo "$(limit "${AP_TEST_SECONDS:-60}")" /tmp/ap/cuda_kernels --test-threads 1 2>&1 \
-    | tee "$res/kernel_tests.log"
+  # Each test in its own process: a kernel that faults leaves a sticky error in its CUDA context,
+  # which would fail every later test of the same process and hide which kernel it was.
+  phase_end=$(( $(date +%s) + ${AP_TEST_SECONDS:-90} ))
+  tests=$(LD_LIBRARY_PATH="$libs" /tmp/ap/cuda_kernels --list 2>"$res/kernel_tests.log" | sed -n 's/: test$//p')
+  for t in $tests; do
+    left=$(( phase_end - $(date +%s) ))
+    if [ "$left" -lt 1 ]; then
+      echo "test $t ... not run (AP_TEST_SECONDS spent)"
+    else
+      log=$(LD_LIBRARY_PATH="$libs" tmo "$(limit "$left")" /tmp/ap/cuda_kernels --exact "$t" --test-threads 1 2>&1)
+      rc=$?
+      echo "$log"
+      # A process killed by the limit or a crash prints no result line of its own.
+      grep -q "^test $t \.\.\. " <<< "$log" || echo "test $t ... FAILED (no result: exit status $rc, 124 = timed out)"
+    fi
+  done | tee -a "$res/kernel_tests.log"
+  [ -n "$tests" ] || cat "$res/kernel_tests.log"  # the binary did not start: why
+  # A kernel fails if its test failed (a timeout counts: a hung kernel); a test not run for lack of time,
+  # or not listed (the binary did not start, or a build without cudnn), fails nothing.
+  for pair in conv:convolution_columns_match_candle cudnn:convolution_cudnn_matches_candle add:adds_match_candle \
+      geglu:geglu_matches_candle norm:group_norm_matches_candle attention:attention_matches_candle; do
+    name=${pair#*:}
+    if grep -q "^test $name \.\.\. FAILED" "$res/kernel_tests.log"; then
+      failed="$failed ${pair%%:*}"
+    fi
+  done
+  [ -z "$failed" ] || echo "failed kernels, off from here on:$failed" | tee -a "$res/kernel_tests.log"
   pack
 fi
+# An AP_CUDA_KERNELS setting less the failed kernels ("all" and the default spelled out as
+# src/components/cuda/mod.rs defines them in KERNELS and OFF_BY_DEFAULT: keep in step; "0" if none is
+# left).
+without_failed() {
+  local s=$1 out="" k
+  [ -z "$failed" ] && { echo "$s"; return; }
+  case "$s" in
+    all) s=conv,add,geglu,norm,attention,cudnn ;;
+    "" | 1) s=conv,add,geglu,norm,cudnn ;;
+  esac
+  for k in ${s//,/ }; do
+    case " $failed " in *" $k "*) ;; *) out=$out${out:+,}$k ;; esac
+  done
+  echo "${out:-0}"
+}
 if [ "${AP_BENCH_SECONDS:-270}" != 0 ]; then
   echo "== benchmark"
-  tmo "$(limit "${AP_BENCH_SECONDS:-270}")" bench/gpu.sh /tmp/ap/libautopipeline.so "$res" 2>&1 | tee "$res/gpu_bench.txt"
+  AP_CUDA_KERNELS=$(without_failed "${AP_CUDA_KERNELS:-}") tmo "$(limit "${AP_BENCH_SECONDS:-270}")" \
+    bench/gpu.sh /tmp/ap/libautopipeline.so "$res" 2>&1 | tee "$res/gpu_bench.txt"
   pack
 fi
 # The A/B: our side alone under each AP_CUDA_KERNELS setting, per architecture the benchmark wrote.
@@ -75,6 +119,7 @@ for arch_size in ${AP_AB_ARCHS:-sd15:512 sdxl:1024}; do
   [ -d "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" ] || continue
   echo "== A/B of our kernels, $arch ${size}²"
   for setting in ${AP_AB:-conv,add,geglu,norm all}; do
+    setting=$(without_failed "$setting")
     [ "$(limit 30)" -ge 30 ] || { echo "(no time left for $arch $setting)"; continue; }
     row=$(AP_CUDA_KERNELS="$setting" LD_LIBRARY_PATH="$libs" AUTOPIPELINE_LIBRARY=/tmp/ap/libautopipeline.so \
       tmo "$(limit "${AP_AB_SECONDS:-60}")" python3 bench/gpu.py measure ours "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" "$size" 2>/dev/null | tail -n1)
@@ -85,7 +130,7 @@ done
 echo "== device check"
 # AP_CHECK_KERNELS=all checks the kernels that are off by default end to end too. It gets what is left.
 if [ "$(limit 30)" -ge 30 ]; then
-  AP_CUDA_KERNELS=${AP_CHECK_KERNELS:-${AP_CUDA_KERNELS:-}} tmo "$(limit "${AP_CHECK_SECONDS:-240}")" \
+  AP_CUDA_KERNELS=$(without_failed "${AP_CHECK_KERNELS:-${AP_CUDA_KERNELS:-}}") tmo "$(limit "${AP_CHECK_SECONDS:-240}")" \
     scripts/cuda/device_check.sh /tmp/ap/libautopipeline.so "$res" "$@" > "$res/device_check.log" 2>&1
   grep -E "^==|^   \(" "$res/device_check.log"
 else
