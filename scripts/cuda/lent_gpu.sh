@@ -22,9 +22,10 @@
 # Time limits (seconds): AP_TEST_SECONDS (kernel tests, 90), AP_BENCH_SECONDS (benchmark, 270; 0 skips
 # it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (each A/B run, 60). AP_AB lists
 # AP_CUDA_KERNELS settings to measure our side under after the benchmark (default
-# "conv,add,geglu,norm all": our kernels with our im2col convolutions instead of cuDNN's, then all,
-# attention included), for each of AP_AB_ARCHS (default "sd15:512 sdxl:1024"). The benchmark's own
-# "ours" row is the default setting (in a `cudnn` build: cuDNN convolutions, candle's attention).
+# "conv,add,geglu,norm conv,add,geglu,norm,cudnn,attention all": our kernels with our im2col
+# convolutions instead of cuDNN's; then cuDNN's and our attention; then all, adding the UNet step as a
+# CUDA graph), for each of AP_AB_ARCHS (default "sd15:512 sdxl:1024"). The benchmark's own "ours" row
+# is the default setting (in a `cudnn` build: cuDNN convolutions, candle's attention, no graph).
 set -uo pipefail
 started=$(date +%s)
 cd "$(dirname "$0")/../.."
@@ -83,7 +84,8 @@ if [ -f .gpu/cuda_kernels.xz ]; then
   # A kernel fails if its test failed (a timeout counts: a hung kernel); a test not run for lack of time,
   # or not listed (the binary did not start, or a build without cudnn), fails nothing.
   for pair in conv:convolution_columns_match_candle cudnn:convolution_cudnn_matches_candle add:adds_match_candle \
-      geglu:geglu_matches_candle norm:group_norm_matches_candle attention:attention_matches_candle; do
+      geglu:geglu_matches_candle norm:group_norm_matches_candle attention:attention_matches_candle \
+      graph:graph_replay_matches_eager; do
     name=${pair#*:}
     if grep -q "^test $name \.\.\. FAILED" "$res/kernel_tests.log"; then
       failed="$failed ${pair%%:*}"
@@ -99,7 +101,7 @@ without_failed() {
   local s=$1 out="" k
   [ -z "$failed" ] && { echo "$s"; return; }
   case "$s" in
-    all) s=conv,add,geglu,norm,attention,cudnn ;;
+    all) s=conv,add,geglu,norm,attention,cudnn,graph ;;
     "" | 1) s=conv,add,geglu,norm,cudnn ;;
   esac
   for k in ${s//,/ }; do
@@ -118,7 +120,7 @@ for arch_size in ${AP_AB_ARCHS:-sd15:512 sdxl:1024}; do
   arch=${arch_size%%:*} size=${arch_size##*:}
   [ -d "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" ] || continue
   echo "== A/B of our kernels, $arch ${size}²"
-  for setting in ${AP_AB:-conv,add,geglu,norm all}; do
+  for setting in ${AP_AB:-conv,add,geglu,norm conv,add,geglu,norm,cudnn,attention all}; do
     setting=$(without_failed "$setting")
     [ "$(limit 30)" -ge 30 ] || { echo "(no time left for $arch $setting)"; continue; }
     row=$(AP_CUDA_KERNELS="$setting" LD_LIBRARY_PATH="$libs" AUTOPIPELINE_LIBRARY=/tmp/ap/libautopipeline.so \

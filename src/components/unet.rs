@@ -255,6 +255,27 @@ impl UNet2DConditionModel {
         context: &Tensor,
         added: Option<&AddedCond>,
     ) -> Result<Tensor> {
+        let t = Tensor::full(timestep as f32, sample.dim(0)?, sample.device())?;
+        self.forward_t(sample, &t, context, added)
+    }
+
+    /// [`UNet2DConditionModel::forward`] with the timestep as a float32 `(batch,)` tensor on the
+    /// sample's device: no host value enters the computation, so it can be captured once as a CUDA
+    /// graph and replayed with new values in the same buffers (`cuda::graph`).
+    pub fn forward_t(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        added: Option<&AddedCond>,
+    ) -> Result<Tensor> {
+        let batch = sample.dim(0)?;
+        if timesteps.dims() != [batch] {
+            candle_core::bail!(
+                "UNet timesteps of shape {:?} for a batch of {batch}",
+                timesteps.dims()
+            )
+        }
         let dtype = self.dtype();
         if sample.dtype() != dtype {
             let cast = added
@@ -266,9 +287,9 @@ impl UNet2DConditionModel {
                 })
                 .transpose()?;
             return self
-                .forward(
+                .forward_t(
                     &sample.to_dtype(dtype)?,
-                    timestep,
+                    timesteps,
                     &context.to_dtype(dtype)?,
                     cast.as_ref(),
                 )?
@@ -276,11 +297,13 @@ impl UNet2DConditionModel {
         }
         let context = &context.to_dtype(dtype)?;
         let c = &self.config;
-        let batch = sample.dim(0)?;
-        let device = sample.device();
-        let t = Tensor::full(timestep as f32, batch, device)?;
-        let t_emb = timestep_embedding(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?
-            .to_dtype(sample.dtype())?;
+        let t_emb = timestep_embedding(
+            timesteps,
+            c.block_out_channels[0],
+            c.flip_sin_to_cos,
+            c.freq_shift,
+        )?
+        .to_dtype(sample.dtype())?;
         let mut emb = self.time_embedding.forward(&t_emb)?;
         if let Some(add_embedding) = &self.add_embedding {
             let Some(added) = added else {

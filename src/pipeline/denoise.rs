@@ -56,6 +56,7 @@ impl Denoise<'_> {
     ) -> Result<Tensor> {
         let total = self.timesteps.len();
         progress.begin(total)?;
+        let mut unet = UnetCalls::new(&latents);
         for (i, &t) in self.timesteps.iter().enumerate() {
             let input = match self.guidance {
                 Some(_) => Tensor::cat(&[&latents, &latents], 0)?,
@@ -65,7 +66,7 @@ impl Denoise<'_> {
             if let Some(extra) = hooks.extra_unet_channels() {
                 input = Tensor::cat(&[&input, extra], 1)?;
             }
-            let out = self.unet.forward(&input, t, self.context, self.added)?;
+            let out = unet.call(self, &input, t, progress)?;
             if let Some(trace) = trace.as_deref_mut() {
                 trace.unet_timesteps.push(t);
                 if i == 0 {
@@ -91,6 +92,80 @@ impl Denoise<'_> {
             progress.step_done(i + 1, total, &latents)?;
         }
         Ok(latents)
+    }
+}
+
+/// How the loop calls the UNet: eagerly, or (CUDA, with `graph` in `AP_CUDA_KERNELS`: see
+/// `components::cuda::graph`) as a CUDA graph: the first step runs eagerly with candle's graph caches
+/// on, the second is captured, and every step from there is a replay (one launch instead of thousands).
+/// A capture that fails is logged and the run goes on eagerly.
+enum UnetCalls {
+    Eager,
+    #[cfg(feature = "cuda")]
+    Graph(GraphState),
+}
+
+#[cfg(feature = "cuda")]
+enum GraphState {
+    /// Before the first step.
+    Warm(candle_core::CudaDevice),
+    /// After it: what the UNet returned, for the capture's output buffer.
+    Capture(Tensor),
+    Replay(crate::components::cuda::graph::Replay),
+}
+
+impl UnetCalls {
+    fn new(latents: &Tensor) -> Self {
+        #[cfg(feature = "cuda")]
+        if let candle_core::Device::Cuda(dev) = latents.device() {
+            if crate::components::cuda::enabled("graph") {
+                return Self::Graph(GraphState::Warm(dev.clone()));
+            }
+        }
+        let _ = latents;
+        Self::Eager
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    fn call(&mut self, d: &Denoise<'_>, input: &Tensor, t: f64, log: &RunControl<'_>) -> Result<Tensor> {
+        // The timestep as a device tensor: a graph replays whatever host values it was captured with.
+        let ts = Tensor::full(t as f32, input.dim(0)?, input.device())?;
+        let eager = |x: &Tensor, ts: &Tensor| d.unet.forward_t(x, ts, d.context, d.added);
+        match self {
+            Self::Eager => Ok(eager(input, &ts)?),
+            #[cfg(feature = "cuda")]
+            Self::Graph(state) => {
+                use crate::components::cuda::graph;
+                use crate::pipeline::LogLevel;
+                match state {
+                    GraphState::Warm(dev) => {
+                        let out = graph::with_host_caches(dev, || eager(input, &ts))?;
+                        *state = GraphState::Capture(out.clone());
+                        Ok(out)
+                    }
+                    GraphState::Capture(like) => {
+                        match graph::capture(&[input, &ts], like, |v| eager(&v[0], &v[1])) {
+                            Ok(mut replay) => {
+                                let out = replay.run(&[input, &ts])?;
+                                *state = GraphState::Replay(replay);
+                                Ok(out)
+                            }
+                            Err(e) => {
+                                log.log(
+                                    LogLevel::Warn,
+                                    &format!(
+                                        "UNet steps run without a CUDA graph: capturing one failed: {e}"
+                                    ),
+                                );
+                                *self = Self::Eager;
+                                Ok(eager(input, &ts)?)
+                            }
+                        }
+                    }
+                    GraphState::Replay(replay) => Ok(replay.run(&[input, &ts])?),
+                }
+            }
+        }
     }
 }
 

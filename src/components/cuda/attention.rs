@@ -7,8 +7,9 @@ use super::u32_arg;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::CudaDType;
+use candle_core::cuda_backend::{CudaDType, DeviceId};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor, WithDType};
+use std::sync::Mutex;
 
 /// Query rows per block and keys per tile.
 const BR: usize = 64;
@@ -34,17 +35,27 @@ pub fn attention_applies(q: &Tensor, head_dim: usize) -> bool {
 }
 
 /// Whether the device gives a block `bytes` of shared memory (heads of 160 take 105 KiB: more than
-/// consumer GPUs allow; those heads then take candle's path).
+/// consumer GPUs allow; those heads then take candle's path). Asked of the driver once per device.
 fn shared_fits(q: &Tensor, bytes: usize) -> Result<bool> {
+    static MAX: Mutex<Vec<(DeviceId, usize)>> = Mutex::new(Vec::new());
     let candle_core::Device::Cuda(dev) = q.device() else {
         return Ok(false);
     };
-    let max = dev
-        .cuda_stream()
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-        .map_err(|e| super::wrap("shared memory per block", e))?;
-    Ok(bytes <= max.max(0) as usize)
+    let mut known = MAX.lock().unwrap_or_else(|e| e.into_inner());
+    let max = match known.iter().find(|(id, _)| *id == dev.id()) {
+        Some(&(_, max)) => max,
+        None => {
+            let max = dev
+                .cuda_stream()
+                .context()
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+                .map_err(|e| super::wrap("shared memory per block", e))?;
+            let max = max.max(0) as usize;
+            known.push((dev.id(), max));
+            max
+        }
+    };
+    Ok(bytes <= max)
 }
 
 struct Attention {
@@ -134,13 +145,15 @@ fn run<T: CudaDType + DeviceRepr + WithDType>(
     let (q, q_row) = rows_view::<T>(qs, ql, "attention query")?;
     let (k, kv_row) = rows_view::<T>(ks, kl, "attention key")?;
     let (v, _) = rows_view::<T>(vs, vl, "attention value")?;
-    let func = super::function(dev, &format!("ap_attention_{}_nf{nf}", T::DTYPE.as_str()))?;
     let smem = shared_bytes(nf);
-    func.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        smem as i32,
-    )
-    .map_err(|e| super::wrap("attention shared memory", e))?;
+    let name = format!("ap_attention_{}_nf{nf}", T::DTYPE.as_str());
+    let func = super::function_with(dev, &name, |f| {
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(|e| super::wrap("attention shared memory", e))
+    })?;
     let mut out = unsafe { dev.alloc::<T>(b * lq * inner) }?;
     let args = [
         u32_arg(op.heads, "heads")?,

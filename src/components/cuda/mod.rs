@@ -2,7 +2,8 @@
 //! generic kernels cost the most: convolution columns laid out for an NCHW result ([`conv2d`]), bias and
 //! residual adds ([`add_last`], [`add_channel`]), GEGLU ([`geglu`]), group norm + SiLU ([`group_norm`])
 //! and attention that never stores a score matrix ([`attention`]); with the `cudnn` feature,
-//! convolutions through cuDNN configured as PyTorch does (`cudnn.rs`).
+//! convolutions through cuDNN configured as PyTorch does (`cudnn.rs`); and a UNet step captured once as
+//! a CUDA graph and replayed ([`graph`]).
 //!
 //! Measured on an H100 before them (bench/README.md): candle's im2col, broadcast adds, softmax and
 //! group-norm pieces were over half of a UNet step's GPU time, the matmuls a tenth. Each kernel computes
@@ -16,6 +17,7 @@ mod conv;
 #[cfg(feature = "cudnn")]
 mod cudnn;
 mod elementwise;
+pub mod graph;
 mod norm;
 
 pub use attention::{attention, attention_applies};
@@ -34,14 +36,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ap_kernels.ptx"));
 
 /// The kernels by the names `AP_CUDA_KERNELS` takes. `cudnn` is cuDNN's convolutions in place of our
-/// columns (`conv`) and has an effect only in builds with the `cudnn` feature.
-pub const KERNELS: [&str; 6] = ["conv", "add", "geglu", "norm", "attention", "cudnn"];
+/// columns (`conv`) and has an effect only in builds with the `cudnn` feature. `graph` is not a kernel
+/// but how the denoising loop launches the UNet: one CUDA graph per step, captured at the run's second
+/// step ([`graph`]).
+pub const KERNELS: [&str; 7] = ["conv", "add", "geglu", "norm", "attention", "cudnn", "graph"];
 
 /// Kernels that stay off unless named. Attention: its first version (two passes over the keys through
 /// WMMA) was correct but slower than candle's path (SDXL 1024² on an H100: 5.4 it/s with it, 7.2
 /// without); the single-pass rewrite in kernels.cu has not run on a GPU yet, and stays off until a run
-/// of tests/cuda_kernels.rs and the benchmark shows it correct and faster.
-const OFF_BY_DEFAULT: [&str; 1] = ["attention"];
+/// of tests/cuda_kernels.rs and the benchmark shows it correct and faster. Graph: written without a
+/// GPU at hand, off until tests/cuda_kernels.rs and the benchmark have run it.
+const OFF_BY_DEFAULT: [&str; 2] = ["attention", "graph"];
 
 /// Whether our kernel `name` (one of [`KERNELS`]) is on. `AP_CUDA_KERNELS` unset, empty or `1`: all
 /// but `OFF_BY_DEFAULT`; `all`: all; `0`: none; a comma-separated list of names: those alone (read
@@ -86,6 +91,17 @@ fn wrap(what: &str, e: impl std::fmt::Display) -> candle_core::Error {
 /// `name` from our PTX module: the module loaded once per device, each function looked up once (the
 /// driver's lookup by name would otherwise run at every launch).
 pub(crate) fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+    function_with(dev, name, |_| Ok(()))
+}
+
+/// [`function`], with `configure` run on the function once, when first looked up (function attributes
+/// such as its dynamic shared memory: a driver call saved per launch, and none made while a CUDA graph
+/// is captured).
+pub(crate) fn function_with(
+    dev: &CudaDevice,
+    name: &str,
+    configure: impl FnOnce(&CudaFunction) -> Result<()>,
+) -> Result<CudaFunction> {
     type Functions = HashMap<String, CudaFunction>;
     static MODULES: Mutex<Vec<(DeviceId, Arc<CudaModule>, Functions)>> = Mutex::new(Vec::new());
     let mut modules = MODULES.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,6 +122,7 @@ pub(crate) fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
         return Ok(f.clone());
     }
     let f = module.load_function(name).map_err(|e| wrap(name, e))?;
+    configure(&f)?;
     functions.insert(name.to_string(), f.clone());
     Ok(f)
 }
