@@ -395,3 +395,42 @@ fn graph_replay_matches_eager() {
         }
     }
 }
+
+/// A capture that fails (here: a synchronisation while capturing, which the driver refuses and which
+/// invalidates the capture) returns an error and leaves the stream out of capture mode with no stale
+/// error pending: eager work and a new capture then succeed, as the denoising loop's fallback needs.
+#[test]
+fn failed_graph_capture_leaves_the_device_usable() {
+    use autopipeline::components::cuda::graph;
+    let Some(dev) = gpu() else { return };
+    let Device::Cuda(cuda_dev) = &dev else {
+        unreachable!()
+    };
+    // SAFETY: this test creates no second stream on the context.
+    unsafe { cuda_dev.disable_event_tracking() };
+    let x = randn(&dev, &[4, 8], DType::F32);
+    let like = (&x * 2.0).unwrap();
+    let failed = graph::capture(&[&x], &like, |v| {
+        let y = (&v[0] * 2.0)?;
+        v[0].device().synchronize()?;
+        Ok(y)
+    });
+    assert!(failed.is_err(), "a synchronisation inside a capture was accepted");
+    let want: Vec<Vec<f32>> = (x.to_device(&Device::Cpu).unwrap() * 3.0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    assert_eq!(
+        (&x * 3.0).unwrap().to_vec2::<f32>().unwrap(),
+        want,
+        "eager work after a failed capture"
+    );
+    let mut replay = graph::capture(&[&x], &like, |v| &v[0] * 2.0).expect("a capture after a failed one");
+    let y = randn(&dev, &[4, 8], DType::F32);
+    let got = replay.run(&[&y]).unwrap().to_vec2::<f32>().unwrap();
+    let want: Vec<Vec<f32>> = (y.to_device(&Device::Cpu).unwrap() * 2.0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    assert_eq!(got, want, "replay of a capture made after a failed one");
+}

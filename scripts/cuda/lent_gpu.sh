@@ -68,24 +68,38 @@ if [ -f .gpu/cuda_kernels.xz ]; then
   # which would fail every later test of the same process and hide which kernel it was.
   phase_end=$(( $(date +%s) + ${AP_TEST_SECONDS:-90} ))
   tests=$(LD_LIBRARY_PATH="$libs" /tmp/ap/cuda_kernels --list 2>"$res/kernel_tests.log" | sed -n 's/: test$//p')
-  for t in $tests; do
+  # run_test NAME [LABEL [KERNELS]]: one test in its own process (under AP_CUDA_KERNELS=KERNELS if
+  # given), its result line as "test LABEL ... ok|FAILED".
+  run_test() {
+    local t=$1 label=${2:-$1} left log rc
     left=$(( phase_end - $(date +%s) ))
     if [ "$left" -lt 1 ]; then
-      echo "test $t ... not run (AP_TEST_SECONDS spent)"
-    else
-      log=$(LD_LIBRARY_PATH="$libs" tmo "$(limit "$left")" /tmp/ap/cuda_kernels --exact "$t" --test-threads 1 2>&1)
-      rc=$?
-      echo "$log"
-      # A process killed by the limit or a crash prints no result line of its own.
-      grep -q "^test $t \.\.\. " <<< "$log" || echo "test $t ... FAILED (no result: exit status $rc, 124 = timed out)"
+      echo "test $label ... not run (AP_TEST_SECONDS spent)"
+      return
     fi
-  done | tee -a "$res/kernel_tests.log"
+    log=$(AP_CUDA_KERNELS=${3-${AP_CUDA_KERNELS:-}} LD_LIBRARY_PATH="$libs" tmo "$(limit "$left")" \
+      /tmp/ap/cuda_kernels --exact "$t" --test-threads 1 2>&1)
+    rc=$?
+    echo "$log" | sed "s/^test $t \.\.\. /test $label ... /"
+    # A process killed by the limit or a crash leaves at most "test NAME ... " without a result.
+    grep -Eq "^test $t \.\.\. (ok|FAILED|ignored)" <<< "$log" \
+      || echo "test $label ... FAILED (no result: exit status $rc, 124 = timed out)"
+  }
+  {
+    for t in $tests; do run_test "$t"; done
+    # The graph once more with every kernel: our attention reading stacked projections' views while
+    # captured is what the A/B's `all` row runs.
+    if grep -qx graph_replay_matches_eager <<< "$tests"; then
+      run_test graph_replay_matches_eager graph_replay_matches_eager_all_kernels all
+    fi
+  } | tee -a "$res/kernel_tests.log"
   [ -n "$tests" ] || cat "$res/kernel_tests.log"  # the binary did not start: why
   # A kernel fails if its test failed (a timeout counts: a hung kernel); a test not run for lack of time,
   # or not listed (the binary did not start, or a build without cudnn), fails nothing.
   for pair in conv:convolution_columns_match_candle cudnn:convolution_cudnn_matches_candle add:adds_match_candle \
       geglu:geglu_matches_candle norm:group_norm_matches_candle attention:attention_matches_candle \
-      graph:graph_replay_matches_eager; do
+      graph:graph_replay_matches_eager graph:graph_replay_matches_eager_all_kernels \
+      graph:failed_graph_capture_leaves_the_device_usable; do
     name=${pair#*:}
     if grep -q "^test $name \.\.\. FAILED" "$res/kernel_tests.log"; then
       failed="$failed ${pair%%:*}"

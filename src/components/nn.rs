@@ -214,6 +214,21 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: Weights) -> Result<Line
     Linear::new(in_dim, out_dim, false, vb)
 }
 
+/// Whether attention in `vb`'s dtype on its device, with heads of `head_dim` values, runs our CUDA
+/// kernel, which reads q, k, v as column views of one stacked projection's output in place (candle's
+/// path would copy each view twice, where separate projections cost one copy).
+pub fn attention_takes_views(vb: &Weights, head_dim: usize) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        super::cuda::attention_applies_to(vb.device(), vb.dtype(), head_dim)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (vb, head_dim);
+        false
+    }
+}
+
 /// One bias-free [`Linear`] for several that read the same input: the weight `name` of each of `parts`
 /// (`(out, in_dim)` under its `Weights`) stacked into `(Σ out, in_dim)`, so one matmul writes their
 /// outputs side by side in each row (narrow the last dimension to take them apart). `None` where the

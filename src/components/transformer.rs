@@ -2,7 +2,8 @@
 //! (self-attention, cross-attention, GEGLU feed-forward), projection out, residual.
 
 use super::nn::{
-    attention, conv2d, group_norm, linear, linear_no_bias, linear_stacked_no_bias, Conv2d, GroupNorm, Linear,
+    attention, attention_takes_views, conv2d, group_norm, linear, linear_no_bias, linear_stacked_no_bias,
+    Conv2d, GroupNorm, Linear,
 };
 use super::weights::Weights;
 use candle_core::{Module, Result, Tensor, D};
@@ -18,15 +19,15 @@ pub struct CrossAttention {
 }
 
 /// How q, k and v are projected. Numerically the same either way: each output column is the same dot
-/// product of an input row and a weight row.
+/// product of an input row and a weight row. Stacked where our CUDA attention kernel takes the column
+/// views in place ([`attention_takes_views`]); apart elsewhere (the CPU's float32 weights are packed
+/// for our gemm one by one, and the other attention paths want q, k, v contiguous).
 #[derive(Debug, Clone)]
 enum Projections {
-    /// Three weights: float32 on the CPU, where each is packed for our gemm and our CPU attention takes
-    /// q, k, v contiguous.
+    /// Three weights.
     Apart { q: Linear, k: Linear, v: Linear },
-    /// Self-attention through one stacked `(3·inner, dim)` weight: one matmul instead of three (on a GPU,
-    /// fewer launches and a wider one), q, k, v column views of its output, which our CUDA attention
-    /// reads in place.
+    /// Self-attention through one stacked `(3·inner, dim)` weight: one matmul instead of three (fewer
+    /// launches and a wider one), q, k, v column views of its output.
     Qkv(Linear),
     /// Cross-attention: q from the hidden states, k and v through one stacked `(2·inner, context_dim)`
     /// weight.
@@ -36,9 +37,18 @@ enum Projections {
 impl CrossAttention {
     /// Self-attention (`attn1`): q, k, v all from the hidden states.
     pub fn new_self(vb: Weights, dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
+        let stack = attention_takes_views(&vb, head_dim);
+        Self::new_self_with(vb, dim, heads, head_dim, stack)
+    }
+
+    fn new_self_with(vb: Weights, dim: usize, heads: usize, head_dim: usize, stack: bool) -> Result<Self> {
         let inner = heads * head_dim;
         let parts = ["to_q", "to_k", "to_v"].map(|p| (inner, vb.pp(p)));
-        let projections = match linear_stacked_no_bias(dim, &parts, "weight")? {
+        let stacked = match stack {
+            true => linear_stacked_no_bias(dim, &parts, "weight")?,
+            false => None,
+        };
+        let projections = match stacked {
             Some(qkv) => Projections::Qkv(qkv),
             None => Self::apart(&vb, dim, dim, inner)?,
         };
@@ -53,9 +63,25 @@ impl CrossAttention {
         heads: usize,
         head_dim: usize,
     ) -> Result<Self> {
+        let stack = attention_takes_views(&vb, head_dim);
+        Self::new_cross_with(vb, query_dim, context_dim, heads, head_dim, stack)
+    }
+
+    fn new_cross_with(
+        vb: Weights,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        stack: bool,
+    ) -> Result<Self> {
         let inner = heads * head_dim;
         let parts = ["to_k", "to_v"].map(|p| (inner, vb.pp(p)));
-        let projections = match linear_stacked_no_bias(context_dim, &parts, "weight")? {
+        let stacked = match stack {
+            true => linear_stacked_no_bias(context_dim, &parts, "weight")?,
+            false => None,
+        };
+        let projections = match stacked {
             Some(kv) => Projections::QAndKv {
                 q: linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
                 kv,
@@ -330,9 +356,9 @@ mod tests {
             .unwrap()
     }
 
-    /// Stacked projections (weights not packed: f64 here, as any dtype off the CPU's float32) give what
-    /// three separate ones give, and what the packed float32 CPU path gives, for self- and
-    /// cross-attention.
+    /// Stacked projections (asked for, as where our CUDA attention runs; weights not packed: f64 here)
+    /// give what three separate ones give, and what the packed float32 CPU path (never stacked) gives,
+    /// for self- and cross-attention.
     #[test]
     fn stacked_projections_match_separate_ones() {
         let xs = rand(&[2, 5, DIM], 1);
@@ -343,9 +369,9 @@ mod tests {
             let build = |dtype| {
                 let vb = Weights::open(std::slice::from_ref(&path), dtype, &Device::Cpu).unwrap();
                 if cross {
-                    CrossAttention::new_cross(vb, DIM, CONTEXT, HEADS, HEAD_DIM).unwrap()
+                    CrossAttention::new_cross_with(vb, DIM, CONTEXT, HEADS, HEAD_DIM, true).unwrap()
                 } else {
-                    CrossAttention::new_self(vb, DIM, HEADS, HEAD_DIM).unwrap()
+                    CrossAttention::new_self_with(vb, DIM, HEADS, HEAD_DIM, true).unwrap()
                 }
             };
             let (stacked, packed) = (build(DType::F64), build(DType::F32));

@@ -144,9 +144,12 @@ impl UnetCalls {
                         Ok(out)
                     }
                     GraphState::Capture(like) => {
-                        match graph::capture(&[input, &ts], like, |v| eager(&v[0], &v[1])) {
-                            Ok(mut replay) => {
-                                let out = replay.run(&[input, &ts])?;
+                        // The first replay counts as part of the capture: the graph's memory is
+                        // only reserved as it first launches.
+                        let first = graph::capture(&[input, &ts], like, |v| eager(&v[0], &v[1]))
+                            .and_then(|mut replay| Ok((replay.run(&[input, &ts])?, replay)));
+                        match first {
+                            Ok((out, replay)) => {
                                 *state = GraphState::Replay(replay);
                                 Ok(out)
                             }

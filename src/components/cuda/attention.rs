@@ -27,9 +27,14 @@ fn shared_bytes(nf: usize) -> usize {
 /// Whether [`attention`] takes these inputs: CUDA, f16 or bf16, heads of a multiple of 8 values (the
 /// kernel copies 16-byte chunks; every SD / SDXL head is: 40, 64, 80, 160), at most 160.
 pub fn attention_applies(q: &Tensor, head_dim: usize) -> bool {
+    attention_applies_to(q.device(), q.dtype(), head_dim)
+}
+
+/// [`attention_applies`] for inputs on `device` in `dtype`.
+pub fn attention_applies_to(device: &candle_core::Device, dtype: DType, head_dim: usize) -> bool {
     super::enabled("attention")
-        && q.device().is_cuda()
-        && matches!(q.dtype(), DType::F16 | DType::BF16)
+        && device.is_cuda()
+        && matches!(dtype, DType::F16 | DType::BF16)
         && (1..=16 * MAX_NF).contains(&head_dim)
         && head_dim.is_multiple_of(8)
 }

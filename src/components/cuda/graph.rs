@@ -14,10 +14,19 @@
 //! Capture needs candle's stream-ordered allocations (any GPU of the last years) and no host↔device
 //! copies of uncached data during the captured run; candle and cudarc refuse those with an error, which
 //! the caller turns into eager execution.
+//!
+//! Rules the captured computation keeps: it frees nothing that existed before the capture (a free of
+//! such a buffer would be recorded into the graph, and cudarc's pending-error bookkeeping would then
+//! make candle mistake the capture for none); it keeps nothing it allocates (each allocation is graph
+//! memory, valid only inside the graph). The UNet forward keeps both.
+//!
+//! What stays behind: candle's layout cache is process-wide and never emptied, and each of its device
+//! buffers holds the device's stream, so with graphs on a device's cuDNN handle (`cudnn.rs`) and its
+//! context outlive the pipelines that used it (a few hundred small buffers per distinct model shape).
 
 use candle_core::backend::BackendDevice;
 use candle_core::cuda_backend::cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use candle_core::cuda_backend::cudarc::driver::CudaGraph;
+use candle_core::cuda_backend::cudarc::driver::{CudaGraph, CudaStream};
 use candle_core::{CudaDevice, Device, Result, Tensor};
 
 /// A captured computation of fixed input shapes (see the module documentation).
@@ -64,8 +73,8 @@ pub fn with_host_caches<R>(device: &CudaDevice, f: impl FnOnce() -> Result<R>) -
 
 /// Captures `f(inputs)` (whose last eager run, made under [`with_host_caches`] with inputs of these
 /// shapes, returned something shaped like `output_like`). `f` runs once, under capture: nothing is
-/// computed until [`Replay::run`]. On an error the stream leaves capture mode and the error is returned;
-/// the device is usable as before.
+/// computed until [`Replay::run`]. On an error the stream has left capture mode, errors cudarc recorded
+/// during it are discarded, and the error is returned: the device goes on eagerly as before.
 pub fn capture(
     inputs: &[&Tensor],
     output_like: &Tensor,
@@ -82,28 +91,75 @@ pub fn capture(
     let output = output_like.zeros_like()?;
     device.synchronize()?;
     let stream = device.cuda_stream();
+    // cudarc keeps the error of a call that could not return one (a free on drop) for its next call to
+    // report, and that call then does nothing else: one pending now would make ending the capture fail
+    // before it ends it. An older one is not ours to report either.
+    stream
+        .context()
+        .check_err()
+        .map_err(|e| wrap("an earlier error", e))?;
     let _caches = device.enable_cuda_graph_htod_cache();
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| wrap("beginning the capture", e))?;
-    // Whatever happens, the stream leaves capture mode before this returns. Everything `f` allocated
-    // is dropped inside the capture (graph memory), the output once copied into ours.
-    let captured = f(&owned).and_then(|out| output.slice_set(&out.contiguous()?, 0, 0));
-    let ended = stream.end_capture(CUgraphInstantiate_flags(0));
-    // cudarc records errors of calls that cannot return one (frees on drop) for the next call to
-    // report: a capture that went wrong may have left one, which belongs to it, not to what follows.
+    // Everything `f` allocates is dropped inside the capture (graph memory), the output once copied
+    // into ours. A panic inside (cudarc unwraps a failed device-to-device clone) becomes an error: the
+    // stream must leave capture mode whatever happens.
+    let captured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        f(&owned).and_then(|out| output.slice_set(&out.contiguous()?, 0, 0))
+    }))
+    .unwrap_or_else(|_| Err(wrap("capturing", "the computation panicked")));
+    // Frees of a capture that went wrong fail and are recorded: they belong to it, and would otherwise
+    // stop `end_capture` before it ends the capture.
     let recorded = stream.context().check_err();
-    captured?;
-    let graph = ended
-        .map_err(|e| wrap("ending the capture", e))?
-        .ok_or_else(|| wrap("ending the capture", "nothing was captured"))?;
-    recorded.map_err(|e| wrap("during the capture", e))?;
-    graph.upload().map_err(|e| wrap("uploading the graph", e))?;
-    Ok(Replay {
+    let ended = stream.end_capture(CUgraphInstantiate_flags(0));
+    let ended = match ended {
+        Ok(graph) => Ok(graph),
+        Err(e) => {
+            end_capture_raw(&stream);
+            Err(wrap("ending the capture", e))
+        }
+    };
+    let _ = stream.context().check_err();
+    // From here on a graph is owned by a `Replay`, whose drop also trims its memory.
+    let graph = ended?.ok_or_else(|| wrap("ending the capture", "nothing was captured"));
+    let replay = graph.map(|graph| Replay {
         graph: Some(graph),
         inputs: owned,
         output,
-    })
+    });
+    captured?;
+    recorded.map_err(|e| wrap("during the capture", e))?;
+    let replay = replay?;
+    replay
+        .graph
+        .as_ref()
+        .map_or(Ok(()), |g| g.upload())
+        .map_err(|e| wrap("uploading the graph", e))?;
+    Ok(replay)
+}
+
+/// Ends a capture that cudarc's `end_capture` left open (it returns early on an error recorded before
+/// it), discarding whatever graph it made.
+fn end_capture_raw(stream: &CudaStream) {
+    let capturing = || {
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: a query of a valid stream into a local.
+        let r = unsafe { sys::cuStreamIsCapturing(stream.cu_stream(), &mut status) };
+        r != sys::CUresult::CUDA_SUCCESS
+            || status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+    };
+    if capturing() {
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: ends the capture of a valid stream (invalidated captures end with an error and no
+        // graph); a graph returned is ours alone, destroyed at once.
+        unsafe {
+            let _ = sys::cuStreamEndCapture(stream.cu_stream(), &mut graph);
+            if !graph.is_null() {
+                let _ = sys::cuGraphDestroy(graph);
+            }
+        }
+    }
 }
 
 impl Replay {

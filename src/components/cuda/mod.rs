@@ -20,7 +20,7 @@ mod elementwise;
 pub mod graph;
 mod norm;
 
-pub use attention::{attention, attention_applies};
+pub use attention::{attention, attention_applies, attention_applies_to};
 #[cfg(feature = "cudnn")]
 pub use conv::conv2d_cudnn;
 pub use conv::{conv2d, conv2d_columns};
