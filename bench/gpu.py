@@ -28,6 +28,9 @@ PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detail
 NEGATIVE = "blurry, low quality"
 
 
+WARNINGS = []  # our side's log warnings in this process
+
+
 def build(side, model, size, device="cuda"):
     """Loads one side's pipeline on `device`; returns the load seconds and `run(steps, stamps=None)`, which
     generates with `steps` steps, appending a timestamp to `stamps` after each step (after a device
@@ -61,6 +64,8 @@ def build(side, model, size, device="cuda"):
         pipe = ap.Pipeline.from_pretrained(model, "text2img", device=device,
                                            dtype="f16" if device == "cuda" else None)
         load_s = time.perf_counter() - t
+        # Warnings land in the result row: e.g. a CUDA graph capture that failed and ran eagerly.
+        pipe.set_log_callback(lambda _level, message: WARNINGS.append(message), "warn")
 
         def run(steps, stamps=None):
             progress = (lambda s, n: (stamps.append(time.perf_counter()), True)[1]) if stamps is not None else None
@@ -80,6 +85,8 @@ def measure(side, model, size):
     run(STEPS, stamps)
     out["run_s"] = time.perf_counter() - t
     out["it_s"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    if WARNINGS:
+        out["warnings"] = sorted(set(WARNINGS))
     return out
 
 

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-__all__ = ["AutopipelineError", "Image", "Pipeline", "version", "TASKS"]
+__all__ = ["AutopipelineError", "Image", "Pipeline", "version", "TASKS", "LOG_LEVELS"]
 
 OK, INVALID_ARGUMENT, NOT_FOUND, UNSUPPORTED, INVALID_MODEL, IO, CANCELLED, INTERNAL, TIMEOUT = range(9)
 STATUS_NAMES = ["OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNSUPPORTED", "INVALID_MODEL", "IO", "CANCELLED", "INTERNAL",
@@ -28,6 +28,8 @@ STATUS_NAMES = ["OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNSUPPORTED", "INVALID_M
 TASKS = {"text2img": 0, "text-to-image": 0, "img2img": 1, "image-to-image": 1, "inpaint": 2, "inpainting": 2}
 
 _PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p)
+_LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p)
+LOG_LEVELS = ["debug", "info", "warn", "error"]  # AP_LOG_DEBUG .. AP_LOG_ERROR
 
 
 class _LoadParams(ctypes.Structure):
@@ -139,6 +141,8 @@ _images_free = _sig("ap_images_free", None, ctypes.POINTER(_Images))
 _image_save_png = _sig("ap_image_save_png", ctypes.c_int32, ctypes.POINTER(_Image), ctypes.c_char_p)
 _image_load = _sig("ap_image_load", ctypes.c_int32, ctypes.c_char_p, ctypes.POINTER(ctypes.POINTER(_Image)))
 _image_free = _sig("ap_image_free", None, ctypes.POINTER(_Image))
+_set_log_callback = _sig("ap_pipeline_set_log_callback", ctypes.c_int32, ctypes.c_void_p, _LOG_FN, ctypes.c_void_p,
+                         ctypes.c_int32)
 _randn = _sig("ap_randn", ctypes.c_int32, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64,
               ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t, ctypes.POINTER(ctypes.c_float))
 
@@ -273,6 +277,7 @@ class Pipeline:
     def __init__(self, handle, task):
         self._handle = handle
         self.task = task
+        self._log = None  # the C callback object, alive as long as the pipeline may call it
 
     @classmethod
     def from_pretrained(cls, model, task="text2img", *, device=None, variant=None, revision=None,
@@ -346,6 +351,28 @@ class Pipeline:
             return [Image._from_c(out.contents.images[i]) for i in range(out.contents.count)]
         finally:
             _images_free(out)
+
+    def set_log_callback(self, fn, min_level="warn"):
+        """Sends the messages of runs started afterwards (warnings such as a truncated prompt, failures,
+        timings at "debug") at `min_level` ("debug", "info", "warn", "error") and above to
+        `fn(level, message)`, level as one of those names; None turns logging off. `fn` may be called
+        from several threads at once (runs in parallel); an exception in it is printed and ignored:
+        logging never fails a run. Pipelines made by from_pipe start without one."""
+        if min_level not in LOG_LEVELS:
+            raise ValueError(f"min_level must be one of {LOG_LEVELS}, not {min_level!r}")
+
+        def call(level, message, _user_data):
+            try:
+                name = LOG_LEVELS[level] if 0 <= level < len(LOG_LEVELS) else str(level)
+                fn(name, message.decode("utf-8", "replace"))
+            except BaseException:  # never let it unwind into C
+                import traceback
+                traceback.print_exc()
+
+        c = _LOG_FN(call) if fn is not None else _LOG_FN()
+        _check(_set_log_callback(self._live(), c, None, LOG_LEVELS.index(min_level)))
+        # The previous callback may still serve a run in progress on another thread: keep it too.
+        self._log = (c, self._log) if fn is not None else self._log
 
     def _live(self):
         if not self._handle:

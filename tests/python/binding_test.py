@@ -51,6 +51,20 @@ with ap.Pipeline.from_pretrained(sd15, "text2img", local_files_only=True, preloa
     check(steps == [1, 2, 3, 4, 5], f"progress steps {steps}")
     images[0].save_png(os.path.join(out, "t2i.png"))
 
+    logs = []
+    pipe.set_log_callback(lambda level, message: logs.append((level, message)), "debug")
+    pipe.run("x", num_inference_steps=2, width=64, height=64)
+    check(any(level == "debug" and "run finished" in m for level, m in logs), f"debug log messages: {logs}")
+    pipe.set_log_callback(None)
+    count = len(logs)
+    pipe.run("x", num_inference_steps=2, width=64, height=64)
+    check(len(logs) == count, "no log messages once the callback is removed")
+    try:
+        pipe.set_log_callback(print, "loud")
+        check(False, "an unknown log level was accepted")
+    except ValueError:
+        pass
+
     expect_error(ap.CANCELLED, lambda: pipe.run("x", num_inference_steps=4, width=64, height=64,
                                                 progress=lambda s, t: s < 2), "cancel")
     try:
