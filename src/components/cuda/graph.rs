@@ -121,13 +121,15 @@ pub fn capture(
         }
     };
     let _ = stream.context().check_err();
-    // From here on a graph is owned by a `Replay`, whose drop also trims its memory.
-    let graph = ended?.ok_or_else(|| wrap("ending the capture", "nothing was captured"));
-    let replay = graph.map(|graph| Replay {
-        graph: Some(graph),
-        inputs: owned,
-        output,
-    });
+    // From here on a graph is owned by a `Replay`, whose drop also trims its memory. The first error
+    // reported is the root cause: the computation's own, before what it did to the capture.
+    let replay = ended
+        .and_then(|graph| graph.ok_or_else(|| wrap("ending the capture", "nothing was captured")))
+        .map(|graph| Replay {
+            graph: Some(graph),
+            inputs: owned,
+            output,
+        });
     captured?;
     recorded.map_err(|e| wrap("during the capture", e))?;
     let replay = replay?;
