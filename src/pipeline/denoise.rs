@@ -56,7 +56,7 @@ impl Denoise<'_> {
     ) -> Result<Tensor> {
         let total = self.timesteps.len();
         progress.begin(total)?;
-        let mut unet = UnetCalls::new(&latents);
+        let mut unet = UnetCalls::new(&latents, total);
         for (i, &t) in self.timesteps.iter().enumerate() {
             let input = match self.guidance {
                 Some(_) => Tensor::cat(&[&latents, &latents], 0)?,
@@ -114,15 +114,20 @@ enum GraphState {
     Replay(crate::components::cuda::graph::Replay),
 }
 
+/// Fewest steps for which a run captures a graph: capturing costs about an eager step's host time plus
+/// the graph's instantiation, which only replays pay back.
+#[cfg(feature = "cuda")]
+const GRAPH_MIN_STEPS: usize = 4;
+
 impl UnetCalls {
-    fn new(latents: &Tensor) -> Self {
+    fn new(latents: &Tensor, steps: usize) -> Self {
         #[cfg(feature = "cuda")]
         if let candle_core::Device::Cuda(dev) = latents.device() {
-            if crate::components::cuda::enabled("graph") {
+            if crate::components::cuda::enabled("graph") && steps >= GRAPH_MIN_STEPS {
                 return Self::Graph(GraphState::Warm(dev.clone()));
             }
         }
-        let _ = latents;
+        let _ = (latents, steps);
         Self::Eager
     }
 
