@@ -331,6 +331,19 @@ fn test_data() -> std::path::PathBuf {
     }
 }
 
+/// The GPU set up as the library sets up its own devices (src/pipeline/mod.rs): no per-buffer events,
+/// none of which a capture could wait on.
+fn gpu_for_graphs() -> Option<(Device, candle_core::CudaDevice)> {
+    let dev = gpu()?;
+    let Device::Cuda(cuda) = &dev else {
+        unreachable!("gpu() returns a CUDA device")
+    };
+    // SAFETY: these tests create no second stream on the context.
+    unsafe { cuda.disable_event_tracking() };
+    let cuda = cuda.clone();
+    Some((dev, cuda))
+}
+
 /// A UNet step replayed as a CUDA graph gives what the eager step gives, for new samples and timesteps
 /// written into the captured buffers (a value baked in at capture would repeat the first step's), and
 /// a replay's output is not overwritten by the next. SD 1.5- and SDXL-shaped tiny UNets (the latter
@@ -341,14 +354,9 @@ fn graph_replay_matches_eager() {
     use autopipeline::components::load::read_config;
     use autopipeline::components::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
     use autopipeline::components::weights::Weights;
-    let Some(dev) = gpu() else { return };
-    let Device::Cuda(cuda_dev) = &dev else {
-        unreachable!()
+    let Some((dev, cuda_dev)) = gpu_for_graphs() else {
+        return;
     };
-    // As the library's own devices (src/pipeline/mod.rs): no per-buffer events, none of which a
-    // capture could wait on.
-    // SAFETY: this test creates no second stream on the context.
-    unsafe { cuda_dev.disable_event_tracking() };
     for name in ["sd15-tiny", "sdxl-tiny"] {
         let data = test_data();
         let dir = data.join("checkpoints").join(name).join("unet");
@@ -375,7 +383,7 @@ fn graph_replay_matches_eager() {
             .collect();
         let forward = |x: &Tensor, ts: &Tensor| unet.forward_t(x, ts, &context, added.as_ref());
         let eager: Vec<Tensor> = inputs.iter().map(|(x, ts)| forward(x, ts).unwrap()).collect();
-        let like = graph::with_host_caches(cuda_dev, || forward(&inputs[0].0, &inputs[0].1)).unwrap();
+        let like = graph::with_host_caches(&cuda_dev, || forward(&inputs[0].0, &inputs[0].1)).unwrap();
         let mut replay = graph::capture(&[&inputs[0].0, &inputs[0].1], &like, |v| forward(&v[0], &v[1]))
             .unwrap_or_else(|e| panic!("{name}: capture failed: {e}"));
         let replayed: Vec<Tensor> = inputs
@@ -402,12 +410,7 @@ fn graph_replay_matches_eager() {
 #[test]
 fn failed_graph_capture_leaves_the_device_usable() {
     use autopipeline::components::cuda::graph;
-    let Some(dev) = gpu() else { return };
-    let Device::Cuda(cuda_dev) = &dev else {
-        unreachable!()
-    };
-    // SAFETY: this test creates no second stream on the context.
-    unsafe { cuda_dev.disable_event_tracking() };
+    let Some((dev, _)) = gpu_for_graphs() else { return };
     let x = randn(&dev, &[4, 8], DType::F32);
     let like = (&x * 2.0).unwrap();
     let failed = graph::capture(&[&x], &like, |v| {
