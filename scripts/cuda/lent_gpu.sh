@@ -22,10 +22,10 @@
 # Time limits (seconds): AP_TEST_SECONDS (kernel tests, 90), AP_BENCH_SECONDS (benchmark, 270; 0 skips
 # it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (each A/B run, 60). AP_AB lists
 # AP_CUDA_KERNELS settings to measure our side under after the benchmark (default
-# "conv,add,geglu,norm conv,add,geglu,norm,cudnn,attention all": our kernels with our im2col
-# convolutions instead of cuDNN's; then cuDNN's and our attention; then all, adding the UNet step as a
-# CUDA graph), for each of AP_AB_ARCHS (default "sd15:512 sdxl:1024"). The benchmark's own "ours" row
-# is the default setting (in a `cudnn` build: cuDNN convolutions, candle's attention, no graph).
+# "conv,add,geglu,norm,attention,graph conv,add,geglu,norm,cudnn,attention 0": our im2col convolutions
+# instead of cuDNN's; no CUDA graph; none of our kernels, candle's alone), for each of AP_AB_ARCHS
+# (default "sd15:512 sdxl:1024"). The benchmark's own "ours" row is the default setting (every kernel:
+# in a `cudnn` build cuDNN's convolutions, our attention, the UNet step as a CUDA graph).
 set -uo pipefail
 started=$(date +%s)
 cd "$(dirname "$0")/../.."
@@ -116,7 +116,7 @@ without_failed() {
   [ -z "$failed" ] && { echo "$s"; return; }
   case "$s" in
     all) s=conv,add,geglu,norm,attention,cudnn,graph ;;
-    "" | 1) s=conv,add,geglu,norm,cudnn ;;
+    "" | 1) s=conv,add,geglu,norm,attention,cudnn,graph ;;
   esac
   for k in ${s//,/ }; do
     case " $failed " in *" $k "*) ;; *) out=$out${out:+,}$k ;; esac
@@ -134,7 +134,7 @@ for arch_size in ${AP_AB_ARCHS:-sd15:512 sdxl:1024}; do
   arch=${arch_size%%:*} size=${arch_size##*:}
   [ -d "${AP_BENCH_CKPT:-/tmp/ap-bench}/$arch" ] || continue
   echo "== A/B of our kernels, $arch ${size}²"
-  for setting in ${AP_AB:-conv,add,geglu,norm conv,add,geglu,norm,cudnn,attention all}; do
+  for setting in ${AP_AB:-conv,add,geglu,norm,attention,graph conv,add,geglu,norm,cudnn,attention 0}; do
     setting=$(without_failed "$setting")
     [ "$(limit 30)" -ge 30 ] || { echo "(no time left for $arch $setting)"; continue; }
     row=$(AP_CUDA_KERNELS="$setting" LD_LIBRARY_PATH="$libs" AUTOPIPELINE_LIBRARY=/tmp/ap/libautopipeline.so \
