@@ -76,15 +76,23 @@ def build(side, model, size, device="cuda"):
 
 
 def measure(side, model, size):
-    """Load time, then a 2-step warm-up run and a timed 20-step run; it/s over steps 2..20 (the first step
-    includes one-off kernel loading), and the whole timed run's seconds."""
-    stamps, out = [], {"side": side, "size": size}
+    """Load time, then a 2-step warm-up run and REPEATS timed 20-step runs (AP_BENCH_REPEATS, default 3);
+    it/s over steps 2..20 of each (the first step includes one-off kernel loading), and the whole timed
+    run's seconds. A side's `it_s` and `run_s` are its best run (all runs' it/s in `it_s_runs`): a single
+    20-step run of diffusers on a lent H100 varied from 20 to 32 it/s (SD 1.5 512²) between processes,
+    as host-bound Python does, and the best of each side is the comparison that favours neither."""
+    out = {"side": side, "size": size}
     out["load_s"], run = build(side, model, size)
     run(2)
-    t = time.perf_counter()
-    run(STEPS, stamps)
-    out["run_s"] = time.perf_counter() - t
-    out["it_s"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    runs = []
+    for _ in range(max(1, int(os.environ.get("AP_BENCH_REPEATS", "3")))):
+        stamps = []
+        t = time.perf_counter()
+        run(STEPS, stamps)
+        runs.append((time.perf_counter() - t, (len(stamps) - 1) / (stamps[-1] - stamps[0])))
+    out["run_s"] = min(r for r, _ in runs)
+    out["it_s"] = max(i for _, i in runs)
+    out["it_s_runs"] = [round(i, 2) for _, i in runs]
     if WARNINGS:
         out["warnings"] = sorted(set(WARNINGS))
     return out
