@@ -15,6 +15,12 @@
 //! copies of uncached data during the captured run; candle and cudarc refuse those with an error, which
 //! the caller turns into eager execution.
 //!
+//! Concurrency: candle's `CudaDevice` works on the per-thread default stream, so a capture records
+//! only its own thread's work, and the capture mode is thread-local. Runs on other threads (jobs of
+//! the same pipeline, loads) go on in their own streams: they neither enter the graph nor break the
+//! capture (the device check runs two 20-step jobs at once, each capturing: both succeed, and the
+//! first equals the same run made synchronously).
+//!
 //! Rules the captured computation keeps: it frees nothing that existed before the capture (a free of
 //! such a buffer would be recorded into the graph, and cudarc's pending-error bookkeeping would then
 //! make candle mistake the capture for none); it keeps nothing it allocates (each allocation is graph
