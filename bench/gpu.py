@@ -78,7 +78,7 @@ def build(side, model, size, device="cuda"):
 def measure(side, model, size):
     """Load time, then a 2-step warm-up run and REPEATS timed 20-step runs (AP_BENCH_REPEATS, default 3);
     it/s over steps 2..20 of each (the first step includes one-off kernel loading), and the whole timed
-    run's seconds. A side's `it_s` and `run_s` are its best run (all runs' it/s in `it_s_runs`): a single
+    run's seconds. A side's `it_s` and `run_s` are its best over the runs (each run's it/s in `it_s_runs`): a single
     20-step run of diffusers on a lent H100 varied from 20 to 32 it/s (SD 1.5 512²) between processes,
     as host-bound Python does, and the best of each side is the comparison that favours neither."""
     out = {"side": side, "size": size}

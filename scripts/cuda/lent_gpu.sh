@@ -115,8 +115,7 @@ without_failed() {
   local s=$1 out="" k
   [ -z "$failed" ] && { echo "$s"; return; }
   case "$s" in
-    all) s=conv,add,geglu,norm,attention,cudnn,graph ;;
-    "" | 1) s=conv,add,geglu,norm,attention,cudnn,graph ;;
+    all | "" | 1) s=conv,add,geglu,norm,attention,cudnn,graph ;;
   esac
   for k in ${s//,/ }; do
     case " $failed " in *" $k "*) ;; *) out=$out${out:+,}$k ;; esac
