@@ -206,5 +206,6 @@ pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
         output_channels,
         vae_tiling: p.vae_tiling != 0,
         vae_slicing: p.vae_slicing != 0,
+        ..RunParams::default()
     })
 }

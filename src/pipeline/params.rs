@@ -83,6 +83,12 @@ pub struct RunParams {
     /// Run the VAE one image at a time, as diffusers' `pipe.enable_vae_slicing()`: lower peak memory
     /// for batches, identical images.
     pub vae_slicing: bool,
+    /// Custom timesteps, descending (diffusers' `timesteps=` argument); only schedulers whose
+    /// `set_timesteps` takes them accept it. Overrides `num_inference_steps` (set to its length).
+    pub timesteps: Option<Vec<f64>>,
+    /// Custom sigmas, descending (diffusers' `sigmas=` argument); only schedulers whose `set_timesteps`
+    /// takes them accept it. Overrides `num_inference_steps` (set to its length).
+    pub sigmas: Option<Vec<f64>>,
 }
 
 impl RunParams {
@@ -120,6 +126,8 @@ impl Default for RunParams {
             scheduler_config: None,
             vae_tiling: false,
             vae_slicing: false,
+            timesteps: None,
+            sigmas: None,
         }
     }
 }
