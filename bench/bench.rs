@@ -206,7 +206,7 @@ fn measure(a: Args) -> Res<()> {
         }
         reset_peak();
         let s = timed(1, n, || {
-            Ok(c.unet.forward(&x, 500.0, &context, None).map(drop)?)
+            Ok(c.unet()?.forward(&x, 500.0, &context, None).map(drop)?)
         })?;
         put(&mut res, &format!("unet_step_{side}"), s);
         phase_peak(&mut res, &format!("unet_step_{side}_peak_mb"));

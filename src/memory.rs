@@ -14,8 +14,8 @@
 //! cgroup v2 limit when there is one; elsewhere (other systems, CUDA devices) only the
 //! address-space bound applies.
 
+use crate::components::vae::AutoencoderKL;
 use crate::error::{Error, Result};
-use crate::pipeline::Components;
 use candle_core::DType;
 
 /// What one run asks for, after the pipeline's defaults are applied.
@@ -31,15 +31,13 @@ pub struct RunShape {
     pub vae: crate::components::vae::DecodeOptions,
 }
 
-/// Refuses a run whose activations cannot fit in the memory this process can get.
-pub fn check_run(c: &Components, run: RunShape) -> Result<()> {
-    let weights = c.pending_weight_bytes() as u128;
-    let need = estimate_bytes(c, run) + weights;
-    let available = if c.device.is_cpu() {
-        available_bytes()
-    } else {
-        None
-    };
+/// Refuses a run whose activations (`activations`, a lower bound from the family's estimate) plus the
+/// `pending_weights` it reads first cannot fit in the memory this process can get (`on_cpu`: the system
+/// says how much; elsewhere only the address space bounds it).
+pub fn check_run(run: RunShape, activations: u128, pending_weights: u128, on_cpu: bool) -> Result<()> {
+    let weights = pending_weights;
+    let need = activations + weights;
+    let available = if on_cpu { available_bytes() } else { None };
     let limit = available.unwrap_or(isize::MAX as u128);
     if need > limit {
         let whence = match available {
@@ -57,53 +55,27 @@ pub fn check_run(c: &Components, run: RunShape) -> Result<()> {
             run.width,
             run.height,
             run.batch,
-            human(need - weights),
+            human(activations),
             human(limit)
         )));
     }
     Ok(())
 }
 
-/// A lower bound on the run's peak activation memory, in bytes.
-pub fn estimate_bytes(c: &Components, run: RunShape) -> u128 {
-    let f32b = 4u128;
-    // Activations are in the UNet's compute dtype (f32 on the CPU, whatever the pipeline's dtype).
-    let act = bytes_of(c.unet.dtype());
+/// The VAE decoder's largest activation: its last up block runs at full resolution with
+/// `block_out_channels[0]` channels (one tile under tiling, one image under slicing).
+pub fn vae_decode_bytes(vae: &AutoencoderKL, run: RunShape) -> u128 {
     let (w, h) = (run.width as u128, run.height as u128);
-    let batch = run.batch as u128;
-    let unet_batch = batch * if run.cfg { 2 } else { 1 };
-
-    // VAE decoder: its last up block runs at full resolution with block_out_channels[0] channels.
-    let vae = c.vae.config();
-    let vae_ch = vae.block_out_channels.first().copied().unwrap_or(1) as u128;
-    let vae_bytes = bytes_of(c.vae.dtype());
-    let tile = vae.sample_size.max(1) as u128;
+    let cfg = vae.config();
+    let ch = cfg.block_out_channels.first().copied().unwrap_or(1) as u128;
+    let tile = cfg.sample_size.max(1) as u128;
     let (dw, dh) = if run.vae.tiling {
         (w.min(tile), h.min(tile))
     } else {
         (w, h)
     };
-    let dbatch = if run.vae.slicing { 1 } else { batch };
-    let decode = dbatch * vae_ch * dw * dh * vae_bytes;
-
-    // UNet: per down block (at 1/2^i of the latent size), its feature map, and for attention blocks
-    // the GEGLU projection (8 × channels per token) and one attention chunk's f32 scores.
-    let unet = c.unet.config();
-    let f = c.vae_scale_factor().max(1) as u128;
-    let heads = unet.heads();
-    let mut largest = decode;
-    for (i, kind) in unet.down_block_types.iter().enumerate() {
-        let ch = unet.block_out_channels.get(i).copied().unwrap_or(1) as u128;
-        let scale = f << i.min(16);
-        let tokens = (w / scale).max(1) * (h / scale).max(1);
-        largest = largest.max(unet_batch * ch * tokens * act);
-        if kind.starts_with("CrossAttn") {
-            largest = largest.max(unet_batch * tokens * ch * 8 * act);
-            let heads = heads.get(i).copied().unwrap_or(1) as u128;
-            largest = largest.max(unet_batch * heads * tokens * f32b);
-        }
-    }
-    2 * largest
+    let batch = if run.vae.slicing { 1 } else { run.batch as u128 };
+    batch * ch * dw * dh * bytes_of(vae.dtype())
 }
 
 fn bytes_of(dtype: DType) -> u128 {

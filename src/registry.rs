@@ -6,8 +6,8 @@
 //! Order matters: diffusers finds a class's family by scanning the mappings in order and taking the
 //! first hit, so the tables are kept as ordered lists rather than maps.
 //!
-//! Each family also carries our status: [`Family::StableDiffusion`] and
-//! [`Family::StableDiffusionXl`] are implemented; every other family resolves (so messages and
+//! Each family also carries our status: the [`Family`] variants are implemented (each by its module in
+//! `pipeline::families`); every other family resolves (so messages and
 //! class names match diffusers) but is reported as not supported yet by [`plan`].
 
 use crate::error::{Error, Result};
@@ -67,17 +67,24 @@ pub enum Family {
     StableDiffusion,
     /// diffusers family `stable-diffusion-xl`.
     StableDiffusionXl,
+    /// diffusers family `lcm` (latent consistency models: `LatentConsistencyModelPipeline`).
+    LatentConsistency,
 }
 
 impl Family {
     /// Every implemented family.
-    pub const ALL: [Family; 2] = [Family::StableDiffusion, Family::StableDiffusionXl];
+    pub const ALL: [Family; 3] = [
+        Family::StableDiffusion,
+        Family::StableDiffusionXl,
+        Family::LatentConsistency,
+    ];
 
     /// diffusers' name for the family (the key in the AutoPipeline mappings).
     pub fn name(self) -> &'static str {
         match self {
             Family::StableDiffusion => "stable-diffusion",
             Family::StableDiffusionXl => "stable-diffusion-xl",
+            Family::LatentConsistency => "lcm",
         }
     }
 

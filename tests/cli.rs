@@ -43,10 +43,6 @@ fn flags(case: &serde_json::Value) -> Vec<String> {
         case["prompt"].as_str().unwrap().into(),
         "--seed".into(),
         case["seed"].to_string(),
-        "--steps".into(),
-        case["num_inference_steps"].to_string(),
-        "--guidance".into(),
-        case["guidance_scale"].to_string(),
     ];
     for (key, flag) in [
         ("negative_prompt", "--negative-prompt"),
@@ -57,7 +53,10 @@ fn flags(case: &serde_json::Value) -> Vec<String> {
             f.extend([flag.to_string(), s.to_string()]);
         }
     }
+    // Absent values are the pipeline's defaults (the family's, e.g. 4 steps and guidance 8.5 for LCM).
     for (key, flag) in [
+        ("num_inference_steps", "--steps"),
+        ("guidance_scale", "--guidance"),
         ("strength", "--strength"),
         ("width", "--width"),
         ("height", "--height"),

@@ -269,8 +269,9 @@ fn previews_come_every_n_steps_in_both_modes() {
 fn latent_preview_uses_the_family_factors() {
     // One latent pixel with channel k = 1: the preview colour is row k of the factor table.
     use autopipeline::pipeline::control::{latent_rgb_factors, latent_rgb_preview};
-    for family in [Family::StableDiffusion, Family::StableDiffusionXl] {
-        let f = latent_rgb_factors(family);
+    for family in Family::ALL {
+        let f = latent_rgb_factors(family).expect("every UNet family has preview factors");
+        assert_eq!(f.len(), 4);
         for k in 0..4 {
             let mut v = [0f32; 4];
             v[k] = 1.0;

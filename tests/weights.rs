@@ -282,8 +282,8 @@ fn half_precision_on_the_cpu_holds_half_values_computed_in_f32() {
         same(&ctx_h, &ctx_r, "text encoder");
         let x = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &Device::Cpu).unwrap();
         let (eps_h, eps_r) = (
-            h.unet.forward(&x, 500.0, &ctx_h, None).unwrap(),
-            r.unet.forward(&x, 500.0, &ctx_r, None).unwrap(),
+            h.unet().unwrap().forward(&x, 500.0, &ctx_h, None).unwrap(),
+            r.unet().unwrap().forward(&x, 500.0, &ctx_r, None).unwrap(),
         );
         same(&eps_h, &eps_r, "UNet");
         same(

@@ -483,25 +483,44 @@ pub fn timestep_embedding(
     }
 }
 
-/// diffusers `TimestepEmbedding`: linear → SiLU → linear.
+/// diffusers `TimestepEmbedding`: (+ `cond_proj(condition)`) → linear → SiLU → linear.
 #[derive(Debug, Clone)]
 pub struct TimestepEmbedding {
+    /// `cond_proj` (no bias) of UNets with `time_cond_proj_dim` (LCM's guidance embedding).
+    cond_proj: Option<Linear>,
     linear_1: Linear,
     linear_2: Linear,
 }
 
 impl TimestepEmbedding {
-    pub fn new(vb: Weights, in_dim: usize, out_dim: usize) -> Result<Self> {
+    /// `cond_dim`: the UNet's `time_cond_proj_dim`, when it has one.
+    pub fn new(vb: Weights, in_dim: usize, out_dim: usize, cond_dim: Option<usize>) -> Result<Self> {
         Ok(Self {
+            cond_proj: cond_dim
+                .map(|d| linear_no_bias(d, in_dim, vb.pp("cond_proj")))
+                .transpose()?,
             linear_1: linear(in_dim, out_dim, vb.pp("linear_1"))?,
             linear_2: linear(out_dim, out_dim, vb.pp("linear_2"))?,
         })
+    }
+
+    /// The embedding of `xs` with the optional `condition` added first (diffusers adds it to the
+    /// sinusoidal embedding before `linear_1`).
+    pub fn forward_cond(&self, xs: &Tensor, condition: Option<&Tensor>) -> Result<Tensor> {
+        let xs = match (&self.cond_proj, condition) {
+            (Some(proj), Some(c)) => (xs + proj.forward(&c.to_dtype(xs.dtype())?)?)?,
+            (None, Some(_)) => {
+                candle_core::bail!("timestep_cond given to a UNet without time_cond_proj_dim")
+            }
+            _ => xs.clone(),
+        };
+        self.linear_2.forward(&self.linear_1.forward(&xs)?.silu()?)
     }
 }
 
 impl Module for TimestepEmbedding {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.linear_2.forward(&self.linear_1.forward(xs)?.silu()?)
+        self.forward_cond(xs, None)
     }
 }
 

@@ -95,7 +95,8 @@ impl UNet2DConditionModel {
             1,
             (c.conv_in_kernel - 1) / 2,
         )?;
-        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch0, time_embed_dim)?;
+        let time_embedding =
+            TimestepEmbedding::new(vb.pp("time_embedding"), ch0, time_embed_dim, c.time_cond_proj_dim)?;
         let add_embedding = match (
             c.addition_embed_type.as_deref(),
             c.projection_class_embeddings_input_dim,
@@ -104,6 +105,7 @@ impl UNet2DConditionModel {
                 vb.pp("add_embedding"),
                 dim,
                 time_embed_dim,
+                None,
             )?),
             _ => None,
         };
@@ -269,6 +271,20 @@ impl UNet2DConditionModel {
         context: &Tensor,
         added: Option<&AddedCond>,
     ) -> Result<Tensor> {
+        self.forward_cond(sample, timesteps, context, added, None)
+    }
+
+    /// [`UNet2DConditionModel::forward_t`] with diffusers' `timestep_cond`: the `(batch,
+    /// time_cond_proj_dim)` condition UNets with `time_cond_proj_dim` add to their time embedding (LCM's
+    /// guidance-scale embedding).
+    pub fn forward_cond(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        added: Option<&AddedCond>,
+        timestep_cond: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let batch = sample.dim(0)?;
         if timesteps.dims() != [batch] {
             candle_core::bail!(
@@ -286,12 +302,14 @@ impl UNet2DConditionModel {
                     })
                 })
                 .transpose()?;
+            let cond = timestep_cond.map(|c| c.to_dtype(dtype)).transpose()?;
             return self
-                .forward_t(
+                .forward_cond(
                     &sample.to_dtype(dtype)?,
                     timesteps,
                     &context.to_dtype(dtype)?,
                     cast.as_ref(),
+                    cond.as_ref(),
                 )?
                 .to_dtype(DType::F32);
         }
@@ -304,7 +322,7 @@ impl UNet2DConditionModel {
             c.freq_shift,
         )?
         .to_dtype(sample.dtype())?;
-        let mut emb = self.time_embedding.forward(&t_emb)?;
+        let mut emb = self.time_embedding.forward_cond(&t_emb, timestep_cond)?;
         if let Some(add_embedding) = &self.add_embedding {
             let Some(added) = added else {
                 candle_core::bail!(

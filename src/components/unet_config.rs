@@ -322,9 +322,6 @@ impl UNetConfig {
         if self.class_embed_type.is_some() || self.num_class_embeds.is_some() {
             problems.push("class embeddings (class_embed_type / num_class_embeds)".into());
         }
-        if self.time_cond_proj_dim.is_some() {
-            problems.push("time_cond_proj_dim (LCM-distilled UNet)".into());
-        }
         if self.encoder_hid_dim.is_some() {
             problems.push("encoder_hid_dim".into());
         }

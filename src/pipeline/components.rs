@@ -21,7 +21,7 @@ pub struct TextEncoder {
     pub model: ClipTextModel,
 }
 
-/// Every model of a checkpoint. The models are immutable once loaded, so runs on any number of pipelines
+/// Every model of a checkpoint, loaded by its family ([`super::families::FamilyPipeline::load`]). The models are immutable once loaded, so runs on any number of pipelines
 /// and threads may use them at once; the scheduler config is the one shared, mutable piece, as in
 /// diffusers, where pipeline constructors patch the shared scheduler's config (see
 /// `config::patch_legacy_scheduler`).
@@ -30,7 +30,8 @@ pub struct Components {
     pub text_encoder: TextEncoder,
     /// SDXL's second encoder (`CLIPTextModelWithProjection`).
     pub text_encoder_2: Option<TextEncoder>,
-    pub unet: UNet2DConditionModel,
+    /// The denoiser of UNet families (SD, SDXL, LCM).
+    pub unet: Option<UNet2DConditionModel>,
     pub vae: AutoencoderKL,
     scheduler: std::sync::RwLock<SchedulerConfig>,
     pub device: Device,
@@ -102,119 +103,167 @@ const TOKENIZER_FILES: &[&str] = &[
     "tokenizer_config.json",
 ];
 
-impl Components {
-    /// Loads every component `index` lists, reporting `(done, total)` to `progress` after each;
-    /// `preload` reads deferred weights as each component loads instead of on first use; `upcast_vae`
-    /// (the SDXL family) keeps a `force_upcast` VAE of a half-precision run in float32.
-    pub fn load(
-        source: &ModelSource,
-        index: &ModelIndex,
-        device: &Device,
-        dtype: DType,
-        preload: bool,
-        upcast_vae: bool,
-        progress: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Self> {
-        let has_second = index.component("text_encoder_2").is_some();
-        let total = if has_second { 4 } else { 3 };
-        let mut done = 0;
-        let mut tick = |progress: &mut dyn FnMut(usize, usize) -> bool| -> Result<()> {
-            done += 1;
-            if progress(done, total) {
-                Ok(())
-            } else {
-                Err(Error::Cancelled)
-            }
-        };
-        let scheduler_path = source.file("scheduler", "scheduler_config.json")?;
-        let text = crate::components::load::read_text_file(&scheduler_path)?;
-        let mut scheduler = SchedulerConfig::from_json(&text, &scheduler_path.display().to_string())?;
-        // diffusers instantiates the class model_index.json names (`Cls.from_pretrained(folder)`), whatever
-        // `_class_name` the config file has; a file saved for another class goes through `from_config`.
-        if let Some(c) = index.component("scheduler") {
-            if c.class_name != scheduler.class_name && !c.class_name.is_empty() {
-                let file_class = scheduler.class_name.clone();
-                scheduler = crate::schedulers::select(&scheduler, Some(&c.class_name), None).map_err(|e| {
-                    let why = match e {
-                        Error::InvalidArgument(m) | Error::Unsupported(m) | Error::InvalidModel(m) => m,
-                        other => other.to_string(),
-                    };
-                    Error::Unsupported(format!(
-                        "model_index.json names scheduler class {} (its config file is for {file_class}): {why}",
-                        c.class_name
-                    ))
-                })?;
-            }
+/// Loads a checkpoint's components one by one for a family's loader: reads the scheduler config,
+/// opens each model's weights, keeps their deferred stores, and tells `progress` after each model.
+pub struct Loader<'a> {
+    source: &'a ModelSource,
+    device: Device,
+    dtype: DType,
+    preload: bool,
+    progress: &'a mut dyn FnMut(usize, usize) -> bool,
+    done: usize,
+    total: usize,
+    weights: Vec<Arc<WeightStore>>,
+}
+
+impl<'a> Loader<'a> {
+    /// A loader for `total` models (the progress denominator).
+    pub fn new(
+        ctx: &super::families::LoadContext<'a>,
+        total: usize,
+        progress: &'a mut dyn FnMut(usize, usize) -> bool,
+    ) -> Self {
+        Self {
+            source: ctx.source,
+            device: ctx.device.clone(),
+            dtype: ctx.dtype,
+            preload: ctx.preload,
+            progress,
+            done: 0,
+            total,
+            weights: Vec::new(),
         }
-        crate::schedulers::build(&scheduler)?;
-
-        let mut weights = Vec::new();
-        let mut loaded = |store: Arc<WeightStore>, progress: &mut dyn FnMut(usize, usize) -> bool| {
-            if preload {
-                store.materialize()?;
-            }
-            weights.push(store);
-            tick(progress)
-        };
-        let (text_encoder, store) =
-            load_text_encoder(source, "tokenizer", "text_encoder", false, device, dtype)?;
-        loaded(store, progress)?;
-        let text_encoder_2 = if has_second {
-            let (enc, store) =
-                load_text_encoder(source, "tokenizer_2", "text_encoder_2", true, device, dtype)?;
-            loaded(store, progress)?;
-            Some(enc)
-        } else {
-            None
-        };
-
-        let unet_cfg: UNetConfig = read_config(&source.file("unet", "config.json")?)?;
-        let unet_dir = PathBuf::from(source.component_location("unet"));
-        let vb = open_weights(&source.weights("unet", "diffusion_pytorch_model")?, dtype, device)?;
-        let store = vb.store();
-        let unet = UNet2DConditionModel::new(vb, unet_cfg).map_err(|e| model_error("unet", &unet_dir, e))?;
-        loaded(store, progress)?;
-
-        let vae_cfg: VaeConfig = read_config(&source.file("vae", "config.json")?)?;
-        let vae_dir = PathBuf::from(source.component_location("vae"));
-        // diffusers' SDXL pipelines move a `force_upcast` VAE to float32 for every encode and decode of a
-        // half-precision run (its half-precision values, computed in float32); the SD pipelines run it
-        // in the pipeline's dtype whatever its config says.
-        let vae_files = source.weights("vae", "diffusion_pytorch_model")?;
-        let vb = if upcast_vae && dtype != DType::F32 && vae_cfg.force_upcast.unwrap_or(true) {
-            Weights::open_upcast(&vae_files, dtype, device)?
-        } else {
-            open_weights(&vae_files, dtype, device)?
-        };
-        let store = vb.store();
-        let vae = AutoencoderKL::new(vb, vae_cfg).map_err(|e| model_error("vae", &vae_dir, e))?;
-        loaded(store, progress)?;
-
-        let ctx = text_encoder.model.config().hidden_size
-            + text_encoder_2
-                .as_ref()
-                .map_or(0, |t| t.model.config().hidden_size);
-        if unet.config().cross_attention_dim() != ctx {
-            return Err(Error::InvalidModel(format!(
-                "unet cross_attention_dim {} does not match the text encoders' hidden size {ctx}",
-                unet.config().cross_attention_dim()
-            )));
-        }
-        Ok(Self {
-            text_encoder,
-            text_encoder_2,
-            unet,
-            vae,
-            scheduler: std::sync::RwLock::new(scheduler),
-            device: device.clone(),
-            dtype,
-            weights,
-        })
     }
 
+    /// Records a loaded model's weights and reports progress (`Cancelled` when the callback says stop).
+    fn loaded(&mut self, store: Arc<WeightStore>) -> Result<()> {
+        if self.preload {
+            store.materialize()?;
+        }
+        self.weights.push(store);
+        self.done += 1;
+        if (self.progress)(self.done, self.total) {
+            Ok(())
+        } else {
+            Err(Error::Cancelled)
+        }
+    }
+
+    /// A CLIP tokenizer folder and the text encoder it feeds (`with_projection`:
+    /// `CLIPTextModelWithProjection`).
+    pub fn text_encoder(
+        &mut self,
+        tokenizer: &str,
+        encoder: &str,
+        with_projection: bool,
+    ) -> Result<TextEncoder> {
+        let (enc, store) = load_text_encoder(
+            self.source,
+            tokenizer,
+            encoder,
+            with_projection,
+            &self.device,
+            self.dtype,
+        )?;
+        self.loaded(store)?;
+        Ok(enc)
+    }
+
+    /// The `unet` folder's `UNet2DConditionModel`.
+    pub fn unet(&mut self) -> Result<UNet2DConditionModel> {
+        let source = self.source;
+        let cfg: UNetConfig = read_config(&source.file("unet", "config.json")?)?;
+        let dir = PathBuf::from(source.component_location("unet"));
+        let vb = open_weights(
+            &source.weights("unet", "diffusion_pytorch_model")?,
+            self.dtype,
+            &self.device,
+        )?;
+        let store = vb.store();
+        let unet = UNet2DConditionModel::new(vb, cfg).map_err(|e| model_error("unet", &dir, e))?;
+        self.loaded(store)?;
+        Ok(unet)
+    }
+
+    /// The `vae` folder's `AutoencoderKL`. `upcast`: keep a `force_upcast` VAE of a half-precision
+    /// pipeline in float32 (its half-precision values, computed in float32), as diffusers' SDXL
+    /// pipelines do for every encode and decode.
+    pub fn vae(&mut self, upcast: bool) -> Result<AutoencoderKL> {
+        let source = self.source;
+        let cfg: VaeConfig = read_config(&source.file("vae", "config.json")?)?;
+        let dir = PathBuf::from(source.component_location("vae"));
+        let files = source.weights("vae", "diffusion_pytorch_model")?;
+        let vb = if upcast && self.dtype != DType::F32 && cfg.force_upcast.unwrap_or(true) {
+            Weights::open_upcast(&files, self.dtype, &self.device)?
+        } else {
+            open_weights(&files, self.dtype, &self.device)?
+        };
+        let store = vb.store();
+        let vae = AutoencoderKL::new(vb, cfg).map_err(|e| model_error("vae", &dir, e))?;
+        self.loaded(store)?;
+        Ok(vae)
+    }
+
+    /// The loaded set, with the checkpoint's scheduler config.
+    pub fn finish(self, models: Models, scheduler: SchedulerConfig) -> Components {
+        Components {
+            text_encoder: models.text_encoder,
+            text_encoder_2: models.text_encoder_2,
+            unet: models.unet,
+            vae: models.vae,
+            scheduler: std::sync::RwLock::new(scheduler),
+            device: self.device,
+            dtype: self.dtype,
+            weights: self.weights,
+        }
+    }
+}
+
+/// The models a family loaded, handed to [`Loader::finish`].
+pub struct Models {
+    pub text_encoder: TextEncoder,
+    pub text_encoder_2: Option<TextEncoder>,
+    pub unet: Option<UNet2DConditionModel>,
+    pub vae: AutoencoderKL,
+}
+
+/// The checkpoint's scheduler config. diffusers instantiates the class `model_index.json` names
+/// (`Cls.from_pretrained(folder)`), whatever `_class_name` the config file has; a file saved for another
+/// class goes through `from_config`.
+pub fn load_scheduler(source: &ModelSource, index: &ModelIndex) -> Result<SchedulerConfig> {
+    let scheduler_path = source.file("scheduler", "scheduler_config.json")?;
+    let text = crate::components::load::read_text_file(&scheduler_path)?;
+    let mut scheduler = SchedulerConfig::from_json(&text, &scheduler_path.display().to_string())?;
+    if let Some(c) = index.component("scheduler") {
+        if c.class_name != scheduler.class_name && !c.class_name.is_empty() {
+            let file_class = scheduler.class_name.clone();
+            scheduler = crate::schedulers::select(&scheduler, Some(&c.class_name), None).map_err(|e| {
+                let why = match e {
+                    Error::InvalidArgument(m) | Error::Unsupported(m) | Error::InvalidModel(m) => m,
+                    other => other.to_string(),
+                };
+                Error::Unsupported(format!(
+                    "model_index.json names scheduler class {} (its config file is for {file_class}): {why}",
+                    c.class_name
+                ))
+            })?;
+        }
+    }
+    crate::schedulers::build(&scheduler)?;
+    Ok(scheduler)
+}
+
+impl Components {
     /// Pixels per latent (`2^(len(vae.block_out_channels) - 1)`).
     pub fn vae_scale_factor(&self) -> usize {
         self.vae.config().scale_factor()
+    }
+
+    /// The UNet, for families that denoise with one.
+    pub fn unet(&self) -> Result<&UNet2DConditionModel> {
+        self.unet
+            .as_ref()
+            .ok_or_else(|| Error::Unsupported("this pipeline's components have no UNet".into()))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::params::ProgressFn;
 use super::Pipeline;
-use crate::components::vae::{AutoencoderKL, DecodeOptions};
+use crate::components::vae::DecodeOptions;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::registry::Family;
@@ -268,7 +268,7 @@ impl<'a> RunControl<'a> {
         };
         let images = match preview.mode {
             PreviewMode::Latent => latent_rgb_preview(latents, bound.family),
-            PreviewMode::Vae => vae_preview(&bound.components.vae, bound.vae, latents),
+            PreviewMode::Vae => vae_preview(bound.family, &bound.components, bound.vae, latents),
         };
         match images {
             Ok(images) => (preview.f)(step, total, &images),
@@ -281,36 +281,21 @@ impl<'a> RunControl<'a> {
     }
 }
 
-/// SD 1.x / 2.x latent → RGB factors (rows: latent channel; columns: R, G, B), the well-known fit
-/// used by ComfyUI's and A1111's cheap previewers; the input is the scaled latents the UNet sees.
-const SD_LATENT_RGB: [[f32; 3]; 4] = [
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.7177],
-];
-
-/// The SDXL VAE's counterpart of [`SD_LATENT_RGB`].
-const SDXL_LATENT_RGB: [[f32; 3]; 4] = [
-    [0.3920, 0.4054, 0.4549],
-    [-0.2634, -0.0196, 0.0653],
-    [0.0568, 0.1687, -0.0755],
-    [-0.3112, -0.2359, -0.2076],
-];
-
-/// The latent→RGB factors of a family.
-pub fn latent_rgb_factors(family: Family) -> &'static [[f32; 3]; 4] {
-    match family {
-        Family::StableDiffusion => &SD_LATENT_RGB,
-        Family::StableDiffusionXl => &SDXL_LATENT_RGB,
-    }
+/// The latent→RGB factors of a family (one `[r, g, b]` row per latent channel), if it has them.
+pub fn latent_rgb_factors(family: Family) -> Option<&'static [[f32; 3]]> {
+    super::families::imp(family).preview_factors()
 }
 
-/// `(b, 4, h, w)` latents → `b` RGBA8 images of `w × h`: `rgb = latents · factors`, mapped from
+/// `(b, c, h, w)` latents → `b` RGBA8 images of `w × h`: `rgb = latents · factors`, mapped from
 /// `[-1, 1]` to `[0, 255]`.
 pub fn latent_rgb_preview(latents: &Tensor, family: Family) -> Result<Vec<Image>> {
     let (b, c, h, w) = latents.dims4()?;
-    let factors = latent_rgb_factors(family);
+    let factors = latent_rgb_factors(family).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "the {} family has no latent→RGB preview factors: use the VAE preview mode",
+            family.name()
+        ))
+    })?;
     if c != factors.len() {
         return Err(Error::Unsupported(format!(
             "latent previews need {} latent channels, these latents have {c}",
@@ -344,14 +329,15 @@ pub fn latent_rgb_preview(latents: &Tensor, family: Family) -> Result<Vec<Image>
 }
 
 /// A full decode of the current latents, post-processed as the final image is (the same steps as the
-/// pipeline's decode).
-fn vae_preview(vae: &AutoencoderKL, opts: DecodeOptions, latents: &Tensor) -> Result<Vec<Image>> {
-    let cfg = vae.config();
-    let mut z = div_s(latents, cfg.scaling_factor as f32)?;
-    if let Some(shift) = cfg.shift_factor {
-        z = (z + shift)?;
-    }
-    let image = vae.decode_with(&z, opts)?;
+/// pipeline's decode, with the family's latent normalisation).
+fn vae_preview(
+    family: Family,
+    c: &super::Components,
+    opts: DecodeOptions,
+    latents: &Tensor,
+) -> Result<Vec<Image>> {
+    let z = super::families::imp(family).latent_norm(c).denormalize(latents)?;
+    let image = c.vae.decode_with(&z, opts)?;
     let image = (div_s(&image, 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
     Image::from_tensor01(&image, 4)
 }

@@ -1,20 +1,14 @@
-//! The one denoising loop every task and family runs: scale → UNet (with CFG) → scheduler step, with
-//! per-task hooks for what differs (extra inpaint channels, 4-channel inpaint blending).
+//! The one denoising loop every task and family runs: scale → denoiser (with the family's guidance
+//! mode) → scheduler step, with per-task hooks for what differs (extra inpaint channels, 4-channel
+//! inpaint blending).
 
 use super::control::RunControl;
+use super::families::{Conditioning, Denoiser, GuidanceMode, ModelCond};
 use super::Trace;
-use crate::components::unet::{AddedCond, UNet2DConditionModel};
 use crate::error::Result;
 use crate::rng::Generator;
 use crate::schedulers::{mul_s, Scheduler};
 use candle_core::{Tensor, D};
-
-/// Classifier-free guidance settings; absent when guidance is off (`guidance_scale <= 1`).
-#[derive(Debug, Clone, Copy)]
-pub struct Guidance {
-    pub scale: f64,
-    pub rescale: f64,
-}
 
 /// Task-specific behaviour inside the loop.
 pub trait StepHooks {
@@ -35,11 +29,11 @@ impl StepHooks for NoHooks {}
 
 /// Everything the loop reads.
 pub struct Denoise<'a> {
-    pub unet: &'a UNet2DConditionModel,
-    /// `cat([negative, positive])` under CFG, else the positive embeddings.
-    pub context: &'a Tensor,
-    pub added: Option<&'a AddedCond>,
-    pub guidance: Option<Guidance>,
+    pub denoiser: &'a dyn Denoiser,
+    /// The conditioning and its guidance mode.
+    pub cond: &'a Conditioning,
+    /// Whether `scheduler.scale_model_input` runs before the denoiser.
+    pub scale_input: bool,
     pub timesteps: &'a [f64],
 }
 
@@ -56,32 +50,66 @@ impl Denoise<'_> {
     ) -> Result<Tensor> {
         let total = self.timesteps.len();
         progress.begin(total)?;
-        let mut unet = UnetCalls::new(&latents, total);
+        let guidance = self.cond.guidance;
+        if trace.is_some() {
+            // Scheduler noise (ancestral, SDE, LCM steps) goes into the trace's draws too.
+            rng.record_draws();
+        }
+        let mut calls = DenoiserCalls::new(&latents, total);
+        // A separate negative pass has its own call state: a CUDA graph is bound to one conditioning.
+        let mut negative_calls = DenoiserCalls::new(&latents, total);
         for (i, &t) in self.timesteps.iter().enumerate() {
-            let input = match self.guidance {
-                Some(_) => Tensor::cat(&[&latents, &latents], 0)?,
-                None => latents.clone(),
+            let input = if guidance.doubles_batch() {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
             };
-            let mut input = scheduler.scale_model_input(&input, t)?;
+            let mut input = if self.scale_input {
+                scheduler.scale_model_input(&input, t)?
+            } else {
+                input
+            };
             if let Some(extra) = hooks.extra_unet_channels() {
                 input = Tensor::cat(&[&input, extra], 1)?;
             }
-            let out = unet.call(self, &input, t, progress)?;
+            let out = calls.call(self.denoiser, &self.cond.cond, &input, t, progress)?;
             if let Some(trace) = trace.as_deref_mut() {
                 trace.unet_timesteps.push(t);
                 if i == 0 {
-                    trace.added_cond = self.added.cloned();
+                    trace.added_cond = self.cond.cond.added.clone();
                     trace.unet_input_step0 = Some(input.clone());
                     trace.unet_output_step0 = Some(out.clone());
                 }
             }
-            let noise_pred = match self.guidance {
-                Some(g) => apply_guidance(&out, g)?,
-                None => out,
+            let noise_pred = match guidance {
+                GuidanceMode::BatchCfg { scale, rescale } => {
+                    let b = out.dim(0)? / 2;
+                    apply_guidance(&out.narrow(0, 0, b)?, &out.narrow(0, b, b)?, scale, rescale)?
+                }
+                GuidanceMode::SeparateCfg { scale } => {
+                    let negative = self.cond.negative.as_ref().ok_or_else(|| {
+                        crate::Error::Internal(
+                            "separate-pass guidance without a negative conditioning".into(),
+                        )
+                    })?;
+                    let uncond = negative_calls.call(self.denoiser, negative, &input, t, progress)?;
+                    apply_guidance(&uncond, &out, scale, 0.0)?
+                }
+                GuidanceMode::None | GuidanceMode::Embedded => out,
             };
             latents = scheduler.step(&noise_pred, t, &latents, rng)?;
             latents = hooks.after_step(i, latents, &*scheduler)?;
             if let Some(trace) = trace.as_deref_mut() {
+                for draw in rng.take_recorded() {
+                    let n = draw.len();
+                    let t = Tensor::from_vec(draw, n, &candle_core::Device::Cpu)?;
+                    let t = if n == latents.elem_count() {
+                        t.reshape(latents.shape())?
+                    } else {
+                        t
+                    };
+                    trace.noise.push(t);
+                }
                 trace.latents.push(latents.clone());
             }
             // On a GPU the step is only queued so far: wait for it, so that progress (and a cancel's
@@ -95,11 +123,11 @@ impl Denoise<'_> {
     }
 }
 
-/// How the loop calls the UNet: eagerly, or (CUDA, with `graph` in `AP_CUDA_KERNELS`: see
+/// How the loop calls the denoiser: eagerly, or (CUDA, with `graph` in `AP_CUDA_KERNELS`: see
 /// `components::cuda::graph`) as a CUDA graph: the first step runs eagerly with candle's graph caches
 /// on, the second is captured, and every step from there is a replay (one launch instead of thousands).
 /// A capture that fails is logged and the run goes on eagerly.
-enum UnetCalls {
+enum DenoiserCalls {
     Eager,
     #[cfg(feature = "cuda")]
     Graph(GraphState),
@@ -119,7 +147,7 @@ enum GraphState {
 #[cfg(feature = "cuda")]
 const GRAPH_MIN_STEPS: usize = 4;
 
-impl UnetCalls {
+impl DenoiserCalls {
     fn new(latents: &Tensor, steps: usize) -> Self {
         #[cfg(feature = "cuda")]
         if let candle_core::Device::Cuda(dev) = latents.device() {
@@ -132,10 +160,17 @@ impl UnetCalls {
     }
 
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-    fn call(&mut self, d: &Denoise<'_>, input: &Tensor, t: f64, log: &RunControl<'_>) -> Result<Tensor> {
+    fn call(
+        &mut self,
+        denoiser: &dyn Denoiser,
+        cond: &ModelCond,
+        input: &Tensor,
+        t: f64,
+        log: &RunControl<'_>,
+    ) -> Result<Tensor> {
         // The timestep as a device tensor: a graph replays whatever host values it was captured with.
         let ts = Tensor::full(t as f32, input.dim(0)?, input.device())?;
-        let eager = |x: &Tensor, ts: &Tensor| d.unet.forward_t(x, ts, d.context, d.added);
+        let eager = |x: &Tensor, ts: &Tensor| denoiser.forward(x, ts, cond);
         match self {
             Self::Eager => Ok(eager(input, &ts)?),
             #[cfg(feature = "cuda")]
@@ -178,18 +213,15 @@ impl UnetCalls {
 }
 
 /// `uncond + s·(text − uncond)`, then diffusers' `rescale_noise_cfg` when `rescale > 0`.
-fn apply_guidance(out: &Tensor, g: Guidance) -> Result<Tensor> {
-    let b = out.dim(0)? / 2;
-    let uncond = out.narrow(0, 0, b)?;
-    let text = out.narrow(0, b, b)?;
-    let cfg = (&uncond + mul_s(&(&text - &uncond)?, g.scale as f32)?)?;
-    if g.rescale <= 0.0 {
+fn apply_guidance(uncond: &Tensor, text: &Tensor, scale: f64, rescale: f64) -> Result<Tensor> {
+    let cfg = (uncond + mul_s(&(text - uncond)?, scale as f32)?)?;
+    if rescale <= 0.0 {
         return Ok(cfg);
     }
-    let std_text = std_per_sample(&text)?;
+    let std_text = std_per_sample(text)?;
     let std_cfg = std_per_sample(&cfg)?;
     let rescaled = cfg.broadcast_mul(&(std_text / std_cfg)?)?;
-    Ok((mul_s(&rescaled, g.rescale as f32)? + mul_s(&cfg, (1.0 - g.rescale) as f32)?)?)
+    Ok((mul_s(&rescaled, rescale as f32)? + mul_s(&cfg, (1.0 - rescale) as f32)?)?)
 }
 
 /// Unbiased standard deviation over all but the batch dimension, kept as `(b, 1, 1, 1)`.

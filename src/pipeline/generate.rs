@@ -3,12 +3,13 @@
 //! the generator draws in diffusers' order), denoise, decode, paste back a cropped inpaint.
 
 use super::conditioning::{crop_region, image_tensor, mask_tensor, overlay, round_down, CropBox};
-use super::denoise::{Denoise, Guidance, NoHooks, StepHooks};
-use super::{sd, sdxl, Pipeline, RunOutput, RunParams, Trace};
+use super::denoise::{Denoise, NoHooks, StepHooks};
+use super::families::{FamilyPipeline, Settings};
+use super::{Pipeline, RunOutput, RunParams, Trace};
 use crate::components::vae::DecodeOptions;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::registry::{Family, Task};
+use crate::registry::Task;
 use crate::rng::Generator;
 use crate::schedulers::{self, div_s, mul_s, Scheduler};
 use candle_core::{DType, Device, Tensor};
@@ -21,30 +22,8 @@ pub(crate) const MAX_IMAGES: usize = 64;
 /// Most denoising steps one run may take.
 pub(crate) const MAX_STEPS: usize = 1000;
 
-/// Settings resolved from the params and the pipeline's defaults.
-pub(super) struct Settings {
-    pub width: usize,
-    pub height: usize,
-    pub steps: usize,
-    pub guidance_scale: f64,
-    pub strength: f64,
-    pub batch: usize,
-}
-
-/// diffusers' per-pipeline defaults: `(guidance_scale, strength)`.
-fn defaults(family: Family, task: Task) -> (f64, f64) {
-    match (family, task) {
-        (Family::StableDiffusion, Task::Text2Image) => (7.5, 1.0),
-        (Family::StableDiffusion, Task::Image2Image) => (7.5, 0.8),
-        (Family::StableDiffusion, Task::Inpaint) => (7.5, 1.0),
-        (Family::StableDiffusionXl, Task::Text2Image) => (5.0, 1.0),
-        (Family::StableDiffusionXl, Task::Image2Image) => (5.0, 0.3),
-        (Family::StableDiffusionXl, Task::Inpaint) => (7.5, 0.9999),
-    }
-}
-
-fn settings(p: &Pipeline, params: &RunParams) -> Result<Settings> {
-    let (default_guidance, default_strength) = defaults(p.family, p.task);
+fn settings(p: &Pipeline, fam: &dyn FamilyPipeline, params: &RunParams) -> Result<Settings> {
+    let defaults = fam.defaults(p.task);
     let f = p.components.vae_scale_factor();
     let (width, height) = match p.task {
         Task::Text2Image => {
@@ -83,19 +62,23 @@ fn settings(p: &Pipeline, params: &RunParams) -> Result<Settings> {
             "{width}x{height} exceeds the largest supported side of {MAX_SIDE} pixels"
         )));
     }
-    let steps = params.num_inference_steps.unwrap_or(50);
+    // Custom timesteps or sigmas set the step count, as in diffusers' `retrieve_timesteps`.
+    let custom = params.timesteps.as_ref().or(params.sigmas.as_ref()).map(Vec::len);
+    let steps = custom
+        .or(params.num_inference_steps)
+        .unwrap_or(defaults.num_inference_steps);
     if steps == 0 || steps > MAX_STEPS {
         return Err(Error::InvalidArgument(format!(
             "num_inference_steps must be 1..={MAX_STEPS}, not {steps}"
         )));
     }
-    let guidance_scale = params.guidance_scale.unwrap_or(default_guidance);
+    let guidance_scale = params.guidance_scale.unwrap_or(defaults.guidance_scale);
     if !guidance_scale.is_finite() {
         return Err(Error::InvalidArgument(format!(
             "guidance_scale must be a finite number, not {guidance_scale}"
         )));
     }
-    let strength = params.strength.unwrap_or(default_strength);
+    let strength = params.strength.unwrap_or(defaults.strength);
     if !(0.0..=1.0).contains(&strength) {
         return Err(Error::InvalidArgument(format!(
             "The value of strength should in [0.0, 1.0] but is {strength}"
@@ -133,12 +116,6 @@ fn need(what: &str, task: Task) -> Error {
     Error::InvalidArgument(format!("the {} task needs an input {what}", task.name()))
 }
 
-/// Text embeddings and extra UNet conditioning for a run, CFG-concatenated (negative first).
-pub(super) struct Conditioning {
-    pub context: Tensor,
-    pub added: Option<crate::components::unet::AddedCond>,
-}
-
 /// Draws `shape` from the run's generator (diffusers `randn_tensor`) in the dtype diffusers draws it in
 /// (`None`: the pipeline's), recording it in the trace.
 fn randn(
@@ -170,54 +147,29 @@ fn repeat(t: &Tensor, n: usize) -> Result<Tensor> {
     })
 }
 
-/// `vae.encode(image).latent_dist.sample(generator) · scaling_factor` (diffusers `_encode_vae_image`).
+/// `vae.encode(image).latent_dist.sample(generator)`, normalised into the denoiser's latent space
+/// (diffusers `_encode_vae_image`).
 fn encode_image(
     p: &Pipeline,
+    fam: &dyn FamilyPipeline,
     image: &Tensor,
     vae_opts: DecodeOptions,
     rng: &mut Generator,
     trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
-    let vae = &p.components.vae;
-    let dist = vae.encode_with(image, vae_opts)?;
+    let c = &*p.components;
+    let dist = c.vae.encode_with(image, vae_opts)?;
     // diffusers samples in the VAE's dtype: SDXL pipelines move a `force_upcast` VAE to float32 before
     // encoding, SD pipelines keep it in the pipeline's dtype.
-    let upcast = p.family == Family::StableDiffusionXl && vae.config().force_upcast.unwrap_or(true);
     let noise = randn(
         rng,
         dist.mean.dims(),
-        upcast.then_some(DType::F32),
+        fam.vae_sample_dtype(c),
         image.device(),
         trace,
     )?;
     let latents = dist.sample_with(&noise)?;
-    let cfg = vae.config();
-    if let Some((mean, std)) = latent_stats(p, latents.device())? {
-        // SDXL-family VAEs with per-channel statistics: (z − mean) · scaling / std.
-        return Ok(mul_s(&latents.broadcast_sub(&mean)?, cfg.scaling_factor as f32)?.broadcast_div(&std)?);
-    }
-    let latents = match cfg.shift_factor {
-        Some(shift) => (latents - shift)?,
-        None => latents,
-    };
-    mul_s(&latents, cfg.scaling_factor as f32)
-}
-
-/// The VAE's per-channel `latents_mean` / `latents_std` as `(1, c, 1, 1)` tensors, which only the SDXL
-/// pipelines apply (diffusers' SD pipelines ignore them).
-fn latent_stats(p: &Pipeline, device: &Device) -> Result<Option<(Tensor, Tensor)>> {
-    let cfg = p.components.vae.config();
-    match (&cfg.latents_mean, &cfg.latents_std, p.family) {
-        (Some(mean), Some(std), Family::StableDiffusionXl) => {
-            let t = |v: &Vec<f64>| -> Result<Tensor> {
-                let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-                let n = v.len();
-                Ok(Tensor::from_vec(v, (1, n, 1, 1), device)?)
-            };
-            Ok(Some((t(mean)?, t(std)?)))
-        }
-        _ => Ok(None),
-    }
+    fam.latent_norm(c).normalize(&latents)
 }
 
 /// Four-channel inpainting: after each step, everything outside the mask is replaced by the original
@@ -256,66 +208,51 @@ pub(super) fn run(
     trace: &mut Trace,
     trace_on: bool,
 ) -> Result<RunOutput> {
+    let fam = p.family_impl();
     let c = &*p.components;
     let device = &c.device;
-    let unet_in = c.unet.config().in_channels;
-    let latent_ch = c.vae.config().latent_channels;
-    let inpaint_unet = unet_in == 2 * latent_ch + 1;
-    match p.task {
-        Task::Text2Image | Task::Image2Image if unet_in != latent_ch => {
-            return Err(Error::Unsupported(format!(
-                "the UNet of this checkpoint takes {unet_in} input channels (an inpainting UNet), so it cannot run \
-                 {}; load it for the inpaint task instead (diffusers fails here with a tensor shape error)",
-                p.task.name()
-            )))
-        }
-        Task::Inpaint if unet_in != latent_ch && !inpaint_unet => {
-            return Err(Error::Unsupported(format!(
-                "the UNet takes {unet_in} input channels; inpainting needs {latent_ch} (blending) or {} (mask + \
-                 masked image)",
-                2 * latent_ch + 1
-            )))
-        }
-        _ => {}
-    }
-    let s = settings(p, params)?;
+    fam.check_task(c, p.task)?;
+    let s = settings(p, fam, params)?;
     // The run's scheduler (the checkpoint's, or the one `params.scheduler` names), checked before any work.
     let scheduler_config = schedulers::select(
         &c.scheduler(),
         params.scheduler.as_deref(),
         params.scheduler_config.as_ref(),
     )?;
+    fam.check_scheduler(&scheduler_config)?;
     let mut warnings = Vec::new();
-    let do_cfg = s.guidance_scale > 1.0;
+    let guidance = fam.guidance(&s, params);
     // Images built by hand through the public fields may disagree with their size; the crops index by it.
     for img in [&params.image, &params.mask].into_iter().flatten() {
         img.validate()?;
     }
     // Refuse runs whose activations cannot fit before allocating anything (an abort would take the host down).
+    let shape = crate::memory::RunShape {
+        width: s.width,
+        height: s.height,
+        batch: s.batch,
+        cfg: guidance.doubles_batch(),
+        vae: params.vae_options(),
+    };
     crate::memory::check_run(
-        c,
-        crate::memory::RunShape {
-            width: s.width,
-            height: s.height,
-            batch: s.batch,
-            cfg: do_cfg,
-            vae: params.vae_options(),
-        },
+        shape,
+        fam.estimate_bytes(c, shape),
+        c.pending_weight_bytes() as u128,
+        device.is_cpu(),
     )?;
 
     // 1. Prompt conditioning.
-    let cond = match p.family {
-        Family::StableDiffusion => sd::encode(p, params, &s, do_cfg, rec(trace, trace_on), &mut warnings)?,
-        Family::StableDiffusionXl => {
-            sdxl::encode(p, params, &s, do_cfg, rec(trace, trace_on), &mut warnings)?
-        }
-    };
+    let cond = fam.encode_prompt(p, params, &s, guidance, rec(trace, trace_on), &mut warnings)?;
 
-    // 2. Timesteps, truncated by strength for img2img / inpaint (diffusers `get_timesteps`).
+    // 2. Timesteps, truncated by strength for img2img / inpaint (diffusers `get_timesteps`), unless the
+    //    family's scheduler takes the strength itself.
     let mut scheduler = schedulers::build(&scheduler_config)?;
+    let img2img_like = p.task != Task::Text2Image;
+    let strength_in_scheduler = img2img_like && fam.strength_in_scheduler();
+    // TODO(merge): custom timesteps / sigmas and the scheduler's own strength (TimestepRequest).
     scheduler.set_timesteps(s.steps)?;
     let mut timesteps = scheduler.timesteps().to_vec();
-    if p.task != Task::Text2Image {
+    if img2img_like && !strength_in_scheduler {
         let (start, remaining) = schedulers::strength_start(s.steps, s.strength, scheduler.order());
         if remaining < 1 || start >= timesteps.len() {
             return Err(Error::InvalidArgument(format!(
@@ -327,10 +264,21 @@ pub(super) fn run(
         timesteps.drain(..start);
         scheduler.set_begin_index(start);
     }
+    if timesteps.is_empty() {
+        return Err(Error::InvalidArgument(
+            "the schedule has no timesteps left to run".into(),
+        ));
+    }
 
     // 3. Latents (and the inpaint mask), drawing from the generator in diffusers' order.
     let mut rng = Generator::new(params.rng, params.seed, device, p.components.dtype);
     let f = c.vae_scale_factor();
+    let latent_ch = fam.latent_channels(c);
+    let inpaint_unet = c
+        .unet
+        .as_ref()
+        .is_some_and(|u| u.config().in_channels == 2 * latent_ch + 1);
+    let do_cfg = guidance.doubles_batch();
     let shape = [s.batch, latent_ch, s.height / f, s.width / f];
     let mut crop_box: Option<CropBox> = None;
     let (latents, mut hooks): (Tensor, Box<dyn StepHooks>) = match p.task {
@@ -345,7 +293,14 @@ pub(super) fn run(
             let img = params.image.as_ref().ok_or_else(|| need("image", p.task))?;
             let image = image_tensor(img, s.width, s.height, None, device)?;
             let init = repeat(
-                &encode_image(p, &image, params.vae_options(), &mut rng, rec(trace, trace_on))?,
+                &encode_image(
+                    p,
+                    fam,
+                    &image,
+                    params.vae_options(),
+                    &mut rng,
+                    rec(trace, trace_on),
+                )?,
                 s.batch,
             )?;
             let noise = randn(&mut rng, init.dims(), None, device, rec(trace, trace_on))?;
@@ -365,7 +320,14 @@ pub(super) fn run(
             let strength_max = s.strength == 1.0;
             let image_latents = if !inpaint_unet || !strength_max {
                 Some(repeat(
-                    &encode_image(p, &image, params.vae_options(), &mut rng, rec(trace, trace_on))?,
+                    &encode_image(
+                        p,
+                        fam,
+                        &image,
+                        params.vae_options(),
+                        &mut rng,
+                        rec(trace, trace_on),
+                    )?,
                     s.batch,
                 )?)
             } else {
@@ -383,6 +345,7 @@ pub(super) fn run(
             let masked_latents = repeat(
                 &encode_image(
                     p,
+                    fam,
                     &masked_image,
                     params.vae_options(),
                     &mut rng,
@@ -412,15 +375,10 @@ pub(super) fn run(
     };
 
     // 4. Denoise.
-    let guidance = do_cfg.then_some(Guidance {
-        scale: s.guidance_scale,
-        rescale: params.guidance_rescale,
-    });
     let denoise = Denoise {
-        unet: &c.unet,
-        context: &cond.context,
-        added: cond.added.as_ref(),
-        guidance,
+        denoiser: fam.denoiser(c)?,
+        cond: &cond,
+        scale_input: fam.scales_model_input(),
         timesteps: &timesteps,
     };
     let latents = denoise.run(
@@ -433,7 +391,7 @@ pub(super) fn run(
     )?;
 
     // 5. Decode, and paste a cropped inpaint back into the original.
-    let image = decode(p, &latents, params.vae_options(), rec(trace, trace_on))?;
+    let image = decode(p, fam, &latents, params.vae_options(), rec(trace, trace_on))?;
     let mut images = Image::from_tensor01(&image, params.output_channels)?;
     if let (Some(b), Some(orig), Some(mask)) = (crop_box, &params.image, &params.mask) {
         images = images
@@ -447,22 +405,14 @@ pub(super) fn run(
 /// VAE decode of final latents and diffusers' postprocess: `(x / 2 + 0.5).clamp(0, 1)`.
 fn decode(
     p: &Pipeline,
+    fam: &dyn FamilyPipeline,
     latents: &Tensor,
     vae_opts: DecodeOptions,
     trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
-    let vae = &p.components.vae;
-    let cfg = vae.config();
-    let z = if let Some((mean, std)) = latent_stats(p, latents.device())? {
-        div_s(&latents.broadcast_mul(&std)?, cfg.scaling_factor as f32)?.broadcast_add(&mean)?
-    } else {
-        let z = div_s(latents, cfg.scaling_factor as f32)?;
-        match cfg.shift_factor {
-            Some(shift) => (z + shift)?,
-            None => z,
-        }
-    };
-    let image = vae.decode_with(&z, vae_opts)?;
+    let c = &*p.components;
+    let z = fam.latent_norm(c).denormalize(latents)?;
+    let image = c.vae.decode_with(&z, vae_opts)?;
     let image = (div_s(&image, 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
     if let Some(trace) = trace {
         trace.image = Some(image.clone());

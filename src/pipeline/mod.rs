@@ -5,15 +5,15 @@ mod conditioning;
 mod config;
 pub mod control;
 mod denoise;
+pub mod families;
 mod generate;
 pub mod params;
 mod prompt;
 mod resample;
-mod sd;
-mod sdxl;
 
 pub use components::{Components, TextEncoder};
 pub use control::{LogLevel, LogSink, PreviewMode, RunControl};
+pub use families::FamilyPipeline;
 pub use params::{LoadOptions, ProgressFn, RunParams};
 
 use crate::error::{Error, Result};
@@ -131,20 +131,19 @@ impl Pipeline {
             None => &mut no_progress,
         };
         let dtype = components::parse_dtype(opts.dtype.as_deref())?;
-        let upcast_vae = plan.family == Family::StableDiffusionXl;
-        let components = Components::load(
-            &source,
-            &plan.index,
-            &device,
+        let fam = families::imp(plan.family);
+        let ctx = families::LoadContext {
+            source: &source,
+            index: &plan.index,
+            device: &device,
             dtype,
-            opts.preload,
-            upcast_vae,
-            progress,
-        )?;
-        components.patch_scheduler(|s| config::patch_legacy_scheduler(plan.family, task, s));
+            preload: opts.preload,
+        };
+        let components = fam.load(&ctx, progress)?;
+        components.patch_scheduler(|s| fam.patch_scheduler(task, s));
         let mut base = plan.index.config.clone();
         base.insert("_name_or_path".into(), Value::String(model.to_string()));
-        let config = config::derive(plan.family, task, &base, &Map::new());
+        let config = config::derive(&fam.config_keys(task), &base, &Map::new());
         Ok(Self {
             task,
             family: plan.family,
@@ -166,10 +165,10 @@ impl Pipeline {
                 resolved.pipeline_class
             ))
         })?;
-        let config = config::derive(family, task, &self.config, overrides);
+        let fam = families::imp(family);
+        let config = config::derive(&fam.config_keys(task), &self.config, overrides);
         // The new pipeline's constructor patches the scheduler both pipelines share.
-        self.components
-            .patch_scheduler(|s| config::patch_legacy_scheduler(family, task, s));
+        self.components.patch_scheduler(|s| fam.patch_scheduler(task, s));
         Ok(Self {
             task,
             family,
@@ -186,6 +185,11 @@ impl Pipeline {
 
     pub fn family(&self) -> Family {
         self.family
+    }
+
+    /// The implementation of this pipeline's family.
+    pub fn family_impl(&self) -> &'static dyn FamilyPipeline {
+        families::imp(self.family)
     }
 
     /// The diffusers pipeline class this pipeline mirrors, e.g. `StableDiffusionPipeline`.
@@ -207,9 +211,9 @@ impl Pipeline {
         Arc::ptr_eq(&self.components, &other.components)
     }
 
-    /// Default output size along each side: `unet.sample_size × vae_scale_factor`.
+    /// Default output size along each side (`unet.sample_size × vae_scale_factor` for UNet families).
     pub fn default_size(&self) -> usize {
-        self.components.unet.config().sample_size * self.components.vae_scale_factor()
+        self.family_impl().default_size(&self.components)
     }
 
     /// Generates images. `progress(step, total)` is called after each denoising step; returning `false`

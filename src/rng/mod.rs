@@ -73,6 +73,7 @@ impl From<TorchCpuGenerator> for Generator {
         Generator {
             source: Source::Cpu(Box::new(g)),
             dtype: DType::F32,
+            recorded: None,
         }
     }
 }
@@ -111,6 +112,8 @@ pub struct Generator {
     /// The dtype draws are made in unless a caller names one: diffusers draws latents and scheduler
     /// noise in the pipeline's dtype, and torch's half-precision draws are float draws rounded.
     dtype: DType,
+    /// Every draw since [`Generator::record_draws`], for traces (scheduler noise included).
+    recorded: Option<Vec<Vec<f32>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,7 +135,21 @@ impl Generator {
             RngKind::Cpu => Source::Cpu(Box::new(TorchCpuGenerator::new(seed))),
             RngKind::Cuda { max_blocks } => cuda_source(seed, max_blocks, device),
         };
-        Generator { source, dtype }
+        Generator {
+            source,
+            dtype,
+            recorded: None,
+        }
+    }
+
+    /// From now on keep a copy of every draw, for [`Generator::take_recorded`].
+    pub fn record_draws(&mut self) {
+        self.recorded.get_or_insert_with(Vec::new);
+    }
+
+    /// The draws recorded since the last call, in order.
+    pub fn take_recorded(&mut self) -> Vec<Vec<f32>> {
+        self.recorded.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The dtype [`Self::randn`] draws in.
@@ -147,6 +164,14 @@ impl Generator {
 
     /// `torch.randn(n, generator=g, dtype=dtype)` as f32 (f32, f16 or bf16; others draw in f32).
     pub fn randn_in(&mut self, n: usize, dtype: DType) -> Result<Vec<f32>> {
+        let v = self.draw(n, dtype)?;
+        if let Some(rec) = self.recorded.as_mut() {
+            rec.push(v.clone());
+        }
+        Ok(v)
+    }
+
+    fn draw(&mut self, n: usize, dtype: DType) -> Result<Vec<f32>> {
         let round = round_to(dtype);
         match &mut self.source {
             Source::Cpu(g) if matches!(dtype, DType::F16 | DType::BF16) => Ok(g.randn_reduced(n, round)),

@@ -1,14 +1,126 @@
-//! Stable Diffusion XL conditioning (`StableDiffusionXL*Pipeline.encode_prompt` and `_get_add_time_ids`):
-//! both text encoders' penultimate hidden states concatenated, the second encoder's pooled projection,
-//! and the size/crop (or aesthetic-score) time ids.
+//! Stable Diffusion XL (`StableDiffusionXLPipeline`, `…Img2ImgPipeline`, `…InpaintPipeline`). Its
+//! conditioning (`encode_prompt` and `_get_add_time_ids`): both text encoders' penultimate hidden states
+//! concatenated, the second encoder's pooled projection, and the size/crop (or aesthetic-score) time ids.
 
-use super::generate::{Conditioning, Settings};
-use super::prompt::{repeat_batch, tokenize, TokenizedFor};
-use super::{Pipeline, RunParams, Trace};
+use super::{
+    sd, unet, Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, LoadContext, ModelCond,
+    RunDefaults, Settings,
+};
 use crate::components::unet::AddedCond;
 use crate::error::{Error, Result};
-use crate::registry::Task;
-use candle_core::{Tensor, D};
+use crate::memory::RunShape;
+use crate::pipeline::components::Components;
+use crate::pipeline::prompt::{repeat_batch, tokenize, TokenizedFor};
+use crate::pipeline::{Pipeline, RunParams, Trace};
+use crate::registry::{Family, Task};
+use candle_core::{DType, Tensor, D};
+use serde_json::Value;
+
+/// The `stable-diffusion-xl` family.
+pub struct StableDiffusionXl;
+
+/// The SDXL VAE's latent → RGB factors (see `sd::SD_LATENT_RGB`).
+const SDXL_LATENT_RGB: [[f32; 3]; 4] = [
+    [0.3920, 0.4054, 0.4549],
+    [-0.2634, -0.0196, 0.0653],
+    [0.0568, 0.1687, -0.0755],
+    [-0.3112, -0.2359, -0.2076],
+];
+
+impl FamilyPipeline for StableDiffusionXl {
+    fn family(&self) -> Family {
+        Family::StableDiffusionXl
+    }
+
+    fn load(
+        &self,
+        ctx: &LoadContext<'_>,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Components> {
+        // diffusers' SDXL pipelines move a `force_upcast` VAE to float32 for every encode and decode of
+        // a half-precision run.
+        unet::load(ctx, true, progress)
+    }
+
+    fn config_keys(&self, task: Task) -> Vec<(&'static str, Value)> {
+        match task {
+            Task::Text2Image => vec![("force_zeros_for_empty_prompt", Value::Bool(true))],
+            _ => vec![
+                ("requires_aesthetics_score", Value::Bool(false)),
+                ("force_zeros_for_empty_prompt", Value::Bool(true)),
+            ],
+        }
+    }
+
+    fn defaults(&self, task: Task) -> RunDefaults {
+        let (guidance_scale, strength) = match task {
+            Task::Text2Image => (5.0, 1.0),
+            Task::Image2Image => (5.0, 0.3),
+            Task::Inpaint => (7.5, 0.9999),
+        };
+        RunDefaults {
+            guidance_scale,
+            strength,
+            num_inference_steps: 50,
+        }
+    }
+
+    fn check_task(&self, c: &Components, task: Task) -> Result<()> {
+        unet::check_task(c, task)
+    }
+
+    fn default_size(&self, c: &Components) -> usize {
+        unet::default_size(c)
+    }
+
+    fn guidance(&self, s: &Settings, params: &RunParams) -> GuidanceMode {
+        sd::cfg_mode(s, params)
+    }
+
+    fn encode_prompt(
+        &self,
+        p: &Pipeline,
+        params: &RunParams,
+        s: &Settings,
+        guidance: GuidanceMode,
+        trace: Option<&mut Trace>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Conditioning> {
+        encode(p, params, s, guidance, trace, warnings)
+    }
+
+    fn denoiser<'a>(&self, c: &'a Components) -> Result<&'a dyn Denoiser> {
+        Ok(c.unet()?)
+    }
+
+    fn latent_norm(&self, c: &Components) -> LatentNorm {
+        // The SDXL pipelines apply a VAE's per-channel `latents_mean` / `latents_std` when it has them.
+        let cfg = c.vae.config();
+        match (&cfg.latents_mean, &cfg.latents_std) {
+            (Some(mean), Some(std)) => LatentNorm::Stats {
+                scaling: cfg.scaling_factor,
+                mean: mean.clone(),
+                std: std.clone(),
+            },
+            _ => LatentNorm::Scale {
+                scaling: cfg.scaling_factor,
+                shift: cfg.shift_factor.unwrap_or(0.0),
+            },
+        }
+    }
+
+    fn vae_sample_dtype(&self, c: &Components) -> Option<DType> {
+        unet::upcast_sample_dtype(c)
+    }
+
+    fn preview_factors(&self) -> Option<&'static [[f32; 3]]> {
+        Some(&SDXL_LATENT_RGB)
+    }
+
+    fn estimate_bytes(&self, c: &Components, run: RunShape) -> u128 {
+        unet::estimate_bytes(c, run)
+    }
+}
 
 /// diffusers' defaults for the refiner-style aesthetic conditioning.
 const AESTHETIC_SCORE: f64 = 6.0;
@@ -26,7 +138,7 @@ fn encode_pair(
     clip_skip: Option<usize>,
     warnings: &mut Vec<String>,
 ) -> Result<(Tensor, Tensor)> {
-    let c = &*p.components;
+    let c = &**p.components();
     let second = c.text_encoder_2.as_ref().ok_or_else(|| {
         Error::InvalidModel("an SDXL checkpoint needs text_encoder_2 and tokenizer_2".into())
     })?;
@@ -59,10 +171,10 @@ fn encode_pair(
 
 /// `_get_add_time_ids`, with diffusers' checks against the UNet's `add_embedding` width.
 fn time_ids(p: &Pipeline, s: &Settings, negative: bool) -> Result<Vec<f64>> {
-    let c = &*p.components;
+    let c = &**p.components();
     let (h, w) = (s.height as f64, s.width as f64);
-    let aesthetics = p.task != Task::Text2Image
-        && p.config
+    let aesthetics = p.task() != Task::Text2Image
+        && p.config()
             .get("requires_aesthetics_score")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
@@ -76,7 +188,7 @@ fn time_ids(p: &Pipeline, s: &Settings, negative: bool) -> Result<Vec<f64>> {
     } else {
         vec![h, w, 0.0, 0.0, h, w]
     };
-    let cfg = c.unet.config();
+    let cfg = c.unet()?.config();
     let time_dim = cfg.addition_time_embed_dim.unwrap_or(0);
     let projection = c
         .text_encoder_2
@@ -90,7 +202,7 @@ fn time_ids(p: &Pipeline, s: &Settings, negative: bool) -> Result<Vec<f64>> {
     let head = format!(
         "Model expects an added time embedding vector of length {expected}, but a vector of {passed} was created."
     );
-    let tail = if p.task == Task::Text2Image {
+    let tail = if p.task() == Task::Text2Image {
         " The model has an incorrect config. Please check `unet.config.time_embedding_type` and \
          `text_encoder_2.config.projection_dim`."
             .to_string()
@@ -116,15 +228,16 @@ fn time_ids(p: &Pipeline, s: &Settings, negative: bool) -> Result<Vec<f64>> {
 }
 
 /// Prompt embeddings, pooled embeddings and time ids, negative first under CFG.
-pub(super) fn encode(
+fn encode(
     p: &Pipeline,
     params: &RunParams,
     s: &Settings,
-    do_cfg: bool,
+    guidance: GuidanceMode,
     trace: Option<&mut Trace>,
     warnings: &mut Vec<String>,
 ) -> Result<Conditioning> {
-    let c = &*p.components;
+    let do_cfg = guidance.needs_negative();
+    let c = &**p.components();
     let device = &c.device;
     let pos_ids = time_ids(p, s, false)?;
     let neg_ids = time_ids(p, s, true)?;
@@ -132,7 +245,7 @@ pub(super) fn encode(
     let prompt_2 = non_empty(&params.prompt_2).unwrap_or(&params.prompt);
     let (embeds, pooled) = encode_pair(p, [&params.prompt, prompt_2], params.clip_skip, warnings)?;
     let force_zeros = p
-        .config
+        .config()
         .get("force_zeros_for_empty_prompt")
         .and_then(|v| v.as_bool())
         .unwrap_or(true);
@@ -170,10 +283,15 @@ pub(super) fn encode(
         ),
     };
     Ok(Conditioning {
-        context,
-        added: Some(AddedCond {
-            text_embeds,
-            time_ids,
-        }),
+        guidance,
+        cond: ModelCond {
+            context,
+            added: Some(AddedCond {
+                text_embeds,
+                time_ids,
+            }),
+            timestep_cond: None,
+        },
+        negative: None,
     })
 }
