@@ -705,7 +705,7 @@ mod tests {
     fn diffusers_error_texts() {
         let m = error(resolve("ShapEImg2ImgPipeline", Task::Text2Image));
         assert!(m.starts_with("AutoPipeline can't find a pipeline linked to ShapEImg2ImgPipeline for None. "));
-        assert!(m.ends_with("stable-diffusion, stable-diffusion-xl"));
+        assert!(m.ends_with("stable-diffusion, stable-diffusion-xl, lcm"));
         let m = error(resolve("LatentConsistencyModelPipeline", Task::Inpaint));
         assert!(m.starts_with(
             "AutoPipeline can't find a pipeline linked to LatentConsistencyModelPipeline for lcm."

@@ -103,6 +103,16 @@ const TOKENIZER_FILES: &[&str] = &[
     "tokenizer_config.json",
 ];
 
+/// What a family's loader reads from.
+pub struct LoadContext<'a> {
+    pub source: &'a ModelSource,
+    pub index: &'a ModelIndex,
+    pub device: &'a Device,
+    pub dtype: DType,
+    /// Read deferred weights during the load.
+    pub preload: bool,
+}
+
 /// Loads a checkpoint's components one by one for a family's loader: reads the scheduler config,
 /// opens each model's weights, keeps their deferred stores, and tells `progress` after each model.
 pub struct Loader<'a> {
@@ -119,7 +129,7 @@ pub struct Loader<'a> {
 impl<'a> Loader<'a> {
     /// A loader for `total` models (the progress denominator).
     pub fn new(
-        ctx: &super::families::LoadContext<'a>,
+        ctx: &LoadContext<'a>,
         total: usize,
         progress: &'a mut dyn FnMut(usize, usize) -> bool,
     ) -> Self {

@@ -158,7 +158,9 @@ impl Pipeline {
     /// `AutoPipelineFor<Task>.from_pipe(self, **overrides)`: the configuration carries over and
     /// `overrides` (pipeline config keys such as `requires_aesthetics_score`) win.
     pub fn from_pipe(&self, task: Task, overrides: &Map<String, Value>) -> Result<Self> {
-        let resolved = registry::resolve(&self.class_name, task)?;
+        // diffusers' `from_pipe` looks the instance's class up as it is (no `from_pretrained` renames);
+        // `controlnet=` / `enable_pag=` will arrive as modifiers.
+        let resolved = registry::resolve_from_pipe(&self.class_name, task, registry::Modifiers::default())?;
         let family = resolved.family.ok_or_else(|| {
             Error::Unsupported(format!(
                 "{} is not supported by autopipeline yet",

@@ -3,10 +3,11 @@
 //! `timestep_cond` (a sinusoidal embedding of `guidance_scale − 1`), so there is no CFG batch and no
 //! negative prompt; the model input is not scaled; `LCMScheduler` applies img2img's strength itself.
 
-use super::{
-    sd, unet, Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, LoadContext, ModelCond,
-    RunDefaults, Settings,
+use super::family::{
+    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, Settings,
 };
+use super::unet;
+use crate::pipeline::components::LoadContext;
 use crate::error::{Error, Result};
 use crate::memory::RunShape;
 use crate::pipeline::components::Components;
@@ -128,7 +129,7 @@ impl FamilyPipeline for LatentConsistency {
     }
 
     fn preview_factors(&self) -> Option<&'static [[f32; 3]]> {
-        Some(&sd::SD_LATENT_RGB)
+        Some(&unet::SD_LATENT_RGB)
     }
 
     fn estimate_bytes(&self, c: &Components, run: RunShape) -> u128 {

@@ -1,9 +1,10 @@
 //! Stable Diffusion 1.x / 2.x (`StableDiffusionPipeline`, `…Img2ImgPipeline`, `…InpaintPipeline`).
 
-use super::{
-    unet, Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, LoadContext, ModelCond,
-    RunDefaults, Settings,
+use super::family::{
+    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, Settings,
 };
+use super::unet;
+use crate::pipeline::components::LoadContext;
 use crate::error::Result;
 use crate::memory::RunShape;
 use crate::pipeline::components::Components;
@@ -16,15 +17,6 @@ use serde_json::Value;
 
 /// The `stable-diffusion` family.
 pub struct StableDiffusion;
-
-/// SD 1.x / 2.x latent → RGB factors (rows: latent channel; columns: R, G, B), the well-known fit
-/// used by ComfyUI's and A1111's cheap previewers; the input is the scaled latents the UNet sees.
-pub(super) const SD_LATENT_RGB: [[f32; 3]; 4] = [
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.7177],
-];
 
 impl FamilyPipeline for StableDiffusion {
     fn family(&self) -> Family {
@@ -65,7 +57,7 @@ impl FamilyPipeline for StableDiffusion {
     }
 
     fn guidance(&self, s: &Settings, params: &RunParams) -> GuidanceMode {
-        cfg_mode(s, params)
+        unet::cfg_mode(s, params)
     }
 
     fn encode_prompt(
@@ -94,24 +86,11 @@ impl FamilyPipeline for StableDiffusion {
     }
 
     fn preview_factors(&self) -> Option<&'static [[f32; 3]]> {
-        Some(&SD_LATENT_RGB)
+        Some(&unet::SD_LATENT_RGB)
     }
 
     fn estimate_bytes(&self, c: &Components, run: RunShape) -> u128 {
         unet::estimate_bytes(c, run)
-    }
-}
-
-/// Classifier-free guidance by batch doubling when `guidance_scale > 1` (diffusers'
-/// `do_classifier_free_guidance`), else none.
-pub(super) fn cfg_mode(s: &Settings, params: &RunParams) -> GuidanceMode {
-    if s.guidance_scale > 1.0 {
-        GuidanceMode::BatchCfg {
-            scale: s.guidance_scale,
-            rescale: params.guidance_rescale,
-        }
-    } else {
-        GuidanceMode::None
     }
 }
 

@@ -2,10 +2,11 @@
 //! conditioning (`encode_prompt` and `_get_add_time_ids`): both text encoders' penultimate hidden states
 //! concatenated, the second encoder's pooled projection, and the size/crop (or aesthetic-score) time ids.
 
-use super::{
-    sd, unet, Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, LoadContext, ModelCond,
-    RunDefaults, Settings,
+use super::family::{
+    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, Settings,
 };
+use super::unet;
+use crate::pipeline::components::LoadContext;
 use crate::components::unet::AddedCond;
 use crate::error::{Error, Result};
 use crate::memory::RunShape;
@@ -19,7 +20,7 @@ use serde_json::Value;
 /// The `stable-diffusion-xl` family.
 pub struct StableDiffusionXl;
 
-/// The SDXL VAE's latent → RGB factors (see `sd::SD_LATENT_RGB`).
+/// The SDXL VAE's latent → RGB factors (see `unet::SD_LATENT_RGB`).
 const SDXL_LATENT_RGB: [[f32; 3]; 4] = [
     [0.3920, 0.4054, 0.4549],
     [-0.2634, -0.0196, 0.0653],
@@ -74,7 +75,7 @@ impl FamilyPipeline for StableDiffusionXl {
     }
 
     fn guidance(&self, s: &Settings, params: &RunParams) -> GuidanceMode {
-        sd::cfg_mode(s, params)
+        unet::cfg_mode(s, params)
     }
 
     fn encode_prompt(

@@ -2,20 +2,15 @@
 //! `UNet2DConditionModel`, an `AutoencoderKL`), the UNet as the loop's [`Denoiser`], the task checks
 //! on its input channels, and its activation-memory estimate.
 
-use super::{LoadContext, ModelCond};
+use super::family::{Denoiser, GuidanceMode, ModelCond, Settings};
+use crate::pipeline::components::LoadContext;
+use crate::pipeline::RunParams;
 use crate::components::unet::UNet2DConditionModel;
 use crate::error::{Error, Result};
 use crate::memory::RunShape;
 use crate::pipeline::components::{load_scheduler, Components, Loader, Models};
 use crate::registry::Task;
 use candle_core::{DType, Tensor};
-
-/// The model the denoising loop calls once per step (twice under a separate negative pass).
-pub trait Denoiser: Sync {
-    /// The model's prediction for `x` (`(batch, channels, …)`) at `t` (float32 `(batch,)` on `x`'s
-    /// device: a device tensor, so a CUDA graph replays new values), in float32.
-    fn forward(&self, x: &Tensor, t: &Tensor, cond: &ModelCond) -> candle_core::Result<Tensor>;
-}
 
 impl Denoiser for UNet2DConditionModel {
     fn forward(&self, x: &Tensor, t: &Tensor, cond: &ModelCond) -> candle_core::Result<Tensor> {
@@ -133,3 +128,25 @@ pub(super) fn estimate_bytes(c: &Components, run: RunShape) -> u128 {
 pub(super) fn upcast_sample_dtype(c: &Components) -> Option<DType> {
     c.vae.config().force_upcast.unwrap_or(true).then_some(DType::F32)
 }
+
+/// Classifier-free guidance by batch doubling when `guidance_scale > 1` (diffusers'
+/// `do_classifier_free_guidance`), else none: the SD and SDXL pipelines' rule.
+pub(super) fn cfg_mode(s: &Settings, params: &RunParams) -> GuidanceMode {
+    if s.guidance_scale > 1.0 {
+        GuidanceMode::BatchCfg {
+            scale: s.guidance_scale,
+            rescale: params.guidance_rescale,
+        }
+    } else {
+        GuidanceMode::None
+    }
+}
+
+/// SD 1.x / 2.x latent → RGB factors (rows: latent channel; columns: R, G, B), the well-known fit
+/// used by ComfyUI's and A1111's cheap previewers; the input is the scaled latents the UNet sees.
+pub(super) const SD_LATENT_RGB: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];

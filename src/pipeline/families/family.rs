@@ -1,0 +1,235 @@
+//! The seam between the core and the families: the [`FamilyPipeline`] trait and the types it speaks
+//! (settings, guidance modes, conditioning, latent normalisation).
+
+use crate::components::unet::AddedCond;
+use crate::error::{Error, Result};
+use crate::memory::RunShape;
+use crate::pipeline::components::{Components, LoadContext};
+use crate::pipeline::{Pipeline, RunParams, Trace};
+use crate::registry::{Family, Task};
+use crate::schedulers::SchedulerConfig;
+use candle_core::{DType, Tensor};
+use serde_json::Value;
+
+/// diffusers' `__call__` defaults of one pipeline class.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunDefaults {
+    pub guidance_scale: f64,
+    /// img2img / inpaint strength (1.0 for text2img, which ignores it).
+    pub strength: f64,
+    pub num_inference_steps: usize,
+}
+
+/// The model the denoising loop calls once per step (twice under a separate negative pass).
+pub trait Denoiser: Sync {
+    /// The model's prediction for `x` (`(batch, channels, …)`) at `t` (float32 `(batch,)` on `x`'s
+    /// device: a device tensor, so a CUDA graph replays new values), in float32.
+    fn forward(&self, x: &Tensor, t: &Tensor, cond: &ModelCond) -> candle_core::Result<Tensor>;
+}
+
+/// Settings of one run after the pipeline's defaults are applied.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    pub guidance_scale: f64,
+    pub strength: f64,
+    pub batch: usize,
+}
+
+/// How a family's pipeline applies guidance inside the loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GuidanceMode {
+    /// No guidance: one denoiser call on the latents.
+    None,
+    /// Classifier-free guidance by batch doubling: one call on `cat([latents, latents])` with the
+    /// conditioning `cat([negative, positive])`, then `uncond + scale·(text − uncond)` and diffusers'
+    /// `rescale_noise_cfg` when `rescale > 0` (SD, SDXL).
+    BatchCfg { scale: f64, rescale: f64 },
+    /// Classifier-free guidance by a second call with the negative conditioning (FLUX's true CFG).
+    SeparateCfg { scale: f64 },
+    /// Guidance enters as model input (LCM's w-embedding, FLUX's guidance embedding): one call.
+    Embedded,
+}
+
+impl GuidanceMode {
+    /// Whether the conditioning carries a negative prompt.
+    pub fn needs_negative(self) -> bool {
+        matches!(
+            self,
+            GuidanceMode::BatchCfg { .. } | GuidanceMode::SeparateCfg { .. }
+        )
+    }
+    /// Whether the denoiser's batch is doubled.
+    pub fn doubles_batch(self) -> bool {
+        matches!(self, GuidanceMode::BatchCfg { .. })
+    }
+}
+
+/// One denoiser call's conditioning. Fields a family does not use stay `None`.
+#[derive(Debug, Clone)]
+pub struct ModelCond {
+    /// `encoder_hidden_states`: `cat([negative, positive])` under [`GuidanceMode::BatchCfg`].
+    pub context: Tensor,
+    /// SDXL's `added_cond_kwargs` (text embeds and time ids).
+    pub added: Option<AddedCond>,
+    /// `timestep_cond`: LCM's guidance-scale embedding.
+    pub timestep_cond: Option<Tensor>,
+}
+
+/// A run's conditioning: what the denoiser is called with, and the negative for
+/// [`GuidanceMode::SeparateCfg`].
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    pub guidance: GuidanceMode,
+    pub cond: ModelCond,
+    pub negative: Option<ModelCond>,
+}
+
+/// How VAE latents are normalised into the denoiser's space and back.
+#[derive(Debug, Clone)]
+pub enum LatentNorm {
+    /// `(z − shift) · scaling` (shift 0 when the VAE has none).
+    Scale { scaling: f64, shift: f64 },
+    /// Per-channel statistics (SDXL VAEs with `latents_mean` / `latents_std`): `(z − mean) · scaling / std`.
+    Stats {
+        scaling: f64,
+        mean: Vec<f64>,
+        std: Vec<f64>,
+    },
+}
+
+impl LatentNorm {
+    /// VAE latents → denoiser latents.
+    pub fn normalize(&self, z: &Tensor) -> Result<Tensor> {
+        match self {
+            LatentNorm::Scale { scaling, shift } => {
+                let z = if *shift != 0.0 { (z - *shift)? } else { z.clone() };
+                crate::schedulers::mul_s(&z, *scaling as f32)
+            }
+            LatentNorm::Stats { scaling, mean, std } => {
+                let (mean, std) = (channel_tensor(mean, z)?, channel_tensor(std, z)?);
+                Ok(
+                    crate::schedulers::mul_s(&z.broadcast_sub(&mean)?, *scaling as f32)?
+                        .broadcast_div(&std)?,
+                )
+            }
+        }
+    }
+
+    /// Denoiser latents → VAE latents.
+    pub fn denormalize(&self, latents: &Tensor) -> Result<Tensor> {
+        match self {
+            LatentNorm::Scale { scaling, shift } => {
+                let z = crate::schedulers::div_s(latents, *scaling as f32)?;
+                Ok(if *shift != 0.0 { (z + *shift)? } else { z })
+            }
+            LatentNorm::Stats { scaling, mean, std } => {
+                let (mean, std) = (channel_tensor(mean, latents)?, channel_tensor(std, latents)?);
+                Ok(
+                    crate::schedulers::div_s(&latents.broadcast_mul(&std)?, *scaling as f32)?
+                        .broadcast_add(&mean)?,
+                )
+            }
+        }
+    }
+}
+
+/// Per-channel values as a `(1, c, 1, 1)` tensor on `like`'s device and dtype.
+fn channel_tensor(v: &[f64], like: &Tensor) -> Result<Tensor> {
+    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    let n = v.len();
+    Ok(Tensor::from_vec(v, (1, n, 1, 1), like.device())?.to_dtype(like.dtype())?)
+}
+
+/// Everything a pipeline family provides. One static instance per family ([`imp`]); every method takes
+/// the loaded components or the pipeline explicitly, so a family holds no state.
+pub trait FamilyPipeline: Sync {
+    /// The registry key this implements.
+    fn family(&self) -> Family;
+
+    /// Loads the component set `ctx.index` lists, telling `progress(done, total)` after each component.
+    fn load(
+        &self,
+        ctx: &LoadContext<'_>,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Components>;
+
+    /// The config keys the pipeline class for `task` registers, with diffusers' defaults.
+    fn config_keys(&self, task: Task) -> Vec<(&'static str, Value)>;
+
+    /// What the pipeline constructor for `task` does to the (shared) scheduler config.
+    fn patch_scheduler(&self, _task: Task, _cfg: &mut SchedulerConfig) {}
+
+    /// diffusers' `__call__` defaults for `task`.
+    fn defaults(&self, task: Task) -> RunDefaults;
+
+    /// Refuses a task the loaded models cannot run, before any work.
+    fn check_task(&self, c: &Components, task: Task) -> Result<()>;
+
+    /// Refuses a scheduler the family's pipelines cannot use.
+    fn check_scheduler(&self, cfg: &SchedulerConfig) -> Result<()> {
+        if cfg.class_name.starts_with("FlowMatch") {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a flow-matching scheduler; {} pipelines denoise with noise-prediction schedulers \
+                 (DDIM, Euler, DPM-Solver, …)",
+                cfg.class_name,
+                self.family().name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Default output side in pixels.
+    fn default_size(&self, c: &Components) -> usize;
+
+    /// How guidance runs for these settings.
+    fn guidance(&self, s: &Settings, params: &RunParams) -> GuidanceMode;
+
+    /// The prompt (and negative prompt when the mode needs one) encoded into the denoiser's conditioning,
+    /// repeated for the batch.
+    fn encode_prompt(
+        &self,
+        p: &Pipeline,
+        params: &RunParams,
+        s: &Settings,
+        guidance: GuidanceMode,
+        trace: Option<&mut Trace>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Conditioning>;
+
+    /// The model the denoising loop calls.
+    fn denoiser<'a>(&self, c: &'a Components) -> Result<&'a dyn Denoiser>;
+
+    /// Whether the loop calls `scheduler.scale_model_input` before the denoiser (LCM pipelines do not).
+    fn scales_model_input(&self) -> bool {
+        true
+    }
+
+    /// Whether img2img's strength goes into the scheduler's `set_timesteps` (LCMScheduler shortens its
+    /// origin schedule) instead of truncating the timesteps afterwards (diffusers' `get_timesteps`).
+    fn strength_in_scheduler(&self) -> bool {
+        false
+    }
+
+    /// Channels of the latents the denoiser works on.
+    fn latent_channels(&self, c: &Components) -> usize {
+        c.vae.config().latent_channels
+    }
+
+    /// Latent normalisation between the VAE and the denoiser.
+    fn latent_norm(&self, c: &Components) -> LatentNorm;
+
+    /// The dtype VAE posterior samples are drawn in (`None`: the pipeline's).
+    fn vae_sample_dtype(&self, _c: &Components) -> Option<DType> {
+        None
+    }
+
+    /// Latent→RGB preview factors, one `[r, g, b]` row per latent channel; `None` when the family has
+    /// no fitted factors (previews then need the VAE mode).
+    fn preview_factors(&self) -> Option<&'static [[f32; 3]]>;
+
+    /// A lower bound on the run's peak activation memory, in bytes (see [`crate::memory`]).
+    fn estimate_bytes(&self, c: &Components, run: RunShape) -> u128;
+}
