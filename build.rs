@@ -47,7 +47,7 @@ fn main() {
 
 /// `cuda` builds: compiles the CUDA sources to PTX. `src/rng/torch_cuda_randn.cu` with nvcc's default
 /// floating-point flags (those torch's kernels are built with, which bit-exact draws depend on); our
-/// model kernels (`src/components/cuda/kernels.cu`) likewise, for Hopper unless CUDA_COMPUTE_CAP says
+/// model kernels (`src/kernels/cuda/kernels.cu`) likewise, for Hopper unless CUDA_COMPUTE_CAP says
 /// otherwise (their tensor-core paths need compute capability 8.0 or newer).
 fn build_cuda_ptx() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
@@ -55,7 +55,7 @@ fn build_cuda_ptx() {
     let cap = std::env::var("CUDA_COMPUTE_CAP").ok();
     for (src, ptx, default_cap) in [
         ("src/rng/torch_cuda_randn.cu", "torch_cuda_randn.ptx", None),
-        ("src/components/cuda/kernels.cu", "ap_kernels.ptx", Some("90")),
+        ("src/kernels/cuda/kernels.cu", "ap_kernels.ptx", Some("90")),
     ] {
         println!("cargo:rerun-if-changed={src}");
         let mut nvcc = std::process::Command::new("nvcc");

@@ -43,7 +43,7 @@ impl From<candle_core::Error> for Error {
         let msg = e.to_string();
         // A weight read on first use (components::weights) fails inside a layer's forward, so it
         // arrives as a tensor-op error; it is an I/O problem with the checkpoint's files, not a bug.
-        if let Some(i) = msg.find(crate::components::weights::FIRST_USE_READ_FAILED) {
+        if let Some(i) = msg.find(crate::weights::FIRST_USE_READ_FAILED) {
             return Error::Io(msg[i..].to_string());
         }
         Error::Internal(format!("tensor operation failed: {msg}"))

@@ -10,18 +10,24 @@
 //! # Ok::<(), autopipeline::Error>(())
 //! ```
 
-pub mod components;
+pub mod device;
 pub mod error;
 pub mod ffi;
 pub mod image;
-pub mod memory;
+pub mod kernels;
+pub mod layers;
 pub mod model_index;
+pub mod models;
 pub mod pipeline;
 pub mod registry;
 pub mod rng;
 pub mod runtime;
 pub mod schedulers;
 pub mod source;
+#[cfg(test)]
+mod test_util;
+pub mod text;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use image::Image;

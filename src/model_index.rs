@@ -51,7 +51,7 @@ impl ModelIndex {
     /// it, like diffusers' "`<dir>` does not appear to have a file named model_index.json.");
     /// unreadable content is `Error::InvalidModel` naming `path`.
     pub fn from_file(path: &Path, display: &str) -> Result<Self> {
-        let text = match crate::components::load::read_text_file(path) {
+        let text = match crate::weights::load::read_text_file(path) {
             Ok(text) => text,
             Err(Error::NotFound(_)) => return Err(missing_model_index(display)),
             Err(Error::InvalidModel(why)) => return Err(invalid_json(path, &why)),

@@ -346,7 +346,7 @@ impl ModelSource {
     /// The shard files named by the index `component/index_name`.
     fn shards(&self, component: &str, index_name: &str) -> Result<Vec<PathBuf>> {
         let index_path = self.file(component, index_name)?;
-        let text = crate::components::load::read_text_file(&index_path)?;
+        let text = crate::weights::load::read_text_file(&index_path)?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             Error::InvalidModel(format!(
                 "The checkpoint index '{}' is not a valid JSON file. ({e})",

@@ -3,11 +3,11 @@
 
 mod common;
 
-use autopipeline::components::clip::{ClipTextConfig, ClipTextModel};
-use autopipeline::components::load::read_config;
-use autopipeline::components::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
-use autopipeline::components::vae::{AutoencoderKL, VaeConfig};
-use autopipeline::components::weights::Weights;
+use autopipeline::models::clip::{ClipTextConfig, ClipTextModel};
+use autopipeline::models::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
+use autopipeline::models::vae::{AutoencoderKL, VaeConfig};
+use autopipeline::weights::load::read_config;
+use autopipeline::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
 

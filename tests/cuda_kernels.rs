@@ -10,8 +10,8 @@
 
 mod common;
 
-use autopipeline::components::bounded::{ConvAdd, ConvShape};
-use autopipeline::components::cuda;
+use autopipeline::kernels::cuda;
+use autopipeline::layers::bounded::{ConvAdd, ConvShape};
 use candle_core::{DType, Device, Tensor, D};
 use common::cases::max_abs;
 
@@ -350,10 +350,10 @@ fn gpu_for_graphs() -> Option<(Device, candle_core::CudaDevice)> {
 /// with its added conditioning), f16.
 #[test]
 fn graph_replay_matches_eager() {
-    use autopipeline::components::cuda::graph;
-    use autopipeline::components::load::read_config;
-    use autopipeline::components::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
-    use autopipeline::components::weights::Weights;
+    use autopipeline::kernels::cuda::graph;
+    use autopipeline::models::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
+    use autopipeline::weights::load::read_config;
+    use autopipeline::weights::Weights;
     let Some((dev, cuda_dev)) = gpu_for_graphs() else {
         return;
     };
@@ -409,7 +409,7 @@ fn graph_replay_matches_eager() {
 /// error pending: eager work and a new capture then succeed, as the denoising loop's fallback needs.
 #[test]
 fn failed_graph_capture_leaves_the_device_usable() {
-    use autopipeline::components::cuda::graph;
+    use autopipeline::kernels::cuda::graph;
     let Some((dev, _)) = gpu_for_graphs() else { return };
     let x = randn(&dev, &[4, 8], DType::F32);
     let like = (&x * 2.0).unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use autopipeline::components::tokenizer::ClipTokenizer;
+use autopipeline::text::clip_tokenizer::ClipTokenizer;
 use serde_json::Value;
 
 struct Case {

@@ -5,9 +5,9 @@
 
 mod common;
 
-use autopipeline::components::load::read_config;
-use autopipeline::components::vae::{AutoencoderKL, DecodeOptions, VaeConfig};
-use autopipeline::components::weights::Weights;
+use autopipeline::models::vae::{AutoencoderKL, DecodeOptions, VaeConfig};
+use autopipeline::weights::load::read_config;
+use autopipeline::weights::Weights;
 use autopipeline::{Pipeline, RunParams, Task};
 use candle_core::{DType, Device, Tensor};
 

@@ -3,10 +3,10 @@
 //! sizes; scheduler configs → construction, timesteps and a full stepping loop on a 1-pixel sample.
 #![no_main]
 
-use autopipeline::components::clip::ClipTextConfig;
-use autopipeline::components::load::parse_config;
-use autopipeline::components::unet_config::UNetConfig;
-use autopipeline::components::vae::VaeConfig;
+use autopipeline::models::clip::ClipTextConfig;
+use autopipeline::weights::load::parse_config;
+use autopipeline::models::unet_config::UNetConfig;
+use autopipeline::models::vae::VaeConfig;
 use autopipeline::model_index::ModelIndex;
 use autopipeline::registry::{self, Task};
 use autopipeline::rng::TorchCpuGenerator;

@@ -2,7 +2,7 @@
 //! without panicking, loading the tensors our weight reader would load (floating-point ones).
 #![no_main]
 
-use autopipeline::components::load::check_safetensors_bytes;
+use autopipeline::weights::load::check_safetensors_bytes;
 use candle_core::{DType, Device};
 use libfuzzer_sys::fuzz_target;
 

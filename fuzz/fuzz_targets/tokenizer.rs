@@ -3,7 +3,7 @@
 //! always yields exactly `max_length` ids, and never an id the text encoder could not embed.
 #![no_main]
 
-use autopipeline::components::tokenizer::ClipTokenizer;
+use autopipeline::text::clip_tokenizer::ClipTokenizer;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

@@ -4,7 +4,7 @@
 //! special tokens to exactly `max_length` ids within its id range, without hanging.
 #![no_main]
 
-use autopipeline::components::tokenizer::ClipTokenizer;
+use autopipeline::text::clip_tokenizer::ClipTokenizer;
 use libfuzzer_sys::fuzz_target;
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -109,7 +109,7 @@ if [ -f .gpu/cuda_kernels.xz ]; then
   pack
 fi
 # An AP_CUDA_KERNELS setting less the failed kernels ("all" and the default spelled out as
-# src/components/cuda/mod.rs defines them in KERNELS and OFF_BY_DEFAULT: keep in step; "0" if none is
+# src/kernels/cuda/mod.rs defines them in KERNELS and OFF_BY_DEFAULT: keep in step; "0" if none is
 # left).
 without_failed() {
   local s=$1 out="" k

@@ -32,7 +32,7 @@ pub unsafe extern "C" fn ap_randn(
 ) -> ap_status {
     guard(|| {
         let kind = RngKind::parse(opt_str(rng, "rng")?.as_deref())?;
-        let device = crate::pipeline::parse_device(opt_str(device, "device")?.as_deref())?;
+        let device = crate::device::parse_device(opt_str(device, "device")?.as_deref())?;
         if count == 0 {
             return Ok(());
         }

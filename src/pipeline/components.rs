@@ -1,15 +1,15 @@
 //! The loaded models of a checkpoint, shared (through `Arc`) by every pipeline made from it.
 
-use crate::components::clip::{ClipTextConfig, ClipTextModel};
-use crate::components::load::{model_error, read_config};
-use crate::components::tokenizer::ClipTokenizer;
-use crate::components::unet::{UNet2DConditionModel, UNetConfig};
-use crate::components::vae::{AutoencoderKL, VaeConfig};
-use crate::components::weights::{WeightStore, Weights};
 use crate::error::{Error, Result};
 use crate::model_index::ModelIndex;
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::schedulers::SchedulerConfig;
 use crate::source::ModelSource;
+use crate::text::clip_tokenizer::ClipTokenizer;
+use crate::weights::load::{model_error, read_config};
+use crate::weights::{WeightStore, Weights};
 use candle_core::{DType, Device};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ pub struct Components {
     scheduler: std::sync::RwLock<SchedulerConfig>,
     pub device: Device,
     pub dtype: DType,
-    /// Each model's deferred weights (see [`crate::components::weights`]).
+    /// Each model's deferred weights (see [`crate::weights`]).
     weights: Vec<Arc<WeightStore>>,
 }
 
@@ -52,7 +52,7 @@ impl Components {
     }
 
     /// Memory the weights not read yet will take when a run first uses them (float32 CPU weights are
-    /// read on first use, see [`crate::components::weights`]): their bytes, plus the largest read buffer
+    /// read on first use, see [`crate::weights`]): their bytes, plus the largest read buffer
     /// one of them needs (weights stored in half precision are converted through one). Zero once every weight has been used or after [`Components::preload`].
     pub fn pending_weight_bytes(&self) -> u64 {
         let (mut total, mut largest) = (0, 0);
@@ -79,18 +79,6 @@ fn open_weights(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Weig
         Weights::open_half_on_cpu(files, dtype)
     } else {
         Weights::open(files, dtype, device)
-    }
-}
-
-/// Parses a dtype name (`f32`/`float32`, `f16`/`float16`/`fp16`, `bf16`/`bfloat16`).
-pub fn parse_dtype(name: Option<&str>) -> Result<DType> {
-    match name.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("") | Some("f32") | Some("float32") | Some("fp32") => Ok(DType::F32),
-        Some("f16") | Some("float16") | Some("fp16") | Some("half") => Ok(DType::F16),
-        Some("bf16") | Some("bfloat16") => Ok(DType::BF16),
-        Some(other) => Err(Error::InvalidArgument(format!(
-            "dtype {other:?}: expected f32, f16 or bf16"
-        ))),
     }
 }
 
@@ -242,7 +230,7 @@ pub struct Models {
 /// class goes through `from_config`.
 pub fn load_scheduler(source: &ModelSource, index: &ModelIndex) -> Result<SchedulerConfig> {
     let scheduler_path = source.file("scheduler", "scheduler_config.json")?;
-    let text = crate::components::load::read_text_file(&scheduler_path)?;
+    let text = crate::weights::load::read_text_file(&scheduler_path)?;
     let mut scheduler = SchedulerConfig::from_json(&text, &scheduler_path.display().to_string())?;
     if let Some(c) = index.component("scheduler") {
         if c.class_name != scheduler.class_name && !c.class_name.is_empty() {

@@ -4,9 +4,9 @@
 
 use super::params::ProgressFn;
 use super::Pipeline;
-use crate::components::vae::DecodeOptions;
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::models::vae::DecodeOptions;
 use crate::registry::Family;
 use crate::schedulers::div_s;
 use candle_core::{DType, Device, Tensor};

@@ -139,7 +139,7 @@ enum GraphState {
     Warm(candle_core::CudaDevice),
     /// After it: what the UNet returned, for the capture's output buffer.
     Capture(Tensor),
-    Replay(crate::components::cuda::graph::Replay),
+    Replay(crate::kernels::cuda::graph::Replay),
 }
 
 /// Fewest steps for which a run captures a graph: capturing costs about an eager step's host time plus
@@ -151,7 +151,7 @@ impl DenoiserCalls {
     fn new(latents: &Tensor, steps: usize) -> Self {
         #[cfg(feature = "cuda")]
         if let candle_core::Device::Cuda(dev) = latents.device() {
-            if crate::components::cuda::enabled("graph") && steps >= GRAPH_MIN_STEPS {
+            if crate::kernels::cuda::enabled("graph") && steps >= GRAPH_MIN_STEPS {
                 return Self::Graph(GraphState::Warm(dev.clone()));
             }
         }
@@ -175,7 +175,7 @@ impl DenoiserCalls {
             Self::Eager => Ok(eager(input, &ts)?),
             #[cfg(feature = "cuda")]
             Self::Graph(state) => {
-                use crate::components::cuda::graph;
+                use crate::kernels::cuda::graph;
                 use crate::pipeline::LogLevel;
                 match state {
                     GraphState::Warm(dev) => {

@@ -6,9 +6,9 @@ use super::conditioning::{crop_region, image_tensor, mask_tensor, overlay, round
 use super::denoise::{Denoise, NoHooks, StepHooks};
 use super::families::{FamilyPipeline, Settings};
 use super::{Pipeline, RunOutput, RunParams, Trace};
-use crate::components::vae::DecodeOptions;
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::models::vae::DecodeOptions;
 use crate::registry::Task;
 use crate::rng::Generator;
 use crate::schedulers::{self, div_s, mul_s, Scheduler};
@@ -227,14 +227,14 @@ pub(super) fn run(
         img.validate()?;
     }
     // Refuse runs whose activations cannot fit before allocating anything (an abort would take the host down).
-    let shape = crate::memory::RunShape {
+    let shape = crate::pipeline::memory::RunShape {
         width: s.width,
         height: s.height,
         batch: s.batch,
         cfg: guidance.doubles_batch(),
         vae: params.vae_options(),
     };
-    crate::memory::check_run(
+    crate::pipeline::memory::check_run(
         shape,
         fam.estimate_bytes(c, shape),
         c.pending_weight_bytes() as u128,
@@ -341,7 +341,7 @@ pub(super) fn run(
             // The masked image: pixels to repaint set to 0 (mid-grey in [-1, 1] terms).
             let keep = mask.lt(0.5)?.to_dtype(image.dtype())?;
             let masked_image = image.broadcast_mul(&keep)?;
-            let mask_latent = crate::components::nn::nearest_resize(&mask, s.height / f, s.width / f)?;
+            let mask_latent = crate::layers::nn::nearest_resize(&mask, s.height / f, s.width / f)?;
             let masked_latents = repeat(
                 &encode_image(
                     p,

@@ -7,6 +7,7 @@ pub mod control;
 mod denoise;
 pub mod families;
 mod generate;
+pub mod memory;
 pub mod params;
 mod prompt;
 mod resample;
@@ -20,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::registry::{self, Family, Task};
 use crate::source::{ModelSource, SourceOptions};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -46,7 +47,7 @@ pub struct Trace {
     pub pooled_prompt_embeds: Option<Tensor>,
     pub negative_pooled_prompt_embeds: Option<Tensor>,
     /// SDXL: `added_cond_kwargs` of the first UNet call (text embeds and time ids, CFG batch included).
-    pub added_cond: Option<crate::components::unet::AddedCond>,
+    pub added_cond: Option<crate::models::unet::AddedCond>,
     /// Every tensor drawn from the generator, in order.
     pub noise: Vec<Tensor>,
     pub unet_timesteps: Vec<f64>,
@@ -66,44 +67,6 @@ pub struct RunOutput {
     pub warnings: Vec<String>,
 }
 
-/// Parses `"cpu"`, `"cuda"`, `"cuda:N"`.
-pub fn parse_device(spec: Option<&str>) -> Result<Device> {
-    let spec = spec.unwrap_or("cpu").trim();
-    if spec.is_empty() || spec.eq_ignore_ascii_case("cpu") {
-        return Ok(Device::Cpu);
-    }
-    let ordinal = if spec.eq_ignore_ascii_case("cuda") {
-        0
-    } else if let Some(n) = spec.strip_prefix("cuda:") {
-        n.parse::<usize>()
-            .map_err(|_| Error::InvalidArgument(format!("device {spec:?}: expected cpu, cuda or cuda:N")))?
-    } else {
-        return Err(Error::InvalidArgument(format!(
-            "device {spec:?}: expected cpu, cuda or cuda:N"
-        )));
-    };
-    if cfg!(feature = "cuda") {
-        let device = Device::new_cuda(ordinal)
-            .map_err(|e| Error::Unsupported(format!("CUDA device {ordinal} is not usable: {e}")))?;
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(cuda) = &device {
-            // cudarc gives every buffer two CUDA events (created with it, destroyed with it: four
-            // driver calls per tensor of every op) for its multi-stream bookkeeping, which it only
-            // uses once a context has streams of its own. candle works on the per-thread default
-            // stream and creates none, so the events are never recorded or waited on: turning
-            // tracking off before the first buffer changes no ordering and saves those calls.
-            // SAFETY: no stream is ever created on this context, so there is no second stream to
-            // synchronise with (the condition `disable_event_tracking` asks the caller to uphold).
-            unsafe { cuda.disable_event_tracking() };
-        }
-        Ok(device)
-    } else {
-        Err(Error::Unsupported(format!(
-            "device {spec:?} asked for, but this build of autopipeline has no CUDA support: build it with `--features cuda`"
-        )))
-    }
-}
-
 impl Pipeline {
     /// Loads the checkpoint at `model` (a folder or a hub id) for `task`, like diffusers'
     /// `AutoPipelineFor<Task>.from_pretrained(model)`. `progress(done, total)` is told after each
@@ -114,7 +77,7 @@ impl Pipeline {
         opts: &LoadOptions,
         progress: Option<&mut ProgressFn>,
     ) -> Result<Self> {
-        let device = parse_device(opts.device.as_deref())?;
+        let device = crate::device::parse_device(opts.device.as_deref())?;
         let source_opts = SourceOptions {
             revision: opts.revision.clone(),
             variant: opts.variant.clone(),
@@ -130,7 +93,7 @@ impl Pipeline {
             Some(p) => p,
             None => &mut no_progress,
         };
-        let dtype = components::parse_dtype(opts.dtype.as_deref())?;
+        let dtype = crate::device::parse_dtype(opts.dtype.as_deref())?;
         let fam = families::imp(plan.family);
         let ctx = families::LoadContext {
             source: &source,

@@ -93,8 +93,8 @@ pub struct RunParams {
 
 impl RunParams {
     /// The VAE options of this run.
-    pub fn vae_options(&self) -> crate::components::vae::DecodeOptions {
-        crate::components::vae::DecodeOptions {
+    pub fn vae_options(&self) -> crate::models::vae::DecodeOptions {
+        crate::models::vae::DecodeOptions {
             tiling: self.vae_tiling,
             slicing: self.vae_slicing,
         }

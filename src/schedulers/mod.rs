@@ -218,7 +218,7 @@ impl SchedulerConfig {
     pub fn from_json(text: &str, origin: &str) -> Result<Self> {
         let text = select::python_json(text);
         // Type-check every key we know, with errors that name the key.
-        let file: Self = crate::components::load::parse_config(&text, origin)?;
+        let file: Self = crate::weights::load::parse_config(&text, origin)?;
         let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
             .map_err(|e| Error::InvalidModel(format!("{origin} is not a valid config: {e}")))?;
         let config = select::for_class(&file.class_name, &raw, &serde_json::Map::new())

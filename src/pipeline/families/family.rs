@@ -1,10 +1,10 @@
 //! The seam between the core and the families: the [`FamilyPipeline`] trait and the types it speaks
 //! (settings, guidance modes, conditioning, latent normalisation).
 
-use crate::components::unet::AddedCond;
 use crate::error::{Error, Result};
-use crate::memory::RunShape;
+use crate::models::unet::AddedCond;
 use crate::pipeline::components::{Components, LoadContext};
+use crate::pipeline::memory::RunShape;
 use crate::pipeline::{Pipeline, RunParams, Trace};
 use crate::registry::{Family, Task};
 use crate::schedulers::SchedulerConfig;
@@ -230,6 +230,6 @@ pub trait FamilyPipeline: Sync {
     /// no fitted factors (previews then need the VAE mode).
     fn preview_factors(&self) -> Option<&'static [[f32; 3]]>;
 
-    /// A lower bound on the run's peak activation memory, in bytes (see [`crate::memory`]).
+    /// A lower bound on the run's peak activation memory, in bytes (see [`crate::pipeline::memory`]).
     fn estimate_bytes(&self, c: &Components, run: RunShape) -> u128;
 }

@@ -4,10 +4,10 @@ use super::family::{
     Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, Settings,
 };
 use super::unet;
-use crate::pipeline::components::LoadContext;
 use crate::error::Result;
-use crate::memory::RunShape;
 use crate::pipeline::components::Components;
+use crate::pipeline::components::LoadContext;
+use crate::pipeline::memory::RunShape;
 use crate::pipeline::prompt::{encode_sd, repeat_batch, tokenize};
 use crate::pipeline::{Pipeline, RunParams, Trace};
 use crate::registry::{Family, Task};

@@ -6,11 +6,11 @@ use super::family::{
     Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, Settings,
 };
 use super::unet;
-use crate::pipeline::components::LoadContext;
-use crate::components::unet::AddedCond;
 use crate::error::{Error, Result};
-use crate::memory::RunShape;
+use crate::models::unet::AddedCond;
 use crate::pipeline::components::Components;
+use crate::pipeline::components::LoadContext;
+use crate::pipeline::memory::RunShape;
 use crate::pipeline::prompt::{repeat_batch, tokenize, TokenizedFor};
 use crate::pipeline::{Pipeline, RunParams, Trace};
 use crate::registry::{Family, Task};

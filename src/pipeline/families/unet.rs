@@ -3,12 +3,12 @@
 //! on its input channels, and its activation-memory estimate.
 
 use super::family::{Denoiser, GuidanceMode, ModelCond, Settings};
-use crate::pipeline::components::LoadContext;
-use crate::pipeline::RunParams;
-use crate::components::unet::UNet2DConditionModel;
 use crate::error::{Error, Result};
-use crate::memory::RunShape;
+use crate::models::unet::UNet2DConditionModel;
+use crate::pipeline::components::LoadContext;
 use crate::pipeline::components::{load_scheduler, Components, Loader, Models};
+use crate::pipeline::memory::RunShape;
+use crate::pipeline::RunParams;
 use crate::registry::Task;
 use candle_core::{DType, Tensor};
 
@@ -99,7 +99,7 @@ pub(super) fn estimate_bytes(c: &Components, run: RunShape) -> u128 {
     let f32b = 4u128;
     let (w, h) = (run.width as u128, run.height as u128);
     let batch = run.batch as u128;
-    let mut largest = crate::memory::vae_decode_bytes(&c.vae, run);
+    let mut largest = crate::pipeline::memory::vae_decode_bytes(&c.vae, run);
     let Some(unet) = c.unet.as_ref() else {
         return 2 * largest;
     };

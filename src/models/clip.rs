@@ -1,9 +1,9 @@
 //! CLIP text encoders (`CLIPTextModel`, `CLIPTextModelWithProjection`) built from the checkpoint's
 //! `config.json` (transformers layout and key names).
 
-use super::nn::Embedding;
-use super::nn::{linear, linear_no_bias, Linear};
-use super::weights::Weights;
+use crate::layers::nn::Embedding;
+use crate::layers::nn::{linear, linear_no_bias, Linear};
+use crate::weights::Weights;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::LayerNorm;
 use serde::Deserialize;
@@ -184,8 +184,12 @@ impl ClipTextModel {
             None
         };
         Ok(Self {
-            token_embedding: super::nn::embedding(config.vocab_size, h, tm.pp("embeddings.token_embedding"))?,
-            position_embedding: super::nn::embedding(
+            token_embedding: crate::layers::nn::embedding(
+                config.vocab_size,
+                h,
+                tm.pp("embeddings.token_embedding"),
+            )?,
+            position_embedding: crate::layers::nn::embedding(
                 config.max_position_embeddings,
                 h,
                 tm.pp("embeddings.position_embedding"),

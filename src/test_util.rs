@@ -1,4 +1,4 @@
-//! Helpers shared by the components' unit tests.
+//! Helpers shared by the unit tests of models, layers and kernels.
 
 use candle_core::{DType, Device, Tensor};
 

@@ -1,12 +1,12 @@
 //! diffusers `UNet2DConditionModel`, built from the checkpoint's own `config.json` (SD 1.x, SD 2.x, SDXL).
 
-use super::nn::{
+use crate::layers::nn::{
     conv2d, group_norm, timestep_embedding, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, ResnetConfig,
     TimestepEmbedding, Upsample2D,
 };
-use super::transformer::{Transformer2D, TransformerConfig};
-pub use super::unet_config::UNetConfig;
-use super::weights::Weights;
+use crate::models::transformer::{Transformer2D, TransformerConfig};
+pub use crate::models::unet_config::UNetConfig;
+use crate::weights::Weights;
 use candle_core::{DType, Module, Result, Tensor, D};
 
 /// SDXL's extra conditioning (`added_cond_kwargs`): pooled text embeddings and the size/crop time ids.

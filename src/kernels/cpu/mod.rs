@@ -322,7 +322,7 @@ pub fn geglu(h: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::components::test_util::{max_diff, rand};
+    use crate::test_util::{max_diff, rand};
     use candle_core::D;
 
     #[test]

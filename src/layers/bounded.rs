@@ -245,7 +245,7 @@ pub fn group_norm(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::components::test_util::{max_diff, rand};
+    use crate::test_util::{max_diff, rand};
 
     /// The single-op reference: candle's conv2d over the whole (upsampled) input, then the adds.
     fn reference(xs: &Tensor, w: &Tensor, s: ConvShape, add: ConvAdd<'_>) -> Tensor {

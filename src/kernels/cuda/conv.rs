@@ -6,10 +6,10 @@
 //! are `(b, c_in·k·k, h_out·w_out)`, read and written coalesced along image rows, with the nearest
 //! upsampling and zero padding folded into the reads, so `weight (c_out, c_in·k·k) × columns` is the
 //! output; bias, per-image channel add and residual follow in one kernel. Convolutions whose columns
-//! would pass the band bound run in bands of output rows, as [`crate::components::bounded::conv2d`].
+//! would pass the band bound run in bands of output rows, as [`crate::layers::bounded::conv2d`].
 
 use super::{by_dtype, kernel, u32_arg, view};
-use crate::components::bounded::{ConvAdd, ConvShape};
+use crate::layers::bounded::{ConvAdd, ConvShape};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDType;

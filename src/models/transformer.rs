@@ -1,11 +1,11 @@
 //! diffusers `Transformer2DModel` as the UNet uses it: group norm, projection in, `BasicTransformerBlock`s
 //! (self-attention, cross-attention, GEGLU feed-forward), projection out, residual.
 
-use super::nn::{
+use crate::layers::nn::{
     attention, attention_takes_views, conv2d, group_norm, linear, linear_no_bias, linear_stacked_no_bias,
     Conv2d, GroupNorm, Linear,
 };
-use super::weights::Weights;
+use crate::weights::Weights;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::LayerNorm;
 
@@ -179,8 +179,10 @@ impl GegluFeedForward {
             return self.out.forward_add(&gated, Some(residual));
         }
         let h = self.proj.forward(xs)?;
-        if super::cpu::fast_path(&h) {
-            return self.out.forward_add(&super::cpu::geglu(&h)?, Some(residual));
+        if crate::kernels::cpu::fast_path(&h) {
+            return self
+                .out
+                .forward_add(&crate::kernels::cpu::geglu(&h)?, Some(residual));
         }
         let half = h.dim(D::Minus1)? / 2;
         let value = h.narrow(D::Minus1, 0, half)?;
@@ -307,7 +309,7 @@ impl Transformer2D {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::components::test_util::{max_diff, rand};
+    use crate::test_util::{max_diff, rand};
     use candle_core::{DType, Device};
     use std::collections::HashMap;
 

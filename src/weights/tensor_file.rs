@@ -48,7 +48,7 @@ pub(crate) struct TensorFile {
 
 impl TensorFile {
     /// Opens `path` and reads its header. The header must already have passed
-    /// [`super::load::check_safetensors`] (offsets inside the file, sizes matching shapes); only what
+    /// [`crate::weights::load::check_safetensors`] (offsets inside the file, sizes matching shapes); only what
     /// reading needs is taken from it here.
     pub fn open(path: &Path) -> Result<Self> {
         use std::io::Read;
@@ -188,8 +188,8 @@ fn read_f32(file: &File, offset: u64, n: usize) -> Result<Vec<f32>> {
     const CHUNK: usize = 4 << 20;
     let mut v: Vec<f32> = Vec::with_capacity(n);
     let len = n * 4;
-    super::cpu::advise_huge_pages(v.as_mut_ptr().cast(), len);
-    let dst = super::cpu::SendPtr(v.as_mut_ptr());
+    crate::kernels::cpu::advise_huge_pages(v.as_mut_ptr().cast(), len);
+    let dst = crate::kernels::cpu::SendPtr(v.as_mut_ptr());
     let fd = file.as_raw_fd();
     (0..len.div_ceil(CHUNK))
         .into_par_iter()

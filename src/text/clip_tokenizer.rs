@@ -860,7 +860,7 @@ fn compile(pattern: &str, what: &str) -> Result<Regex> {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    crate::components::load::read_text_file(path)
+    crate::weights::load::read_text_file(path)
 }
 
 fn read_json_optional(path: &Path) -> Result<Option<Value>> {

@@ -597,7 +597,7 @@ impl Geometry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::components::test_util::{max_diff, rand};
+    use crate::test_util::{max_diff, rand};
     use candle_core::Device;
 
     /// `(b, c_in, h, w, c_out, k, stride, padding)`.

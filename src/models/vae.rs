@@ -1,9 +1,9 @@
 //! diffusers `AutoencoderKL`: encoder (image → latent distribution) and decoder (latents → image).
 
-use super::nn::{
+use crate::layers::nn::{
     conv2d, group_norm, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, ResnetConfig, Upsample2D,
 };
-use super::weights::Weights;
+use crate::weights::Weights;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::Linear;
 use serde::Deserialize;
@@ -193,7 +193,7 @@ impl Module for PixelAttention {
         let q = self.q.forward(&tokens)?;
         let k = self.k.forward(&tokens)?;
         let v = self.v.forward(&tokens)?;
-        let out = self.out.forward(&super::nn::attention(&q, &k, &v, 1)?)?;
+        let out = self.out.forward(&crate::layers::nn::attention(&q, &k, &v, 1)?)?;
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
         out + xs
     }

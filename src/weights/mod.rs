@@ -2,7 +2,7 @@
 //! layers keep to the weights they read on first use.
 //!
 //! Float32 convolution and linear weights on the CPU are nearly all of a checkpoint's bytes (SD 1.5:
-//! 4.1 of 4.1 GB) and are repacked for our kernels ([`super::cpu`]). Reading and repacking them up
+//! 4.1 of 4.1 GB) and are repacked for our kernels ([`crate::kernels::cpu`]). Reading and repacking them up
 //! front made loading take seconds where diffusers maps the files and reads nothing until the first
 //! forward. They are therefore *deferred*, as diffusers' mapped weights are: loading checks each one
 //! against its file's header (present, floating point, the shape `config.json` implies) and keeps a
@@ -22,7 +22,10 @@
 //! must stay unchanged while a model built from them lives, as diffusers' mapped weights must.
 //! Errors reading the data itself (EIO) surface at the first run that needs it.
 
-use super::tensor_file::TensorFile;
+pub mod load;
+mod tensor_file;
+
+use self::tensor_file::TensorFile;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -263,12 +266,12 @@ impl Deferred {
                     .files
                     .read(&self.name, Some(&self.shape), DType::F32, &Device::Cpu)
                     .map_err(io)?;
-                super::cpu::with_f32(&raw, |w| (self.pack)(w, &self.shape))?
+                crate::kernels::cpu::with_f32(&raw, |w| (self.pack)(w, &self.shape))?
             }
         };
         let packed = match self.files.packed_store {
             DType::F32 => packed,
-            half => super::cpu::to_half(&packed, half)?,
+            half => crate::kernels::cpu::to_half(&packed, half)?,
         };
         Ok(self.tensor.get_or_init(|| packed))
     }
@@ -364,7 +367,7 @@ impl Weights {
         let mut routing = HashMap::new();
         for (i, w) in weights.iter().enumerate() {
             // Check the header up front so a truncated or foreign file gets a message naming it.
-            super::load::check_safetensors(w)?;
+            self::load::check_safetensors(w)?;
             let file = TensorFile::open(w).map_err(|e| {
                 Error::InvalidModel(format!("cannot read safetensors weights {}: {e}", w.display()))
             })?;

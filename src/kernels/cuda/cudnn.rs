@@ -13,7 +13,7 @@
 //! than one without.
 
 use super::view;
-use crate::components::bounded::ConvShape;
+use crate::layers::bounded::ConvShape;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{
     sys, ConvDescriptor, ConvForward, Cudnn, CudnnDataType, FilterDescriptor, TensorDescriptor,
@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The most workspace a convolution's algorithm may ask for (the band bound of our im2col path).
-const WORKSPACE_BYTES: usize = crate::components::bounded::BAND_BYTES;
+const WORKSPACE_BYTES: usize = crate::layers::bounded::BAND_BYTES;
 
 /// Why cuDNN does not take a convolution (the caller then runs another path).
 pub type Declined = String;

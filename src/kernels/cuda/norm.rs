@@ -174,7 +174,7 @@ pub fn group_norm(
     bias: &Tensor,
     silu: bool,
 ) -> Result<Tensor> {
-    let (b, _) = crate::components::bounded::group_norm_dims(xs.dims(), groups)?;
+    let (b, _) = crate::layers::bounded::group_norm_dims(xs.dims(), groups)?;
     let xs = xs.contiguous()?;
     let rows = b * groups;
     let n = xs.elem_count() / rows.max(1);

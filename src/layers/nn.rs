@@ -1,13 +1,14 @@
 //! Layers shared by the UNet and the VAE, each matching its diffusers module (names follow the checkpoint keys).
 
-use super::weights::{Weight, Weights};
-use super::{bounded, cpu};
+use super::bounded;
+use crate::kernels::cpu;
+use crate::weights::{Weight, Weights};
 use candle_core::{DType, Module, Result, Tensor, D};
 
 /// `torch.nn.Conv2d` with a square kernel, stride and symmetric padding (no groups or dilation).
 ///
 /// Float32 weights on the CPU are packed for [`cpu::conv::conv2d`] (on first use, see
-/// [`super::weights`]); CUDA tensors take our kernels (`cuda::conv2d`, with the `cuda` feature);
+/// [`crate::weights`]); CUDA tensors take our kernels (`cuda::conv2d`, with the `cuda` feature);
 /// everything else runs candle's `conv2d`, split into bands of rows where its im2col columns would be
 /// large ([`bounded::conv2d`]).
 #[derive(Debug, Clone)]
@@ -98,8 +99,14 @@ impl Conv2d {
             residual,
         };
         #[cfg(feature = "cuda")]
-        if super::cuda::conv_applies(&xs) {
-            return super::cuda::conv2d(&xs, self.weight.get()?, self.shape(up), add, bounded::BAND_BYTES);
+        if crate::kernels::cuda::conv_applies(&xs) {
+            return crate::kernels::cuda::conv2d(
+                &xs,
+                self.weight.get()?,
+                self.shape(up),
+                add,
+                bounded::BAND_BYTES,
+            );
         }
         bounded::conv2d(
             &xs,
@@ -180,8 +187,14 @@ impl Module for Conv2d {
             ..Default::default()
         };
         #[cfg(feature = "cuda")]
-        if super::cuda::conv_applies(xs) {
-            return super::cuda::conv2d(xs, self.weight.get()?, self.shape(1), add, bounded::BAND_BYTES);
+        if crate::kernels::cuda::conv_applies(xs) {
+            return crate::kernels::cuda::conv2d(
+                xs,
+                self.weight.get()?,
+                self.shape(1),
+                add,
+                bounded::BAND_BYTES,
+            );
         }
         bounded::conv2d(
             xs,
@@ -220,7 +233,7 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: Weights) -> Result<Line
 pub fn attention_takes_views(vb: &Weights, head_dim: usize) -> bool {
     #[cfg(feature = "cuda")]
     {
-        super::cuda::attention_applies_to(vb.device(), vb.dtype(), head_dim)
+        crate::kernels::cuda::attention_applies_to(vb.device(), vb.dtype(), head_dim)
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -282,10 +295,10 @@ impl Linear {
             return cpu::linear(xs, self.weight.get()?, self.bias.as_ref(), residual);
         }
         #[cfg(feature = "cuda")]
-        if !self.packed && super::cuda::applies(xs, "add") {
+        if !self.packed && crate::kernels::cuda::applies(xs, "add") {
             let y = self.matmul(xs)?;
             return match (&self.bias, residual) {
-                (Some(bias), r) => super::cuda::add_last(&y, bias, r),
+                (Some(bias), r) => crate::kernels::cuda::add_last(&y, bias, r),
                 (None, Some(r)) => y + r,
                 (None, None) => Ok(y),
             };
@@ -313,8 +326,8 @@ impl Linear {
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
     pub fn geglu_fused(&self, xs: &Tensor) -> Result<Option<Tensor>> {
         #[cfg(feature = "cuda")]
-        if !self.packed && super::cuda::applies(xs, "geglu") {
-            return super::cuda::geglu(&self.matmul(xs)?, self.bias.as_ref()).map(Some);
+        if !self.packed && crate::kernels::cuda::applies(xs, "geglu") {
+            return crate::kernels::cuda::geglu(&self.matmul(xs)?, self.bias.as_ref()).map(Some);
         }
         Ok(None)
     }
@@ -425,8 +438,15 @@ impl GroupNorm {
             return cpu::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu);
         }
         #[cfg(feature = "cuda")]
-        if super::cuda::applies(xs, "norm") {
-            return super::cuda::group_norm(xs, self.groups, self.eps, &self.weight, &self.bias, silu);
+        if crate::kernels::cuda::applies(xs, "norm") {
+            return crate::kernels::cuda::group_norm(
+                xs,
+                self.groups,
+                self.eps,
+                &self.weight,
+                &self.bias,
+                silu,
+            );
         }
         let band = bounded::GROUP_NORM_BAND_BYTES;
         if xs.elem_count() * DType::F32.size_in_bytes() > band {
@@ -693,8 +713,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     let lk = k.dim(1)?;
     let head_dim = inner / heads;
     #[cfg(feature = "cuda")]
-    if super::cuda::attention_applies(q, head_dim) {
-        if let Some(out) = super::cuda::attention(q, k, v, heads)? {
+    if crate::kernels::cuda::attention_applies(q, head_dim) {
+        if let Some(out) = crate::kernels::cuda::attention(q, k, v, heads)? {
             return Ok(out);
         }
     }

@@ -6,7 +6,7 @@
 //! output at full resolution, UNet feature maps and GEGLU projections, one attention chunk), times
 //! two for a layer's input and output living together. Real peaks are higher, so this never refuses
 //! a run that could have fit; it catches requests that are off by orders of magnitude (an 8192² batch
-//! of 64 on a laptop). Weights still to be read on first use ([`crate::components::weights`]) are
+//! of 64 on a laptop). Weights still to be read on first use ([`crate::weights`]) are
 //! added: a lazily loaded model too large for the machine is refused here, at its first run, rather
 //! than aborting the process halfway through reading it. That sum is every unread weight, including
 //! ones this task never reads (text2img leaves the VAE encoder unread, about 3 % of SD 1.5), so the
@@ -14,8 +14,8 @@
 //! cgroup v2 limit when there is one; elsewhere (other systems, CUDA devices) only the
 //! address-space bound applies.
 
-use crate::components::vae::AutoencoderKL;
 use crate::error::{Error, Result};
+use crate::models::vae::AutoencoderKL;
 use candle_core::DType;
 
 /// What one run asks for, after the pipeline's defaults are applied.
@@ -28,7 +28,7 @@ pub struct RunShape {
     /// Classifier-free guidance doubles the UNet batch.
     pub cfg: bool,
     /// VAE tiling bounds the decode to one tile, slicing to one image.
-    pub vae: crate::components::vae::DecodeOptions,
+    pub vae: crate::models::vae::DecodeOptions,
 }
 
 /// Refuses a run whose activations (`activations`, a lower bound from the family's estimate) plus the

@@ -1,0 +1,8 @@
+//! The diffusers and transformers models, each built from its folder's `config.json` and weights
+//! (`new(weights, config)`, `forward`): no pipeline, FFI or file-finding code here.
+
+pub mod clip;
+pub mod transformer;
+pub mod unet;
+pub mod unet_config;
+pub mod vae;

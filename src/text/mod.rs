@@ -1,0 +1,3 @@
+//! Tokenizers: prompt text to token ids, exactly as transformers' tokenizers give them.
+
+pub mod clip_tokenizer;
