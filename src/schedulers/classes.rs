@@ -3,11 +3,11 @@
 //! derive from it (config keys and defaults per class live in `select.rs`, checked against this table).
 
 use super::{
-    DdimScheduler, DdpmScheduler, DeisMultistepScheduler, DpmSolverMultistepScheduler, DpmSolverSinglestepScheduler,
-    EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
-    FlowMatchHeunDiscreteScheduler, HeunDiscreteScheduler, Kdpm2AncestralDiscreteScheduler, Kdpm2DiscreteScheduler,
-    LcmScheduler, LmsDiscreteScheduler, PndmScheduler, Scheduler, SchedulerConfig, TcdScheduler,
-    UniPcMultistepScheduler,
+    DdimScheduler, DdpmScheduler, DeisMultistepScheduler, DpmSolverMultistepScheduler,
+    DpmSolverSinglestepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, HeunDiscreteScheduler,
+    Kdpm2AncestralDiscreteScheduler, Kdpm2DiscreteScheduler, LcmScheduler, LmsDiscreteScheduler,
+    PndmScheduler, Scheduler, SchedulerConfig, TcdScheduler, UniPcMultistepScheduler,
 };
 use crate::error::Result;
 
@@ -39,7 +39,12 @@ pub(crate) const CLASSES: &[Class] = &[
     class!("DDPMScheduler", "scheduling_ddpm", false, DdpmScheduler),
     class!("DDIMScheduler", "scheduling_ddim", false, DdimScheduler),
     class!("PNDMScheduler", "scheduling_pndm", false, PndmScheduler),
-    class!("EulerDiscreteScheduler", "scheduling_euler_discrete", false, EulerDiscreteScheduler),
+    class!(
+        "EulerDiscreteScheduler",
+        "scheduling_euler_discrete",
+        false,
+        EulerDiscreteScheduler
+    ),
     class!(
         "EulerAncestralDiscreteScheduler",
         "scheduling_euler_ancestral_discrete",
@@ -58,17 +63,42 @@ pub(crate) const CLASSES: &[Class] = &[
         false,
         DpmSolverSinglestepScheduler
     ),
-    class!("DEISMultistepScheduler", "scheduling_deis_multistep", false, DeisMultistepScheduler),
-    class!("LMSDiscreteScheduler", "scheduling_lms_discrete", false, LmsDiscreteScheduler),
-    class!("HeunDiscreteScheduler", "scheduling_heun_discrete", false, HeunDiscreteScheduler),
-    class!("KDPM2DiscreteScheduler", "scheduling_k_dpm_2_discrete", false, Kdpm2DiscreteScheduler),
+    class!(
+        "DEISMultistepScheduler",
+        "scheduling_deis_multistep",
+        false,
+        DeisMultistepScheduler
+    ),
+    class!(
+        "LMSDiscreteScheduler",
+        "scheduling_lms_discrete",
+        false,
+        LmsDiscreteScheduler
+    ),
+    class!(
+        "HeunDiscreteScheduler",
+        "scheduling_heun_discrete",
+        false,
+        HeunDiscreteScheduler
+    ),
+    class!(
+        "KDPM2DiscreteScheduler",
+        "scheduling_k_dpm_2_discrete",
+        false,
+        Kdpm2DiscreteScheduler
+    ),
     class!(
         "KDPM2AncestralDiscreteScheduler",
         "scheduling_k_dpm_2_ancestral_discrete",
         false,
         Kdpm2AncestralDiscreteScheduler
     ),
-    class!("UniPCMultistepScheduler", "scheduling_unipc_multistep", false, UniPcMultistepScheduler),
+    class!(
+        "UniPCMultistepScheduler",
+        "scheduling_unipc_multistep",
+        false,
+        UniPcMultistepScheduler
+    ),
     class!("LCMScheduler", "scheduling_lcm", false, LcmScheduler),
     class!("TCDScheduler", "scheduling_tcd", false, TcdScheduler),
     class!(
@@ -224,4 +254,3 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
     ("flow_euler", "FlowMatchEulerDiscreteScheduler", "{}"),
     ("flow_heun", "FlowMatchHeunDiscreteScheduler", "{}"),
 ];
-

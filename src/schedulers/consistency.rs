@@ -72,7 +72,11 @@ pub(crate) fn check_lcm(c: &SchedulerConfig, class: &str) -> Result<()> {
 /// `set_timesteps` of LCM and TCD (the pipelines' `strength` stays 1): the spaced timesteps for
 /// `num_inference_steps`, or the user's integer timesteps after diffusers' checks. (diffusers only
 /// warns when custom timesteps leave the distillation schedule.)
-pub(crate) fn consistency_timesteps(c: &SchedulerConfig, req: &TimestepRequest, class: &str) -> Result<Vec<f64>> {
+pub(crate) fn consistency_timesteps(
+    c: &SchedulerConfig,
+    req: &TimestepRequest,
+    class: &str,
+) -> Result<Vec<f64>> {
     req.check_accepted(
         class,
         Accepts {

@@ -109,7 +109,8 @@ pub fn retrieve_timesteps(
 ) -> Result<usize> {
     if timesteps.is_some() && sigmas.is_some() {
         return Err(Error::InvalidArgument(
-            "Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values".into(),
+            "Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values"
+                .into(),
         ));
     }
     let custom = timesteps.is_some() || sigmas.is_some();
@@ -161,7 +162,9 @@ pub(crate) fn to_int_timesteps(ts: &[f64]) -> Result<Vec<i64>> {
             if t.is_finite() && t.abs() < 9.0e15 {
                 Ok(t.trunc() as i64)
             } else {
-                Err(Error::InvalidArgument(format!("timestep {t} is not a usable integer")))
+                Err(Error::InvalidArgument(format!(
+                    "timestep {t} is not a usable integer"
+                )))
             }
         })
         .collect()

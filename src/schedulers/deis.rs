@@ -5,11 +5,11 @@
 //! update integrates the Lagrange polynomial through the last outputs in `rho = sigma / alpha`.
 
 use super::common::check_prediction;
+use super::custom::TimestepRequest;
 use super::dpm_common::{
     alpha_sigma, convert_model_output, dpm_add_noise, dpm_timesteps, first_order_update,
 };
 use super::numpy_log::log_f32 as np_log;
-use super::custom::TimestepRequest;
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};

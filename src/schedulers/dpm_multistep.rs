@@ -1,12 +1,11 @@
 //! diffusers `DPMSolverMultistepScheduler`: DPM-Solver++ 2M (the A1111 "DPM++ 2M"), its SDE variant,
 //! orders 1–3, Karras / exponential / Lu sigmas.
 
-
-use super::dpm_common::{
-    alpha_sigma, check_dpm_options, convert_model_output, dpm_add_noise, dpm_sigmas, dpm_timesteps, final_sigma,
-    first_order_update, lambda, last_timestep, second_order_update,
-};
 use super::custom::{check_finite, to_int_timesteps, Accepts, TimestepRequest};
+use super::dpm_common::{
+    alpha_sigma, check_dpm_options, convert_model_output, dpm_add_noise, dpm_sigmas, dpm_timesteps,
+    final_sigma, first_order_update, lambda, last_timestep, second_order_update,
+};
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -197,7 +196,9 @@ impl super::Scheduler for DpmSolverMultistepScheduler {
         let bad = |m: &str| Err(Error::InvalidArgument(m.into()));
         let (ts, n) = match (req.num_inference_steps, req.timesteps) {
             (None, None) => return bad("Must pass exactly one of `num_inference_steps` or `timesteps`."),
-            (Some(_), Some(_)) => return bad("Can only pass one of `num_inference_steps` or `custom_timesteps`."),
+            (Some(_), Some(_)) => {
+                return bad("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+            }
             (None, Some(ts)) => {
                 if self.kind == SigmaKind::Karras {
                     return bad("Cannot use `timesteps` with `config.use_karras_sigmas = True`");

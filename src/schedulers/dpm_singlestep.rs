@@ -5,11 +5,11 @@
 //! (the start of the current block in the order list `[1, 2, 3, 1, 2, 3, …]`) and integrates from
 //! there with the model outputs gathered since, so the intermediate steps are stages of one update.
 
+use super::custom::{check_finite, to_int_timesteps, Accepts, TimestepRequest};
 use super::dpm_common::{
     alpha_sigma, check_dpm_options, convert_model_output, dpm_add_noise, final_sigma, first_order_update,
     lambda, last_timestep, second_order_update,
 };
-use super::custom::{check_finite, to_int_timesteps, Accepts, TimestepRequest};
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -242,7 +242,9 @@ impl super::Scheduler for DpmSolverSinglestepScheduler {
             }
             (None, Some(custom)) => {
                 match self.kind {
-                    SigmaKind::Karras => return bad("Cannot use `timesteps` when `config.use_karras_sigmas=True`."),
+                    SigmaKind::Karras => {
+                        return bad("Cannot use `timesteps` when `config.use_karras_sigmas=True`.")
+                    }
                     SigmaKind::Exponential => {
                         return bad("Cannot set `timesteps` with `config.use_exponential_sigmas = True`.")
                     }

@@ -141,7 +141,9 @@ impl super::Scheduler for EulerDiscreteScheduler {
         let kind = super::sigmas::sigma_kind(&self.config, CLASS)?;
         if req.timesteps.is_some() {
             match kind {
-                SigmaKind::Karras => return bad("Cannot set `timesteps` with `config.use_karras_sigmas = True`."),
+                SigmaKind::Karras => {
+                    return bad("Cannot set `timesteps` with `config.use_karras_sigmas = True`.")
+                }
                 SigmaKind::Exponential => {
                     return bad("Cannot set `timesteps` with `config.use_exponential_sigmas = True`.")
                 }

@@ -87,10 +87,7 @@ impl Schedule {
     pub fn time_shift(self, kind: &str, mu: f64) -> Self {
         let m = if kind == "linear" { mu } else { mu.exp() };
         let m32 = m as f32;
-        self.map(
-            |s| m / (m + (1.0 / s - 1.0)),
-            |s| m32 / (m32 + (1.0 / s - 1.0)),
-        )
+        self.map(|s| m / (m + (1.0 / s - 1.0)), |s| m32 / (m32 + (1.0 / s - 1.0)))
     }
 
     /// `stretch_shift_to_terminal`: rescales `1 − σ` so that the last sigma becomes `terminal`.

@@ -25,6 +25,8 @@ pub struct FlowMatchEulerDiscreteScheduler {
 }
 
 impl FlowMatchEulerDiscreteScheduler {
+    /// Builds the scheduler from its config (diffusers `__init__`: checks the sigma options and computes
+    /// the training sigmas whose ends bound the default schedule).
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let kind = flow::flow_sigma_kind(config)?;
         let train = flow::train_sigmas(

@@ -24,6 +24,7 @@ pub struct FlowMatchHeunDiscreteScheduler {
 }
 
 impl FlowMatchHeunDiscreteScheduler {
+    /// Builds the scheduler from its config (only `num_train_timesteps` and `shift` matter).
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         // Its __init__ takes only num_train_timesteps and shift: always the static shift.
         let train = flow::train_sigmas(config.num_train_timesteps, config.shift, false);

@@ -59,8 +59,12 @@ impl super::Scheduler for HeunDiscreteScheduler {
         )?;
         let bad = |m: &str| Err(Error::InvalidArgument(m.into()));
         let ts = match (req.num_inference_steps, req.timesteps) {
-            (None, None) => return bad("Must pass exactly one of `num_inference_steps` or `custom_timesteps`."),
-            (Some(_), Some(_)) => return bad("Can only pass one of `num_inference_steps` or `custom_timesteps`."),
+            (None, None) => {
+                return bad("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
+            }
+            (Some(_), Some(_)) => {
+                return bad("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+            }
             (None, Some(custom)) => {
                 match self.kind {
                     sigmas::SigmaKind::Karras => {

@@ -28,6 +28,8 @@ mod sigmas;
 mod tcd;
 mod unipc;
 
+pub use classes::{ALIASES, SUPPORTED};
+pub use custom::{retrieve_timesteps, Accepts, TimestepRequest};
 pub use ddim::DdimScheduler;
 pub use ddpm::DdpmScheduler;
 pub use deis::DeisMultistepScheduler;
@@ -44,8 +46,6 @@ pub use kdpm2_ancestral::Kdpm2AncestralDiscreteScheduler;
 pub use lcm::LcmScheduler;
 pub use lms::LmsDiscreteScheduler;
 pub use pndm::PndmScheduler;
-pub use classes::{ALIASES, SUPPORTED};
-pub use custom::{retrieve_timesteps, Accepts, TimestepRequest};
 pub use select::{aliases, class_keys, python_json, select};
 pub use tcd::TcdScheduler;
 pub use unipc::UniPcMultistepScheduler;

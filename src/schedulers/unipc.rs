@@ -2,10 +2,10 @@
 //! to the previous step once the new model output is known (`bh1` / `bh2`, orders 1–3).
 
 use super::common::check_prediction;
+use super::custom::{Accepts, TimestepRequest};
 use super::dpm_common::{
     alpha_sigma, convert_model_output, dpm_add_noise, dpm_sigmas, dpm_timesteps, lambda,
 };
-use super::custom::{Accepts, TimestepRequest};
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -309,9 +309,9 @@ impl super::Scheduler for UniPcMultistepScheduler {
                 "Passing `sigmas` is only supported when `use_flow_sigmas=True`. Please set `use_flow_sigmas=True` during scheduler initialization.".into(),
             ));
         }
-        let n = req
-            .num_inference_steps
-            .ok_or_else(|| Error::InvalidArgument(format!("{CLASS}.set_timesteps needs num_inference_steps")))?;
+        let n = req.num_inference_steps.ok_or_else(|| {
+            Error::InvalidArgument(format!("{CLASS}.set_timesteps needs num_inference_steps"))
+        })?;
         self.set_steps(n)
     }
 
