@@ -402,7 +402,10 @@ fn flow_and_diffusion_schedulers_do_not_mix() {
 /// are exactly the table's: a quoted name ending in "…" stands for every alias with that prefix.
 #[test]
 fn header_documents_every_scheduler_alias() {
-    let header = std::fs::read_to_string(common::data_dir().join("../../include/autopipeline.h")).unwrap();
+    let header = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("include/autopipeline.h"),
+    )
+    .unwrap();
     let field = header.find("const char *scheduler;").expect("scheduler field");
     let doc_start = header[..field].rfind("/**").expect("doc comment");
     let doc = &header[doc_start..field];
