@@ -58,6 +58,10 @@ impl DdimScheduler {
 }
 
 impl super::Scheduler for DdimScheduler {
+    fn class_name(&self) -> &'static str {
+        "DDIMScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         self.timesteps = discrete_timesteps(&self.config, n)?
             .into_iter()

@@ -1,6 +1,7 @@
 //! diffusers `DDPMScheduler`: ancestral sampling of the original DDPM paper, over any subset of the
 //! training timesteps, with its fixed variance choices.
 
+use super::custom::{check_descending_train, to_int_timesteps, Accepts, TimestepRequest};
 use super::sigmas::randn_like;
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -71,11 +72,40 @@ impl DdpmScheduler {
 }
 
 impl super::Scheduler for DdpmScheduler {
+    fn class_name(&self) -> &'static str {
+        "DDPMScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        self.timesteps = super::discrete_timesteps(&self.config, n)?
-            .into_iter()
-            .map(|v| v as f64)
-            .collect();
+        self.set_timesteps_with(&TimestepRequest::steps(n))
+    }
+
+    fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
+        req.check_accepted(
+            "DDPMScheduler",
+            Accepts {
+                timesteps: true,
+                ..Accepts::default()
+            },
+        )?;
+        let ts = match (req.num_inference_steps, req.timesteps) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "Can only pass one of `num_inference_steps` or `custom_timesteps`.".into(),
+                ))
+            }
+            (None, Some(ts)) => {
+                check_descending_train(ts, self.config.num_train_timesteps)?;
+                to_int_timesteps(ts)?
+            }
+            (Some(n), None) => super::discrete_timesteps(&self.config, n)?,
+            (None, None) => {
+                return Err(Error::InvalidArgument(
+                    "Must pass exactly one of `num_inference_steps` or `custom_timesteps`.".into(),
+                ))
+            }
+        };
+        self.timesteps = ts.into_iter().map(|v| v as f64).collect();
         Ok(())
     }
 

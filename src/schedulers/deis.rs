@@ -4,8 +4,10 @@
 //! The state is ε (converted through x₀ as diffusers does, which is not the identity in float32); the
 //! update integrates the Lagrange polynomial through the last outputs in `rho = sigma / alpha`.
 
-use super::dpm_multistep::{
-    alpha_sigma, check_prediction, convert_model_output, dpm_add_noise, dpm_timesteps, first_order_update,
+use super::common::check_prediction;
+use super::custom::TimestepRequest;
+use super::dpm_common::{
+    alpha_sigma, convert_model_output, dpm_add_noise, dpm_timesteps, first_order_update,
 };
 use super::numpy_log::log_f32 as np_log;
 use super::sigmas::{self, SigmaKind, StepIndex};
@@ -122,6 +124,16 @@ impl DeisMultistepScheduler {
 }
 
 impl super::Scheduler for DeisMultistepScheduler {
+    fn class_name(&self) -> &'static str {
+        "DEISMultistepScheduler"
+    }
+
+    fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
+        let n = req.plain_steps(CLASS, true)?;
+        req.check_dpm_mu(CLASS, &self.config)?;
+        self.set_timesteps(n)
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let t = self.config.num_train_timesteps;
         let ts = dpm_timesteps(&self.config, n, t)?;

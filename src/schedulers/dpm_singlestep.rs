@@ -5,7 +5,8 @@
 //! (the start of the current block in the order list `[1, 2, 3, 1, 2, 3, …]`) and integrates from
 //! there with the model outputs gathered since, so the intermediate steps are stages of one update.
 
-use super::dpm_multistep::{
+use super::custom::{check_finite, to_int_timesteps, Accepts, TimestepRequest};
+use super::dpm_common::{
     alpha_sigma, check_dpm_options, convert_model_output, dpm_add_noise, final_sigma, first_order_update,
     lambda, last_timestep, second_order_update,
 };
@@ -215,17 +216,57 @@ impl DpmSolverSinglestepScheduler {
 }
 
 impl super::Scheduler for DpmSolverSinglestepScheduler {
+    fn class_name(&self) -> &'static str {
+        "DPMSolverSinglestepScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        self.set_timesteps_with(&TimestepRequest::steps(n))
+    }
+
+    fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
+        req.check_accepted(
+            CLASS,
+            Accepts {
+                timesteps: true,
+                sigmas: false,
+                mu: true,
+            },
+        )?;
+        req.check_dpm_mu(CLASS, &self.config)?;
+        let bad = |m: &str| Err(Error::InvalidArgument(m.into()));
         let t = self.config.num_train_timesteps;
-        sigmas::check_steps(n, t)?;
-        // No `timestep_spacing` here: always linspace over the unclipped range.
-        let last = last_timestep(&self.alphas_cumprod, self.config.lambda_min_clipped);
-        let mut ts: Vec<f64> = super::linspace_f64(0.0, last as f64 - 1.0, n + 1)
-            .iter()
-            .rev()
-            .map(|v| super::round_half_even(*v))
-            .collect();
-        ts.pop();
+        let (mut ts, n) = match (req.num_inference_steps, req.timesteps) {
+            (None, None) | (Some(_), Some(_)) => {
+                return bad("Must pass exactly one of  `num_inference_steps` or `timesteps`.")
+            }
+            (None, Some(custom)) => {
+                match self.kind {
+                    SigmaKind::Karras => {
+                        return bad("Cannot use `timesteps` when `config.use_karras_sigmas=True`.")
+                    }
+                    SigmaKind::Exponential => {
+                        return bad("Cannot set `timesteps` with `config.use_exponential_sigmas = True`.")
+                    }
+                    SigmaKind::Plain => {}
+                }
+                check_finite("timesteps", custom)?;
+                let ts: Vec<f64> = to_int_timesteps(custom)?.into_iter().map(|v| v as f64).collect();
+                (ts, custom.len())
+            }
+            (Some(n), None) => {
+                sigmas::check_steps(n, t)?;
+                // No `timestep_spacing` here: always linspace over the unclipped range.
+                let last = last_timestep(&self.alphas_cumprod, self.config.lambda_min_clipped);
+                let mut ts: Vec<f64> = super::linspace_f64(0.0, last as f64 - 1.0, n + 1)
+                    .iter()
+                    .rev()
+                    .map(|v| super::round_half_even(*v))
+                    .collect();
+                ts.pop();
+                (ts, n)
+            }
+        };
         let train = &self.train_sigmas;
         let s: Vec<f64> = if self.kind == SigmaKind::Plain {
             ts.iter().map(|&v| sigmas::interp(v, train)).collect()

@@ -1,9 +1,13 @@
 //! diffusers `EulerDiscreteScheduler` (SDXL's default): sigma-space Euler steps.
 
+use super::custom::{check_finite, Accepts, TimestepRequest};
+use super::sigmas::SigmaKind;
 use super::{alphas_cumprod, div_s, mul_s, spacing_error, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::rng::Generator;
 use candle_core::Tensor;
+
+const CLASS: &str = "EulerDiscreteScheduler";
 
 /// Euler's method over the sigmas `sqrt((1-ᾱ)/ᾱ)`.
 pub struct EulerDiscreteScheduler {
@@ -51,6 +55,35 @@ impl EulerDiscreteScheduler {
         })
     }
 
+    /// The timesteps of `timestep_spacing` for `n` steps, float32 descending.
+    fn spaced_timesteps(&self, n: usize) -> Result<Vec<f32>> {
+        let t = self.config.num_train_timesteps;
+        if n == 0 || n > t {
+            return Err(Error::InvalidArgument(format!(
+                "num_inference_steps {n} must be between 1 and {t}"
+            )));
+        }
+        Ok(match self.config.timestep_spacing.as_str() {
+            "linspace" => {
+                let mut v: Vec<f32> = super::linspace_f64(0.0, (t - 1) as f64, n)
+                    .iter()
+                    .map(|v| *v as f32)
+                    .collect();
+                v.reverse();
+                v
+            }
+            "leading" => (0..n)
+                .rev()
+                .map(|i| (i * (t / n)) as f32 + self.config.steps_offset as f32)
+                .collect(),
+            "trailing" => super::arange_desc(t as f64, t as f64 / n as f64)
+                .iter()
+                .map(|v| super::round_half_even(*v) as f32 - 1.0)
+                .collect(),
+            other => return Err(spacing_error(other)),
+        })
+    }
+
     fn index_for_timestep(&self, t: f64) -> usize {
         // diffusers takes the second match when a timestep repeats, so img2img never skips a sigma.
         let hits: Vec<usize> = (0..self.timesteps.len())
@@ -74,33 +107,75 @@ impl EulerDiscreteScheduler {
 }
 
 impl super::Scheduler for EulerDiscreteScheduler {
+    fn class_name(&self) -> &'static str {
+        "EulerDiscreteScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        let t = self.config.num_train_timesteps;
-        if n == 0 || n > t {
-            return Err(Error::InvalidArgument(format!(
-                "num_inference_steps {n} must be between 1 and {t}"
-            )));
+        self.set_timesteps_with(&TimestepRequest::steps(n))
+    }
+
+    fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
+        req.check_accepted(
+            CLASS,
+            Accepts {
+                timesteps: true,
+                sigmas: true,
+                mu: false,
+            },
+        )?;
+        let bad = |m: &str| Err(Error::InvalidArgument(m.into()));
+        if req.timesteps.is_some() && req.sigmas.is_some() {
+            return bad("Only one of `timesteps` or `sigmas` should be set.");
         }
-        let ts: Vec<f32> = match self.config.timestep_spacing.as_str() {
-            "linspace" => {
-                let mut v: Vec<f32> = super::linspace_f64(0.0, (t - 1) as f64, n)
-                    .iter()
-                    .map(|v| *v as f32)
-                    .collect();
-                v.reverse();
-                v
+        let custom = req.timesteps.is_some() || req.sigmas.is_some();
+        match req.num_inference_steps {
+            None if !custom => {
+                return bad("Must pass exactly one of `num_inference_steps` or `timesteps` or `sigmas.")
             }
-            "leading" => (0..n)
-                .rev()
-                .map(|i| (i * (t / n)) as f32 + self.config.steps_offset as f32)
-                .collect(),
-            "trailing" => super::arange_desc(t as f64, t as f64 / n as f64)
+            Some(_) if custom => {
+                return bad("Can only pass one of `num_inference_steps` or `timesteps` or `sigmas`.")
+            }
+            _ => {}
+        }
+        let kind = super::sigmas::sigma_kind(&self.config, CLASS)?;
+        if req.timesteps.is_some() {
+            match kind {
+                SigmaKind::Karras => {
+                    return bad("Cannot set `timesteps` with `config.use_karras_sigmas = True`.")
+                }
+                SigmaKind::Exponential => {
+                    return bad("Cannot set `timesteps` with `config.use_exponential_sigmas = True`.")
+                }
+                SigmaKind::Plain => {}
+            }
+        }
+        if let Some(custom_sigmas) = req.sigmas {
+            // The user's sigmas are used as given, final sigma included; the timesteps follow them
+            // through `_sigma_to_t`, in float32 as numpy computes it on float32 values.
+            check_finite("sigmas", custom_sigmas)?;
+            if custom_sigmas.len() < 2 {
+                return bad("`sigmas` needs at least two values: one per step and the final sigma");
+            }
+            let sigmas: Vec<f32> = custom_sigmas.iter().map(|&s| s as f32).collect();
+            let logs = super::sigmas::log_sigmas(&self.train_sigmas);
+            self.timesteps = sigmas[..sigmas.len() - 1]
                 .iter()
-                .map(|v| super::round_half_even(*v) as f32 - 1.0)
-                .collect(),
-            other => return Err(spacing_error(other)),
+                .map(|&s| super::sigmas::sigma_to_t_np32(s, &logs) as f32 as f64)
+                .collect();
+            self.sigmas = sigmas;
+            self.step_index = None;
+            self.begin_index = None;
+            return Ok(());
+        }
+        let ts: Vec<f32> = match (req.timesteps, req.num_inference_steps) {
+            (Some(ts), _) => {
+                check_finite("timesteps", ts)?;
+                ts.iter().map(|&t| t as f32).collect()
+            }
+            (None, Some(n)) => self.spaced_timesteps(n)?,
+            (None, None) => unreachable!("checked above"),
         };
-        let kind = super::sigmas::sigma_kind(&self.config, "EulerDiscreteScheduler")?;
         let (sigmas, ts) = super::sigmas::kdiff_sigmas(
             kind,
             &ts,

@@ -1,7 +1,7 @@
 //! diffusers `EulerAncestralDiscreteScheduler` (A1111 "Euler a"): an Euler step to `sigma_down`, then
 //! fresh noise of size `sigma_up` from the run's generator.
 
-use super::sigmas::{self, SigmaKind, StepIndex};
+use super::sigmas::{self, kdiff_init_noise_sigma, SigmaKind, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::rng::Generator;
@@ -35,18 +35,11 @@ impl EulerAncestralDiscreteScheduler {
     }
 }
 
-/// `init_noise_sigma` of the k-diffusion schedulers: the largest sigma, or `sqrt(max² + 1)` under
-/// "leading" spacing.
-pub(crate) fn kdiff_init_noise_sigma(spacing: &str, sigmas: &[f32]) -> f64 {
-    let max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if matches!(spacing, "linspace" | "trailing") {
-        max as f64
-    } else {
-        (max * max + 1.0).sqrt() as f64
-    }
-}
-
 impl super::Scheduler for EulerAncestralDiscreteScheduler {
+    fn class_name(&self) -> &'static str {
+        "EulerAncestralDiscreteScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let ts = sigmas::kdiff_timesteps(&self.config, n)?;
         let (s, ts) = sigmas::kdiff_sigmas(SigmaKind::Plain, &ts, &self.train_sigmas, None, None, false);

@@ -1,12 +1,15 @@
 //! diffusers `HeunDiscreteScheduler`: Heun's second-order method in sigma space. Each step takes two
 //! model calls, so its timestep list repeats every timestep but the first (`order() == 2`).
 
-use super::euler_ancestral::kdiff_init_noise_sigma;
-use super::sigmas::{self, StepIndex};
+use super::common::check_prediction;
+use super::custom::{check_finite, Accepts, TimestepRequest};
+use super::sigmas::{self, interleave_tail, kdiff_init_noise_sigma, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::rng::Generator;
 use candle_core::Tensor;
+
+const CLASS: &str = "HeunDiscreteScheduler";
 
 /// Heun (improved Euler) steps.
 pub struct HeunDiscreteScheduler {
@@ -23,7 +26,7 @@ pub struct HeunDiscreteScheduler {
 impl HeunDiscreteScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let kind = sigmas::sigma_kind(config, "HeunDiscreteScheduler")?;
-        super::dpm_multistep::check_prediction(config, "HeunDiscreteScheduler")?;
+        check_prediction(config, "HeunDiscreteScheduler")?;
         let ac = alphas_cumprod(config)?;
         Ok(Self {
             config: config.clone(),
@@ -37,22 +40,46 @@ impl HeunDiscreteScheduler {
     }
 }
 
-/// `[a0, a1, a1, a2, a2, …]`: every entry after the first twice.
-pub(crate) fn interleave_tail<T: Copy>(v: &[T]) -> Vec<T> {
-    let mut out = Vec::with_capacity(v.len() * 2);
-    if let Some(first) = v.first() {
-        out.push(*first);
-    }
-    for x in v.iter().skip(1) {
-        out.push(*x);
-        out.push(*x);
-    }
-    out
-}
-
 impl super::Scheduler for HeunDiscreteScheduler {
+    fn class_name(&self) -> &'static str {
+        "HeunDiscreteScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        let ts = sigmas::kdiff_timesteps(&self.config, n)?;
+        self.set_timesteps_with(&TimestepRequest::steps(n))
+    }
+
+    fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
+        req.check_accepted(
+            CLASS,
+            Accepts {
+                timesteps: true,
+                ..Accepts::default()
+            },
+        )?;
+        let bad = |m: &str| Err(Error::InvalidArgument(m.into()));
+        let ts = match (req.num_inference_steps, req.timesteps) {
+            (None, None) => {
+                return bad("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
+            }
+            (Some(_), Some(_)) => {
+                return bad("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+            }
+            (None, Some(custom)) => {
+                match self.kind {
+                    sigmas::SigmaKind::Karras => {
+                        return bad("Cannot use `timesteps` with `config.use_karras_sigmas = True`")
+                    }
+                    sigmas::SigmaKind::Exponential => {
+                        return bad("Cannot set `timesteps` with `config.use_exponential_sigmas = True`.")
+                    }
+                    sigmas::SigmaKind::Plain => {}
+                }
+                check_finite("timesteps", custom)?;
+                custom.iter().map(|&t| t as f32).collect()
+            }
+            (Some(n), None) => sigmas::kdiff_timesteps(&self.config, n)?,
+        };
         let (s, ts) = sigmas::kdiff_sigmas(self.kind, &ts, &self.train_sigmas, None, None, false);
         let mut s: Vec<f32> = s.iter().map(|&v| v as f32).collect();
         s.push(0.0);

@@ -1,8 +1,8 @@
 //! diffusers `KDPM2DiscreteScheduler` (k-diffusion's DPM-Solver-2, A1111 "DPM2"): a midpoint step in
 //! log-sigma, two model calls per step (the second at an interpolated timestep), `order() == 2`.
 
-use super::euler_ancestral::kdiff_init_noise_sigma;
-use super::sigmas::{self, StepIndex};
+use super::common::check_kdpm2_prediction;
+use super::sigmas::{self, interleave_tail, kdiff_init_noise_sigma, kdpm2_base, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::rng::Generator;
@@ -18,28 +18,6 @@ pub struct Kdpm2DiscreteScheduler {
     sigmas_interpol: Vec<f32>,
     index: StepIndex,
     sample: Option<Tensor>,
-}
-
-/// The float32 KDPM2 schedule pieces shared with the ancestral variant: timesteps (f64 as diffusers
-/// keeps them: float32 values, or float64 after Karras rounding) and sigmas with the final zero.
-pub(crate) fn kdpm2_base(
-    c: &SchedulerConfig,
-    kind: sigmas::SigmaKind,
-    train: &[f32],
-    n: usize,
-) -> Result<(Vec<f64>, Vec<f32>)> {
-    let ts = sigmas::kdiff_timesteps(c, n)?;
-    let karras = kind == sigmas::SigmaKind::Karras;
-    let (s, ts64) = sigmas::kdiff_sigmas(kind, &ts, train, None, None, karras);
-    // float32 spaced timesteps, or the float64 ones that follow a Karras (rounded) or exponential schedule
-    let ts = if kind == sigmas::SigmaKind::Plain {
-        ts.iter().map(|&t| t as f64).collect()
-    } else {
-        ts64
-    };
-    let mut s: Vec<f32> = s.iter().map(|&v| v as f32).collect();
-    s.push(0.0);
-    Ok((ts, s))
 }
 
 impl Kdpm2DiscreteScheduler {
@@ -60,17 +38,11 @@ impl Kdpm2DiscreteScheduler {
     }
 }
 
-pub(crate) fn check_kdpm2_prediction(c: &SchedulerConfig, class: &str) -> Result<()> {
-    if !matches!(c.prediction_type.as_str(), "epsilon" | "v_prediction") {
-        return Err(Error::InvalidModel(format!(
-            "{class} prediction_type {:?} must be 'epsilon' or 'v_prediction'",
-            c.prediction_type
-        )));
-    }
-    Ok(())
-}
-
 impl super::Scheduler for Kdpm2DiscreteScheduler {
+    fn class_name(&self) -> &'static str {
+        "KDPM2DiscreteScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let (ts, s) = kdpm2_base(&self.config, self.kind, &self.train_sigmas, n)?;
         let logs = sigmas::log_sigmas(&self.train_sigmas);
@@ -79,9 +51,9 @@ impl super::Scheduler for Kdpm2DiscreteScheduler {
         let interpol: Vec<f32> = (0..m)
             .map(|i| sigmas::lerp_half(s[i].ln(), s[(i + m - 1) % m].ln()).exp())
             .collect();
-        let mut sig = interleave_all(&s);
+        let mut sig = interleave_tail(&s);
         sig.push(s[m - 1]);
-        let mut sip = interleave_all(&interpol);
+        let mut sip = interleave_tail(&interpol);
         sip.push(interpol[m - 1]);
         let ti: Vec<f64> = interpol
             .iter()
@@ -175,9 +147,4 @@ impl super::Scheduler for Kdpm2DiscreteScheduler {
     fn sigmas(&self) -> Option<&[f32]> {
         Some(&self.sigmas)
     }
-}
-
-/// `cat([v[:1], v[1:].repeat_interleave(2)])`.
-pub(crate) fn interleave_all(v: &[f32]) -> Vec<f32> {
-    super::heun::interleave_tail(v)
 }

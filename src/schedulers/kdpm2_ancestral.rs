@@ -1,9 +1,8 @@
 //! diffusers `KDPM2AncestralDiscreteScheduler` (A1111 "DPM2 a"): DPM-Solver-2 to `sigma_down`, then
 //! fresh noise of size `sigma_up` after the second model call. `order() == 2`.
 
-use super::euler_ancestral::kdiff_init_noise_sigma;
-use super::kdpm2::{check_kdpm2_prediction, interleave_all, kdpm2_base};
-use super::sigmas::{self, StepIndex};
+use super::common::check_kdpm2_prediction;
+use super::sigmas::{self, interleave_tail, kdiff_init_noise_sigma, kdpm2_base, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::rng::Generator;
@@ -44,12 +43,16 @@ impl Kdpm2AncestralDiscreteScheduler {
 }
 
 fn interleaved(v: &[f32]) -> Vec<f32> {
-    let mut out = interleave_all(v);
+    let mut out = interleave_tail(v);
     out.push(v[v.len() - 1]);
     out
 }
 
 impl super::Scheduler for Kdpm2AncestralDiscreteScheduler {
+    fn class_name(&self) -> &'static str {
+        "KDPM2AncestralDiscreteScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let (ts, s) = kdpm2_base(&self.config, self.kind, &self.train_sigmas, n)?;
         let logs = sigmas::log_sigmas(&self.train_sigmas);

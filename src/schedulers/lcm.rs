@@ -1,9 +1,11 @@
 //! diffusers `LCMScheduler` (latent consistency models): each step predicts the clean latent through
 //! the consistency boundary scalings and re-noises it to the next timestep with fresh noise.
 
+use super::consistency::{check_lcm, consistency_timesteps, x0_eps};
+use super::custom::TimestepRequest;
 use super::sigmas::{randn_like, StepIndex};
-use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
-use crate::error::{Error, Result};
+use super::{alphas_cumprod, mul_s, SchedulerConfig};
+use crate::error::Result;
 use crate::rng::Generator;
 use candle_core::Tensor;
 
@@ -13,68 +15,6 @@ pub struct LcmScheduler {
     alphas_cumprod: Vec<f32>,
     timesteps: Vec<f64>,
     index: StepIndex,
-}
-
-/// The LCM/TCD timesteps: `n` of the `original_inference_steps` "skipping" timesteps `k·i − 1`.
-pub(crate) fn lcm_timesteps(c: &SchedulerConfig, n: usize, class: &str) -> Result<Vec<f64>> {
-    let t = c.num_train_timesteps;
-    let original = c.original_inference_steps;
-    if original == 0 || original > t {
-        return Err(Error::InvalidModel(format!(
-            "{class}: original_inference_steps {original} must be between 1 and num_train_timesteps {t}"
-        )));
-    }
-    let k = t / original;
-    let origin: Vec<i64> = (1..=original).map(|i| (i * k) as i64 - 1).collect();
-    if n == 0 || n > t {
-        return Err(Error::InvalidArgument(format!(
-            "num_inference_steps {n} must be between 1 and the scheduler's num_train_timesteps {t}"
-        )));
-    }
-    if n > original || origin.len() / n < 1 {
-        return Err(Error::InvalidArgument(format!(
-            "{class}: num_inference_steps {n} cannot exceed original_inference_steps {original}"
-        )));
-    }
-    let rev: Vec<i64> = origin.into_iter().rev().collect();
-    let step = rev.len() as f64 / n as f64;
-    Ok((0..n)
-        .map(|i| rev[(i as f64 * step).floor() as usize] as f64)
-        .collect())
-}
-
-/// `x₀` from the model output (`epsilon`, `sample`, `v_prediction`) with ᾱ_t in float32.
-pub(crate) fn x0_eps(
-    prediction_type: &str,
-    model_output: &Tensor,
-    sample: &Tensor,
-    a_t: f32,
-) -> Result<(Tensor, Tensor)> {
-    let b_t = 1.0 - a_t;
-    Ok(match prediction_type {
-        "epsilon" => (
-            div_s(&(sample - mul_s(model_output, b_t.sqrt())?)?, a_t.sqrt())?,
-            model_output.clone(),
-        ),
-        "sample" => (
-            model_output.clone(),
-            div_s(&(sample - mul_s(model_output, a_t.sqrt())?)?, b_t.sqrt())?,
-        ),
-        _ => (
-            (mul_s(sample, a_t.sqrt())? - mul_s(model_output, b_t.sqrt())?)?,
-            (mul_s(model_output, a_t.sqrt())? + mul_s(sample, b_t.sqrt())?)?,
-        ),
-    })
-}
-
-pub(crate) fn check_lcm(c: &SchedulerConfig, class: &str) -> Result<()> {
-    super::dpm_multistep::check_prediction(c, class)?;
-    if c.thresholding {
-        return Err(Error::Unsupported(format!(
-            "{class} thresholding (pixel-space models) is not supported"
-        )));
-    }
-    Ok(())
 }
 
 impl LcmScheduler {
@@ -90,8 +30,16 @@ impl LcmScheduler {
 }
 
 impl super::Scheduler for LcmScheduler {
+    fn class_name(&self) -> &'static str {
+        "LCMScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        self.timesteps = lcm_timesteps(&self.config, n, "LCMScheduler")?;
+        self.set_timesteps_with(&TimestepRequest::steps(n))
+    }
+
+    fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
+        self.timesteps = consistency_timesteps(&self.config, req, "LCMScheduler")?;
         self.index = StepIndex::default();
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! diffusers `LMSDiscreteScheduler`: linear multistep (up to 4th order) over sigma-space derivatives.
 
-use super::euler_ancestral::kdiff_init_noise_sigma;
-use super::sigmas::{self, StepIndex};
+use super::common::check_prediction;
+use super::sigmas::{self, kdiff_init_noise_sigma, StepIndex};
 use super::{alphas_cumprod, div_s, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::rng::Generator;
@@ -24,7 +24,7 @@ pub struct LmsDiscreteScheduler {
 impl LmsDiscreteScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let kind = sigmas::sigma_kind(config, "LMSDiscreteScheduler")?;
-        super::dpm_multistep::check_prediction(config, "LMSDiscreteScheduler")?;
+        check_prediction(config, "LMSDiscreteScheduler")?;
         let ac = alphas_cumprod(config)?;
         Ok(Self {
             config: config.clone(),
@@ -62,6 +62,10 @@ impl LmsDiscreteScheduler {
 }
 
 impl super::Scheduler for LmsDiscreteScheduler {
+    fn class_name(&self) -> &'static str {
+        "LMSDiscreteScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let ts = sigmas::kdiff_timesteps(&self.config, n)?;
         let (s, ts) = sigmas::kdiff_sigmas(self.kind, &ts, &self.train_sigmas, None, None, false);

@@ -1,13 +1,21 @@
 //! Noise schedulers built from `scheduler/scheduler_config.json`, faithful to diffusers 0.42 including its
 //! float32 arithmetic (so trajectories match to float noise, not just in distribution).
 
+mod classes;
+mod common;
+mod consistency;
+mod custom;
 mod ddim;
 mod ddpm;
 mod deis;
+mod dpm_common;
 mod dpm_multistep;
 mod dpm_singlestep;
 mod euler;
 mod euler_ancestral;
+mod flow;
+mod flow_euler;
+mod flow_heun;
 mod heun;
 mod kdpm2;
 mod kdpm2_ancestral;
@@ -20,6 +28,8 @@ mod sigmas;
 mod tcd;
 mod unipc;
 
+pub use classes::{ALIASES, SUPPORTED};
+pub use custom::{retrieve_timesteps, Accepts, TimestepRequest};
 pub use ddim::DdimScheduler;
 pub use ddpm::DdpmScheduler;
 pub use deis::DeisMultistepScheduler;
@@ -27,13 +37,16 @@ pub use dpm_multistep::DpmSolverMultistepScheduler;
 pub use dpm_singlestep::DpmSolverSinglestepScheduler;
 pub use euler::EulerDiscreteScheduler;
 pub use euler_ancestral::EulerAncestralDiscreteScheduler;
+pub use flow::calculate_shift;
+pub use flow_euler::FlowMatchEulerDiscreteScheduler;
+pub use flow_heun::FlowMatchHeunDiscreteScheduler;
 pub use heun::HeunDiscreteScheduler;
 pub use kdpm2::Kdpm2DiscreteScheduler;
 pub use kdpm2_ancestral::Kdpm2AncestralDiscreteScheduler;
 pub use lcm::LcmScheduler;
 pub use lms::LmsDiscreteScheduler;
 pub use pndm::PndmScheduler;
-pub use select::{aliases, class_keys, python_json, select, ALIASES};
+pub use select::{aliases, class_keys, python_json, select};
 pub use tcd::TcdScheduler;
 pub use unipc::UniPcMultistepScheduler;
 
@@ -44,25 +57,6 @@ use serde::Deserialize;
 
 /// Largest `num_train_timesteps` accepted (diffusers' schedulers use 1000).
 const MAX_TRAIN_TIMESTEPS: usize = 1 << 20;
-
-/// Scheduler classes this build can construct (diffusers class names).
-pub const SUPPORTED: &[&str] = &[
-    "DDPMScheduler",
-    "DDIMScheduler",
-    "PNDMScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "DEISMultistepScheduler",
-    "LMSDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "UniPCMultistepScheduler",
-    "LCMScheduler",
-    "TCDScheduler",
-];
 
 fn default_train() -> usize {
     1000
@@ -183,12 +177,48 @@ pub struct SchedulerConfig {
     pub original_inference_steps: usize,
     #[serde(default = "ten")]
     pub timestep_scaling: f64,
+    /// Flow matching: the static timestep shift `s·σ / (1 + (s − 1)·σ)` (SD3 uses 3.0).
+    #[serde(default = "one")]
+    pub shift: f64,
+    /// Flow matching: `mu` of [`calculate_shift`] at the base sequence length (null allowed).
+    #[serde(default, deserialize_with = "select::number_or_null")]
+    pub base_shift: Option<f64>,
+    /// Flow matching: `mu` of [`calculate_shift`] at the maximal sequence length (null allowed).
+    #[serde(default, deserialize_with = "select::number_or_null")]
+    pub max_shift: Option<f64>,
+    /// Flow matching: the image sequence length at which `mu = base_shift`.
+    #[serde(default = "default_base_seq")]
+    pub base_image_seq_len: usize,
+    /// Flow matching: the image sequence length at which `mu = max_shift`.
+    #[serde(default = "default_max_seq")]
+    pub max_image_seq_len: usize,
+    /// Flow matching: run the model on `1 − σ` (Mochi).
+    #[serde(default)]
+    pub invert_sigmas: bool,
+    /// Flow matching: stretch the shifted schedule so that it ends at this sigma (LTX-Video).
+    #[serde(default, deserialize_with = "select::number_or_null")]
+    pub shift_terminal: Option<f64>,
+    /// Resolution-dependent shift under `use_dynamic_shifting`: "exponential" or "linear".
+    #[serde(default = "default_time_shift")]
+    pub time_shift_type: String,
+    /// Flow matching: re-noise each step's x₀ estimate instead of an Euler step.
+    #[serde(default)]
+    pub stochastic_sampling: bool,
     /// The checkpoint file's own keys, kept so that another class can be built from it as diffusers'
     /// `from_config` does (see [`select`]).
     #[serde(skip)]
     pub raw: serde_json::Map<String, serde_json::Value>,
 }
 
+fn default_base_seq() -> usize {
+    256
+}
+fn default_max_seq() -> usize {
+    4096
+}
+fn default_time_shift() -> String {
+    "exponential".into()
+}
 fn default_threshold_ratio() -> f64 {
     0.995
 }
@@ -257,6 +287,7 @@ impl SchedulerConfig {
             ("beta_start", self.beta_start),
             ("beta_end", self.beta_end),
             ("clip_sample_range", self.clip_sample_range),
+            ("shift", self.shift),
         ] {
             if !v.is_finite() {
                 return bad(format!("{key} must be a finite number, not {v}"));
@@ -269,10 +300,25 @@ impl SchedulerConfig {
 /// What the denoising loop needs from a scheduler. One instance serves one run: `step` keeps history
 /// (PNDM's multistep buffer, Euler's step index), so runs never share an instance.
 pub trait Scheduler: Send {
-    /// Prepares `n` inference steps (diffusers `set_timesteps`).
+    /// diffusers' class name of this scheduler.
+    fn class_name(&self) -> &'static str;
+    /// Prepares `n` inference steps (diffusers `set_timesteps(n)`).
     fn set_timesteps(&mut self, n: usize) -> Result<()>;
+    /// diffusers' `set_timesteps(num_inference_steps, timesteps=, sigmas=, mu=)` with that class's own
+    /// validation (see [`retrieve_timesteps`] for the pipelines' way of calling it). The default, for
+    /// classes whose `set_timesteps` takes only the step count, refuses custom timesteps / sigmas with
+    /// `retrieve_timesteps`' message and `mu` as Python refuses an unexpected keyword.
+    fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
+        let n = req.plain_steps(self.class_name(), false)?;
+        self.set_timesteps(n)
+    }
     /// The timesteps passed to the UNet, in order (PNDM repeats one).
     fn timesteps(&self) -> &[f64];
+    /// How many timesteps the schedule holds (model calls, for second-order schedulers twice the steps
+    /// but one): what a pipeline loops over after a custom schedule.
+    fn num_timesteps(&self) -> usize {
+        self.timesteps().len()
+    }
     /// Model evaluations per step (2 for Heun-like schedulers); img2img truncation multiplies by it.
     fn order(&self) -> usize {
         1
@@ -300,29 +346,14 @@ pub trait Scheduler: Send {
 
 /// Builds the scheduler named by `config.class_name`.
 pub fn build(config: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
-    Ok(match config.class_name.as_str() {
-        "DDPMScheduler" => Box::new(DdpmScheduler::new(config)?),
-        "DDIMScheduler" => Box::new(DdimScheduler::new(config)?),
-        "PNDMScheduler" => Box::new(PndmScheduler::new(config)?),
-        "EulerDiscreteScheduler" => Box::new(EulerDiscreteScheduler::new(config)?),
-        "EulerAncestralDiscreteScheduler" => Box::new(EulerAncestralDiscreteScheduler::new(config)?),
-        "DPMSolverMultistepScheduler" => Box::new(DpmSolverMultistepScheduler::new(config)?),
-        "DPMSolverSinglestepScheduler" => Box::new(DpmSolverSinglestepScheduler::new(config)?),
-        "DEISMultistepScheduler" => Box::new(DeisMultistepScheduler::new(config)?),
-        "LMSDiscreteScheduler" => Box::new(LmsDiscreteScheduler::new(config)?),
-        "HeunDiscreteScheduler" => Box::new(HeunDiscreteScheduler::new(config)?),
-        "KDPM2DiscreteScheduler" => Box::new(Kdpm2DiscreteScheduler::new(config)?),
-        "KDPM2AncestralDiscreteScheduler" => Box::new(Kdpm2AncestralDiscreteScheduler::new(config)?),
-        "UniPCMultistepScheduler" => Box::new(UniPcMultistepScheduler::new(config)?),
-        "LCMScheduler" => Box::new(LcmScheduler::new(config)?),
-        "TCDScheduler" => Box::new(TcdScheduler::new(config)?),
-        other => {
-            return Err(Error::Unsupported(format!(
-                "scheduler class {other:?} is not supported yet; supported: {}",
-                SUPPORTED.join(", ")
-            )))
-        }
-    })
+    match classes::class(&config.class_name) {
+        Some(class) => (class.build)(config),
+        None => Err(Error::Unsupported(format!(
+            "scheduler class {:?} is not supported yet; supported: {}",
+            config.class_name,
+            SUPPORTED.join(", ")
+        ))),
+    }
 }
 
 /// `alphas_cumprod` (float32, as diffusers stores it) for the config's beta schedule.

@@ -118,6 +118,10 @@ impl PndmScheduler {
 }
 
 impl super::Scheduler for PndmScheduler {
+    fn class_name(&self) -> &'static str {
+        "PNDMScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         let t = self.config.num_train_timesteps;
         if n == 0 || n > t {

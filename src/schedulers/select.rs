@@ -1,7 +1,8 @@
 //! Choosing a scheduler at run time, as diffusers' `Cls.from_config(pipe.scheduler.config, **overrides)`:
 //! each class's config keys and defaults, the merge rules, and the short names users know.
 
-use super::{build, SchedulerConfig, SUPPORTED};
+use super::classes::{self, ALIASES, SUPPORTED};
+use super::{build, SchedulerConfig};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -172,6 +173,22 @@ fn own_keys(class: &str) -> Option<Vec<(&'static str, &'static str)>> {
             ]);
             v.extend(THRESHOLDING);
         }
+        "FlowMatchEulerDiscreteScheduler" => {
+            v.extend([
+                ("shift", "1.0"),
+                ("use_dynamic_shifting", "false"),
+                ("base_shift", "0.5"),
+                ("max_shift", "1.15"),
+                ("base_image_seq_len", "256"),
+                ("max_image_seq_len", "4096"),
+                ("invert_sigmas", "false"),
+                ("shift_terminal", "null"),
+                ("time_shift_type", "\"exponential\""),
+                ("stochastic_sampling", "false"),
+            ]);
+            v.extend(SIGMA_KINDS);
+        }
+        "FlowMatchHeunDiscreteScheduler" => v.push(("shift", "1.0")),
         "DEISMultistepScheduler" => {
             v.extend([
                 ("solver_order", "2"),
@@ -197,10 +214,13 @@ fn own_keys(class: &str) -> Option<Vec<(&'static str, &'static str)>> {
 pub fn class_keys(class: &str) -> Option<Vec<(&'static str, Value)>> {
     let own = own_keys(class)?;
     let mut out: Vec<(&'static str, Value)> = Vec::new();
-    // DPMSolverSinglestepScheduler has no timestep spacing options at all.
-    let common = COMMON
-        .iter()
-        .filter(|(k, _)| !(class == "DPMSolverSinglestepScheduler" && *k == "steps_offset"));
+    // DPMSolverSinglestepScheduler has no timestep spacing options at all; the flow-matching classes
+    // have no beta schedule, so they take only num_train_timesteps of the common keys.
+    let flow = classes::class(class).is_some_and(|c| c.flow);
+    let common = COMMON.iter().filter(|(k, _)| {
+        !(class == "DPMSolverSinglestepScheduler" && *k == "steps_offset")
+            && (!flow || *k == "num_train_timesteps")
+    });
     for (k, v) in common.chain(own.iter()) {
         let v: Value = serde_json::from_str(v).expect("defaults are valid JSON");
         match out.iter_mut().find(|(key, _)| key == k) {
@@ -262,120 +282,6 @@ pub(crate) fn for_class(
     config.raw = raw.clone();
     Ok(config)
 }
-
-/// A short name users know → (diffusers class, config overrides as JSON).
-pub const ALIASES: &[(&str, &str, &str)] = &[
-    ("ddim", "DDIMScheduler", "{}"),
-    ("ddpm", "DDPMScheduler", "{}"),
-    ("pndm", "PNDMScheduler", "{}"),
-    ("plms", "PNDMScheduler", r#"{"skip_prk_steps": true}"#),
-    ("euler", "EulerDiscreteScheduler", "{}"),
-    (
-        "euler_karras",
-        "EulerDiscreteScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    ("euler_a", "EulerAncestralDiscreteScheduler", "{}"),
-    ("lms", "LMSDiscreteScheduler", "{}"),
-    (
-        "lms_karras",
-        "LMSDiscreteScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    ("heun", "HeunDiscreteScheduler", "{}"),
-    (
-        "heun_karras",
-        "HeunDiscreteScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    ("dpm++2m", "DPMSolverMultistepScheduler", "{}"),
-    (
-        "dpm++2m_karras",
-        "DPMSolverMultistepScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    (
-        "dpm++2m_sde",
-        "DPMSolverMultistepScheduler",
-        r#"{"algorithm_type": "sde-dpmsolver++"}"#,
-    ),
-    (
-        "dpm++2m_sde_karras",
-        "DPMSolverMultistepScheduler",
-        r#"{"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": true}"#,
-    ),
-    ("dpm++3m", "DPMSolverMultistepScheduler", r#"{"solver_order": 3}"#),
-    (
-        "dpm++3m_karras",
-        "DPMSolverMultistepScheduler",
-        r#"{"solver_order": 3, "use_karras_sigmas": true}"#,
-    ),
-    // diffusers' stand-in for A1111's "DPM++ 2S a" / "DPM++ SDE" samplers (deterministic unless SDE).
-    ("dpm++2s", "DPMSolverSinglestepScheduler", "{}"),
-    (
-        "dpm++2s_karras",
-        "DPMSolverSinglestepScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    (
-        "dpm++2s_sde",
-        "DPMSolverSinglestepScheduler",
-        r#"{"algorithm_type": "sde-dpmsolver++"}"#,
-    ),
-    (
-        "dpm++2s_sde_karras",
-        "DPMSolverSinglestepScheduler",
-        r#"{"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": true}"#,
-    ),
-    (
-        "dpm++3s",
-        "DPMSolverSinglestepScheduler",
-        r#"{"solver_order": 3}"#,
-    ),
-    (
-        "dpm++3s_karras",
-        "DPMSolverSinglestepScheduler",
-        r#"{"solver_order": 3, "use_karras_sigmas": true}"#,
-    ),
-    ("deis", "DEISMultistepScheduler", "{}"),
-    (
-        "deis_karras",
-        "DEISMultistepScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    ("dpm2", "KDPM2DiscreteScheduler", "{}"),
-    (
-        "dpm2_karras",
-        "KDPM2DiscreteScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    ("dpm2_a", "KDPM2AncestralDiscreteScheduler", "{}"),
-    (
-        "dpm2_a_karras",
-        "KDPM2AncestralDiscreteScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    ("kdpm2", "KDPM2DiscreteScheduler", "{}"),
-    (
-        "kdpm2_karras",
-        "KDPM2DiscreteScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    ("kdpm2_a", "KDPM2AncestralDiscreteScheduler", "{}"),
-    (
-        "kdpm2_a_karras",
-        "KDPM2AncestralDiscreteScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    ("unipc", "UniPCMultistepScheduler", "{}"),
-    (
-        "unipc_karras",
-        "UniPCMultistepScheduler",
-        r#"{"use_karras_sigmas": true}"#,
-    ),
-    ("lcm", "LCMScheduler", "{}"),
-    ("tcd", "TCDScheduler", "{}"),
-];
 
 /// The accepted aliases, for messages and help texts.
 pub fn aliases() -> Vec<&'static str> {
@@ -441,6 +347,7 @@ pub fn select(
             }
         },
     };
+    refuse_flow_switch(&base.class_name, class)?;
     if let Some(bad) = extra.keys().find(|k| k.starts_with('_')) {
         return Err(Error::InvalidArgument(format!(
             "scheduler_config key {bad:?}: private keys cannot be set"
@@ -458,6 +365,38 @@ pub fn select(
     config.validate("scheduler_config").map_err(to_argument)?;
     build(&config).map_err(to_argument)?;
     Ok(config)
+}
+
+/// A flow-matching model (velocity prediction) cannot be sampled by a diffusion scheduler, nor a
+/// noise- or v-predicting UNet by a flow-matching one; diffusers would let the switch through and
+/// produce noise. The checkpoint's own scheduler class tells which kind of model it is.
+// TODO(family core): the family module knows what its denoiser predicts; once families own this,
+// the check moves there (and may allow DPM-Solver / UniPC `use_flow_sigmas` for flow models).
+fn refuse_flow_switch(base: &str, target: &str) -> Result<()> {
+    let (Some(from), Some(to)) = (classes::class(base), classes::class(target)) else {
+        return Ok(());
+    };
+    let kind = |flow: bool| {
+        if flow {
+            "a flow-matching scheduler (for flow-matching models such as SD3 and FLUX)"
+        } else {
+            "a diffusion scheduler (for noise- or v-predicting models)"
+        }
+    };
+    if from.flow != to.flow {
+        return Err(Error::InvalidArgument(format!(
+            "{target} is {}, but this checkpoint's scheduler {base} is {}; choose one of: {}",
+            kind(to.flow),
+            kind(from.flow),
+            classes::CLASSES
+                .iter()
+                .filter(|c| c.flow == from.flow)
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// A config built by hand (no file): its class name only, so every other key takes the class default.

@@ -212,6 +212,11 @@ pub(crate) fn index_for_timestep(timesteps: &[f64], t: f64) -> Option<usize> {
     Some(hits.next().unwrap_or(first))
 }
 
+/// `index_for_timestep` of the DPM-Solver family: the last index when `t` is not in the schedule.
+pub(crate) fn dpm_index(timesteps: &[f64], t: f64) -> usize {
+    index_for_timestep(timesteps, t).unwrap_or(timesteps.len().saturating_sub(1))
+}
+
 /// `_step_index` / `_begin_index` of diffusers' sigma schedulers.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StepIndex {
@@ -234,18 +239,18 @@ impl StepIndex {
     }
 
     /// [`Self::get`] for the DPM family (DPM-Solver, DEIS, UniPC), whose timestep lookup cannot fail
-    /// (a timestep outside the schedule means its last step: [`super::dpm_multistep::dpm_index`]).
+    /// (a timestep outside the schedule means its last step: [`dpm_index`]).
     pub fn get_dpm(&mut self, timesteps: &[f64], t: f64) -> usize {
         let begin = self.begin;
         *self
             .step
-            .get_or_insert_with(|| begin.unwrap_or_else(|| super::dpm_multistep::dpm_index(timesteps, t)))
+            .get_or_insert_with(|| begin.unwrap_or_else(|| dpm_index(timesteps, t)))
     }
 
     /// [`Self::for_add_noise`] for the DPM family (see [`Self::get_dpm`]).
     pub fn for_add_noise_dpm(&self, timesteps: &[f64], t: f64) -> usize {
         match (self.begin, self.step) {
-            (None, _) => super::dpm_multistep::dpm_index(timesteps, t),
+            (None, _) => dpm_index(timesteps, t),
             (Some(_), Some(s)) => s,
             (Some(b), None) => b,
         }
@@ -337,4 +342,183 @@ pub(crate) fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f32 {
 /// torch's `start.lerp(end, 0.5)` (weight not "small": `end - (end - start) · 0.5`).
 pub(crate) fn lerp_half(start: f32, end: f32) -> f32 {
     end - (end - start) * 0.5
+}
+
+/// `init_noise_sigma` of the k-diffusion schedulers: the largest sigma, or `sqrt(max² + 1)` under
+/// "leading" spacing.
+pub(crate) fn kdiff_init_noise_sigma(spacing: &str, sigmas: &[f32]) -> f64 {
+    let max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if matches!(spacing, "linspace" | "trailing") {
+        max as f64
+    } else {
+        (max * max + 1.0).sqrt() as f64
+    }
+}
+
+/// `[a0, a1, a1, a2, a2, …]`: every entry after the first twice (the second-order schedulers' lists,
+/// `cat([v[:1], v[1:].repeat_interleave(2)])`).
+pub(crate) fn interleave_tail<T: Copy>(v: &[T]) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len() * 2);
+    if let Some(first) = v.first() {
+        out.push(*first);
+    }
+    for x in v.iter().skip(1) {
+        out.push(*x);
+        out.push(*x);
+    }
+    out
+}
+
+/// The float32 KDPM2 schedule pieces shared by KDPM2 and its ancestral variant: timesteps (f64 as
+/// diffusers keeps them: float32 values, or float64 after Karras rounding) and sigmas with the final
+/// zero.
+pub(crate) fn kdpm2_base(
+    c: &SchedulerConfig,
+    kind: SigmaKind,
+    train: &[f32],
+    n: usize,
+) -> Result<(Vec<f64>, Vec<f32>)> {
+    let ts = kdiff_timesteps(c, n)?;
+    let karras = kind == SigmaKind::Karras;
+    let (s, ts64) = kdiff_sigmas(kind, &ts, train, None, None, karras);
+    // float32 spaced timesteps, or the float64 ones that follow a Karras (rounded) or exponential schedule
+    let ts = if kind == SigmaKind::Plain {
+        ts.iter().map(|&t| t as f64).collect()
+    } else {
+        ts64
+    };
+    let mut s: Vec<f32> = s.iter().map(|&v| v as f32).collect();
+    s.push(0.0);
+    Ok((ts, s))
+}
+
+/// `_convert_to_beta` (Beta Sampling is All You Need, arXiv 2407.12173): sigmas at the quantiles
+/// `scipy.stats.beta.ppf(1 − linspace(0, 1, n), alpha, beta)` between `sigma_min` and `sigma_max`,
+/// float64.
+pub(crate) fn beta_schedule(sigma_min: f64, sigma_max: f64, n: usize, alpha: f64, beta: f64) -> Vec<f64> {
+    linspace_f64(0.0, 1.0, n)
+        .iter()
+        .map(|r| sigma_min + beta_ppf(1.0 - r, alpha, beta) * (sigma_max - sigma_min))
+        .collect()
+}
+
+/// The inverse of the regularised incomplete beta function `I_x(a, b)` (scipy's `beta.ppf`), by
+/// bisection: `I_x` is monotone in `x`, and halving [0, 1] until the midpoint stops moving pins the
+/// quantile to the last bit of float64, far below the float32 the sigmas are kept in.
+pub(crate) fn beta_ppf(p: f64, a: f64, b: f64) -> f64 {
+    if p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    loop {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            return mid;
+        }
+        if incomplete_beta(mid, a, b) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+}
+
+/// The regularised incomplete beta function `I_x(a, b)` by its continued fraction (modified Lentz),
+/// using the symmetry `I_x(a, b) = 1 − I_{1−x}(b, a)` where the fraction converges slowly.
+fn incomplete_beta(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    if x > (a + 1.0) / (a + b + 2.0) {
+        return 1.0 - incomplete_beta(1.0 - x, b, a);
+    }
+    let ln_front = a * x.ln() + b * (-x).ln_1p() - ln_beta(a, b);
+    let tiny = 1e-300;
+    let mut c = 1.0f64;
+    let mut d = 1.0 - (a + b) * x / (a + 1.0);
+    if d.abs() < tiny {
+        d = tiny;
+    }
+    d = 1.0 / d;
+    let mut f = d;
+    for m in 1..10_000 {
+        let m = m as f64;
+        // even step
+        let num = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        d = 1.0 + num * d;
+        d = if d.abs() < tiny { 1.0 / tiny } else { 1.0 / d };
+        c = 1.0 + num / c;
+        if c.abs() < tiny {
+            c = tiny;
+        }
+        f *= d * c;
+        // odd step
+        let num = -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0));
+        d = 1.0 + num * d;
+        d = if d.abs() < tiny { 1.0 / tiny } else { 1.0 / d };
+        c = 1.0 + num / c;
+        if c.abs() < tiny {
+            c = tiny;
+        }
+        let delta = d * c;
+        f *= delta;
+        if (delta - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    ln_front.exp() * f / a
+}
+
+/// `ln B(a, b)` through the Lanczos approximation of `ln Γ` (g = 7, 9 terms; ~1e-15 relative).
+fn ln_beta(a: f64, b: f64) -> f64 {
+    ln_gamma(a) + ln_gamma(b) - ln_gamma(a + b)
+}
+
+fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const COEF: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // reflection: Γ(x)Γ(1−x) = π / sin(πx)
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut acc = COEF[0];
+    for (i, c) in COEF.iter().enumerate().skip(1) {
+        acc += c / (x + i as f64);
+    }
+    let t = x + G + 0.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + acc.ln()
+}
+
+/// `_sigma_to_t` on a float32 numpy scalar (a user's custom sigma): numpy keeps the log, the
+/// distances and the weight in float32, and only the final `(1 − w)·low + w·high` in float64 (float32
+/// times the int64 indices).
+pub(crate) fn sigma_to_t_np32(sigma: f32, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = super::numpy_log::log_f32(sigma.max(1e-10));
+    let n = log_sigmas.len();
+    let low_idx = log_sigmas
+        .iter()
+        .rposition(|&l| log_sigma - l >= 0.0)
+        .unwrap_or(0)
+        .min(n - 2);
+    let high_idx = low_idx + 1;
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[high_idx]);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    (1.0 - w) as f64 * low_idx as f64 + w as f64 * high_idx as f64
 }

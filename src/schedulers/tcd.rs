@@ -2,7 +2,8 @@
 //! (0.0) as TCD's `gamma`, which makes every step deterministic: x₀ and ε re-noised to the next
 //! timestep.
 
-use super::lcm::{check_lcm, lcm_timesteps, x0_eps};
+use super::consistency::{check_lcm, consistency_timesteps, x0_eps};
+use super::custom::TimestepRequest;
 use super::sigmas::{randn_like, StepIndex};
 use super::{alphas_cumprod, mul_s, SchedulerConfig};
 use crate::error::Result;
@@ -33,8 +34,16 @@ impl TcdScheduler {
 }
 
 impl super::Scheduler for TcdScheduler {
+    fn class_name(&self) -> &'static str {
+        "TCDScheduler"
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        self.timesteps = lcm_timesteps(&self.config, n, "TCDScheduler")?;
+        self.set_timesteps_with(&TimestepRequest::steps(n))
+    }
+
+    fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
+        self.timesteps = consistency_timesteps(&self.config, req, "TCDScheduler")?;
         self.index = StepIndex::default();
         Ok(())
     }

@@ -1,14 +1,18 @@
 //! diffusers `UniPCMultistepScheduler`: the UniPC predictor (UniP) with its corrector (UniC) applied
 //! to the previous step once the new model output is known (`bh1` / `bh2`, orders 1–3).
 
-use super::dpm_multistep::{
-    alpha_sigma, check_prediction, convert_model_output, dpm_add_noise, dpm_sigmas, dpm_timesteps, lambda,
+use super::common::check_prediction;
+use super::custom::{Accepts, TimestepRequest};
+use super::dpm_common::{
+    alpha_sigma, convert_model_output, dpm_add_noise, dpm_sigmas, dpm_timesteps, lambda,
 };
 use super::sigmas::{self, SigmaKind, StepIndex};
 use super::{alphas_cumprod, mul_s, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::rng::Generator;
 use candle_core::Tensor;
+
+const CLASS: &str = "UniPCMultistepScheduler";
 
 /// Unified predictor-corrector.
 pub struct UniPcMultistepScheduler {
@@ -66,6 +70,51 @@ impl UniPcMultistepScheduler {
             index: StepIndex::default(),
             ready: false,
         })
+    }
+
+    /// `set_timesteps(n)` once the request is validated.
+    fn set_steps(&mut self, n: usize) -> Result<()> {
+        let t = self.config.num_train_timesteps;
+        let ts = dpm_timesteps(&self.config, n, t)?;
+        let (ts, s) = if self.kind == SigmaKind::Plain {
+            dpm_sigmas(&self.config, self.kind, false, ts, &self.train_sigmas, n)
+        } else {
+            let lo = self.config.sigma_min.unwrap_or(self.train_sigmas[0] as f64);
+            let hi = self.config.sigma_max.unwrap_or(self.train_sigmas[t - 1] as f64);
+            let logs = sigmas::log_sigmas(&self.train_sigmas);
+            let s = if self.kind == SigmaKind::Karras {
+                sigmas::karras(lo, hi, n)
+            } else {
+                sigmas::exponential(lo, hi, n)
+            };
+            let ts = s
+                .iter()
+                .map(|&x| {
+                    let t = sigmas::sigma_to_t(x, &logs);
+                    if self.kind == SigmaKind::Karras {
+                        super::round_half_even(t)
+                    } else {
+                        t.trunc()
+                    }
+                })
+                .collect();
+            (ts, s)
+        };
+        let last = match (self.config.final_sigmas_type.as_str(), self.kind) {
+            ("zero", _) => 0.0,
+            (_, SigmaKind::Plain) => self.train_sigmas[0],
+            _ => s[s.len() - 1] as f32,
+        };
+        let mut sig: Vec<f32> = s.iter().map(|&v| v as f32).collect();
+        sig.push(last);
+        self.timesteps = ts;
+        self.sigmas = sig;
+        self.model_outputs = vec![None; self.config.solver_order];
+        self.lower_order_nums = 0;
+        self.last_sample = None;
+        self.index = StepIndex::default();
+        self.ready = true;
+        Ok(())
     }
 
     fn bh1(&self) -> bool {
@@ -235,48 +284,39 @@ fn weighted_sum(w: &[f32], ts: &[Tensor]) -> Result<Tensor> {
 }
 
 impl super::Scheduler for UniPcMultistepScheduler {
+    fn class_name(&self) -> &'static str {
+        "UniPCMultistepScheduler"
+    }
+
+    fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
+        req.check_accepted(
+            CLASS,
+            Accepts {
+                timesteps: false,
+                sigmas: true,
+                mu: true,
+            },
+        )?;
+        if self.config.use_dynamic_shifting && req.mu.is_none() {
+            return Err(Error::InvalidArgument(
+                "`mu` must be passed when `use_dynamic_shifting` is set to be `True`".into(),
+            ));
+        }
+        // Custom sigmas are only for flow sigmas, which this build refuses at construction; `mu` only
+        // moves flow sigmas, so it changes nothing here.
+        if req.sigmas.is_some() {
+            return Err(Error::InvalidArgument(
+                "Passing `sigmas` is only supported when `use_flow_sigmas=True`. Please set `use_flow_sigmas=True` during scheduler initialization.".into(),
+            ));
+        }
+        let n = req.num_inference_steps.ok_or_else(|| {
+            Error::InvalidArgument(format!("{CLASS}.set_timesteps needs num_inference_steps"))
+        })?;
+        self.set_steps(n)
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        let t = self.config.num_train_timesteps;
-        let ts = dpm_timesteps(&self.config, n, t)?;
-        let (ts, s) = if self.kind == SigmaKind::Plain {
-            dpm_sigmas(&self.config, self.kind, false, ts, &self.train_sigmas, n)
-        } else {
-            let lo = self.config.sigma_min.unwrap_or(self.train_sigmas[0] as f64);
-            let hi = self.config.sigma_max.unwrap_or(self.train_sigmas[t - 1] as f64);
-            let logs = sigmas::log_sigmas(&self.train_sigmas);
-            let s = if self.kind == SigmaKind::Karras {
-                sigmas::karras(lo, hi, n)
-            } else {
-                sigmas::exponential(lo, hi, n)
-            };
-            let ts = s
-                .iter()
-                .map(|&x| {
-                    let t = sigmas::sigma_to_t(x, &logs);
-                    if self.kind == SigmaKind::Karras {
-                        super::round_half_even(t)
-                    } else {
-                        t.trunc()
-                    }
-                })
-                .collect();
-            (ts, s)
-        };
-        let last = match (self.config.final_sigmas_type.as_str(), self.kind) {
-            ("zero", _) => 0.0,
-            (_, SigmaKind::Plain) => self.train_sigmas[0],
-            _ => s[s.len() - 1] as f32,
-        };
-        let mut sig: Vec<f32> = s.iter().map(|&v| v as f32).collect();
-        sig.push(last);
-        self.timesteps = ts;
-        self.sigmas = sig;
-        self.model_outputs = vec![None; self.config.solver_order];
-        self.lower_order_nums = 0;
-        self.last_sample = None;
-        self.index = StepIndex::default();
-        self.ready = true;
-        Ok(())
+        self.set_timesteps_with(&TimestepRequest::steps(n))
     }
 
     fn timesteps(&self) -> &[f64] {
