@@ -133,8 +133,12 @@ pub struct ap_run_params {
     /// "heun_karras", "dpm++2m", "dpm++2m_karras", "dpm++2m_sde", "dpm++2m_sde_karras", "dpm++3m",
     /// "dpm++3m_karras", "dpm++2s", "dpm++2s_karras", "dpm++2s_sde", "dpm++2s_sde_karras", "dpm++3s",
     /// "dpm++3s_karras", "deis", "deis_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras"
-    /// ("kdpm2…" too), "unipc", "unipc_karras", "lcm", "tcd". Built from the checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`; weights are
-    /// not reloaded. An unknown name fails with AP_ERR_INVALID_ARGUMENT listing the valid ones.
+    /// ("kdpm2…" too), "unipc", "unipc_karras", "lcm", "tcd", "flow_euler", "flow_heun". Built from
+    /// the checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`;
+    /// weights are not reloaded. Flow-matching checkpoints (SD3, FLUX) take only the flow-matching
+    /// classes (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler), other checkpoints
+    /// only the others. An unknown or unsuitable name fails with AP_ERR_INVALID_ARGUMENT listing the
+    /// valid ones.
     pub scheduler: *const c_char,
     /// Scheduler config overrides as a JSON object, e.g. `{"use_karras_sigmas": true}`; NULL = none.
     /// Applies to `scheduler`, or to the checkpoint's scheduler when `scheduler` is NULL. A key the

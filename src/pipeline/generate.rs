@@ -249,11 +249,30 @@ pub(super) fn run(
     let mut scheduler = schedulers::build(&scheduler_config)?;
     let img2img_like = p.task != Task::Text2Image;
     let strength_in_scheduler = img2img_like && fam.strength_in_scheduler();
-    // TODO(merge): custom timesteps / sigmas and the scheduler's own strength (TimestepRequest).
-    scheduler.set_timesteps(s.steps)?;
+    let steps = if strength_in_scheduler {
+        // LCM img2img: `set_timesteps(n, strength=…)` (custom timesteps are cut by strength there too;
+        // custom sigmas get the scheduler's refusal).
+        let custom = params.timesteps.is_some() || params.sigmas.is_some();
+        scheduler.set_timesteps_with(&schedulers::TimestepRequest {
+            num_inference_steps: (!custom).then_some(s.steps),
+            timesteps: params.timesteps.as_deref(),
+            sigmas: params.sigmas.as_deref(),
+            mu: None,
+            strength: Some(s.strength),
+        })?;
+        scheduler.num_timesteps()
+    } else {
+        schedulers::retrieve_timesteps(
+            scheduler.as_mut(),
+            Some(s.steps),
+            params.timesteps.as_deref(),
+            params.sigmas.as_deref(),
+            None,
+        )?
+    };
     let mut timesteps = scheduler.timesteps().to_vec();
     if img2img_like && !strength_in_scheduler {
-        let (start, remaining) = schedulers::strength_start(s.steps, s.strength, scheduler.order());
+        let (start, remaining) = schedulers::strength_start(steps, s.strength, scheduler.order());
         if remaining < 1 || start >= timesteps.len() {
             return Err(Error::InvalidArgument(format!(
                 "After adjusting the num_inference_steps by strength parameter: {}, the number of pipeline steps is \

@@ -19,6 +19,9 @@ pub struct TimestepRequest<'a> {
     pub sigmas: Option<&'a [f64]>,
     /// The resolution-dependent shift of flow-matching schedules (`mu=`, see [`super::calculate_shift`]).
     pub mu: Option<f64>,
+    /// img2img strength applied by the scheduler itself (`strength=` of LCM and TCD, which the LCM
+    /// img2img pipeline passes instead of truncating the schedule afterwards).
+    pub strength: Option<f64>,
 }
 
 /// Which keyword arguments a class's diffusers `set_timesteps` takes besides `num_inference_steps`.
@@ -30,6 +33,8 @@ pub struct Accepts {
     pub sigmas: bool,
     /// `mu=`
     pub mu: bool,
+    /// `strength=`
+    pub strength: bool,
 }
 
 impl<'a> TimestepRequest<'a> {
@@ -53,6 +58,11 @@ impl<'a> TimestepRequest<'a> {
         if self.mu.is_some() && !accepts.mu {
             return Err(Error::InvalidArgument(format!(
                 "{class}.set_timesteps() got an unexpected keyword argument 'mu'"
+            )));
+        }
+        if self.strength.is_some() && !accepts.strength {
+            return Err(Error::InvalidArgument(format!(
+                "{class}.set_timesteps() got an unexpected keyword argument 'strength'"
             )));
         }
         Ok(())
@@ -119,6 +129,7 @@ pub fn retrieve_timesteps(
         timesteps,
         sigmas,
         mu,
+        strength: None,
     };
     scheduler.set_timesteps_with(&req)?;
     if custom {

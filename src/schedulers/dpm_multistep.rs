@@ -190,6 +190,7 @@ impl super::Scheduler for DpmSolverMultistepScheduler {
                 timesteps: true,
                 sigmas: false,
                 mu: true,
+                strength: false,
             },
         )?;
         req.check_dpm_mu(CLASS, &self.config)?;

@@ -231,6 +231,7 @@ impl super::Scheduler for DpmSolverSinglestepScheduler {
                 timesteps: true,
                 sigmas: false,
                 mu: true,
+                strength: false,
             },
         )?;
         req.check_dpm_mu(CLASS, &self.config)?;

@@ -122,6 +122,7 @@ impl super::Scheduler for EulerDiscreteScheduler {
                 timesteps: true,
                 sigmas: true,
                 mu: false,
+                strength: false,
             },
         )?;
         let bad = |m: &str| Err(Error::InvalidArgument(m.into()));

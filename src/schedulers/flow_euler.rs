@@ -109,6 +109,7 @@ impl super::Scheduler for FlowMatchEulerDiscreteScheduler {
                 timesteps: true,
                 sigmas: true,
                 mu: true,
+                strength: false,
             },
         )?;
         let c = &self.config;

@@ -14,6 +14,8 @@ pub struct LcmScheduler {
     config: SchedulerConfig,
     alphas_cumprod: Vec<f32>,
     timesteps: Vec<f64>,
+    /// diffusers' `num_inference_steps`: the last step (which adds no noise) is counted against it.
+    num_inference_steps: usize,
     index: StepIndex,
 }
 
@@ -24,6 +26,7 @@ impl LcmScheduler {
             config: config.clone(),
             alphas_cumprod: alphas_cumprod(config)?,
             timesteps: Vec::new(),
+            num_inference_steps: 0,
             index: StepIndex::default(),
         })
     }
@@ -39,7 +42,8 @@ impl super::Scheduler for LcmScheduler {
     }
 
     fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
-        self.timesteps = consistency_timesteps(&self.config, req, "LCMScheduler")?;
+        (self.timesteps, self.num_inference_steps) =
+            consistency_timesteps(&self.config, req, "LCMScheduler")?;
         self.index = StepIndex::default();
         Ok(())
     }
@@ -70,7 +74,7 @@ impl super::Scheduler for LcmScheduler {
             x0 = x0.clamp(-r, r)?;
         }
         let denoised = (mul_s(&x0, c_out)? + mul_s(sample, c_skip)?)?;
-        let prev = if i + 1 != self.timesteps.len() {
+        let prev = if i + 1 != self.num_inference_steps {
             let noise = randn_like(model_output, rng)?;
             (mul_s(&denoised, a_prev.sqrt())? + mul_s(&noise, (1.0 - a_prev).sqrt())?)?
         } else {

@@ -15,6 +15,8 @@ pub struct TcdScheduler {
     config: SchedulerConfig,
     alphas_cumprod: Vec<f32>,
     timesteps: Vec<f64>,
+    /// diffusers' `num_inference_steps`: the last step (which adds no noise) is counted against it.
+    num_inference_steps: usize,
     index: StepIndex,
     /// `gamma` (diffusers' `eta` argument of `step`); 0 in every diffusers pipeline call.
     pub eta: f32,
@@ -27,6 +29,7 @@ impl TcdScheduler {
             config: config.clone(),
             alphas_cumprod: alphas_cumprod(config)?,
             timesteps: Vec::new(),
+            num_inference_steps: 0,
             index: StepIndex::default(),
             eta: 0.0,
         })
@@ -43,7 +46,8 @@ impl super::Scheduler for TcdScheduler {
     }
 
     fn set_timesteps_with(&mut self, req: &TimestepRequest) -> Result<()> {
-        self.timesteps = consistency_timesteps(&self.config, req, "TCDScheduler")?;
+        (self.timesteps, self.num_inference_steps) =
+            consistency_timesteps(&self.config, req, "TCDScheduler")?;
         self.index = StepIndex::default();
         Ok(())
     }
@@ -67,7 +71,7 @@ impl super::Scheduler for TcdScheduler {
         let a_s = self.alphas_cumprod[s_t];
         let (x0, eps) = x0_eps(&self.config.prediction_type, model_output, sample, a_t)?;
         let noised = (mul_s(&x0, a_s.sqrt())? + mul_s(&eps, (1.0 - a_s).sqrt())?)?;
-        let prev = if self.eta > 0.0 && i + 1 != self.timesteps.len() {
+        let prev = if self.eta > 0.0 && i + 1 != self.num_inference_steps {
             let noise = randn_like(model_output, rng)?;
             (mul_s(&noised, (a_prev / a_s).sqrt())? + mul_s(&noise, (1.0 - a_prev / a_s).sqrt())?)?
         } else {

@@ -295,6 +295,7 @@ impl super::Scheduler for UniPcMultistepScheduler {
                 timesteps: false,
                 sigmas: true,
                 mu: true,
+                strength: false,
             },
         )?;
         if self.config.use_dynamic_shifting && req.mu.is_none() {
