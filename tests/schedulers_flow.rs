@@ -68,6 +68,7 @@ impl Owned {
             timesteps: self.timesteps.as_deref(),
             sigmas: self.sigmas.as_deref(),
             mu: self.mu,
+            strength: None,
         }
     }
 }

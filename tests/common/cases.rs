@@ -88,8 +88,17 @@ pub fn params(case: &Value) -> RunParams {
         image: img("image"),
         mask: img("mask_image"),
         output_channels: 3,
+        scheduler: s("scheduler"),
+        timesteps: floats(&case["timesteps"]),
+        sigmas: floats(&case["sigmas"]),
         ..Default::default()
     }
+}
+
+/// A JSON list of numbers, if present.
+fn floats(v: &Value) -> Option<Vec<f64>> {
+    v.as_array()
+        .map(|a| a.iter().map(|x| x.as_f64().unwrap()).collect())
 }
 
 /// Runs a case that diffusers completed and checks it stage by stage, then the image against
