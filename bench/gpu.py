@@ -10,7 +10,7 @@ bench/gpu.sh.
 
 With AP_PROFILE=sdxl (or sd15, or both, comma-separated), the comparison also writes
 OUT_DIR/profile-ARCH-SIDE.txt for those architectures after measuring them (AP_PROFILE_SIDES=ours: only
-that side). Our side's CUDA kernels follow AP_CUDA_KERNELS (see src/components/cuda/mod.rs); its
+that side). Our side's CUDA kernels follow AP_CUDA_KERNELS (see src/kernels/cuda/mod.rs); its
 profile follows AP_PROFILE_KERNELS instead where that is set (to profile kernels that are off by default).
 """
 

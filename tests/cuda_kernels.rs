@@ -1,4 +1,4 @@
-//! Our CUDA kernels (src/components/cuda) against candle's own ops computed in f32 on the same GPU, on
+//! Our CUDA kernels (src/kernels/cuda) against candle's own ops computed in f32 on the same GPU, on
 //! random inputs over the shapes the SD / SDXL UNets and VAEs use and the edges of each kernel's tiling
 //! (partial tiles, heads not a multiple of 16, bands of one row). Built only with `--features cuda` and
 //! run where a GPU is present (scripts/cuda/lent_gpu.sh); without one each test says so and passes.

@@ -1,4 +1,4 @@
-//! Our CUDA kernels' source (src/components/cuda/kernels.cu) run on the CPU: compiled by the host C++
+//! Our CUDA kernels' source (src/kernels/cuda/kernels.cu) run on the CPU: compiled by the host C++
 //! compiler with tests/kernel_emulation/emulation.h, which stands in for CUDA's threads, barriers, warp
 //! shuffles, `mma.sync` (from the PTX ISA's fragment layouts) and `cp.async`, and checked against
 //! double-precision references by tests/kernel_emulation/driver.cpp (misaligned or out-of-bounds

@@ -1,11 +1,11 @@
-// Runs kernels of src/components/cuda/kernels.cu on the CPU under emulation.h and checks them against
+// Runs kernels of src/kernels/cuda/kernels.cu on the CPU under emulation.h and checks them against
 // plain double-precision references: attention (f16, bf16; every head size the models use, partial
 // tiles, one and many key tiles, inputs apart or as views of fused projections), the convolution columns (each compile-time specialisation and the
 // generic kernel), group norm's three passes, GEGLU and the adds. Prints one line per case; exits 1 if any case is off. Built and run by
 // tests/kernel_emulation.rs (`AP_EMU_LATE_COPIES=1` makes cp.async copies land as late as allowed).
 #include "emulation.h"
 
-#include "../../src/components/cuda/kernels.cu"
+#include "../../src/kernels/cuda/kernels.cu"
 
 #include <cstdio>
 #include <string>
@@ -57,12 +57,12 @@ AP_NF_TABLE(f16, __half)
 AP_NF_TABLE(bf16, __nv_bfloat16)
 
 // How q, k and v lie in memory: each in its own (B, L, H·D) buffer, or as column blocks of one fused
-// projection's output (src/components/transformer.rs): self-attention's q | k | v in rows of 3·H·D,
+// projection's output (src/models/transformer.rs): self-attention's q | k | v in rows of 3·H·D,
 // cross-attention's k | v in rows of 2·H·D next to a separate q.
 enum class Layout { Apart, Qkv, Kv };
 
 // softmax(q·kᵀ/√d)·v per head, in double from the rounded inputs, against the kernel launched as
-// src/components/cuda/attention.rs launches it (64 query rows per block, one (image, head) per grid row,
+// src/kernels/cuda/attention.rs launches it (64 query rows per block, one (image, head) per grid row,
 // 128 threads, shared memory for the query tile and two key and two value tiles, row strides of the
 // layout).
 template <typename T>
@@ -137,7 +137,7 @@ void check_attention(const char *type, uint32_t b, uint32_t lq, uint32_t lk, uin
   report(what, max_err / max_ref, tol);
 }
 
-// The transposed convolution columns of ap_im2col_t*_f32 (launched as src/components/cuda/conv.rs
+// The transposed convolution columns of ap_im2col_t*_f32 (launched as src/kernels/cuda/conv.rs
 // does) against their definition: col[b][ci·k·k + ky·k + kx][p] = upsampled, padded x at the tap.
 void check_im2col(const char *variant, void (*kernel)(const float *, float *, uint32_t, uint32_t, uint32_t, uint32_t,
                                                     uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t),
@@ -168,7 +168,7 @@ void check_im2col(const char *variant, void (*kernel)(const float *, float *, ui
   report(what, max_err, 0.0);
 }
 
-// Group norm (+ SiLU) through its three kernels, launched as src/components/cuda/norm.rs launches them,
+// Group norm (+ SiLU) through its three kernels, launched as src/kernels/cuda/norm.rs launches them,
 // against a double-precision group norm. Rows past one GN_CHUNK take several partial sums; `offset`
 // shifts every value, which the shifted sums must not lose to cancellation.
 template <typename T>

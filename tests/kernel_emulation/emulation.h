@@ -1,4 +1,4 @@
-// Host emulation of the CUDA features src/components/cuda/kernels.cu uses, so that its kernels (the
+// Host emulation of the CUDA features src/kernels/cuda/kernels.cu uses, so that its kernels (the
 // source itself, not a model of it) run on a CPU: tests/kernel_emulation.rs compiles kernels.cu with
 // this header and AP_HOST_EMULATION, then checks the kernels against plain references (driver.cpp).
 //

@@ -4,7 +4,7 @@
 // adds, GEGLU, group norm (+ SiLU) and attention without a materialised score matrix.
 //
 // Every kernel computes in f32 and rounds its output once. Names end in the element type (_f16, _bf16,
-// _f32); src/components/cuda/*.rs launch them. Index arithmetic is 32-bit where the Rust side has checked
+// _f32); src/kernels/cuda/*.rs launch them. Index arithmetic is 32-bit where the Rust side has checked
 // that the sizes fit.
 
 #ifdef AP_HOST_EMULATION
