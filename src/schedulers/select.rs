@@ -369,9 +369,9 @@ pub fn select(
 
 /// A flow-matching model (velocity prediction) cannot be sampled by a diffusion scheduler, nor a
 /// noise- or v-predicting UNet by a flow-matching one; diffusers would let the switch through and
-/// produce noise. The checkpoint's own scheduler class tells which kind of model it is.
-// TODO(family core): the family module knows what its denoiser predicts; once families own this,
-// the check moves there (and may allow DPM-Solver / UniPC `use_flow_sigmas` for flow models).
+/// produce noise. The checkpoint's own scheduler class tells which kind of model it is. (The family
+/// checks the result too, `FamilyPipeline::check_scheduler`: that also catches a checkpoint whose own
+/// scheduler config names a class its family cannot use.)
 fn refuse_flow_switch(base: &str, target: &str) -> Result<()> {
     let (Some(from), Some(to)) = (classes::class(base), classes::class(target)) else {
         return Ok(());
