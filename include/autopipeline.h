@@ -12,8 +12,10 @@
  *  - Ownership: everything the library returns through an out-parameter is owned by the caller and
  *    freed with its one free function (ap_pipeline_free, ap_images_free, ap_image_free, ap_job_free);
  *    each accepts NULL. Inputs (strings, images) are only read during the call (async calls copy them).
- *  - Parameter structs start with struct_size: initialise them with ap_*_params_default().
- *  - No call lets a Rust panic escape: an internal failure returns AP_ERR_INTERNAL.
+ *  - Parameter structs start with struct_size: initialise them with ap_*_init(&p, sizeof p) (or the
+ *    inline ap_*_default()); see "ABI policy".
+ *  - No call lets a Rust panic escape: an internal failure returns AP_ERR_INTERNAL (functions without
+ *    a status set ap_last_error() instead).
  *
  * Threading
  *  - A pipeline may be used by several threads at once: concurrent ap_run / ap_run_async calls on one
@@ -30,6 +32,26 @@
  *  - Game loops: start a job, call ap_job_poll once per frame (lock-free, never blocks), take the
  *    result when the state is AP_JOB_DONE / FAILED / CANCELLED. No call keeps a lock across calls.
  *  - A cancelled or failed run or job leaves the pipeline fully usable.
+ *
+ * ABI policy (the ABI grows, it never breaks)
+ *  - A program built against an older header of the same major version keeps working with a newer
+ *    library, without recompiling. The first published layout is 0.1.0's.
+ *  - A minor version may add: fields at the END of a struct that starts with struct_size (the
+ *    ap_*_params structs, ap_job_status), new functions, new constants (AP_TASK_*, AP_LOG_*, ...) and
+ *    new status codes (treat an unknown nonzero status as a failure and read ap_last_error()).
+ *  - It never removes, reorders, retypes or resizes a field or a function parameter, never changes
+ *    the meaning of an existing value, never returns a growable struct by value, and never changes
+ *    ap_image / ap_images (fixed layouts, no struct_size).
+ *  - struct_size: set it to sizeof the struct of YOUR header; ap_*_init(&p, sizeof p) does. The
+ *    library accepts every size from the 0.1.0 layout to its own: fields past your size take their
+ *    defaults and are neither read nor written (nothing past struct_size is touched). A size outside
+ *    that range fails with AP_ERR_INVALID_ARGUMENT naming the struct, the size and the range.
+ *  - Defaults come through a pointer and a size (ap_*_init). ap_*_default() are static inline
+ *    wrappers defined at the end of this header, so they always return this header's layout; the
+ *    library still exports the 0.1.0 symbols of those names, frozen at the 0.1.0 layout, for
+ *    programs built against 0.1.0.
+ *  - A new field never starts inside a published layout's tail padding, so an old struct_size never
+ *    covers part of a field it does not know.
  */
 
 #ifndef AUTOPIPELINE_H
@@ -43,6 +65,32 @@
 #define AUTOPIPELINE_VERSION_PATCH 0
 #define AUTOPIPELINE_VERSION "0.1.0"
 
+
+/**
+ * Task: text to image (`AutoPipelineForText2Image`).
+ */
+#define AP_TASK_TEXT2IMAGE 0
+
+/**
+ * Task: image to image (`AutoPipelineForImage2Image`).
+ */
+#define AP_TASK_IMAGE2IMAGE 1
+
+/**
+ * Task: inpainting (`AutoPipelineForInpainting`).
+ */
+#define AP_TASK_INPAINT 2
+
+/**
+ * Preview mode: a linear latent→RGB projection (the SD 1.x/2.x or SDXL factors), at latent
+ * resolution (1/8 of the output per side). Costs microseconds.
+ */
+#define AP_PREVIEW_LATENT 0
+
+/**
+ * Preview mode: a full VAE decode at output resolution; costs about as much as the final decode.
+ */
+#define AP_PREVIEW_VAE 1
 
 /**
  * Job state: created, its worker thread not started yet.
@@ -90,32 +138,6 @@
 #define AP_LOG_ERROR 3
 
 /**
- * Task: text to image (`AutoPipelineForText2Image`).
- */
-#define AP_TASK_TEXT2IMAGE 0
-
-/**
- * Task: image to image (`AutoPipelineForImage2Image`).
- */
-#define AP_TASK_IMAGE2IMAGE 1
-
-/**
- * Task: inpainting (`AutoPipelineForInpainting`).
- */
-#define AP_TASK_INPAINT 2
-
-/**
- * Preview mode: a linear latent→RGB projection (the SD 1.x/2.x or SDXL factors), at latent
- * resolution (1/8 of the output per side). Costs microseconds.
- */
-#define AP_PREVIEW_LATENT 0
-
-/**
- * Preview mode: a full VAE decode at output resolution; costs about as much as the final decode.
- */
-#define AP_PREVIEW_VAE 1
-
-/**
  * An opaque background job: a run (`ap_run_async`) or a load (`ap_from_pretrained_async`). Observe
  * it with `ap_job_poll` / `ap_job_wait`, stop it with `ap_job_cancel`, collect it with
  * `ap_job_take_result` (runs) or `ap_job_take_pipeline` (loads), free it with `ap_job_free`.
@@ -129,6 +151,11 @@ typedef struct ap_job ap_job;
 typedef struct ap_pipeline ap_pipeline;
 
 /**
+ * Result code of every `ap_*` function.
+ */
+typedef int32_t ap_status;
+
+/**
  * Progress callback: `step` of `total` is done. Return nonzero to continue, 0 to cancel (the call
  * then returns `AP_ERR_CANCELLED`). Called on the thread that runs the work.
  */
@@ -136,58 +163,17 @@ typedef int32_t (*ap_progress_fn)(uint32_t step,
                                   uint32_t total,
                                   void *user_data);
 
-/**
- * Options of `ap_from_pretrained`. Initialise with `ap_load_params_default()`; NULL strings mean
- * "default".
- */
 typedef struct ap_load_params {
-  /**
-   * `sizeof(ap_load_params)`; lets the library tell header versions apart.
-   */
   uint32_t struct_size;
-  /**
-   * `"cpu"` (default), `"cuda"` or `"cuda:N"`.
-   */
   const char *device;
-  /**
-   * Weight variant, e.g. `"fp16"`.
-   */
   const char *variant;
-  /**
-   * Hub revision (branch, tag or commit); default `"main"`.
-   */
   const char *revision;
-  /**
-   * HF cache folder; default `$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`.
-   */
   const char *cache_dir;
-  /**
-   * Hub token; default `$HF_TOKEN`.
-   */
   const char *token;
-  /**
-   * Nonzero: never use the network, only the local folder or HF cache.
-   */
   int32_t local_files_only;
-  /**
-   * Called after each loaded component; may be NULL.
-   */
   ap_progress_fn progress;
   void *progress_user_data;
-  /**
-   * Precision of the models: "f32" (default, NULL), "f16" or "bf16". As in diffusers, an SDXL
-   * pipeline's VAE runs in f32 when its config has `force_upcast` (on its half-precision values); SD
-   * pipelines run theirs in this dtype. On the CPU, half-precision models hold half-precision
-   * weights (half the memory) but compute in f32 (faster there, and more exact). Latents and
-   * scheduler math are always f32.
-   */
   const char *dtype;
-  /**
-   * Nonzero: read every weight during the load. 0 (default): float32 CPU weights are read on first
-   * use, as diffusers' memory-mapped weights are, so the load returns quickly and the first run's
-   * first step (and first decode) is slower. The weight files must then stay unchanged while the
-   * pipeline lives.
-   */
   int32_t preload;
 } ap_load_params;
 
@@ -222,161 +208,43 @@ typedef void (*ap_preview_fn)(uint32_t step,
                               const struct ap_images *images,
                               void *user_data);
 
-/**
- * Inputs of `ap_run`. Initialise with `ap_run_params_default()`; a 0 / negative / NULL field means
- * "the pipeline's default", exactly as omitting the argument in diffusers.
- */
 typedef struct ap_run_params {
-  /**
-   * `sizeof(ap_run_params)`.
-   */
   uint32_t struct_size;
-  /**
-   * UTF-8 prompt (required; may be empty).
-   */
   const char *prompt;
   const char *negative_prompt;
-  /**
-   * SDXL's second-encoder prompts; NULL = same as `prompt` / `negative_prompt`.
-   */
   const char *prompt_2;
   const char *negative_prompt_2;
-  /**
-   * 0 = default (50).
-   */
   int32_t num_inference_steps;
-  /**
-   * Negative = default (7.5 SD, 5.0 SDXL); values ≤ 1 turn classifier-free guidance off.
-   */
   float guidance_scale;
-  /**
-   * img2img / inpaint strength in [0, 1]; negative = default.
-   */
   float strength;
-  /**
-   * 0 = default (`unet.sample_size × vae_scale_factor`); multiples of 8.
-   */
   int32_t width;
   int32_t height;
-  /**
-   * Seed of the torch-compatible CPU generator (`torch.Generator("cpu").manual_seed(seed)`).
-   */
   uint64_t seed;
-  /**
-   * 0 = 1.
-   */
   int32_t num_images_per_prompt;
-  /**
-   * diffusers `guidance_rescale` in [0, 1].
-   */
   float guidance_rescale;
-  /**
-   * CLIP layers to skip; 0 = none.
-   */
   int32_t clip_skip;
-  /**
-   * 3 (RGB8) or 4 (RGBA8, default when 0).
-   */
   int32_t output_channels;
-  /**
-   * img2img / inpaint input (RGB8 or RGBA8); NULL when unused. Only read during the call.
-   */
   const struct ap_image *image;
-  /**
-   * inpaint mask (1, 3 or 4 channels; white = repaint); NULL when unused.
-   */
   const struct ap_image *mask;
-  /**
-   * inpaint: > 0 crops to the mask's box grown by this many pixels, inpaints the crop at full size
-   * and pastes it back (diffusers `padding_mask_crop`); 0 = off.
-   */
   int32_t padding_mask_crop;
-  /**
-   * Scheduler for this run; NULL = the checkpoint's own. A diffusers class name
-   * ("DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", …) or an alias: "ddim",
-   * "ddpm", "pndm", "plms", "euler", "euler_karras", "euler_a", "lms", "lms_karras", "heun",
-   * "heun_karras", "dpm++2m", "dpm++2m_karras", "dpm++2m_sde", "dpm++2m_sde_karras", "dpm++3m",
-   * "dpm++3m_karras", "dpm++2s", "dpm++2s_karras", "dpm++2s_sde", "dpm++2s_sde_karras", "dpm++3s",
-   * "dpm++3s_karras", "deis", "deis_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras"
-   * ("kdpm2…" too), "unipc", "unipc_karras", "lcm", "tcd". Built from the checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`; weights are
-   * not reloaded. An unknown name fails with AP_ERR_INVALID_ARGUMENT listing the valid ones.
-   */
   const char *scheduler;
-  /**
-   * Scheduler config overrides as a JSON object, e.g. `{"use_karras_sigmas": true}`; NULL = none.
-   * Applies to `scheduler`, or to the checkpoint's scheduler when `scheduler` is NULL. A key the
-   * scheduler class does not take fails with AP_ERR_INVALID_ARGUMENT listing its keys.
-   */
   const char *scheduler_config_json;
-  /**
-   * Called after each denoising step; may be NULL.
-   */
   ap_progress_fn progress;
   void *progress_user_data;
-  /**
-   * Called after every `preview_every`-th denoising step (step N, 2N, …); may be NULL.
-   */
   ap_preview_fn preview;
   void *preview_user_data;
-  /**
-   * Steps between previews; 0 = no previews.
-   */
   int32_t preview_every;
-  /**
-   * `AP_PREVIEW_LATENT` (0, default) or `AP_PREVIEW_VAE` (1).
-   */
   int32_t preview_mode;
-  /**
-   * Nonzero: run the VAE over overlapping tiles of its `sample_size` (512 px for SD 1.x), blended at
-   * the seams, as diffusers' `enable_vae_tiling()`. Decodes (and img2img/inpaint encodes) of any
-   * size then need the memory of one tile; images needing several tiles differ slightly from untiled
-   * ones, as in diffusers. 0 (default) = off.
-   */
   int32_t vae_tiling;
-  /**
-   * Nonzero: run the VAE one image at a time, as diffusers' `enable_vae_slicing()`: lower peak memory
-   * for batches, identical images. 0 (default) = off.
-   */
   int32_t vae_slicing;
-  /**
-   * Which torch generator `seed` is for: NULL or "cpu" (default) = `torch.Generator("cpu")`, as
-   * diffusers' examples use; "cuda" = `torch.Generator("cuda")`, so seeds run on a GPU with diffusers
-   * reproduce (draws on a CUDA device are bit-exact, on the CPU within 2.5e-6). Tensors over 256 × the
-   * GPU's launch limit depend on the GPU: `"cuda:SMS[:THREADS_PER_SM]"` names the one to imitate
-   * (default: the device the pipeline runs on, else an H100's 132:2048).
-   */
   const char *rng;
 } ap_run_params;
 
-/**
- * Result code of every `ap_*` function.
- */
-typedef int32_t ap_status;
-
-/**
- * A snapshot of a job, filled by `ap_job_poll`. Initialise with `ap_job_status_default()` (or set
- * `struct_size` to `sizeof(ap_job_status)`).
- */
 typedef struct ap_job_status {
-  /**
-   * `sizeof(ap_job_status)`, set by the caller.
-   */
   uint32_t struct_size;
-  /**
-   * One of `AP_JOB_*`.
-   */
   int32_t state;
-  /**
-   * Denoising steps (runs) or components (loads) done so far.
-   */
   uint32_t step;
-  /**
-   * Their number; 0 until known (a run knows it once its prompt is encoded).
-   */
   uint32_t total;
-  /**
-   * Seconds since the work started (0 while queued), frozen once the job has finished.
-   */
   double elapsed_seconds;
 } ap_job_status;
 
@@ -444,6 +312,38 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * Fills `*params` with the load defaults and sets `params->struct_size = size`. Pass
+ * `sizeof(ap_load_params)`: any size from the 0.1.0 layout's to this header's is accepted, so a
+ * binary built against an older header keeps working. Writes exactly `size` bytes.
+ * `AP_ERR_INVALID_ARGUMENT` when `params` is NULL or `size` is out of range.
+ *
+ * # Safety
+ * `params` must be NULL or point to `size` writable bytes.
+ */
+ap_status ap_load_params_init(struct ap_load_params *params,
+                              size_t size);
+
+/**
+ * Fills `*params` with the run defaults (every field "the pipeline's default", an empty prompt, seed
+ * 0) and sets `params->struct_size = size`. Pass `sizeof(ap_run_params)`; as `ap_load_params_init`.
+ *
+ * # Safety
+ * `params` must be NULL or point to `size` writable bytes.
+ */
+ap_status ap_run_params_init(struct ap_run_params *params,
+                             size_t size);
+
+/**
+ * Zeroes `*status` (state `AP_JOB_QUEUED`) and sets `status->struct_size = size`, ready for
+ * `ap_job_poll`. Pass `sizeof(ap_job_status)`; as `ap_load_params_init`.
+ *
+ * # Safety
+ * `status` must be NULL or point to `size` writable bytes.
+ */
+ap_status ap_job_status_init(struct ap_job_status *status,
+                             size_t size);
+
+/**
  * The message of the last failed `ap_*` call on this thread ("" after a success). The pointer stays
  * valid until the next `ap_*` call on the same thread; do not free it.
  */
@@ -453,16 +353,6 @@ const char *ap_last_error(void);
  * The library version, e.g. "0.1.0" (static string; do not free).
  */
 const char *ap_version(void);
-
-/**
- * Load parameters with every field at its default and `struct_size` set.
- */
-struct ap_load_params ap_load_params_default(void);
-
-/**
- * Run parameters with every field at "pipeline default", an empty prompt, seed 0, and `struct_size` set.
- */
-struct ap_run_params ap_run_params_default(void);
 
 /**
  * Loads a checkpoint for a task, like diffusers' `AutoPipelineFor<Task>.from_pretrained(model)`.
@@ -497,19 +387,6 @@ ap_status ap_from_pipe(const struct ap_pipeline *pipe,
                        struct ap_pipeline **out);
 
 /**
- * Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`,
- * or jobs started with `ap_run_async`, still use them: freeing a pipeline whose jobs are running is
- * safe, and those jobs run to completion.
- *
- * Thread safety: must not race with other calls on the same handle (an `ap_run` in progress on
- * another thread, say); jobs do not count, as they hold the models themselves.
- *
- * # Safety
- * `pipe` must be NULL or a pipeline not yet freed, and no other thread may be using it.
- */
-void ap_pipeline_free(struct ap_pipeline *pipe);
-
-/**
  * Generates images. Blocks until done (or cancelled through the progress callback, which returns
  * `AP_ERR_CANCELLED`). On success `*out` receives images to free with `ap_images_free`; on failure
  * `*out` is NULL. The pipeline stays usable after any failure.
@@ -530,12 +407,67 @@ ap_status ap_run(const struct ap_pipeline *pipe,
                  struct ap_images **out);
 
 /**
- * Frees images returned by `ap_run`. NULL is ignored.
+ * Sets the pipeline's log callback: runs started afterwards on this pipeline (`ap_run`,
+ * `ap_run_async`) send it their messages at `min_level` (`AP_LOG_*`) and above, including their
+ * warnings (e.g. a prompt truncated to 77 tokens). `callback` NULL turns logging off (the default). A
+ * run already in progress keeps the callback it started with. Pipelines made with `ap_from_pipe` start
+ * without one.
+ *
+ * Thread safety: may be called while runs on this pipeline are in progress on other threads. The
+ * callback may be called from several threads at once (parallel runs) and from job worker threads;
+ * keep `user_data` alive until this pipeline and every job started from it are freed (or until the
+ * callback is replaced and the runs that used it have finished).
+ *
+ * # Safety
+ * `pipe` must be a live pipeline; `callback` must be callable with `user_data` from any thread.
+ */
+ap_status ap_pipeline_set_log_callback(struct ap_pipeline *pipe,
+                                       ap_log_fn callback,
+                                       void *user_data,
+                                       int32_t min_level);
+
+/**
+ * Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`,
+ * or jobs started with `ap_run_async`, still use them: freeing a pipeline whose jobs are running is
+ * safe, and those jobs run to completion.
+ *
+ * Thread safety: must not race with other calls on the same handle (an `ap_run` in progress on
+ * another thread, say); jobs do not count, as they hold the models themselves.
+ *
+ * # Safety
+ * `pipe` must be NULL or a pipeline not yet freed, and no other thread may be using it.
+ */
+void ap_pipeline_free(struct ap_pipeline *pipe);
+
+/**
+ * Frees a job. NULL is ignored. A job still running is cancelled and left to stop on its own thread
+ * (after the denoising step or component in progress), freeing what it holds, including a result
+ * nobody took; `ap_job_free` does not wait for that. It only waits for a callback of this job that
+ * is executing at that moment to return; after it returns, none of the job's callbacks is called
+ * again. Calling it from inside one of the job's own callbacks is allowed.
+ *
+ * Thread safety: must not race with other calls on the same job.
+ *
+ * # Safety
+ * `job` must be NULL or a job not yet freed.
+ */
+void ap_job_free(struct ap_job *job);
+
+/**
+ * Frees images returned by `ap_run` or `ap_job_take_result`. NULL is ignored.
  *
  * # Safety
  * `images` must be NULL or returned by this library and not yet freed.
  */
 void ap_images_free(struct ap_images *images);
+
+/**
+ * Frees an image returned by `ap_image_load`. NULL is ignored.
+ *
+ * # Safety
+ * `image` must be NULL or returned by `ap_image_load` and not yet freed.
+ */
+void ap_image_free(struct ap_image *image);
 
 /**
  * Writes `image` to a PNG file (a convenience for examples and tools).
@@ -555,39 +487,6 @@ ap_status ap_image_save_png(const struct ap_image *image,
  */
 ap_status ap_image_load(const char *path,
                         struct ap_image **out);
-
-/**
- * Frees an image returned by `ap_image_load`. NULL is ignored.
- *
- * # Safety
- * `image` must be NULL or returned by `ap_image_load` and not yet freed.
- */
-void ap_image_free(struct ap_image *image);
-
-/**
- * `ap_job_status` with `struct_size` set and the rest zeroed.
- */
-struct ap_job_status ap_job_status_default(void);
-
-/**
- * Sets the pipeline's log callback: runs started afterwards on this pipeline (`ap_run`,
- * `ap_run_async`) send it their messages at `min_level` (`AP_LOG_*`) and above, including their
- * warnings (e.g. a prompt truncated to 77 tokens). `callback` NULL turns logging off (the default). A
- * run already in progress keeps the callback it started with. Pipelines made with `ap_from_pipe` start
- * without one.
- *
- * Thread safety: may be called while runs on this pipeline are in progress on other threads. The
- * callback may be called from several threads at once (parallel runs) and from job worker threads;
- * keep `user_data` alive until this pipeline and every job started from it are freed (or until the
- * callback is replaced and the runs that used it have finished).
- *
- * # Safety
- * `pipe` must be a live pipeline; `callback` must be callable with `user_data` from any thread.
- */
-ap_status ap_pipeline_set_log_callback(struct ap_pipeline *pipe,
-                                       ap_log_fn callback,
-                                       void *user_data,
-                                       int32_t min_level);
 
 /**
  * Starts a run in the background and returns at once: like `ap_run`, but on a worker thread of its
@@ -641,6 +540,9 @@ ap_status ap_from_pretrained_async(const char *model,
  *
  * Thread safety: may be called from any thread, concurrently with every `ap_job_*` call on the same
  * job except `ap_job_free`.
+ *
+ * `status->struct_size` (set by `ap_job_status_init`) may be any accepted size (see "ABI policy"):
+ * fields past it are not written.
  *
  * # Safety
  * `job` must be a live job; `status` must point to an `ap_job_status` whose `struct_size` is set.
@@ -703,20 +605,6 @@ ap_status ap_job_take_pipeline(const struct ap_job *job,
                                struct ap_pipeline **out);
 
 /**
- * Frees a job. NULL is ignored. A job still running is cancelled and left to stop on its own thread
- * (after the denoising step or component in progress), freeing what it holds, including a result
- * nobody took; `ap_job_free` does not wait for that. It only waits for a callback of this job that
- * is executing at that moment to return; after it returns, none of the job's callbacks is called
- * again. Calling it from inside one of the job's own callbacks is allowed.
- *
- * Thread safety: must not race with other calls on the same job.
- *
- * # Safety
- * `job` must be NULL or a job not yet freed.
- */
-void ap_job_free(struct ap_job *job);
-
-/**
  * Draws `count` tensors in a row from one generator seeded with `seed`, as
  * `g = torch.Generator(rng).manual_seed(seed); [torch.randn(n, generator=g) for n in sizes]` (float32)
  * does, writing them one after another into `out`, which must hold `sizes[0] + … + sizes[count - 1]`
@@ -745,3 +633,37 @@ ap_status ap_randn(const char *rng,
 #endif  // __cplusplus
 
 #endif  /* AUTOPIPELINE_H */
+
+#ifndef AUTOPIPELINE_INLINE_H
+#define AUTOPIPELINE_INLINE_H
+
+/**
+ * Load parameters of this header's layout, every field at its default and struct_size set.
+ * (ap_load_params_init only fails for a NULL pointer or a size out of range, neither possible here.)
+ */
+static inline ap_load_params ap_load_params_default(void) {
+  ap_load_params p;
+  ap_load_params_init(&p, sizeof p);
+  return p;
+}
+
+/**
+ * Run parameters of this header's layout: every field at "pipeline default", an empty prompt, seed
+ * 0, struct_size set.
+ */
+static inline ap_run_params ap_run_params_default(void) {
+  ap_run_params p;
+  ap_run_params_init(&p, sizeof p);
+  return p;
+}
+
+/**
+ * An ap_job_status of this header's layout, zeroed, struct_size set, ready for ap_job_poll.
+ */
+static inline ap_job_status ap_job_status_default(void) {
+  ap_job_status s;
+  ap_job_status_init(&s, sizeof s);
+  return s;
+}
+
+#endif /* AUTOPIPELINE_INLINE_H */

@@ -103,6 +103,55 @@ fn static_entry_points() {
     }
 }
 
+/// `*_init` fill exactly the size they are given, and refuse NULL and sizes outside the accepted
+/// range (the range itself is pinned by `tests/abi.rs` against the frozen 0.1.0 header).
+#[test]
+fn params_init_entry_points() {
+    unsafe {
+        expect(
+            ap_run_params_init(null_mut(), std::mem::size_of::<ap_run_params>()),
+            AP_ERR_INVALID_ARGUMENT,
+            "ap_run_params is NULL",
+        );
+        expect(
+            ap_load_params_init(null_mut(), 88),
+            AP_ERR_INVALID_ARGUMENT,
+            "NULL",
+        );
+        expect(
+            ap_job_status_init(null_mut(), 24),
+            AP_ERR_INVALID_ARGUMENT,
+            "NULL",
+        );
+        let full = std::mem::size_of::<ap_run_params>();
+        let mut bytes = vec![0x5Au8; full + 16];
+        let p = bytes.as_mut_ptr().cast::<ap_run_params>();
+        for size in [0, 3, 4, 100, full + 1, usize::MAX] {
+            expect(
+                ap_run_params_init(p, size),
+                AP_ERR_INVALID_ARGUMENT,
+                "ap_run_params",
+            );
+            assert!(
+                last_error().contains(&format!("size is {size}")),
+                "{}",
+                last_error()
+            );
+            assert!(bytes.iter().all(|&b| b == 0x5A), "a refused init writes nothing");
+        }
+        expect(ap_run_params_init(p, full), AP_OK, "");
+        assert!(
+            bytes[full..].iter().all(|&b| b == 0x5A),
+            "init writes no further than size"
+        );
+        let got = p.read_unaligned();
+        assert_eq!(got.struct_size as usize, full);
+        assert_eq!((got.guidance_scale, got.strength), (-1.0, -1.0));
+        assert_eq!(CStr::from_ptr(got.prompt).to_bytes(), b"");
+        assert_eq!((got.timesteps, got.num_timesteps), (null(), 0));
+    }
+}
+
 #[test]
 fn from_pretrained_arguments() {
     let mut out: *mut ap_pipeline = std::ptr::NonNull::dangling().as_ptr();
@@ -265,6 +314,31 @@ fn run_arguments() {
         let mut p = small_run();
         p.struct_size = size;
         expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, "struct_size");
+    }
+    // Custom timesteps / sigmas: NULL with a count, and values that are not finite, are refused
+    // before the run starts.
+    let values = [999.0, f64::NAN];
+    type SetList = fn(&mut ap_run_params, *const f64, u32);
+    let lists: [(SetList, &str); 2] = [
+        (|p, v, n| (p.timesteps, p.num_timesteps) = (v, n), "timesteps"),
+        (|p, v, n| (p.sigmas, p.num_sigmas) = (v, n), "sigmas"),
+    ];
+    for (set, name) in lists {
+        let mut p = small_run();
+        set(&mut p, null(), 3);
+        expect(
+            run(&pipe, &p),
+            AP_ERR_INVALID_ARGUMENT,
+            &format!("{name} is NULL"),
+        );
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let values = [999.0, bad];
+            set(&mut p, values.as_ptr(), 2);
+            expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, &format!("{name}[1]"));
+        }
+        // A count of 0 means "none", whatever the pointer.
+        set(&mut p, values.as_ptr(), 0);
+        expect(run(&pipe, &p), AP_OK, "");
     }
     let mut p = small_run();
     p.prompt = null();
