@@ -163,17 +163,59 @@ typedef int32_t (*ap_progress_fn)(uint32_t step,
                                   uint32_t total,
                                   void *user_data);
 
+/**
+ * Options of `ap_from_pretrained`. Initialise with `ap_load_params_init(&p, sizeof p)` (or
+ * `ap_load_params_default()`); NULL strings mean "default".
+ */
 typedef struct ap_load_params {
+  /**
+   * `sizeof(ap_load_params)` of the caller's header, set by `ap_load_params_init`: lets the library
+   * tell header versions apart (see "ABI policy" at the top).
+   */
   uint32_t struct_size;
+  /**
+   * `"cpu"` (default), `"cuda"` or `"cuda:N"`.
+   */
   const char *device;
+  /**
+   * Weight variant, e.g. `"fp16"`.
+   */
   const char *variant;
+  /**
+   * Hub revision (branch, tag or commit); default `"main"`.
+   */
   const char *revision;
+  /**
+   * HF cache folder; default `$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`.
+   */
   const char *cache_dir;
+  /**
+   * Hub token; default `$HF_TOKEN`.
+   */
   const char *token;
+  /**
+   * Nonzero: never use the network, only the local folder or HF cache.
+   */
   int32_t local_files_only;
+  /**
+   * Called after each loaded component; may be NULL.
+   */
   ap_progress_fn progress;
   void *progress_user_data;
+  /**
+   * Precision of the models: "f32" (default, NULL), "f16" or "bf16". As in diffusers, an SDXL
+   * pipeline's VAE runs in f32 when its config has `force_upcast` (on its half-precision values); SD
+   * pipelines run theirs in this dtype. On the CPU, half-precision models hold half-precision
+   * weights (half the memory) but compute in f32 (faster there, and more exact). Latents and
+   * scheduler math are always f32.
+   */
   const char *dtype;
+  /**
+   * Nonzero: read every weight during the load. 0 (default): float32 CPU weights are read on first
+   * use, as diffusers' memory-mapped weights are, so the load returns quickly and the first run's
+   * first step (and first decode) is slower. The weight files must then stay unchanged while the
+   * pipeline lives.
+   */
   int32_t preload;
 } ap_load_params;
 
@@ -208,43 +250,172 @@ typedef void (*ap_preview_fn)(uint32_t step,
                               const struct ap_images *images,
                               void *user_data);
 
+/**
+ * Inputs of `ap_run`. Initialise with `ap_run_params_init(&p, sizeof p)` (or
+ * `ap_run_params_default()`); a 0 / negative / NULL field means "the pipeline's default", exactly as
+ * omitting the argument in diffusers.
+ */
 typedef struct ap_run_params {
+  /**
+   * `sizeof(ap_run_params)` of the caller's header, set by `ap_run_params_init` (see "ABI policy").
+   */
   uint32_t struct_size;
+  /**
+   * UTF-8 prompt (required; may be empty).
+   */
   const char *prompt;
   const char *negative_prompt;
+  /**
+   * SDXL's second-encoder prompts; NULL = same as `prompt` / `negative_prompt`.
+   */
   const char *prompt_2;
   const char *negative_prompt_2;
+  /**
+   * 0 = default (50).
+   */
   int32_t num_inference_steps;
+  /**
+   * Negative = default (7.5 SD, 5.0 SDXL); values ≤ 1 turn classifier-free guidance off.
+   */
   float guidance_scale;
+  /**
+   * img2img / inpaint strength in [0, 1]; negative = default.
+   */
   float strength;
+  /**
+   * 0 = default (`unet.sample_size × vae_scale_factor`); multiples of 8.
+   */
   int32_t width;
   int32_t height;
+  /**
+   * Seed of the torch-compatible CPU generator (`torch.Generator("cpu").manual_seed(seed)`).
+   */
   uint64_t seed;
+  /**
+   * 0 = 1.
+   */
   int32_t num_images_per_prompt;
+  /**
+   * diffusers `guidance_rescale` in [0, 1].
+   */
   float guidance_rescale;
+  /**
+   * CLIP layers to skip; 0 = none.
+   */
   int32_t clip_skip;
+  /**
+   * 3 (RGB8) or 4 (RGBA8, default when 0).
+   */
   int32_t output_channels;
+  /**
+   * img2img / inpaint input (RGB8 or RGBA8); NULL when unused. Only read during the call.
+   */
   const struct ap_image *image;
+  /**
+   * inpaint mask (1, 3 or 4 channels; white = repaint); NULL when unused.
+   */
   const struct ap_image *mask;
+  /**
+   * inpaint: > 0 crops to the mask's box grown by this many pixels, inpaints the crop at full size
+   * and pastes it back (diffusers `padding_mask_crop`); 0 = off.
+   */
   int32_t padding_mask_crop;
+  /**
+   * Scheduler for this run; NULL = the checkpoint's own. A diffusers class name
+   * ("DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", …) or an alias: "ddim",
+   * "ddpm", "pndm", "plms", "euler", "euler_karras", "euler_a", "lms", "lms_karras", "heun",
+   * "heun_karras", "dpm++2m", "dpm++2m_karras", "dpm++2m_sde", "dpm++2m_sde_karras", "dpm++3m",
+   * "dpm++3m_karras", "dpm++2s", "dpm++2s_karras", "dpm++2s_sde", "dpm++2s_sde_karras", "dpm++3s",
+   * "dpm++3s_karras", "deis", "deis_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras"
+   * ("kdpm2…" too), "unipc", "unipc_karras", "lcm", "tcd". Built from the checkpoint's scheduler config like diffusers' `Cls.from_config(pipe.scheduler.config)`; weights are
+   * not reloaded. An unknown name fails with AP_ERR_INVALID_ARGUMENT listing the valid ones.
+   */
   const char *scheduler;
+  /**
+   * Scheduler config overrides as a JSON object, e.g. `{"use_karras_sigmas": true}`; NULL = none.
+   * Applies to `scheduler`, or to the checkpoint's scheduler when `scheduler` is NULL. A key the
+   * scheduler class does not take fails with AP_ERR_INVALID_ARGUMENT listing its keys.
+   */
   const char *scheduler_config_json;
+  /**
+   * Called after each denoising step; may be NULL.
+   */
   ap_progress_fn progress;
   void *progress_user_data;
+  /**
+   * Called after every `preview_every`-th denoising step (step N, 2N, …); may be NULL.
+   */
   ap_preview_fn preview;
   void *preview_user_data;
+  /**
+   * Steps between previews; 0 = no previews.
+   */
   int32_t preview_every;
+  /**
+   * `AP_PREVIEW_LATENT` (0, default) or `AP_PREVIEW_VAE` (1).
+   */
   int32_t preview_mode;
+  /**
+   * Nonzero: run the VAE over overlapping tiles of its `sample_size` (512 px for SD 1.x), blended at
+   * the seams, as diffusers' `enable_vae_tiling()`. Decodes (and img2img/inpaint encodes) of any
+   * size then need the memory of one tile; images needing several tiles differ slightly from untiled
+   * ones, as in diffusers. 0 (default) = off.
+   */
   int32_t vae_tiling;
+  /**
+   * Nonzero: run the VAE one image at a time, as diffusers' `enable_vae_slicing()`: lower peak memory
+   * for batches, identical images. 0 (default) = off.
+   */
   int32_t vae_slicing;
+  /**
+   * Which torch generator `seed` is for: NULL or "cpu" (default) = `torch.Generator("cpu")`, as
+   * diffusers' examples use; "cuda" = `torch.Generator("cuda")`, so seeds run on a GPU with diffusers
+   * reproduce (draws on a CUDA device are bit-exact, on the CPU within 2.5e-6). Tensors over 256 × the
+   * GPU's launch limit depend on the GPU: `"cuda:SMS[:THREADS_PER_SM]"` names the one to imitate
+   * (default: the device the pipeline runs on, else an H100's 132:2048).
+   */
   const char *rng;
+  /**
+   * (Added after 0.1.0.) Custom timesteps, descending, as diffusers' `timesteps=` argument: `num_timesteps` values
+   * (finite). NULL / 0 = none. Only schedulers whose `set_timesteps` takes custom timesteps accept
+   * them; they replace `num_inference_steps`. Only read during the call (async runs copy them).
+   */
+  const double *timesteps;
+  uint32_t num_timesteps;
+  /**
+   * (Added after 0.1.0.) Custom sigmas, descending, as diffusers' `sigmas=` argument: `num_sigmas`
+   * values (finite).
+   * NULL / 0 = none. As `timesteps`, for schedulers that take custom sigmas.
+   */
+  const double *sigmas;
+  uint32_t num_sigmas;
 } ap_run_params;
 
+/**
+ * A snapshot of a job, filled by `ap_job_poll`. Initialise with `ap_job_status_init(&s, sizeof s)`
+ * (or `ap_job_status_default()`).
+ */
 typedef struct ap_job_status {
+  /**
+   * `sizeof(ap_job_status)` of the caller's header, set by `ap_job_status_init`; `ap_job_poll`
+   * writes no further.
+   */
   uint32_t struct_size;
+  /**
+   * One of `AP_JOB_*`.
+   */
   int32_t state;
+  /**
+   * Denoising steps (runs) or components (loads) done so far.
+   */
   uint32_t step;
+  /**
+   * Their number; 0 until known (a run knows it once its prompt is encoded).
+   */
   uint32_t total;
+  /**
+   * Seconds since the work started (0 while queued), frozen once the job has finished.
+   */
   double elapsed_seconds;
 } ap_job_status;
 

@@ -13,15 +13,18 @@ use crate::error::{Error, Result};
 use std::mem::{offset_of, size_of};
 
 /// The layouts published in 0.1.0, exactly as `tests/abi/autopipeline-0.1.0.h` declares them. Never
-/// edit: old binaries are built against these.
-#[allow(non_camel_case_types, dead_code)]
+/// edit: old binaries are built against these. (Named apart from the current structs, and ignored by
+/// cbindgen, which knows no modules: a frozen `ap_run_params` would replace the current one in the
+/// header.)
+#[allow(dead_code)]
 pub mod v0_1_0 {
     use super::super::types::{ap_image, ap_preview_fn, ap_progress_fn};
     use std::ffi::{c_char, c_void};
 
     #[repr(C)]
     #[derive(Clone, Copy)]
-    pub struct ap_load_params {
+    /// cbindgen:ignore
+    pub struct LoadParams {
         pub struct_size: u32,
         pub device: *const c_char,
         pub variant: *const c_char,
@@ -37,7 +40,8 @@ pub mod v0_1_0 {
 
     #[repr(C)]
     #[derive(Clone, Copy)]
-    pub struct ap_run_params {
+    /// cbindgen:ignore
+    pub struct RunParams {
         pub struct_size: u32,
         pub prompt: *const c_char,
         pub negative_prompt: *const c_char,
@@ -71,7 +75,8 @@ pub mod v0_1_0 {
 
     #[repr(C)]
     #[derive(Clone, Copy)]
-    pub struct ap_job_status {
+    /// cbindgen:ignore
+    pub struct JobStatus {
         pub struct_size: u32,
         pub state: i32,
         pub step: u32,
@@ -93,18 +98,18 @@ macro_rules! extends {
     };
 }
 
-extends!(v0_1_0::ap_load_params => ap_load_params {
+extends!(v0_1_0::LoadParams => ap_load_params {
     struct_size, device, variant, revision, cache_dir, token, local_files_only, progress,
     progress_user_data, dtype, preload,
 });
-extends!(v0_1_0::ap_run_params => ap_run_params {
+extends!(v0_1_0::RunParams => ap_run_params {
     struct_size, prompt, negative_prompt, prompt_2, negative_prompt_2, num_inference_steps,
     guidance_scale, strength, width, height, seed, num_images_per_prompt, guidance_rescale, clip_skip,
     output_channels, image, mask, padding_mask_crop, scheduler, scheduler_config_json, progress,
     progress_user_data, preview, preview_user_data, preview_every, preview_mode, vae_tiling,
     vae_slicing, rng,
 } then timesteps);
-extends!(v0_1_0::ap_job_status => ap_job_status {
+extends!(v0_1_0::JobStatus => ap_job_status {
     struct_size, state, step, total, elapsed_seconds,
 });
 
@@ -139,7 +144,7 @@ pub(super) unsafe trait Growable: Copy {
 
 unsafe impl Growable for ap_load_params {
     const NAME: &'static str = "ap_load_params";
-    const FIRST_SIZE: usize = size_of::<v0_1_0::ap_load_params>();
+    const FIRST_SIZE: usize = size_of::<v0_1_0::LoadParams>();
     const ADDED_FIELD_ENDS: &'static [usize] = &[];
     fn defaults() -> Self {
         ap_load_params {
@@ -160,7 +165,7 @@ unsafe impl Growable for ap_load_params {
 
 unsafe impl Growable for ap_run_params {
     const NAME: &'static str = "ap_run_params";
-    const FIRST_SIZE: usize = size_of::<v0_1_0::ap_run_params>();
+    const FIRST_SIZE: usize = size_of::<v0_1_0::RunParams>();
     const ADDED_FIELD_ENDS: &'static [usize] = &[
         end_of!(ap_run_params, timesteps),
         end_of!(ap_run_params, num_timesteps),
@@ -208,7 +213,7 @@ unsafe impl Growable for ap_run_params {
 
 unsafe impl Growable for ap_job_status {
     const NAME: &'static str = "ap_job_status";
-    const FIRST_SIZE: usize = size_of::<v0_1_0::ap_job_status>();
+    const FIRST_SIZE: usize = size_of::<v0_1_0::JobStatus>();
     const ADDED_FIELD_ENDS: &'static [usize] = &[];
     fn defaults() -> Self {
         ap_job_status {
@@ -375,7 +380,7 @@ pub fn ap_job_status_default() -> ap_job_status {
 ///
 /// cbindgen:ignore
 #[export_name = "ap_load_params_default"]
-pub extern "C" fn ap_load_params_default_0_1_0() -> v0_1_0::ap_load_params {
+pub extern "C" fn ap_load_params_default_0_1_0() -> v0_1_0::LoadParams {
     guard_or(zeroed_with_size, first_layout::<ap_load_params, _>)
 }
 
@@ -383,7 +388,7 @@ pub extern "C" fn ap_load_params_default_0_1_0() -> v0_1_0::ap_load_params {
 ///
 /// cbindgen:ignore
 #[export_name = "ap_run_params_default"]
-pub extern "C" fn ap_run_params_default_0_1_0() -> v0_1_0::ap_run_params {
+pub extern "C" fn ap_run_params_default_0_1_0() -> v0_1_0::RunParams {
     guard_or(zeroed_with_size, first_layout::<ap_run_params, _>)
 }
 
@@ -391,7 +396,7 @@ pub extern "C" fn ap_run_params_default_0_1_0() -> v0_1_0::ap_run_params {
 ///
 /// cbindgen:ignore
 #[export_name = "ap_job_status_default"]
-pub extern "C" fn ap_job_status_default_0_1_0() -> v0_1_0::ap_job_status {
+pub extern "C" fn ap_job_status_default_0_1_0() -> v0_1_0::JobStatus {
     guard_or(zeroed_with_size, first_layout::<ap_job_status, _>)
 }
 
