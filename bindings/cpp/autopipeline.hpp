@@ -525,8 +525,7 @@ public:
 
     /// The C struct (its strings point into this object; no callback set).
     ap_load_params toC() const noexcept {
-        ap_load_params p = ap_load_params_default();
-        p.struct_size = sizeof(ap_load_params);  // this header's size: a mismatched library then refuses
+        ap_load_params p = ap_load_params_default();  // this header's layout and struct_size
         p.device = detail::cstr(device_);
         p.variant = detail::cstr(variant_);
         p.revision = detail::cstr(revision_);
@@ -594,6 +593,11 @@ public:
     /// Which torch generator the seed is for: "cpu" (default, torch.Generator("cpu")) or "cuda"
     /// (torch.Generator("cuda"), for seeds run on a GPU); see ap_run_params.rng.
     RunParams& rng(std::optional<std::string> v) { rng_ = std::move(v); return *this; }
+    /// Custom timesteps, descending (diffusers' timesteps=); replace steps(). Only schedulers that take
+    /// custom timesteps accept them.
+    RunParams& timesteps(std::optional<std::vector<double>> v) { timesteps_ = std::move(v); return *this; }
+    /// Custom sigmas, descending (diffusers' sigmas=), for schedulers that take them.
+    RunParams& sigmas(std::optional<std::vector<double>> v) { sigmas_ = std::move(v); return *this; }
     /// Called after each denoising step; return false to cancel.
     RunParams& onProgress(ProgressFn fn) { progress_ = std::move(fn); return *this; }
     /// Called after every `every`-th denoising step with preview images (see PreviewMode).
@@ -630,12 +634,13 @@ public:
     bool vaeTiling() const noexcept { return vaeTiling_; }
     bool vaeSlicing() const noexcept { return vaeSlicing_; }
     const std::optional<std::string>& rng() const noexcept { return rng_; }
+    const std::optional<std::vector<double>>& timesteps() const noexcept { return timesteps_; }
+    const std::optional<std::vector<double>>& sigmas() const noexcept { return sigmas_; }
 
     /// The C struct. Its strings point into this object and its image / mask into `image_out` /
     /// `mask_out`, so all three must outlive the C call; no callback is set (preview_every is).
     ap_run_params toC(ap_image& image_out, ap_image& mask_out) const noexcept {
-        ap_run_params p = ap_run_params_default();
-        p.struct_size = sizeof(ap_run_params);  // this header's size: a mismatched library then refuses
+        ap_run_params p = ap_run_params_default();  // this header's layout and struct_size
         p.prompt = prompt_.c_str();
         p.negative_prompt = detail::cstr(negativePrompt_);
         p.prompt_2 = detail::cstr(prompt2_);
@@ -656,6 +661,14 @@ public:
         p.vae_tiling = vaeTiling_ ? 1 : 0;
         p.vae_slicing = vaeSlicing_ ? 1 : 0;
         p.rng = detail::cstr(rng_);
+        if (timesteps_) {
+            p.timesteps = timesteps_->data();
+            p.num_timesteps = static_cast<uint32_t>(timesteps_->size());
+        }
+        if (sigmas_) {
+            p.sigmas = sigmas_->data();
+            p.num_sigmas = static_cast<uint32_t>(sigmas_->size());
+        }
         if (preview_) {
             p.preview_every = previewEvery_;
             p.preview_mode = static_cast<int32_t>(previewMode_);
@@ -676,6 +689,7 @@ private:
     std::optional<std::string> negativePrompt_, prompt2_, negativePrompt2_, scheduler_, schedulerConfigJson_, rng_;
     std::optional<int32_t> steps_, width_, height_, numImages_, clipSkip_, outputChannels_, paddingMaskCrop_;
     std::optional<float> guidanceScale_, strength_, guidanceRescale_;
+    std::optional<std::vector<double>> timesteps_, sigmas_;
     uint64_t seed_ = 0;
     std::optional<ImageView> image_, mask_;
     ProgressFn progress_;

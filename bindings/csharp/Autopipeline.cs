@@ -208,8 +208,7 @@ namespace Autopipeline
 
         internal Native.ap_load_params ToNative(NativeArena arena)
         {
-            Native.ap_load_params p = Native.ap_load_params_default();
-            p.struct_size = (uint)Marshal.SizeOf(typeof(Native.ap_load_params));
+            Native.ap_load_params p = Native.LoadParamsDefault();  // this binding's layout and size
             p.device = arena.String(Device);
             p.variant = arena.String(Variant);
             p.revision = arena.String(Revision);
@@ -305,16 +304,20 @@ namespace Autopipeline
         /// <summary>Which torch generator <see cref="Seed"/> is for: null or "cpu" (default,
         /// torch.Generator("cpu")) or "cuda" (torch.Generator("cuda"), for seeds run on a GPU).</summary>
         public string Rng { get; set; }
+        /// <summary>Custom timesteps, descending (diffusers' timesteps=); they replace <see cref="Steps"/>.
+        /// Only schedulers that take custom timesteps accept them.</summary>
+        public double[] Timesteps { get; set; }
+        /// <summary>Custom sigmas, descending (diffusers' sigmas=), for schedulers that take them.</summary>
+        public double[] Sigmas { get; set; }
 
         /// <summary>A shallow copy (images are shared, not copied).</summary>
         public RunParams Clone() { return (RunParams)MemberwiseClone(); }
 
         internal Native.ap_run_params ToNative(NativeArena arena)
         {
-            Native.ap_run_params p = Native.ap_run_params_default();
-            // Our own size, not the library's: if they differ, the library rejects the call instead of
-            // reading past the end of this struct.
-            p.struct_size = (uint)Marshal.SizeOf(typeof(Native.ap_run_params));
+            // Our own size, not the library's: an older library refuses a struct larger than it knows
+            // instead of misreading it, a newer one gives the fields we lack their defaults.
+            Native.ap_run_params p = Native.RunParamsDefault();
             p.prompt = arena.String(Prompt ?? "");
             p.negative_prompt = arena.String(NegativePrompt);
             p.prompt_2 = arena.String(Prompt2);
@@ -337,6 +340,16 @@ namespace Autopipeline
             p.vae_tiling = VaeTiling ? 1 : 0;
             p.vae_slicing = VaeSlicing ? 1 : 0;
             p.rng = arena.String(Rng);
+            if (Timesteps != null)
+            {
+                p.timesteps = arena.Doubles(Timesteps);
+                p.num_timesteps = (uint)Timesteps.Length;
+            }
+            if (Sigmas != null)
+            {
+                p.sigmas = arena.Doubles(Sigmas);
+                p.num_sigmas = (uint)Sigmas.Length;
+            }
             if (OnPreview != null)
             {
                 p.preview_every = PreviewEvery.HasValue ? PreviewEvery.Value : 1;
@@ -624,7 +637,7 @@ namespace Autopipeline
         /// <summary>State and progress; never blocks.</summary>
         public JobStatus Poll()
         {
-            var c = new Native.ap_job_status { struct_size = (uint)Marshal.SizeOf(typeof(Native.ap_job_status)) };
+            var c = Native.JobStatusDefault();
             AutopipelineException.Check(Native.ap_job_poll(handle, ref c));
             return new JobStatus { State = (JobState)c.state, Step = (int)c.step, Total = (int)c.total, ElapsedSeconds = c.elapsed_seconds };
         }
