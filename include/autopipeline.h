@@ -10,8 +10,9 @@
  *    that thread).
  *  - Strings are UTF-8, NUL-terminated; invalid UTF-8 gives AP_ERR_INVALID_ARGUMENT.
  *  - Ownership: everything the library returns through an out-parameter is owned by the caller and
- *    freed with its one free function (ap_pipeline_free, ap_images_free, ap_image_free, ap_job_free);
- *    each accepts NULL. Inputs (strings, images) are only read during the call (async calls copy them).
+ *    freed with its one free function (ap_pipeline_free, ap_images_free, ap_image_free, ap_job_free,
+ *    ap_string_free for the JSON strings); each accepts NULL. Inputs (strings, images) are only read
+ *    during the call (async calls copy them).
  *  - Parameter structs start with struct_size: initialise them with ap_*_init(&p, sizeof p) (or the
  *    inline ap_*_default()); see "ABI policy".
  *  - No call lets a Rust panic escape: an internal failure returns AP_ERR_INTERNAL (functions without
@@ -598,49 +599,6 @@ ap_status ap_pipeline_set_log_callback(struct ap_pipeline *pipe,
                                        int32_t min_level);
 
 /**
- * Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`,
- * or jobs started with `ap_run_async`, still use them: freeing a pipeline whose jobs are running is
- * safe, and those jobs run to completion.
- *
- * Thread safety: must not race with other calls on the same handle (an `ap_run` in progress on
- * another thread, say); jobs do not count, as they hold the models themselves.
- *
- * # Safety
- * `pipe` must be NULL or a pipeline not yet freed, and no other thread may be using it.
- */
-void ap_pipeline_free(struct ap_pipeline *pipe);
-
-/**
- * Frees a job. NULL is ignored. A job still running is cancelled and left to stop on its own thread
- * (after the denoising step or component in progress), freeing what it holds, including a result
- * nobody took; `ap_job_free` does not wait for that. It only waits for a callback of this job that
- * is executing at that moment to return; after it returns, none of the job's callbacks is called
- * again. Calling it from inside one of the job's own callbacks is allowed.
- *
- * Thread safety: must not race with other calls on the same job.
- *
- * # Safety
- * `job` must be NULL or a job not yet freed.
- */
-void ap_job_free(struct ap_job *job);
-
-/**
- * Frees images returned by `ap_run` or `ap_job_take_result`. NULL is ignored.
- *
- * # Safety
- * `images` must be NULL or returned by this library and not yet freed.
- */
-void ap_images_free(struct ap_images *images);
-
-/**
- * Frees an image returned by `ap_image_load`. NULL is ignored.
- *
- * # Safety
- * `image` must be NULL or returned by `ap_image_load` and not yet freed.
- */
-void ap_image_free(struct ap_image *image);
-
-/**
  * Writes `image` to a PNG file (a convenience for examples and tools).
  *
  * # Safety
@@ -776,6 +734,52 @@ ap_status ap_job_take_pipeline(const struct ap_job *job,
                                struct ap_pipeline **out);
 
 /**
+ * What `pipe` is, as a JSON object: `family` (diffusers' key, e.g. "stable-diffusion-xl"),
+ * `class_name` (the diffusers pipeline class), `task` ("text2img", "img2img", "inpaint"),
+ * `default_width` / `default_height` (the size a run with 0 gets), `latent_channels`,
+ * `vae_scale_factor`, `device` ("cpu", "cuda:N"), `dtype` ("f32", "f16", "bf16"), `scheduler` (the
+ * checkpoint's scheduler class), and `components`: an array of `{name, class, dtype}` in diffusers'
+ * order (`dtype` null for tokenizers and the scheduler). Later versions may add keys.
+ *
+ * On success `*out_json` receives a UTF-8 string to free with `ap_string_free`; on failure NULL.
+ * Thread safety: may be called while the pipeline runs on other threads.
+ *
+ * # Safety
+ * `pipe` must be a live pipeline, `out_json` a valid pointer.
+ */
+ap_status ap_pipeline_info(const struct ap_pipeline *pipe,
+                           char **out_json);
+
+/**
+ * The pipeline's config as a JSON object: the keys diffusers' pipeline class registers in
+ * `pipe.config` besides its components (`requires_safety_checker` for SD; SDXL's
+ * `force_zeros_for_empty_prompt`, `requires_aesthetics_score`) and `_name_or_path`, from
+ * `model_index.json` or the class defaults, carried and overridden through `ap_from_pipe` as diffusers' `from_pipe` does (keys
+ * a class does not take are kept with a leading `_`).
+ *
+ * On success `*out_json` receives a UTF-8 string to free with `ap_string_free`; on failure NULL.
+ *
+ * # Safety
+ * `pipe` must be a live pipeline, `out_json` a valid pointer.
+ */
+ap_status ap_pipeline_config_json(const struct ap_pipeline *pipe,
+                                  char **out_json);
+
+/**
+ * The families of diffusers' AutoPipeline mappings, as a JSON array in diffusers' order: each
+ * `{family, text2img, img2img, inpaint, status}`, the three task keys holding the diffusers pipeline
+ * class for that task (null where diffusers has none), `status` "supported" or "not supported yet".
+ * Loading a checkpoint of a family not supported yet fails with `AP_ERR_UNSUPPORTED`.
+ *
+ * On success `*out_json` receives a UTF-8 string to free with `ap_string_free`; on failure NULL.
+ * Thread-safe.
+ *
+ * # Safety
+ * `out_json` must be a valid pointer.
+ */
+ap_status ap_supported_families(char **out_json);
+
+/**
  * Draws `count` tensors in a row from one generator seeded with `seed`, as
  * `g = torch.Generator(rng).manual_seed(seed); [torch.randn(n, generator=g) for n in sizes]` (float32)
  * does, writing them one after another into `out`, which must hold `sizes[0] + … + sizes[count - 1]`
@@ -798,6 +802,58 @@ ap_status ap_randn(const char *rng,
                    const size_t *sizes,
                    size_t count,
                    float *out);
+
+/**
+ * Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`,
+ * or jobs started with `ap_run_async`, still use them: freeing a pipeline whose jobs are running is
+ * safe, and those jobs run to completion.
+ *
+ * Thread safety: must not race with other calls on the same handle (an `ap_run` in progress on
+ * another thread, say); jobs do not count, as they hold the models themselves.
+ *
+ * # Safety
+ * `pipe` must be NULL or a pipeline not yet freed, and no other thread may be using it.
+ */
+void ap_pipeline_free(struct ap_pipeline *pipe);
+
+/**
+ * Frees a job. NULL is ignored. A job still running is cancelled and left to stop on its own thread
+ * (after the denoising step or component in progress), freeing what it holds, including a result
+ * nobody took; `ap_job_free` does not wait for that. It only waits for a callback of this job that
+ * is executing at that moment to return; after it returns, none of the job's callbacks is called
+ * again. Calling it from inside one of the job's own callbacks is allowed.
+ *
+ * Thread safety: must not race with other calls on the same job.
+ *
+ * # Safety
+ * `job` must be NULL or a job not yet freed.
+ */
+void ap_job_free(struct ap_job *job);
+
+/**
+ * Frees images returned by `ap_run` or `ap_job_take_result`. NULL is ignored.
+ *
+ * # Safety
+ * `images` must be NULL or returned by this library and not yet freed.
+ */
+void ap_images_free(struct ap_images *images);
+
+/**
+ * Frees a string returned by this library (`ap_pipeline_info`, `ap_pipeline_config_json`,
+ * `ap_supported_families`). NULL is ignored.
+ *
+ * # Safety
+ * `s` must be NULL or a string returned by this library and not yet freed.
+ */
+void ap_string_free(char *s);
+
+/**
+ * Frees an image returned by `ap_image_load`. NULL is ignored.
+ *
+ * # Safety
+ * `image` must be NULL or returned by `ap_image_load` and not yet freed.
+ */
+void ap_image_free(struct ap_image *image);
 
 #ifdef __cplusplus
 }  // extern "C"

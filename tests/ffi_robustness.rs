@@ -724,3 +724,106 @@ fn job_entry_points() {
     }
     expect(run(&pipe, &small_run()), AP_OK, "");
 }
+
+/// Takes a JSON string handed out by the library, freeing it.
+fn take_json(status: ap_status, s: *mut c_char) -> serde_json::Value {
+    expect(status, AP_OK, "");
+    assert!(!s.is_null());
+    let text = unsafe { CStr::from_ptr(s) }.to_str().unwrap().to_string();
+    unsafe { ap_string_free(s) };
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn introspection_as_json() {
+    let pipe = Pipe::load();
+    let mut s: *mut c_char = std::ptr::NonNull::dangling().as_ptr();
+    let info = take_json(unsafe { ap_pipeline_info(pipe.0, &mut s) }, s);
+    assert_eq!(info["family"], "stable-diffusion");
+    assert_eq!(info["class_name"], "StableDiffusionPipeline");
+    assert_eq!(info["task"], "text2img");
+    assert_eq!((&info["device"], &info["dtype"]), (&"cpu".into(), &"f32".into()));
+    assert_eq!(info["scheduler"], "PNDMScheduler");
+    assert_eq!(info["latent_channels"], 4);
+    let names: Vec<_> = info["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["class"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("vae", "AutoencoderKL"),
+            ("text_encoder", "CLIPTextModel"),
+            ("tokenizer", "CLIPTokenizer"),
+            ("unet", "UNet2DConditionModel"),
+            ("scheduler", "PNDMScheduler")
+        ]
+    );
+    // The default size is what a run that leaves the size at 0 produces.
+    let mut params = small_run();
+    (params.width, params.height) = (0, 0);
+    let mut out = null_mut();
+    expect(unsafe { ap_run(pipe.0, &params, &mut out) }, AP_OK, "");
+    let img = unsafe { *(*out).images };
+    assert_eq!(
+        (img.width as u64, img.height as u64),
+        (
+            info["default_width"].as_u64().unwrap(),
+            info["default_height"].as_u64().unwrap()
+        )
+    );
+    unsafe { ap_images_free(out) };
+
+    // The config, and after from_pipe with an override.
+    let config = take_json(unsafe { ap_pipeline_config_json(pipe.0, &mut s) }, s);
+    assert_eq!(config["requires_safety_checker"], false);
+    assert!(
+        config["_name_or_path"].as_str().unwrap().ends_with("sd15-tiny"),
+        "{config}"
+    );
+    let mut i2i = null_mut();
+    let overrides = cr#"{"requires_safety_checker": true}"#;
+    expect(
+        unsafe { ap_from_pipe(pipe.0, AP_TASK_IMAGE2IMAGE, overrides.as_ptr(), &mut i2i) },
+        AP_OK,
+        "",
+    );
+    let config = take_json(unsafe { ap_pipeline_config_json(i2i, &mut s) }, s);
+    assert_eq!(config["requires_safety_checker"], true);
+    let info = take_json(unsafe { ap_pipeline_info(i2i, &mut s) }, s);
+    assert_eq!(
+        (&info["class_name"], &info["task"]),
+        (&"StableDiffusionImg2ImgPipeline".into(), &"img2img".into())
+    );
+    unsafe { ap_pipeline_free(i2i) };
+
+    let families = take_json(unsafe { ap_supported_families(&mut s) }, s);
+    let families = families.as_array().unwrap();
+    let xl = families
+        .iter()
+        .find(|f| f["family"] == "stable-diffusion-xl")
+        .unwrap();
+    assert_eq!(xl["status"], "supported");
+    assert_eq!(xl["inpaint"], "StableDiffusionXLInpaintPipeline");
+    assert!(families.iter().any(|f| f["status"] == "not supported yet"));
+
+    // NULLs: an error and a NULL result; the free function accepts NULL.
+    unsafe {
+        expect(ap_pipeline_info(null(), &mut s), AP_ERR_INVALID_ARGUMENT, "pipe");
+        assert!(s.is_null());
+        expect(
+            ap_pipeline_info(pipe.0, null_mut()),
+            AP_ERR_INVALID_ARGUMENT,
+            "out",
+        );
+        expect(
+            ap_pipeline_config_json(null(), &mut s),
+            AP_ERR_INVALID_ARGUMENT,
+            "pipe",
+        );
+        expect(ap_supported_families(null_mut()), AP_ERR_INVALID_ARGUMENT, "out");
+        ap_string_free(null_mut());
+    }
+}

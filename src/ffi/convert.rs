@@ -209,6 +209,24 @@ pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
     })
 }
 
+/// Hands `text` to C as a NUL-terminated string; release it with [`free_string`]. (JSON and
+/// messages never hold NUL; one would end the C string early rather than fail.)
+pub fn string_to_c(text: String) -> *mut c_char {
+    let text = match text.find('\0') {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    std::ffi::CString::new(text).unwrap_or_default().into_raw()
+}
+
+/// Releases what [`string_to_c`] allocated.
+///
+/// # Safety
+/// `s` is non-NULL, from [`string_to_c`], not released yet.
+pub unsafe fn free_string(s: *mut c_char) {
+    drop(std::ffi::CString::from_raw(s));
+}
+
 /// Hands `images` to C as one `ap_images` allocation; release it with [`free_images`].
 pub fn images_to_c(images: Vec<Image>) -> *mut ap_images {
     let list: Vec<ap_image> = images.into_iter().map(image_to_c).collect();

@@ -8,6 +8,7 @@ use super::types::{ap_image, ap_images};
 use crate::error::Result;
 use crate::pipeline::{Pipeline, RunOutput};
 use crate::runtime::{self, Job};
+use std::ffi::c_char;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,6 +157,16 @@ pub unsafe extern "C" fn ap_job_free(job: *mut ap_job) {
 #[no_mangle]
 pub unsafe extern "C" fn ap_images_free(images: *mut ap_images) {
     free_with(images, |i| convert::free_images(i));
+}
+
+/// Frees a string returned by this library (`ap_pipeline_info`, `ap_pipeline_config_json`,
+/// `ap_supported_families`). NULL is ignored.
+///
+/// # Safety
+/// `s` must be NULL or a string returned by this library and not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn ap_string_free(s: *mut c_char) {
+    free_with(s, |p| convert::free_string(p));
 }
 
 /// Frees an image returned by `ap_image_load`. NULL is ignored.

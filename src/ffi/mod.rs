@@ -9,23 +9,36 @@
 //! - `convert`: C values to Rust ones and back (strings, images, parameter structs);
 //! - `callbacks`: `user_data`, progress / preview / log closures, the gate of a job's callbacks;
 //! - `handles`: the opaque handles, their boxing, and every free function;
-//! - `api` (pipelines), `jobs` (async), `images`, `random`, `info`: the exported functions.
+//! - `api` (pipelines), `jobs` (async), `images`, `info` (JSON introspection), `random`: the exported
+//!   functions.
 
-// In the order the header presents them (cbindgen follows the declarations).
-mod abi;
-mod api;
-mod callbacks;
-mod convert;
-mod handles;
-mod images;
-mod jobs;
-mod random;
+// cbindgen writes the header in the order of these declarations; the blank lines keep rustfmt from
+// sorting them.
 mod types;
+
+mod abi;
+
+mod api;
+
+mod images;
+
+mod jobs;
+
+mod info;
+
+mod random;
+
+mod handles;
+
+mod callbacks;
+
+mod convert;
 
 pub use abi::*;
 pub use api::*;
 pub use handles::*;
 pub use images::*;
+pub use info::*;
 pub use jobs::*;
 pub use random::*;
 pub use types::*;

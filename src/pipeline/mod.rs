@@ -6,6 +6,7 @@ mod config;
 pub mod control;
 mod denoise;
 mod generate;
+pub mod info;
 pub mod params;
 mod prompt;
 mod resample;
