@@ -35,8 +35,10 @@
  *  - A cancelled or failed run or job leaves the pipeline fully usable.
  *
  * ABI policy (the ABI grows, it never breaks)
- *  - A program built against an older header of the same major version keeps working with a newer
- *    library, without recompiling. The first published layout is 0.1.0's.
+ *  - A program built against an older header of the same ABI line keeps working with a newer library
+ *    of that line, without recompiling. The line is the major version (soname libautopipeline.so.MAJOR);
+ *    before 1.0 it is 0.MINOR (libautopipeline.so.0.MINOR), so until 1.0 the "minor version" below is
+ *    a patch release. The first published layout is 0.1.0's.
  *  - A minor version may add: fields at the END of a struct that starts with struct_size (the
  *    ap_*_params structs, ap_job_status), new functions, new constants (AP_TASK_*, AP_LOG_*, ...) and
  *    new status codes (treat an unknown nonzero status as a failure and read ap_last_error()).

@@ -346,7 +346,25 @@ Result<T> failure(ap_status status) {
     const char* msg = ap_last_error();
     return Result<T>::failure(static_cast<Status>(status), msg ? msg : "");
 }
+
+// A JSON string the library handed out: copied, then freed with ap_string_free.
+inline Result<std::string> json(ap_status status, char* text) {
+    std::unique_ptr<char, void (*)(char*)> owned(text, &ap_string_free);
+    if (status != AP_OK) return failure<std::string>(status);
+    return Result<std::string>(std::string(owned.get()));
+}
 }  // namespace detail
+
+/// The families of diffusers' AutoPipeline mappings with their class per task and our status, as a
+/// JSON array (see ap_supported_families).
+inline Result<std::string> trySupportedFamiliesJson() {
+    char* out = nullptr;
+    const ap_status s = ap_supported_families(&out);
+    return detail::json(s, out);
+}
+#if AP_CPP_EXCEPTIONS
+inline std::string supportedFamiliesJson() { return trySupportedFamiliesJson().value(); }
+#endif
 
 /// A non-owning 8-bit image: `channels` 1 (mask), 3 (RGB) or 4 (RGBA); row y starts at data + y * stride.
 /// Output images are RGBA8 (RGB8 with outputChannels(3)), rows top to bottom, stride = width * channels.
@@ -896,7 +914,24 @@ public:
         return Result<void>();
     }
 
+    /// What this pipeline is (family, diffusers class, task, default size, latent channels, VAE scale
+    /// factor, device, dtype, scheduler, components) as a JSON object; see ap_pipeline_info.
+    Result<std::string> tryInfoJson() const {
+        char* out = nullptr;
+        const ap_status s = ap_pipeline_info(p_.get(), &out);
+        return detail::json(s, out);
+    }
+
+    /// diffusers' pipe.config (after from_pipe overrides) as a JSON object; see ap_pipeline_config_json.
+    Result<std::string> tryConfigJson() const {
+        char* out = nullptr;
+        const ap_status s = ap_pipeline_config_json(p_.get(), &out);
+        return detail::json(s, out);
+    }
+
 #if AP_CPP_EXCEPTIONS
+    std::string infoJson() const { return tryInfoJson().value(); }
+    std::string configJson() const { return tryConfigJson().value(); }
     static Pipeline fromPretrained(const std::string& model, Task task = Task::Text2Image,
                                    const LoadParams& params = LoadParams()) {
         return tryFromPretrained(model, task, params).value();

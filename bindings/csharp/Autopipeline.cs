@@ -377,8 +377,8 @@ namespace Autopipeline
             }
         }
 
-        /// <summary>Loads the native library and checks its major.minor version against the binding's
-        /// (0.x versions may change the ABI on a minor bump). Called by every entry point.</summary>
+        /// <summary>Loads the native library and checks that it is of the binding's ABI line (the major
+        /// version; 0.MINOR before 1.0). Called by every entry point.</summary>
         public static void EnsureLoaded()
         {
             if (loaded) return;
@@ -394,16 +394,29 @@ namespace Autopipeline
                     "autopipeline.dll where the runtime loads native libraries (next to the executable, in " +
                     "LD_LIBRARY_PATH, or a Unity Plugins/<platform> folder; see bindings/csharp/README.md). " + e.Message, e);
             }
-            if (MajorMinor(version) != MajorMinor(BindingVersion))
+            if (AbiLine(version) != AbiLine(BindingVersion))
                 throw new AutopipelineException(Status.Unsupported,
                     "native autopipeline " + version + " does not match this C# binding (" + BindingVersion +
                     "): use the binding shipped with the library");
             loaded = true;
         }
 
-        private static string MajorMinor(string v)
+        /// <summary>The ABI line of a version, as the soname has it: the major version, or 0.MINOR before
+        /// 1.0. Within a line the ABI only grows (see the header's "ABI policy").</summary>
+        /// <summary>The families of diffusers' AutoPipeline mappings, with their class per task and our
+        /// status, as a JSON array (see ap_supported_families).</summary>
+        public static string SupportedFamiliesJson()
+        {
+            EnsureLoaded();
+            IntPtr json;
+            int status = Native.ap_supported_families(out json);
+            return Native.TakeString(status, json);
+        }
+
+        private static string AbiLine(string v)
         {
             string[] parts = v.Split('.');
+            if (parts[0] != "0") return parts[0];
             return parts.Length >= 2 ? parts[0] + "." + parts[1] : v;
         }
     }
@@ -566,6 +579,32 @@ namespace Autopipeline
             {
                 await job.WhenFinished(cancellationToken).ConfigureAwait(false);
                 return job.TakeImages(cancellationToken);
+            }
+        }
+
+        /// <summary>What this pipeline is (family, diffusers class, task, default size, latent channels,
+        /// VAE scale factor, device, dtype, scheduler, components) as a JSON object; see ap_pipeline_info.</summary>
+        public string InfoJson
+        {
+            get
+            {
+                Library.EnsureLoaded();
+                IntPtr json;
+                int status = Native.ap_pipeline_info(handle, out json);
+                return Native.TakeString(status, json);
+            }
+        }
+
+        /// <summary>diffusers' pipe.config (after FromPipe overrides) as a JSON object; see
+        /// ap_pipeline_config_json.</summary>
+        public string ConfigJson
+        {
+            get
+            {
+                Library.EnsureLoaded();
+                IntPtr json;
+                int status = Native.ap_pipeline_config_json(handle, out json);
+                return Native.TakeString(status, json);
             }
         }
 

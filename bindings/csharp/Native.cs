@@ -248,6 +248,32 @@ namespace Autopipeline
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
         public static extern int ap_job_status_init(ref ap_job_status status, UIntPtr size);
 
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int ap_pipeline_info(PipelineHandle pipe, out IntPtr json);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int ap_pipeline_config_json(PipelineHandle pipe, out IntPtr json);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int ap_supported_families(out IntPtr json);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern void ap_string_free(IntPtr s);
+
+        /// <summary>Copies a string the library handed out and frees it; throws for a failed status.</summary>
+        internal static string TakeString(int status, IntPtr s)
+        {
+            try
+            {
+                AutopipelineException.Check(status);
+                return Utf8.FromNative(s);
+            }
+            finally
+            {
+                ap_string_free(s);
+            }
+        }
+
         /// <summary>Load parameters of this binding's layout at their defaults.</summary>
         public static ap_load_params LoadParamsDefault()
         {

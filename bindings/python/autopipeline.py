@@ -154,6 +154,11 @@ _image_load = _sig("ap_image_load", ctypes.c_int32, ctypes.c_char_p, ctypes.POIN
 _image_free = _sig("ap_image_free", None, ctypes.POINTER(_Image))
 _set_log_callback = _sig("ap_pipeline_set_log_callback", ctypes.c_int32, ctypes.c_void_p, _LOG_FN, ctypes.c_void_p,
                          ctypes.c_int32)
+_pipeline_info = _sig("ap_pipeline_info", ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p))
+_pipeline_config_json = _sig("ap_pipeline_config_json", ctypes.c_int32, ctypes.c_void_p,
+                             ctypes.POINTER(ctypes.c_void_p))
+_supported_families = _sig("ap_supported_families", ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p))
+_string_free = _sig("ap_string_free", None, ctypes.c_void_p)
 _randn = _sig("ap_randn", ctypes.c_int32, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64,
               ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t, ctypes.POINTER(ctypes.c_float))
 
@@ -175,6 +180,22 @@ def _doubles(values):
     values = [float(v) for v in values]
     arr = (ctypes.c_double * len(values))(*values)
     return arr, len(values)
+
+
+def _json(call, *args):
+    """Calls an ap_* function that hands out a JSON string; returns it parsed, freeing the string."""
+    out = ctypes.c_void_p()
+    status = call(*args, ctypes.byref(out))
+    try:
+        _check(status)
+        return json.loads(ctypes.string_at(out.value).decode())
+    finally:
+        _string_free(out)
+
+
+def supported_families():
+    """diffusers' AutoPipeline families: a list of {family, text2img, img2img, inpaint, status}."""
+    return _json(_supported_families)
 
 
 def version():
@@ -403,6 +424,15 @@ class Pipeline:
         _check(_set_log_callback(self._live(), c, None, LOG_LEVELS.index(min_level)))
         # The previous callback may still serve a run in progress on another thread: keep it too.
         self._log = (c, self._log) if fn is not None else self._log
+
+    def info(self):
+        """What this pipeline is (family, class_name, task, default size, latent channels, VAE scale
+        factor, device, dtype, scheduler, components), as a dict (ap_pipeline_info)."""
+        return _json(_pipeline_info, self._live())
+
+    def config(self):
+        """diffusers' pipe.config after from_pipe overrides, as a dict (ap_pipeline_config_json)."""
+        return _json(_pipeline_config_json, self._live())
 
     def _live(self):
         if not self._handle:

@@ -172,6 +172,20 @@ int main(int argc, char** argv) {
         CHECK(bad.find("sigmas[1]") != std::string::npos, "the message names the value");
     }
 
+    // Introspection as JSON (no parser here: the keys and values the Rust tests pin are looked for).
+    {
+        const std::string info = pipe.infoJson();
+        CHECK(info.find("\"class_name\":\"StableDiffusionPipeline\"") != std::string::npos, "info names the class");
+        CHECK(info.find("\"task\":\"text2img\"") != std::string::npos, "info names the task");
+        ap::Pipeline i2i = ap::Pipeline::fromPipe(pipe, ap::Task::Image2Image, std::string(R"({"requires_safety_checker": true})"));
+        CHECK(i2i.configJson().find("\"requires_safety_checker\":true") != std::string::npos, "config after from_pipe overrides");
+        CHECK(pipe.configJson().find("\"requires_safety_checker\":false") != std::string::npos, "the source's config unchanged");
+        const std::string families = ap::supportedFamiliesJson();
+        CHECK(families.find("\"family\":\"stable-diffusion-xl\"") != std::string::npos, "families list SDXL");
+        ap::Result<std::string> none = ap::Pipeline().tryInfoJson();
+        CHECK(!none && none.status() == ap::Status::InvalidArgument, "info of an empty Pipeline is an error");
+    }
+
     // Error statuses and messages.
     std::string msg = expectError(
         ap::Status::InvalidArgument, [&] { pipe.run(ap::RunParams("x").size(60, 64)); }, "width 60");

@@ -165,6 +165,11 @@ internal static class BindingTest
             ExpectError(Status.InvalidArgument, () => pipe.Run(new RunParams("x") { Steps = 2, Scheduler = "no-such-scheduler" }),
                 "unknown scheduler");
 
+            // Introspection as JSON.
+            Check(pipe.InfoJson.Contains("\"class_name\":\"StableDiffusionPipeline\""), "info names the class: " + pipe.InfoJson);
+            Check(pipe.ConfigJson.Contains("\"requires_safety_checker\":false"), "config: " + pipe.ConfigJson);
+            Check(Library.SupportedFamiliesJson().Contains("\"family\":\"stable-diffusion-xl\""), "families list SDXL");
+
             // Custom timesteps / sigmas reach the library (which reads the values: an infinite one is refused).
             string bad = ExpectError(Status.InvalidArgument,
                 () => pipe.Run(new RunParams("x") { Steps = 1, Width = 64, Height = 64, Timesteps = new double[] { 999, double.PositiveInfinity } }),

@@ -86,6 +86,20 @@ with ap.Pipeline.from_pretrained(sd15, "text2img", local_files_only=True, preloa
     check(len(pipe.run("euler", num_inference_steps=2, width=64, height=64, scheduler="euler_a",
                        scheduler_config={"timestep_spacing": "trailing"})) == 1, "scheduler by alias with overrides")
     expect_error(ap.INVALID_ARGUMENT, lambda: pipe.run("x", scheduler="no-such-scheduler"), "unknown scheduler")
+    # Introspection.
+    info = pipe.info()
+    check((info["class_name"], info["task"], info["dtype"]) == ("StableDiffusionPipeline", "text2img", "f32"),
+          f"info {info}")
+    check([c["name"] for c in info["components"]] == ["vae", "text_encoder", "tokenizer", "unet", "scheduler"],
+          f"components {info['components']}")
+    check(pipe.config()["requires_safety_checker"] is False, f"config {pipe.config()}")
+    with ap.Pipeline.from_pipe(pipe, "img2img", requires_safety_checker=True) as i2i:
+        check(i2i.config()["requires_safety_checker"] is True, "config after from_pipe overrides")
+        check(i2i.info()["class_name"] == "StableDiffusionImg2ImgPipeline", "from_pipe class")
+    families = {f["family"]: f for f in ap.supported_families()}
+    check(families["stable-diffusion"]["status"] == "supported", "SD supported")
+    check(any(f["status"] == "not supported yet" for f in families.values()), "some families not supported yet")
+
     # Custom timesteps / sigmas reach the library, which reads every value.
     msg = expect_error(ap.INVALID_ARGUMENT, lambda: pipe.run("x", num_inference_steps=1, width=64, height=64,
                                                              timesteps=[999, float("nan")]), "NaN timestep")
