@@ -273,6 +273,29 @@ pub(super) unsafe fn read<T: Growable>(p: *const T) -> Result<T> {
     Ok(value)
 }
 
+/// The caller's load parameters at its size, or the defaults for NULL (load parameters are optional).
+///
+/// # Safety
+/// As [`read`], or NULL.
+pub(super) unsafe fn load_params(p: *const ap_load_params) -> Result<ap_load_params> {
+    if p.is_null() {
+        Ok(ap_load_params::defaults())
+    } else {
+        read(p)
+    }
+}
+
+/// The caller's run parameters at its size (required: at least the prompt is the caller's).
+///
+/// # Safety
+/// As [`read`], or NULL (an error).
+pub(super) unsafe fn run_params(p: *const ap_run_params) -> Result<ap_run_params> {
+    if p.is_null() {
+        return Err(super::convert::null("params"));
+    }
+    read(p)
+}
+
 /// Writes `value` into the caller's struct at `p` up to its `struct_size`, which stays as it was.
 ///
 /// # Safety

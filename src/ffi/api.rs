@@ -3,7 +3,7 @@
 
 use super::abi;
 use super::callbacks::{self, LogCallback};
-use super::convert::{self, null};
+use super::convert;
 use super::handles::{ap_pipeline, borrow, into_handle, Out};
 use super::types::*;
 use super::{ap_status, guard, guard_or, last_error_ptr};
@@ -47,7 +47,7 @@ pub unsafe extern "C" fn ap_from_pretrained(
         let out = Out::new(out)?;
         let model = convert::str_arg(model, "model")?;
         let task = convert::task(task)?;
-        let params = load_params(params)?;
+        let params = abi::load_params(params)?;
         let opts = convert::load_options(&params)?;
         let mut progress = callbacks::progress(params.progress, params.progress_user_data, None);
         let pipe = Pipeline::from_pretrained(
@@ -59,15 +59,6 @@ pub unsafe extern "C" fn ap_from_pretrained(
         out.set(into_handle(ap_pipeline::new(pipe)));
         Ok(())
     })
-}
-
-/// The caller's load parameters at its size, or the defaults for NULL.
-pub(super) unsafe fn load_params(params: *const ap_load_params) -> crate::Result<ap_load_params> {
-    if params.is_null() {
-        Ok(abi::ap_load_params_default())
-    } else {
-        abi::read(params)
-    }
 }
 
 /// A pipeline for another task over the same loaded models (no extra model memory), like diffusers'
@@ -135,21 +126,13 @@ pub unsafe extern "C" fn ap_run(
     guard(|| {
         let out = Out::new(out)?;
         let pipe = borrow(pipe, "pipe")?;
-        let params = run_params(params)?;
+        let params = abi::run_params(params)?;
         let run = convert::run_params(&params)?;
         let mut control = callbacks::run_control(&params, pipe.log_callback(), None)?;
         let result = pipe.inner.run_with(&run, &mut control)?;
         out.set(convert::images_to_c(result.images));
         Ok(())
     })
-}
-
-/// The caller's run parameters at its size (required).
-pub(super) unsafe fn run_params(params: *const ap_run_params) -> crate::Result<ap_run_params> {
-    if params.is_null() {
-        return Err(null("params"));
-    }
-    abi::read(params)
 }
 
 /// Sets the pipeline's log callback: runs started afterwards on this pipeline (`ap_run`,

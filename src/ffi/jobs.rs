@@ -2,7 +2,6 @@
 //! callbacks run on its worker thread through its gate (see `callbacks`).
 
 use super::abi;
-use super::api::{load_params, run_params};
 use super::callbacks::{self, Gate};
 use super::convert::{self, null};
 use super::handles::{ap_job, ap_pipeline, borrow, into_handle, JobKind, Out};
@@ -43,7 +42,7 @@ pub unsafe extern "C" fn ap_run_async(
     guard(|| {
         let out = Out::new(out)?;
         let pipe = borrow(pipe, "pipe")?;
-        let params = run_params(params)?;
+        let params = abi::run_params(params)?;
         let run = convert::run_params(&params)?;
         let gate = Arc::new(Gate::default());
         let control = callbacks::run_control(&params, pipe.log_callback(), Some(Arc::clone(&gate)))?;
@@ -80,7 +79,7 @@ pub unsafe extern "C" fn ap_from_pretrained_async(
         let out = Out::new(out)?;
         let model = convert::str_arg(model, "model")?;
         let task = convert::task(task)?;
-        let params = load_params(params)?;
+        let params = abi::load_params(params)?;
         let opts = convert::load_options(&params)?;
         let gate = Arc::new(Gate::default());
         let progress = callbacks::progress(

@@ -5,8 +5,9 @@
 //!
 //! Layers, each using only those above it:
 //! - `types`: the `#[repr(C)]` structs, constants and callback types;
-//! - `abi`: growable parameter structs (the 0.1.0 layouts frozen, `struct_size` ranges, `*_init`);
 //! - `convert`: C values to Rust ones and back (strings, images, parameter structs);
+//! - `abi`: growable parameter structs (the 0.1.0 layouts frozen, `struct_size` ranges, reading and
+//!   writing at the caller's size, `*_init`);
 //! - `callbacks`: `user_data`, progress / preview / log closures, the gate of a job's callbacks;
 //! - `handles`: the opaque handles, their boxing, and every free function;
 //! - `api` (pipelines), `jobs` (async), `images`, `info` (JSON introspection), `random`: the exported
