@@ -488,8 +488,9 @@ extern "C" {
 /**
  * Fills `*params` with the load defaults and sets `params->struct_size = size`. Pass
  * `sizeof(ap_load_params)`: any size from the 0.1.0 layout's to this header's is accepted, so a
- * binary built against an older header keeps working. Writes exactly `size` bytes.
- * `AP_ERR_INVALID_ARGUMENT` when `params` is NULL or `size` is out of range.
+ * binary built against an older header keeps working. Writes exactly `size` bytes (nothing when it
+ * fails). `AP_ERR_INVALID_ARGUMENT` when `params` is NULL or `size` is out of range. Thread-safe, as
+ * are the other `*_init`.
  *
  * # Safety
  * `params` must be NULL or point to `size` writable bytes.
@@ -760,6 +761,7 @@ ap_status ap_pipeline_info(const struct ap_pipeline *pipe,
  * a class does not take are kept with a leading `_`).
  *
  * On success `*out_json` receives a UTF-8 string to free with `ap_string_free`; on failure NULL.
+ * Thread safety: as `ap_pipeline_info`.
  *
  * # Safety
  * `pipe` must be a live pipeline, `out_json` a valid pointer.

@@ -354,8 +354,9 @@ pub(super) fn first_layout<T: Growable, Old: Copy>() -> Old {
 
 /// Fills `*params` with the load defaults and sets `params->struct_size = size`. Pass
 /// `sizeof(ap_load_params)`: any size from the 0.1.0 layout's to this header's is accepted, so a
-/// binary built against an older header keeps working. Writes exactly `size` bytes.
-/// `AP_ERR_INVALID_ARGUMENT` when `params` is NULL or `size` is out of range.
+/// binary built against an older header keeps working. Writes exactly `size` bytes (nothing when it
+/// fails). `AP_ERR_INVALID_ARGUMENT` when `params` is NULL or `size` is out of range. Thread-safe, as
+/// are the other `*_init`.
 ///
 /// # Safety
 /// `params` must be NULL or point to `size` writable bytes.

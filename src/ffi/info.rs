@@ -44,6 +44,7 @@ pub unsafe extern "C" fn ap_pipeline_info(pipe: *const ap_pipeline, out_json: *m
 /// a class does not take are kept with a leading `_`).
 ///
 /// On success `*out_json` receives a UTF-8 string to free with `ap_string_free`; on failure NULL.
+/// Thread safety: as `ap_pipeline_info`.
 ///
 /// # Safety
 /// `pipe` must be a live pipeline, `out_json` a valid pointer.
