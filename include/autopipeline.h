@@ -10,10 +10,13 @@
  *    that thread).
  *  - Strings are UTF-8, NUL-terminated; invalid UTF-8 gives AP_ERR_INVALID_ARGUMENT.
  *  - Ownership: everything the library returns through an out-parameter is owned by the caller and
- *    freed with its one free function (ap_pipeline_free, ap_images_free, ap_image_free, ap_job_free);
- *    each accepts NULL. Inputs (strings, images) are only read during the call (async calls copy them).
- *  - Parameter structs start with struct_size: initialise them with ap_*_params_default().
- *  - No call lets a Rust panic escape: an internal failure returns AP_ERR_INTERNAL.
+ *    freed with its one free function (ap_pipeline_free, ap_images_free, ap_image_free, ap_job_free,
+ *    ap_string_free for the JSON strings); each accepts NULL. Inputs (strings, images) are only read
+ *    during the call (async calls copy them).
+ *  - Parameter structs start with struct_size: initialise them with ap_*_init(&p, sizeof p) (or the
+ *    inline ap_*_default()); see "ABI policy".
+ *  - No call lets a Rust panic escape: an internal failure returns AP_ERR_INTERNAL (functions without
+ *    a status set ap_last_error() instead).
  *
  * Threading
  *  - A pipeline may be used by several threads at once: concurrent ap_run / ap_run_async calls on one
@@ -30,6 +33,28 @@
  *  - Game loops: start a job, call ap_job_poll once per frame (lock-free, never blocks), take the
  *    result when the state is AP_JOB_DONE / FAILED / CANCELLED. No call keeps a lock across calls.
  *  - A cancelled or failed run or job leaves the pipeline fully usable.
+ *
+ * ABI policy (the ABI grows, it never breaks)
+ *  - A program built against an older header of the same ABI line keeps working with a newer library
+ *    of that line, without recompiling. The line is the major version (soname libautopipeline.so.MAJOR);
+ *    before 1.0 it is 0.MINOR (libautopipeline.so.0.MINOR), so until 1.0 the "minor version" below is
+ *    a patch release. The first published layout is 0.1.0's.
+ *  - A minor version may add: fields at the END of a struct that starts with struct_size (the
+ *    ap_*_params structs, ap_job_status), new functions, new constants (AP_TASK_*, AP_LOG_*, ...) and
+ *    new status codes (treat an unknown nonzero status as a failure and read ap_last_error()).
+ *  - It never removes, reorders, retypes or resizes a field or a function parameter, never changes
+ *    the meaning of an existing value, never returns a growable struct by value, and never changes
+ *    ap_image / ap_images (fixed layouts, no struct_size).
+ *  - struct_size: set it to sizeof the struct of YOUR header; ap_*_init(&p, sizeof p) does. The
+ *    library accepts every size from the 0.1.0 layout to its own: fields past your size take their
+ *    defaults and are neither read nor written (nothing past struct_size is touched). A size outside
+ *    that range fails with AP_ERR_INVALID_ARGUMENT naming the struct, the size and the range.
+ *  - Defaults come through a pointer and a size (ap_*_init). ap_*_default() are static inline
+ *    wrappers defined at the end of this header, so they always return this header's layout; the
+ *    library still exports the 0.1.0 symbols of those names, frozen at the 0.1.0 layout, for
+ *    programs built against 0.1.0.
+ *  - A new field never starts inside a published layout's tail padding, so an old struct_size never
+ *    covers part of a field it does not know.
  */
 
 #ifndef AUTOPIPELINE_H
@@ -43,6 +68,32 @@
 #define AUTOPIPELINE_VERSION_PATCH 0
 #define AUTOPIPELINE_VERSION "0.1.0"
 
+
+/**
+ * Task: text to image (`AutoPipelineForText2Image`).
+ */
+#define AP_TASK_TEXT2IMAGE 0
+
+/**
+ * Task: image to image (`AutoPipelineForImage2Image`).
+ */
+#define AP_TASK_IMAGE2IMAGE 1
+
+/**
+ * Task: inpainting (`AutoPipelineForInpainting`).
+ */
+#define AP_TASK_INPAINT 2
+
+/**
+ * Preview mode: a linear latent→RGB projection (the SD 1.x/2.x or SDXL factors), at latent
+ * resolution (1/8 of the output per side). Costs microseconds.
+ */
+#define AP_PREVIEW_LATENT 0
+
+/**
+ * Preview mode: a full VAE decode at output resolution; costs about as much as the final decode.
+ */
+#define AP_PREVIEW_VAE 1
 
 /**
  * Job state: created, its worker thread not started yet.
@@ -90,32 +141,6 @@
 #define AP_LOG_ERROR 3
 
 /**
- * Task: text to image (`AutoPipelineForText2Image`).
- */
-#define AP_TASK_TEXT2IMAGE 0
-
-/**
- * Task: image to image (`AutoPipelineForImage2Image`).
- */
-#define AP_TASK_IMAGE2IMAGE 1
-
-/**
- * Task: inpainting (`AutoPipelineForInpainting`).
- */
-#define AP_TASK_INPAINT 2
-
-/**
- * Preview mode: a linear latent→RGB projection (the SD 1.x/2.x or SDXL factors), at latent
- * resolution (1/8 of the output per side). Costs microseconds.
- */
-#define AP_PREVIEW_LATENT 0
-
-/**
- * Preview mode: a full VAE decode at output resolution; costs about as much as the final decode.
- */
-#define AP_PREVIEW_VAE 1
-
-/**
  * An opaque background job: a run (`ap_run_async`) or a load (`ap_from_pretrained_async`). Observe
  * it with `ap_job_poll` / `ap_job_wait`, stop it with `ap_job_cancel`, collect it with
  * `ap_job_take_result` (runs) or `ap_job_take_pipeline` (loads), free it with `ap_job_free`.
@@ -129,6 +154,11 @@ typedef struct ap_job ap_job;
 typedef struct ap_pipeline ap_pipeline;
 
 /**
+ * Result code of every `ap_*` function.
+ */
+typedef int32_t ap_status;
+
+/**
  * Progress callback: `step` of `total` is done. Return nonzero to continue, 0 to cancel (the call
  * then returns `AP_ERR_CANCELLED`). Called on the thread that runs the work.
  */
@@ -137,12 +167,13 @@ typedef int32_t (*ap_progress_fn)(uint32_t step,
                                   void *user_data);
 
 /**
- * Options of `ap_from_pretrained`. Initialise with `ap_load_params_default()`; NULL strings mean
- * "default".
+ * Options of `ap_from_pretrained`. Initialise with `ap_load_params_init(&p, sizeof p)` (or
+ * `ap_load_params_default()`); NULL strings mean "default".
  */
 typedef struct ap_load_params {
   /**
-   * `sizeof(ap_load_params)`; lets the library tell header versions apart.
+   * `sizeof(ap_load_params)` of the caller's header, set by `ap_load_params_init`: lets the library
+   * tell header versions apart (see "ABI policy" at the top).
    */
   uint32_t struct_size;
   /**
@@ -223,12 +254,13 @@ typedef void (*ap_preview_fn)(uint32_t step,
                               void *user_data);
 
 /**
- * Inputs of `ap_run`. Initialise with `ap_run_params_default()`; a 0 / negative / NULL field means
- * "the pipeline's default", exactly as omitting the argument in diffusers.
+ * Inputs of `ap_run`. Initialise with `ap_run_params_init(&p, sizeof p)` (or
+ * `ap_run_params_default()`); a 0 / negative / NULL field means "the pipeline's default", exactly as
+ * omitting the argument in diffusers.
  */
 typedef struct ap_run_params {
   /**
-   * `sizeof(ap_run_params)`.
+   * `sizeof(ap_run_params)` of the caller's header, set by `ap_run_params_init` (see "ABI policy").
    */
   uint32_t struct_size;
   /**
@@ -350,20 +382,30 @@ typedef struct ap_run_params {
    * (default: the device the pipeline runs on, else an H100's 132:2048).
    */
   const char *rng;
+  /**
+   * (Added after 0.1.0.) Custom timesteps, descending, as diffusers' `timesteps=` argument: `num_timesteps` values
+   * (finite). NULL / 0 = none. Only schedulers whose `set_timesteps` takes custom timesteps accept
+   * them; they replace `num_inference_steps`. Only read during the call (async runs copy them).
+   */
+  const double *timesteps;
+  uint32_t num_timesteps;
+  /**
+   * (Added after 0.1.0.) Custom sigmas, descending, as diffusers' `sigmas=` argument: `num_sigmas`
+   * values (finite).
+   * NULL / 0 = none. As `timesteps`, for schedulers that take custom sigmas.
+   */
+  const double *sigmas;
+  uint32_t num_sigmas;
 } ap_run_params;
 
 /**
- * Result code of every `ap_*` function.
- */
-typedef int32_t ap_status;
-
-/**
- * A snapshot of a job, filled by `ap_job_poll`. Initialise with `ap_job_status_default()` (or set
- * `struct_size` to `sizeof(ap_job_status)`).
+ * A snapshot of a job, filled by `ap_job_poll`. Initialise with `ap_job_status_init(&s, sizeof s)`
+ * (or `ap_job_status_default()`).
  */
 typedef struct ap_job_status {
   /**
-   * `sizeof(ap_job_status)`, set by the caller.
+   * `sizeof(ap_job_status)` of the caller's header, set by `ap_job_status_init`; `ap_job_poll`
+   * writes no further.
    */
   uint32_t struct_size;
   /**
@@ -448,6 +490,39 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * Fills `*params` with the load defaults and sets `params->struct_size = size`. Pass
+ * `sizeof(ap_load_params)`: any size from the 0.1.0 layout's to this header's is accepted, so a
+ * binary built against an older header keeps working. Writes exactly `size` bytes (nothing when it
+ * fails). `AP_ERR_INVALID_ARGUMENT` when `params` is NULL or `size` is out of range. Thread-safe, as
+ * are the other `*_init`.
+ *
+ * # Safety
+ * `params` must be NULL or point to `size` writable bytes.
+ */
+ap_status ap_load_params_init(struct ap_load_params *params,
+                              size_t size);
+
+/**
+ * Fills `*params` with the run defaults (every field "the pipeline's default", an empty prompt, seed
+ * 0) and sets `params->struct_size = size`. Pass `sizeof(ap_run_params)`; as `ap_load_params_init`.
+ *
+ * # Safety
+ * `params` must be NULL or point to `size` writable bytes.
+ */
+ap_status ap_run_params_init(struct ap_run_params *params,
+                             size_t size);
+
+/**
+ * Zeroes `*status` (state `AP_JOB_QUEUED`) and sets `status->struct_size = size`, ready for
+ * `ap_job_poll`. Pass `sizeof(ap_job_status)`; as `ap_load_params_init`.
+ *
+ * # Safety
+ * `status` must be NULL or point to `size` writable bytes.
+ */
+ap_status ap_job_status_init(struct ap_job_status *status,
+                             size_t size);
+
+/**
  * The message of the last failed `ap_*` call on this thread ("" after a success). The pointer stays
  * valid until the next `ap_*` call on the same thread; do not free it.
  */
@@ -457,16 +532,6 @@ const char *ap_last_error(void);
  * The library version, e.g. "0.1.0" (static string; do not free).
  */
 const char *ap_version(void);
-
-/**
- * Load parameters with every field at its default and `struct_size` set.
- */
-struct ap_load_params ap_load_params_default(void);
-
-/**
- * Run parameters with every field at "pipeline default", an empty prompt, seed 0, and `struct_size` set.
- */
-struct ap_run_params ap_run_params_default(void);
 
 /**
  * Loads a checkpoint for a task, like diffusers' `AutoPipelineFor<Task>.from_pretrained(model)`.
@@ -501,19 +566,6 @@ ap_status ap_from_pipe(const struct ap_pipeline *pipe,
                        struct ap_pipeline **out);
 
 /**
- * Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`,
- * or jobs started with `ap_run_async`, still use them: freeing a pipeline whose jobs are running is
- * safe, and those jobs run to completion.
- *
- * Thread safety: must not race with other calls on the same handle (an `ap_run` in progress on
- * another thread, say); jobs do not count, as they hold the models themselves.
- *
- * # Safety
- * `pipe` must be NULL or a pipeline not yet freed, and no other thread may be using it.
- */
-void ap_pipeline_free(struct ap_pipeline *pipe);
-
-/**
  * Generates images. Blocks until done (or cancelled through the progress callback, which returns
  * `AP_ERR_CANCELLED`). On success `*out` receives images to free with `ap_images_free`; on failure
  * `*out` is NULL. The pipeline stays usable after any failure.
@@ -534,12 +586,24 @@ ap_status ap_run(const struct ap_pipeline *pipe,
                  struct ap_images **out);
 
 /**
- * Frees images returned by `ap_run`. NULL is ignored.
+ * Sets the pipeline's log callback: runs started afterwards on this pipeline (`ap_run`,
+ * `ap_run_async`) send it their messages at `min_level` (`AP_LOG_*`) and above, including their
+ * warnings (e.g. a prompt truncated to 77 tokens). `callback` NULL turns logging off (the default). A
+ * run already in progress keeps the callback it started with. Pipelines made with `ap_from_pipe` start
+ * without one.
+ *
+ * Thread safety: may be called while runs on this pipeline are in progress on other threads. The
+ * callback may be called from several threads at once (parallel runs) and from job worker threads;
+ * keep `user_data` alive until this pipeline and every job started from it are freed (or until the
+ * callback is replaced and the runs that used it have finished).
  *
  * # Safety
- * `images` must be NULL or returned by this library and not yet freed.
+ * `pipe` must be a live pipeline; `callback` must be callable with `user_data` from any thread.
  */
-void ap_images_free(struct ap_images *images);
+ap_status ap_pipeline_set_log_callback(struct ap_pipeline *pipe,
+                                       ap_log_fn callback,
+                                       void *user_data,
+                                       int32_t min_level);
 
 /**
  * Writes `image` to a PNG file (a convenience for examples and tools).
@@ -559,39 +623,6 @@ ap_status ap_image_save_png(const struct ap_image *image,
  */
 ap_status ap_image_load(const char *path,
                         struct ap_image **out);
-
-/**
- * Frees an image returned by `ap_image_load`. NULL is ignored.
- *
- * # Safety
- * `image` must be NULL or returned by `ap_image_load` and not yet freed.
- */
-void ap_image_free(struct ap_image *image);
-
-/**
- * `ap_job_status` with `struct_size` set and the rest zeroed.
- */
-struct ap_job_status ap_job_status_default(void);
-
-/**
- * Sets the pipeline's log callback: runs started afterwards on this pipeline (`ap_run`,
- * `ap_run_async`) send it their messages at `min_level` (`AP_LOG_*`) and above, including their
- * warnings (e.g. a prompt truncated to 77 tokens). `callback` NULL turns logging off (the default). A
- * run already in progress keeps the callback it started with. Pipelines made with `ap_from_pipe` start
- * without one.
- *
- * Thread safety: may be called while runs on this pipeline are in progress on other threads. The
- * callback may be called from several threads at once (parallel runs) and from job worker threads;
- * keep `user_data` alive until this pipeline and every job started from it are freed (or until the
- * callback is replaced and the runs that used it have finished).
- *
- * # Safety
- * `pipe` must be a live pipeline; `callback` must be callable with `user_data` from any thread.
- */
-ap_status ap_pipeline_set_log_callback(struct ap_pipeline *pipe,
-                                       ap_log_fn callback,
-                                       void *user_data,
-                                       int32_t min_level);
 
 /**
  * Starts a run in the background and returns at once: like `ap_run`, but on a worker thread of its
@@ -645,6 +676,9 @@ ap_status ap_from_pretrained_async(const char *model,
  *
  * Thread safety: may be called from any thread, concurrently with every `ap_job_*` call on the same
  * job except `ap_job_free`.
+ *
+ * `status->struct_size` (set by `ap_job_status_init`) may be any accepted size (see "ABI policy"):
+ * fields past it are not written.
  *
  * # Safety
  * `job` must be a live job; `status` must point to an `ap_job_status` whose `struct_size` is set.
@@ -707,18 +741,51 @@ ap_status ap_job_take_pipeline(const struct ap_job *job,
                                struct ap_pipeline **out);
 
 /**
- * Frees a job. NULL is ignored. A job still running is cancelled and left to stop on its own thread
- * (after the denoising step or component in progress), freeing what it holds, including a result
- * nobody took; `ap_job_free` does not wait for that. It only waits for a callback of this job that
- * is executing at that moment to return; after it returns, none of the job's callbacks is called
- * again. Calling it from inside one of the job's own callbacks is allowed.
+ * What `pipe` is, as a JSON object: `family` (diffusers' key, e.g. "stable-diffusion-xl"),
+ * `class_name` (the diffusers pipeline class), `task` ("text2img", "img2img", "inpaint"),
+ * `default_width` / `default_height` (the size a run with 0 gets), `latent_channels`,
+ * `vae_scale_factor`, `device` ("cpu", "cuda:N"), `dtype` ("f32", "f16", "bf16"), `scheduler` (the
+ * checkpoint's scheduler class), and `components`: an array of `{name, class, dtype}` in diffusers'
+ * order (`dtype` null for tokenizers and the scheduler). Later versions may add keys.
  *
- * Thread safety: must not race with other calls on the same job.
+ * On success `*out_json` receives a UTF-8 string to free with `ap_string_free`; on failure NULL.
+ * Thread safety: may be called while the pipeline runs on other threads.
  *
  * # Safety
- * `job` must be NULL or a job not yet freed.
+ * `pipe` must be a live pipeline, `out_json` a valid pointer.
  */
-void ap_job_free(struct ap_job *job);
+ap_status ap_pipeline_info(const struct ap_pipeline *pipe,
+                           char **out_json);
+
+/**
+ * The pipeline's config as a JSON object: the keys diffusers' pipeline class registers in
+ * `pipe.config` besides its components (`requires_safety_checker` for SD; SDXL's
+ * `force_zeros_for_empty_prompt`, `requires_aesthetics_score`) and `_name_or_path`, from
+ * `model_index.json` or the class defaults, carried and overridden through `ap_from_pipe` as diffusers' `from_pipe` does (keys
+ * a class does not take are kept with a leading `_`).
+ *
+ * On success `*out_json` receives a UTF-8 string to free with `ap_string_free`; on failure NULL.
+ * Thread safety: as `ap_pipeline_info`.
+ *
+ * # Safety
+ * `pipe` must be a live pipeline, `out_json` a valid pointer.
+ */
+ap_status ap_pipeline_config_json(const struct ap_pipeline *pipe,
+                                  char **out_json);
+
+/**
+ * The families of diffusers' AutoPipeline mappings, as a JSON array in diffusers' order: each
+ * `{family, text2img, img2img, inpaint, status}`, the three task keys holding the diffusers pipeline
+ * class for that task (null where diffusers has none), `status` "supported" or "not supported yet".
+ * Loading a checkpoint of a family not supported yet fails with `AP_ERR_UNSUPPORTED`.
+ *
+ * On success `*out_json` receives a UTF-8 string to free with `ap_string_free`; on failure NULL.
+ * Thread-safe.
+ *
+ * # Safety
+ * `out_json` must be a valid pointer.
+ */
+ap_status ap_supported_families(char **out_json);
 
 /**
  * Draws `count` tensors in a row from one generator seeded with `seed`, as
@@ -744,8 +811,94 @@ ap_status ap_randn(const char *rng,
                    size_t count,
                    float *out);
 
+/**
+ * Frees a pipeline. NULL is ignored. Models stay alive while other pipelines made by `ap_from_pipe`,
+ * or jobs started with `ap_run_async`, still use them: freeing a pipeline whose jobs are running is
+ * safe, and those jobs run to completion.
+ *
+ * Thread safety: must not race with other calls on the same handle (an `ap_run` in progress on
+ * another thread, say); jobs do not count, as they hold the models themselves.
+ *
+ * # Safety
+ * `pipe` must be NULL or a pipeline not yet freed, and no other thread may be using it.
+ */
+void ap_pipeline_free(struct ap_pipeline *pipe);
+
+/**
+ * Frees a job. NULL is ignored. A job still running is cancelled and left to stop on its own thread
+ * (after the denoising step or component in progress), freeing what it holds, including a result
+ * nobody took; `ap_job_free` does not wait for that. It only waits for a callback of this job that
+ * is executing at that moment to return; after it returns, none of the job's callbacks is called
+ * again. Calling it from inside one of the job's own callbacks is allowed.
+ *
+ * Thread safety: must not race with other calls on the same job.
+ *
+ * # Safety
+ * `job` must be NULL or a job not yet freed.
+ */
+void ap_job_free(struct ap_job *job);
+
+/**
+ * Frees images returned by `ap_run` or `ap_job_take_result`. NULL is ignored.
+ *
+ * # Safety
+ * `images` must be NULL or returned by this library and not yet freed.
+ */
+void ap_images_free(struct ap_images *images);
+
+/**
+ * Frees a string returned by this library (`ap_pipeline_info`, `ap_pipeline_config_json`,
+ * `ap_supported_families`). NULL is ignored.
+ *
+ * # Safety
+ * `s` must be NULL or a string returned by this library and not yet freed.
+ */
+void ap_string_free(char *s);
+
+/**
+ * Frees an image returned by `ap_image_load`. NULL is ignored.
+ *
+ * # Safety
+ * `image` must be NULL or returned by `ap_image_load` and not yet freed.
+ */
+void ap_image_free(struct ap_image *image);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
 
 #endif  /* AUTOPIPELINE_H */
+
+#ifndef AUTOPIPELINE_INLINE_H
+#define AUTOPIPELINE_INLINE_H
+
+/**
+ * Load parameters of this header's layout, every field at its default and struct_size set.
+ * (ap_load_params_init only fails for a NULL pointer or a size out of range, neither possible here.)
+ */
+static inline ap_load_params ap_load_params_default(void) {
+  ap_load_params p;
+  ap_load_params_init(&p, sizeof p);
+  return p;
+}
+
+/**
+ * Run parameters of this header's layout: every field at "pipeline default", an empty prompt, seed
+ * 0, struct_size set.
+ */
+static inline ap_run_params ap_run_params_default(void) {
+  ap_run_params p;
+  ap_run_params_init(&p, sizeof p);
+  return p;
+}
+
+/**
+ * An ap_job_status of this header's layout, zeroed, struct_size set, ready for ap_job_poll.
+ */
+static inline ap_job_status ap_job_status_default(void) {
+  ap_job_status s;
+  ap_job_status_init(&s, sizeof s);
+  return s;
+}
+
+#endif /* AUTOPIPELINE_INLINE_H */

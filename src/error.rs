@@ -40,12 +40,24 @@ impl Error {
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        let msg = e.to_string();
-        // A weight read on first use (components::weights) fails inside a layer's forward, so it
+        // A weight read on first use (crate::weights) fails inside a layer's forward, so it
         // arrives as a tensor-op error; it is an I/O problem with the checkpoint's files, not a bug.
-        if let Some(i) = msg.find(crate::weights::FIRST_USE_READ_FAILED) {
-            return Error::Io(msg[i..].to_string());
+        if let Some(read) = first_use_read_failure(&e) {
+            return Error::Io(read.to_string());
         }
-        Error::Internal(format!("tensor operation failed: {msg}"))
+        Error::Internal(format!("tensor operation failed: {e}"))
+    }
+}
+
+/// The deferred-weight read failure inside `e`, looking through the context candle may wrap around
+/// an error on its way up.
+fn first_use_read_failure(e: &candle_core::Error) -> Option<&crate::weights::FirstUseReadFailed> {
+    use candle_core::Error as E;
+    match e {
+        E::Io(io) => io.get_ref()?.downcast_ref(),
+        E::Context { inner, .. } | E::WithPath { inner, .. } | E::WithBacktrace { inner, .. } => {
+            first_use_read_failure(inner)
+        }
+        _ => None,
     }
 }

@@ -164,6 +164,41 @@ fn cpp_wrapper_without_exceptions() {
     run_ok(Command::new(&exe).arg(common::data_dir()), "noexcept_test");
 }
 
+/// The C layouts the bindings' own struct declarations must match, as `name size` and
+/// `name.field offset` pairs: the library accepts any size from the 0.1.0 layout up, so a binding
+/// whose struct went wrong would no longer be refused by the library; its test checks these instead.
+fn layouts() -> String {
+    use autopipeline::ffi::{ap_job_status, ap_load_params, ap_run_params};
+    use std::mem::{offset_of, size_of};
+    [
+        ("ap_load_params".to_string(), size_of::<ap_load_params>()),
+        (
+            "ap_load_params.preload".into(),
+            offset_of!(ap_load_params, preload),
+        ),
+        ("ap_run_params".into(), size_of::<ap_run_params>()),
+        ("ap_run_params.rng".into(), offset_of!(ap_run_params, rng)),
+        (
+            "ap_run_params.timesteps".into(),
+            offset_of!(ap_run_params, timesteps),
+        ),
+        (
+            "ap_run_params.num_timesteps".into(),
+            offset_of!(ap_run_params, num_timesteps),
+        ),
+        ("ap_run_params.sigmas".into(), offset_of!(ap_run_params, sigmas)),
+        (
+            "ap_run_params.num_sigmas".into(),
+            offset_of!(ap_run_params, num_sigmas),
+        ),
+        ("ap_job_status".into(), size_of::<ap_job_status>()),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k} {v}"))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
 #[test]
 fn csharp_binding_under_mono() {
     if !have("mcs") || !have("mono") {
@@ -193,6 +228,7 @@ fn csharp_binding_under_mono() {
             .arg(&exe)
             .arg(common::data_dir())
             .arg(&work.0)
+            .env("AP_LAYOUTS", layouts())
             .env("LD_LIBRARY_PATH", lib_dir())
             .env("DYLD_LIBRARY_PATH", lib_dir()),
         "mono BindingTest.exe",
@@ -245,6 +281,7 @@ fn python_binding() {
             .arg(root().join("tests/python/binding_test.py"))
             .arg(common::data_dir())
             .arg(&work.0)
+            .env("AP_LAYOUTS", layouts())
             .env("AUTOPIPELINE_LIBRARY", lib_dir().join(lib_file_name()))
             .env("PYTHONPATH", root().join("bindings/python"))
             .env("PYTHONDONTWRITEBYTECODE", "1"),

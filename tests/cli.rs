@@ -152,6 +152,53 @@ fn cli_rejects_bad_flags_without_a_signal() {
         let run = Command::new(&exe).args(&args).output().unwrap();
         assert_eq!(run.status.code(), Some(1), "{args:?}: {:?}", run.status);
     }
+    // Malformed comma lists are refused by the CLI itself.
+    for (flag, list) in [
+        ("--timesteps", "999,,1"),
+        ("--timesteps", "999,500,"),
+        ("--sigmas", "1.0;0.5"),
+        ("--sigmas", "nan"),
+    ] {
+        let run = Command::new(&exe)
+            .args(["--model", "m", "--prompt", "x", "--out", "o.png", flag, list])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{flag} {list}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value for {flag}")),
+            "{flag} {list}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// `--timesteps` / `--sigmas` reach `ap_run_params`: the library reads every value of each list (an
+/// infinite one comes back as its error, naming the position).
+#[test]
+fn cli_passes_custom_timesteps_and_sigmas() {
+    let work = std::env::temp_dir().join(format!("ap-cli-lists-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let exe = build_cli(&work);
+    let model = common::data_dir().join("checkpoints/sd15-tiny");
+    for (flag, list, position) in [
+        ("--timesteps", "999,500,inf", "timesteps[2]"),
+        ("--sigmas", "1,-inf", "sigmas[1]"),
+    ] {
+        let run = Command::new(&exe)
+            .arg("--model")
+            .arg(&model)
+            .args([
+                "--prompt", "x", "--steps", "1", "--width", "64", "--height", "64", flag, list,
+            ])
+            .arg("--out")
+            .arg(work.join("o.png"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{flag} {list}: {stderr}");
+        assert!(stderr.contains(position), "{flag} {list}: {stderr}");
+    }
     let _ = std::fs::remove_dir_all(&work);
 }
 

@@ -103,6 +103,55 @@ fn static_entry_points() {
     }
 }
 
+/// `*_init` fill exactly the size they are given, and refuse NULL and sizes outside the accepted
+/// range (the range itself is pinned by `tests/abi.rs` against the frozen 0.1.0 header).
+#[test]
+fn params_init_entry_points() {
+    unsafe {
+        expect(
+            ap_run_params_init(null_mut(), std::mem::size_of::<ap_run_params>()),
+            AP_ERR_INVALID_ARGUMENT,
+            "ap_run_params is NULL",
+        );
+        expect(
+            ap_load_params_init(null_mut(), 88),
+            AP_ERR_INVALID_ARGUMENT,
+            "NULL",
+        );
+        expect(
+            ap_job_status_init(null_mut(), 24),
+            AP_ERR_INVALID_ARGUMENT,
+            "NULL",
+        );
+        let full = std::mem::size_of::<ap_run_params>();
+        let mut bytes = vec![0x5Au8; full + 16];
+        let p = bytes.as_mut_ptr().cast::<ap_run_params>();
+        for size in [0, 3, 4, 100, full + 1, usize::MAX] {
+            expect(
+                ap_run_params_init(p, size),
+                AP_ERR_INVALID_ARGUMENT,
+                "ap_run_params",
+            );
+            assert!(
+                last_error().contains(&format!("size is {size}")),
+                "{}",
+                last_error()
+            );
+            assert!(bytes.iter().all(|&b| b == 0x5A), "a refused init writes nothing");
+        }
+        expect(ap_run_params_init(p, full), AP_OK, "");
+        assert!(
+            bytes[full..].iter().all(|&b| b == 0x5A),
+            "init writes no further than size"
+        );
+        let got = p.read_unaligned();
+        assert_eq!(got.struct_size as usize, full);
+        assert_eq!((got.guidance_scale, got.strength), (-1.0, -1.0));
+        assert_eq!(CStr::from_ptr(got.prompt).to_bytes(), b"");
+        assert_eq!((got.timesteps, got.num_timesteps), (null(), 0));
+    }
+}
+
 #[test]
 fn from_pretrained_arguments() {
     let mut out: *mut ap_pipeline = std::ptr::NonNull::dangling().as_ptr();
@@ -265,6 +314,31 @@ fn run_arguments() {
         let mut p = small_run();
         p.struct_size = size;
         expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, "struct_size");
+    }
+    // Custom timesteps / sigmas: NULL with a count, and values that are not finite, are refused
+    // before the run starts.
+    let values = [999.0, f64::NAN];
+    type SetList = fn(&mut ap_run_params, *const f64, u32);
+    let lists: [(SetList, &str); 2] = [
+        (|p, v, n| (p.timesteps, p.num_timesteps) = (v, n), "timesteps"),
+        (|p, v, n| (p.sigmas, p.num_sigmas) = (v, n), "sigmas"),
+    ];
+    for (set, name) in lists {
+        let mut p = small_run();
+        set(&mut p, null(), 3);
+        expect(
+            run(&pipe, &p),
+            AP_ERR_INVALID_ARGUMENT,
+            &format!("{name} is NULL"),
+        );
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let values = [999.0, bad];
+            set(&mut p, values.as_ptr(), 2);
+            expect(run(&pipe, &p), AP_ERR_INVALID_ARGUMENT, &format!("{name}[1]"));
+        }
+        // A count of 0 means "none", whatever the pointer.
+        set(&mut p, values.as_ptr(), 0);
+        expect(run(&pipe, &p), AP_OK, "");
     }
     let mut p = small_run();
     p.prompt = null();
@@ -649,4 +723,117 @@ fn job_entry_points() {
         }
     }
     expect(run(&pipe, &small_run()), AP_OK, "");
+}
+
+/// Takes a JSON string handed out by the library, freeing it.
+fn take_json(status: ap_status, s: *mut c_char) -> serde_json::Value {
+    expect(status, AP_OK, "");
+    assert!(!s.is_null());
+    let text = unsafe { CStr::from_ptr(s) }.to_str().unwrap().to_string();
+    unsafe { ap_string_free(s) };
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn introspection_as_json() {
+    let pipe = Pipe::load();
+    let mut s: *mut c_char = std::ptr::NonNull::dangling().as_ptr();
+    let info = take_json(unsafe { ap_pipeline_info(pipe.0, &mut s) }, s);
+    assert_eq!(info["family"], "stable-diffusion");
+    assert_eq!(info["class_name"], "StableDiffusionPipeline");
+    assert_eq!(info["task"], "text2img");
+    assert_eq!((&info["device"], &info["dtype"]), (&"cpu".into(), &"f32".into()));
+    assert_eq!(info["scheduler"], "PNDMScheduler");
+    assert_eq!(info["latent_channels"], 4);
+    let names: Vec<_> = info["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["class"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("text_encoder", "CLIPTextModel"),
+            ("tokenizer", "CLIPTokenizer"),
+            ("unet", "UNet2DConditionModel"),
+            ("vae", "AutoencoderKL"),
+            ("scheduler", "PNDMScheduler")
+        ]
+    );
+    // Models carry the size of their weight files; tokenizers and the scheduler none.
+    let unet_file = common::data_dir().join("checkpoints/sd15-tiny/unet/diffusion_pytorch_model.safetensors");
+    assert_eq!(
+        info["components"][2]["bytes"].as_u64().unwrap(),
+        std::fs::metadata(unet_file).unwrap().len()
+    );
+    assert!(info["components"][1]["bytes"].is_null());
+    // diffusers' StableDiffusionPipeline.__call__ defaults.
+    assert_eq!(info["default_steps"], 50);
+    assert_eq!(info["default_guidance_scale"], 7.5);
+    // The default size is what a run that leaves the size at 0 produces.
+    let mut params = small_run();
+    (params.width, params.height) = (0, 0);
+    let mut out = null_mut();
+    expect(unsafe { ap_run(pipe.0, &params, &mut out) }, AP_OK, "");
+    let img = unsafe { *(*out).images };
+    assert_eq!(
+        (img.width as u64, img.height as u64),
+        (
+            info["default_width"].as_u64().unwrap(),
+            info["default_height"].as_u64().unwrap()
+        )
+    );
+    unsafe { ap_images_free(out) };
+
+    // The config, and after from_pipe with an override.
+    let config = take_json(unsafe { ap_pipeline_config_json(pipe.0, &mut s) }, s);
+    assert_eq!(config["requires_safety_checker"], false);
+    assert!(
+        config["_name_or_path"].as_str().unwrap().ends_with("sd15-tiny"),
+        "{config}"
+    );
+    let mut i2i = null_mut();
+    let overrides = cr#"{"requires_safety_checker": true}"#;
+    expect(
+        unsafe { ap_from_pipe(pipe.0, AP_TASK_IMAGE2IMAGE, overrides.as_ptr(), &mut i2i) },
+        AP_OK,
+        "",
+    );
+    let config = take_json(unsafe { ap_pipeline_config_json(i2i, &mut s) }, s);
+    assert_eq!(config["requires_safety_checker"], true);
+    let info = take_json(unsafe { ap_pipeline_info(i2i, &mut s) }, s);
+    assert_eq!(
+        (&info["class_name"], &info["task"]),
+        (&"StableDiffusionImg2ImgPipeline".into(), &"img2img".into())
+    );
+    unsafe { ap_pipeline_free(i2i) };
+
+    let families = take_json(unsafe { ap_supported_families(&mut s) }, s);
+    let families = families.as_array().unwrap();
+    let xl = families
+        .iter()
+        .find(|f| f["family"] == "stable-diffusion-xl")
+        .unwrap();
+    assert_eq!(xl["status"], "supported");
+    assert_eq!(xl["inpaint"], "StableDiffusionXLInpaintPipeline");
+    assert!(families.iter().any(|f| f["status"] == "not supported yet"));
+
+    // NULLs: an error and a NULL result; the free function accepts NULL.
+    unsafe {
+        expect(ap_pipeline_info(null(), &mut s), AP_ERR_INVALID_ARGUMENT, "pipe");
+        assert!(s.is_null());
+        expect(
+            ap_pipeline_info(pipe.0, null_mut()),
+            AP_ERR_INVALID_ARGUMENT,
+            "out",
+        );
+        expect(
+            ap_pipeline_config_json(null(), &mut s),
+            AP_ERR_INVALID_ARGUMENT,
+            "pipe",
+        );
+        expect(ap_supported_families(null_mut()), AP_ERR_INVALID_ARGUMENT, "out");
+        ap_string_free(null_mut());
+    }
 }

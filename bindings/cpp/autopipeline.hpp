@@ -346,7 +346,25 @@ Result<T> failure(ap_status status) {
     const char* msg = ap_last_error();
     return Result<T>::failure(static_cast<Status>(status), msg ? msg : "");
 }
+
+// A JSON string the library handed out: copied, then freed with ap_string_free.
+inline Result<std::string> json(ap_status status, char* text) {
+    std::unique_ptr<char, void (*)(char*)> owned(text, &ap_string_free);
+    if (status != AP_OK) return failure<std::string>(status);
+    return Result<std::string>(std::string(owned.get()));
+}
 }  // namespace detail
+
+/// The families of diffusers' AutoPipeline mappings with their class per task and our status, as a
+/// JSON array (see ap_supported_families).
+inline Result<std::string> trySupportedFamiliesJson() {
+    char* out = nullptr;
+    const ap_status s = ap_supported_families(&out);
+    return detail::json(s, out);
+}
+#if AP_CPP_EXCEPTIONS
+inline std::string supportedFamiliesJson() { return trySupportedFamiliesJson().value(); }
+#endif
 
 /// A non-owning 8-bit image: `channels` 1 (mask), 3 (RGB) or 4 (RGBA); row y starts at data + y * stride.
 /// Output images are RGBA8 (RGB8 with outputChannels(3)), rows top to bottom, stride = width * channels.
@@ -525,8 +543,7 @@ public:
 
     /// The C struct (its strings point into this object; no callback set).
     ap_load_params toC() const noexcept {
-        ap_load_params p = ap_load_params_default();
-        p.struct_size = sizeof(ap_load_params);  // this header's size: a mismatched library then refuses
+        ap_load_params p = ap_load_params_default();  // this header's layout and struct_size
         p.device = detail::cstr(device_);
         p.variant = detail::cstr(variant_);
         p.revision = detail::cstr(revision_);
@@ -594,6 +611,11 @@ public:
     /// Which torch generator the seed is for: "cpu" (default, torch.Generator("cpu")) or "cuda"
     /// (torch.Generator("cuda"), for seeds run on a GPU); see ap_run_params.rng.
     RunParams& rng(std::optional<std::string> v) { rng_ = std::move(v); return *this; }
+    /// Custom timesteps, descending (diffusers' timesteps=); replace steps(). Only schedulers that take
+    /// custom timesteps accept them.
+    RunParams& timesteps(std::optional<std::vector<double>> v) { timesteps_ = std::move(v); return *this; }
+    /// Custom sigmas, descending (diffusers' sigmas=), for schedulers that take them.
+    RunParams& sigmas(std::optional<std::vector<double>> v) { sigmas_ = std::move(v); return *this; }
     /// Called after each denoising step; return false to cancel.
     RunParams& onProgress(ProgressFn fn) { progress_ = std::move(fn); return *this; }
     /// Called after every `every`-th denoising step with preview images (see PreviewMode).
@@ -630,12 +652,13 @@ public:
     bool vaeTiling() const noexcept { return vaeTiling_; }
     bool vaeSlicing() const noexcept { return vaeSlicing_; }
     const std::optional<std::string>& rng() const noexcept { return rng_; }
+    const std::optional<std::vector<double>>& timesteps() const noexcept { return timesteps_; }
+    const std::optional<std::vector<double>>& sigmas() const noexcept { return sigmas_; }
 
     /// The C struct. Its strings point into this object and its image / mask into `image_out` /
     /// `mask_out`, so all three must outlive the C call; no callback is set (preview_every is).
     ap_run_params toC(ap_image& image_out, ap_image& mask_out) const noexcept {
-        ap_run_params p = ap_run_params_default();
-        p.struct_size = sizeof(ap_run_params);  // this header's size: a mismatched library then refuses
+        ap_run_params p = ap_run_params_default();  // this header's layout and struct_size
         p.prompt = prompt_.c_str();
         p.negative_prompt = detail::cstr(negativePrompt_);
         p.prompt_2 = detail::cstr(prompt2_);
@@ -656,6 +679,14 @@ public:
         p.vae_tiling = vaeTiling_ ? 1 : 0;
         p.vae_slicing = vaeSlicing_ ? 1 : 0;
         p.rng = detail::cstr(rng_);
+        if (timesteps_) {
+            p.timesteps = timesteps_->data();
+            p.num_timesteps = static_cast<uint32_t>(timesteps_->size());
+        }
+        if (sigmas_) {
+            p.sigmas = sigmas_->data();
+            p.num_sigmas = static_cast<uint32_t>(sigmas_->size());
+        }
         if (preview_) {
             p.preview_every = previewEvery_;
             p.preview_mode = static_cast<int32_t>(previewMode_);
@@ -676,6 +707,7 @@ private:
     std::optional<std::string> negativePrompt_, prompt2_, negativePrompt2_, scheduler_, schedulerConfigJson_, rng_;
     std::optional<int32_t> steps_, width_, height_, numImages_, clipSkip_, outputChannels_, paddingMaskCrop_;
     std::optional<float> guidanceScale_, strength_, guidanceRescale_;
+    std::optional<std::vector<double>> timesteps_, sigmas_;
     uint64_t seed_ = 0;
     std::optional<ImageView> image_, mask_;
     ProgressFn progress_;
@@ -882,7 +914,24 @@ public:
         return Result<void>();
     }
 
+    /// What this pipeline is (family, diffusers class, task, default size, latent channels, VAE scale
+    /// factor, device, dtype, scheduler, components) as a JSON object; see ap_pipeline_info.
+    Result<std::string> tryInfoJson() const {
+        char* out = nullptr;
+        const ap_status s = ap_pipeline_info(p_.get(), &out);
+        return detail::json(s, out);
+    }
+
+    /// diffusers' pipe.config (after from_pipe overrides) as a JSON object; see ap_pipeline_config_json.
+    Result<std::string> tryConfigJson() const {
+        char* out = nullptr;
+        const ap_status s = ap_pipeline_config_json(p_.get(), &out);
+        return detail::json(s, out);
+    }
+
 #if AP_CPP_EXCEPTIONS
+    std::string infoJson() const { return tryInfoJson().value(); }
+    std::string configJson() const { return tryConfigJson().value(); }
     static Pipeline fromPretrained(const std::string& model, Task task = Task::Text2Image,
                                    const LoadParams& params = LoadParams()) {
         return tryFromPretrained(model, task, params).value();

@@ -208,8 +208,7 @@ namespace Autopipeline
 
         internal Native.ap_load_params ToNative(NativeArena arena)
         {
-            Native.ap_load_params p = Native.ap_load_params_default();
-            p.struct_size = (uint)Marshal.SizeOf(typeof(Native.ap_load_params));
+            Native.ap_load_params p = Native.LoadParamsDefault();  // this binding's layout and size
             p.device = arena.String(Device);
             p.variant = arena.String(Variant);
             p.revision = arena.String(Revision);
@@ -305,16 +304,20 @@ namespace Autopipeline
         /// <summary>Which torch generator <see cref="Seed"/> is for: null or "cpu" (default,
         /// torch.Generator("cpu")) or "cuda" (torch.Generator("cuda"), for seeds run on a GPU).</summary>
         public string Rng { get; set; }
+        /// <summary>Custom timesteps, descending (diffusers' timesteps=); they replace <see cref="Steps"/>.
+        /// Only schedulers that take custom timesteps accept them.</summary>
+        public double[] Timesteps { get; set; }
+        /// <summary>Custom sigmas, descending (diffusers' sigmas=), for schedulers that take them.</summary>
+        public double[] Sigmas { get; set; }
 
         /// <summary>A shallow copy (images are shared, not copied).</summary>
         public RunParams Clone() { return (RunParams)MemberwiseClone(); }
 
         internal Native.ap_run_params ToNative(NativeArena arena)
         {
-            Native.ap_run_params p = Native.ap_run_params_default();
-            // Our own size, not the library's: if they differ, the library rejects the call instead of
-            // reading past the end of this struct.
-            p.struct_size = (uint)Marshal.SizeOf(typeof(Native.ap_run_params));
+            // Our own size, not the library's: an older library refuses a struct larger than it knows
+            // instead of misreading it, a newer one gives the fields we lack their defaults.
+            Native.ap_run_params p = Native.RunParamsDefault();
             p.prompt = arena.String(Prompt ?? "");
             p.negative_prompt = arena.String(NegativePrompt);
             p.prompt_2 = arena.String(Prompt2);
@@ -337,6 +340,16 @@ namespace Autopipeline
             p.vae_tiling = VaeTiling ? 1 : 0;
             p.vae_slicing = VaeSlicing ? 1 : 0;
             p.rng = arena.String(Rng);
+            if (Timesteps != null)
+            {
+                p.timesteps = arena.Doubles(Timesteps);
+                p.num_timesteps = (uint)Timesteps.Length;
+            }
+            if (Sigmas != null)
+            {
+                p.sigmas = arena.Doubles(Sigmas);
+                p.num_sigmas = (uint)Sigmas.Length;
+            }
             if (OnPreview != null)
             {
                 p.preview_every = PreviewEvery.HasValue ? PreviewEvery.Value : 1;
@@ -364,8 +377,8 @@ namespace Autopipeline
             }
         }
 
-        /// <summary>Loads the native library and checks its major.minor version against the binding's
-        /// (0.x versions may change the ABI on a minor bump). Called by every entry point.</summary>
+        /// <summary>Loads the native library and checks that it is of the binding's ABI line (the major
+        /// version; 0.MINOR before 1.0). Called by every entry point.</summary>
         public static void EnsureLoaded()
         {
             if (loaded) return;
@@ -381,16 +394,29 @@ namespace Autopipeline
                     "autopipeline.dll where the runtime loads native libraries (next to the executable, in " +
                     "LD_LIBRARY_PATH, or a Unity Plugins/<platform> folder; see bindings/csharp/README.md). " + e.Message, e);
             }
-            if (MajorMinor(version) != MajorMinor(BindingVersion))
+            if (AbiLine(version) != AbiLine(BindingVersion))
                 throw new AutopipelineException(Status.Unsupported,
                     "native autopipeline " + version + " does not match this C# binding (" + BindingVersion +
                     "): use the binding shipped with the library");
             loaded = true;
         }
 
-        private static string MajorMinor(string v)
+        /// <summary>The ABI line of a version, as the soname has it: the major version, or 0.MINOR before
+        /// 1.0. Within a line the ABI only grows (see the header's "ABI policy").</summary>
+        /// <summary>The families of diffusers' AutoPipeline mappings, with their class per task and our
+        /// status, as a JSON array (see ap_supported_families).</summary>
+        public static string SupportedFamiliesJson()
+        {
+            EnsureLoaded();
+            IntPtr json;
+            int status = Native.ap_supported_families(out json);
+            return Native.TakeString(status, json);
+        }
+
+        private static string AbiLine(string v)
         {
             string[] parts = v.Split('.');
+            if (parts[0] != "0") return parts[0];
             return parts.Length >= 2 ? parts[0] + "." + parts[1] : v;
         }
     }
@@ -556,6 +582,32 @@ namespace Autopipeline
             }
         }
 
+        /// <summary>What this pipeline is (family, diffusers class, task, default size, latent channels,
+        /// VAE scale factor, device, dtype, scheduler, components) as a JSON object; see ap_pipeline_info.</summary>
+        public string InfoJson
+        {
+            get
+            {
+                Library.EnsureLoaded();
+                IntPtr json;
+                int status = Native.ap_pipeline_info(handle, out json);
+                return Native.TakeString(status, json);
+            }
+        }
+
+        /// <summary>diffusers' pipe.config (after FromPipe overrides) as a JSON object; see
+        /// ap_pipeline_config_json.</summary>
+        public string ConfigJson
+        {
+            get
+            {
+                Library.EnsureLoaded();
+                IntPtr json;
+                int status = Native.ap_pipeline_config_json(handle, out json);
+                return Native.TakeString(status, json);
+            }
+        }
+
         /// <summary>Sends this pipeline's log messages at <paramref name="minLevel"/> and above to
         /// <paramref name="log"/> (null: logging off), for runs started afterwards. It is called on the
         /// threads doing the work, possibly several at once; its exceptions are ignored.</summary>
@@ -624,7 +676,7 @@ namespace Autopipeline
         /// <summary>State and progress; never blocks.</summary>
         public JobStatus Poll()
         {
-            var c = new Native.ap_job_status { struct_size = (uint)Marshal.SizeOf(typeof(Native.ap_job_status)) };
+            var c = Native.JobStatusDefault();
             AutopipelineException.Check(Native.ap_job_poll(handle, ref c));
             return new JobStatus { State = (JobState)c.state, Step = (int)c.step, Total = (int)c.total, ElapsedSeconds = c.elapsed_seconds };
         }

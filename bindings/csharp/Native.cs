@@ -214,6 +214,11 @@ namespace Autopipeline
             public int vae_tiling;
             public int vae_slicing;
             public IntPtr rng;
+            // Added after 0.1.0 (the library reads them only when struct_size covers them).
+            public IntPtr timesteps;
+            public uint num_timesteps;
+            public IntPtr sigmas;
+            public uint num_sigmas;
         }
 
         [StructLayout(LayoutKind.Sequential)]
@@ -232,11 +237,66 @@ namespace Autopipeline
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
         public static extern IntPtr ap_version();
 
+        // Defaults are filled through a pointer and this binding's own struct size, so the structs can
+        // grow (the by-value ap_*_default() symbols stay frozen at the 0.1.0 layout for old plugins).
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
-        public static extern ap_load_params ap_load_params_default();
+        public static extern int ap_load_params_init(ref ap_load_params param, UIntPtr size);
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
-        public static extern ap_run_params ap_run_params_default();
+        public static extern int ap_run_params_init(ref ap_run_params param, UIntPtr size);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int ap_job_status_init(ref ap_job_status status, UIntPtr size);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int ap_pipeline_info(PipelineHandle pipe, out IntPtr json);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int ap_pipeline_config_json(PipelineHandle pipe, out IntPtr json);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int ap_supported_families(out IntPtr json);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern void ap_string_free(IntPtr s);
+
+        /// <summary>Copies a string the library handed out and frees it; throws for a failed status.</summary>
+        internal static string TakeString(int status, IntPtr s)
+        {
+            try
+            {
+                AutopipelineException.Check(status);
+                return Utf8.FromNative(s);
+            }
+            finally
+            {
+                ap_string_free(s);
+            }
+        }
+
+        /// <summary>Load parameters of this binding's layout at their defaults.</summary>
+        public static ap_load_params LoadParamsDefault()
+        {
+            var p = new ap_load_params();
+            AutopipelineException.Check(ap_load_params_init(ref p, (UIntPtr)Marshal.SizeOf(typeof(ap_load_params))));
+            return p;
+        }
+
+        /// <summary>Run parameters of this binding's layout at their defaults.</summary>
+        public static ap_run_params RunParamsDefault()
+        {
+            var p = new ap_run_params();
+            AutopipelineException.Check(ap_run_params_init(ref p, (UIntPtr)Marshal.SizeOf(typeof(ap_run_params))));
+            return p;
+        }
+
+        /// <summary>A job status of this binding's layout, ready for ap_job_poll.</summary>
+        public static ap_job_status JobStatusDefault()
+        {
+            var s = new ap_job_status();
+            AutopipelineException.Check(ap_job_status_init(ref s, (UIntPtr)Marshal.SizeOf(typeof(ap_job_status))));
+            return s;
+        }
 
         /// <param name="model">NUL-terminated UTF-8 (see <see cref="Utf8.Bytes"/>).</param>
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
@@ -350,6 +410,15 @@ namespace Autopipeline
             };
             IntPtr p = Alloc(Marshal.SizeOf(typeof(Native.ap_image)));
             Marshal.StructureToPtr(c, p, false);
+            return p;
+        }
+
+        /// <summary>A copy of <paramref name="values"/> in unmanaged memory (NULL for null).</summary>
+        public IntPtr Doubles(double[] values)
+        {
+            if (values == null || values.Length == 0) return IntPtr.Zero;
+            IntPtr p = Alloc(values.Length * sizeof(double));
+            Marshal.Copy(values, 0, p, values.Length);
             return p;
         }
 

@@ -93,6 +93,11 @@ class _RunParams(ctypes.Structure):
         ("vae_tiling", ctypes.c_int32),
         ("vae_slicing", ctypes.c_int32),
         ("rng", ctypes.c_char_p),
+        # Added after 0.1.0 (read by the library only when struct_size covers them).
+        ("timesteps", ctypes.POINTER(ctypes.c_double)),
+        ("num_timesteps", ctypes.c_uint32),
+        ("sigmas", ctypes.POINTER(ctypes.c_double)),
+        ("num_sigmas", ctypes.c_uint32),
     ]
 
 
@@ -128,8 +133,14 @@ def _sig(name, restype, *argtypes):
 
 _last_error = _sig("ap_last_error", ctypes.c_char_p)
 _version = _sig("ap_version", ctypes.c_char_p)
-_load_params_default = _sig("ap_load_params_default", _LoadParams)
-_run_params_default = _sig("ap_run_params_default", _RunParams)
+try:
+    # Defaults come through a pointer and this binding's struct size, so the structs can grow (the
+    # by-value ap_*_default symbols stay frozen at the 0.1.0 layout for old binaries).
+    _load_params_init = _sig("ap_load_params_init", ctypes.c_int32, ctypes.POINTER(_LoadParams), ctypes.c_size_t)
+    _run_params_init = _sig("ap_run_params_init", ctypes.c_int32, ctypes.POINTER(_RunParams), ctypes.c_size_t)
+except AttributeError:
+    raise ImportError("libautopipeline " + _version().decode() + " is older than this binding (no ap_*_init): "
+                      "use the autopipeline.py shipped with the library") from None
 _from_pretrained = _sig("ap_from_pretrained", ctypes.c_int32, ctypes.c_char_p, ctypes.c_int32,
                         ctypes.POINTER(_LoadParams), ctypes.POINTER(ctypes.c_void_p))
 _from_pipe = _sig("ap_from_pipe", ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p,
@@ -143,15 +154,48 @@ _image_load = _sig("ap_image_load", ctypes.c_int32, ctypes.c_char_p, ctypes.POIN
 _image_free = _sig("ap_image_free", None, ctypes.POINTER(_Image))
 _set_log_callback = _sig("ap_pipeline_set_log_callback", ctypes.c_int32, ctypes.c_void_p, _LOG_FN, ctypes.c_void_p,
                          ctypes.c_int32)
+_pipeline_info = _sig("ap_pipeline_info", ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p))
+_pipeline_config_json = _sig("ap_pipeline_config_json", ctypes.c_int32, ctypes.c_void_p,
+                             ctypes.POINTER(ctypes.c_void_p))
+_supported_families = _sig("ap_supported_families", ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p))
+_string_free = _sig("ap_string_free", None, ctypes.c_void_p)
 _randn = _sig("ap_randn", ctypes.c_int32, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64,
               ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t, ctypes.POINTER(ctypes.c_float))
 
 
-# The layouts above must be the library's: ap_*_default() reports its own struct sizes.
-if (_load_params_default().struct_size, _run_params_default().struct_size) != (
-        ctypes.sizeof(_LoadParams), ctypes.sizeof(_RunParams)):
-    raise ImportError("libautopipeline " + _version().decode() + " does not match this binding's structs: "
-                      "use the autopipeline.py shipped with the library")
+
+
+def _defaults(struct, init):
+    """`struct` of this binding's layout at the library's defaults; a library older than the layout
+    refuses its size (ImportError-worthy, but only reported when used)."""
+    p = struct()
+    _check(init(ctypes.byref(p), ctypes.sizeof(struct)))
+    return p
+
+
+def _doubles(values):
+    """A C array of `values` (kept alive by the returned tuple's first item), or (None, 0)."""
+    if values is None:
+        return None, 0
+    values = [float(v) for v in values]
+    arr = (ctypes.c_double * len(values))(*values)
+    return arr, len(values)
+
+
+def _json(call, *args):
+    """Calls an ap_* function that hands out a JSON string; returns it parsed, freeing the string."""
+    out = ctypes.c_void_p()
+    status = call(*args, ctypes.byref(out))
+    try:
+        _check(status)
+        return json.loads(ctypes.string_at(out.value).decode())
+    finally:
+        _string_free(out)
+
+
+def supported_families():
+    """diffusers' AutoPipeline families: a list of {family, text2img, img2img, inpaint, status}."""
+    return _json(_supported_families)
 
 
 def version():
@@ -286,8 +330,7 @@ class Pipeline:
         """diffusers' AutoPipelineFor<Task>.from_pretrained(model): a local folder or a hub id.
 
         preload=True reads every weight now; by default float32 CPU weights are read on first use."""
-        p = _load_params_default()
-        p.struct_size = ctypes.sizeof(_LoadParams)
+        p = _defaults(_LoadParams, _load_params_init)
         p.device, p.variant, p.revision = _utf8(device), _utf8(variant), _utf8(revision)
         p.cache_dir, p.token = _utf8(cache_dir), _utf8(token)
         p.local_files_only = 1 if local_files_only else 0
@@ -311,16 +354,18 @@ class Pipeline:
             num_inference_steps=None, guidance_scale=None, strength=None, width=None, height=None,
             seed=0, num_images_per_prompt=None, guidance_rescale=None, clip_skip=None,
             output_channels=None, image=None, mask_image=None, padding_mask_crop=None, scheduler=None,
-            scheduler_config=None, progress=None, vae_tiling=False, vae_slicing=False, rng=None):
+            scheduler_config=None, progress=None, vae_tiling=False, vae_slicing=False, rng=None,
+            timesteps=None, sigmas=None):
         """Generates images (a list of Image). `progress(step, total)` returning False cancels.
 
         `scheduler`: a diffusers scheduler class name or alias ("euler_a", "dpm++2m_karras", …);
         `scheduler_config`: a dict of scheduler config overrides, e.g. {"use_karras_sigmas": True}.
         `vae_tiling` / `vae_slicing`: diffusers' enable_vae_tiling() / enable_vae_slicing().
         `rng`: "cpu" (default) or "cuda": which torch.Generator `seed` is for.
+        `timesteps` / `sigmas`: custom descending lists (diffusers' timesteps= / sigmas=), for
+        schedulers that take them.
         """
-        p = _run_params_default()
-        p.struct_size = ctypes.sizeof(_RunParams)
+        p = _defaults(_RunParams, _run_params_init)
         p.prompt = _utf8(prompt)
         p.negative_prompt, p.prompt_2 = _utf8(negative_prompt), _utf8(prompt_2)
         p.negative_prompt_2 = _utf8(negative_prompt_2)
@@ -337,6 +382,12 @@ class Pipeline:
         p.vae_tiling, p.vae_slicing = int(bool(vae_tiling)), int(bool(vae_slicing))
         p.rng = _utf8(rng)
         keep = []
+        for name, values in (("timesteps", timesteps), ("sigmas", sigmas)):
+            arr, n = _doubles(values)
+            if arr is not None:
+                keep.append(arr)
+                setattr(p, name, ctypes.cast(arr, ctypes.POINTER(ctypes.c_double)))
+                setattr(p, "num_" + name, n)
         for name, img in (("image", image), ("mask", mask_image)):
             if img is not None:
                 c = img._to_c()
@@ -373,6 +424,15 @@ class Pipeline:
         _check(_set_log_callback(self._live(), c, None, LOG_LEVELS.index(min_level)))
         # The previous callback may still serve a run in progress on another thread: keep it too.
         self._log = (c, self._log) if fn is not None else self._log
+
+    def info(self):
+        """What this pipeline is (family, class_name, task, default size, latent channels, VAE scale
+        factor, device, dtype, scheduler, components), as a dict (ap_pipeline_info)."""
+        return _json(_pipeline_info, self._live())
+
+    def config(self):
+        """diffusers' pipe.config after from_pipe overrides, as a dict (ap_pipeline_config_json)."""
+        return _json(_pipeline_config_json, self._live())
 
     def _live(self):
         if not self._handle:

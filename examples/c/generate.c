@@ -7,7 +7,7 @@
  *            [--seed N] [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]
  *            [--preview-every N --preview-dir DIR] [--scheduler NAME] [--scheduler-config JSON]
  *            [--vae-tiling] [--vae-slicing] [--rng cpu|cuda] [--device cpu|cuda[:N]]
- *            [--dtype f32|f16|bf16] [--preload] --out PNG
+ *            [--dtype f32|f16|bf16] [--preload] [--timesteps T,T,...] [--sigmas S,S,...] --out PNG
  *
  * --scheduler switches the scheduler for this run (a diffusers class name or an alias such as
  * euler_a, dpm++2m_karras, dpm++2m_sde_karras, dpm++2s, deis, heun, unipc, lcm); --scheduler-config adds config
@@ -15,7 +15,9 @@
  * images in the memory of one tile, as diffusers' enable_vae_tiling); --vae-slicing one image at a time.
  * --rng cuda makes --seed a torch.Generator("cuda") seed, for seeds first run on a GPU. --device runs
  * on a GPU (CUDA builds), --dtype sets the UNet / text encoder precision. --preload reads every weight
- * while loading (by default the first run reads them as it first uses them).
+ * while loading (by default the first run reads them as it first uses them). --timesteps / --sigmas
+ * pass custom descending schedules as comma lists (diffusers' timesteps= / sigmas=, e.g.
+ * --timesteps 999,500,1), for schedulers that take them.
  *
  * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
  * exits 0 on success and 1 (with ap_last_error()) on any error. With --preview-every N, writes a cheap
@@ -37,7 +39,8 @@ static void usage(FILE *f) {
             "                [--preview-every N --preview-dir DIR]\n"
             "                [--scheduler NAME] [--scheduler-config JSON]\n"
             "                [--vae-tiling] [--vae-slicing] [--rng cpu|cuda]\n"
-            "                [--device cpu|cuda[:N]] [--dtype f32|f16|bf16] [--preload] --out PNG\n");
+            "                [--device cpu|cuda[:N]] [--dtype f32|f16|bf16] [--preload]\n"
+            "                [--timesteps T,T,...] [--sigmas S,S,...] --out PNG\n");
 }
 
 static int fail(const char *what) {
@@ -80,6 +83,23 @@ static int parse_float(const char *s, float *out) {
     if (errno != 0 || end == s || *end != '\0' || v != v) return 0;
     *out = (float)v;
     return 1;
+}
+
+/* A comma list of numbers ("999,500,1") into `out` (room for `cap`); NaN and empty items refused. */
+#define MAX_LIST 1000
+static int parse_list(const char *s, double *out, uint32_t cap, uint32_t *n) {
+    *n = 0;
+    for (;;) {
+        char *end = NULL;
+        double v;
+        errno = 0;
+        v = strtod(s, &end);
+        if (errno != 0 || end == s || v != v || *n == cap) return 0;
+        out[(*n)++] = v;
+        if (*end == '\0') return 1;
+        if (*end != ',') return 0;
+        s = end + 1;
+    }
 }
 
 /* Draws a progress bar; returning nonzero lets the work continue. */
@@ -127,6 +147,7 @@ int main(int argc, char **argv) {
     const char *image_path = NULL, *mask_path = NULL, *preview_dir = NULL;
     int from_pipe = 0, have_prompt = 0, rc = 1, i;
     int32_t task;
+    static double timesteps[MAX_LIST], sigmas[MAX_LIST];
     ap_run_params run = ap_run_params_default();
     ap_load_params load = ap_load_params_default();
     ap_pipeline *pipe = NULL, *base = NULL;
@@ -187,6 +208,13 @@ int main(int argc, char **argv) {
         else if (strcmp(flag, "--scheduler") == 0) run.scheduler = val;
         else if (strcmp(flag, "--scheduler-config") == 0) run.scheduler_config_json = val;
         else if (strcmp(flag, "--rng") == 0) run.rng = val;
+        else if (strcmp(flag, "--timesteps") == 0) {
+            if (!parse_list(val, timesteps, MAX_LIST, &run.num_timesteps)) return bad_arg(flag, val);
+            run.timesteps = timesteps;
+        } else if (strcmp(flag, "--sigmas") == 0) {
+            if (!parse_list(val, sigmas, MAX_LIST, &run.num_sigmas)) return bad_arg(flag, val);
+            run.sigmas = sigmas;
+        }
         else if (strcmp(flag, "--device") == 0) load.device = val;
         else if (strcmp(flag, "--dtype") == 0) load.dtype = val;
         else {

@@ -1,4 +1,5 @@
-//! Typed conversions from C arguments to Rust values, in one place.
+//! Typed conversions between C values and Rust ones, in one place: arguments in (strings, images,
+//! parameter structs), images out (and their release, which must mirror how they were allocated).
 
 use super::types::*;
 use crate::error::{Error, Result};
@@ -7,10 +8,15 @@ use crate::pipeline::{LoadOptions, RunParams};
 use crate::registry::Task;
 use std::ffi::{c_char, CStr};
 
+/// The error for a required pointer argument that is NULL.
+pub fn null(what: &str) -> Error {
+    Error::InvalidArgument(format!("{what} is NULL"))
+}
+
 /// A required UTF-8 string argument.
 pub unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
     if p.is_null() {
-        return Err(Error::InvalidArgument(format!("{what} is NULL")));
+        return Err(null(what));
     }
     CStr::from_ptr(p)
         .to_str()
@@ -37,35 +43,8 @@ pub fn task(t: i32) -> Result<Task> {
     }
 }
 
-/// A parameter struct behind `p`, after checking its leading `struct_size` field: a caller built
-/// against another header may hand a struct of a different size, so only that first `u32` is read
-/// before the size is known to match (a reference to the whole struct would claim bytes the caller
-/// may not have).
-///
-/// # Safety
-/// `p` must be non-NULL and point to at least 4 readable bytes; `T` must start with a `u32`
-/// `struct_size`.
-pub unsafe fn sized<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
-    check_size(p.cast::<u32>().read_unaligned(), std::mem::size_of::<T>(), what)?;
-    Ok(&*p)
-}
-
-fn check_size(got: u32, want: usize, what: &str) -> Result<()> {
-    if got as usize != want {
-        return Err(Error::InvalidArgument(format!(
-            "{what}.struct_size is {got} but this library's {what} has {want} bytes: initialise it with \
-             {what}_default() from the header that matches the library"
-        )));
-    }
-    Ok(())
-}
-
+/// Load options from parameters already read at the caller's size (`abi::read`).
 pub unsafe fn load_options(p: &ap_load_params) -> Result<LoadOptions> {
-    check_size(
-        p.struct_size,
-        std::mem::size_of::<ap_load_params>(),
-        "ap_load_params",
-    )?;
     Ok(LoadOptions {
         device: opt_str(p.device, "device")?,
         dtype: opt_str(p.dtype, "dtype")?,
@@ -84,7 +63,14 @@ fn opt_f32(v: f32, what: &str) -> Result<Option<f64>> {
             "{what} is {v}; pass a finite number, or negative for the default"
         )));
     }
-    Ok((v >= 0.0).then_some(v as f64))
+    Ok((v >= 0.0).then_some(f32_as_written(v)))
+}
+
+/// The double a caller meant by a `float` field: the shortest decimal that reads back as `v` (`0.9f`
+/// becomes 0.9, not 0.899999976…). diffusers computes with Python floats, and a widened `0.7f` would
+/// cut `int(10 · strength)` to 6 where diffusers takes 7.
+fn f32_as_written(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
 }
 
 fn opt_positive(v: i32, what: &str) -> Result<Option<usize>> {
@@ -168,12 +154,30 @@ unsafe fn scheduler_config(p: *const c_char) -> Result<Option<serde_json::Value>
     }
 }
 
+/// `count` finite values at `p` (NULL with a count is an error; a count of 0 is "none").
+unsafe fn opt_f64s(p: *const f64, count: u32, what: &str, count_name: &str) -> Result<Option<Vec<f64>>> {
+    if count == 0 {
+        return Ok(None);
+    }
+    if p.is_null() {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is NULL but {count_name} is {count}: pass {count} values, or {count_name} 0 for none"
+        )));
+    }
+    let values = std::slice::from_raw_parts(p, count as usize).to_vec();
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "{what}[{i}] is {v}; every value must be finite"
+        )));
+    }
+    Ok(Some(values))
+}
+
+/// Run parameters from a struct already read at the caller's size (`abi::read`).
+// Every field is set today; the update stays so that a field added to `RunParams` takes its default
+// here until the C ABI grows one for it.
+#[allow(clippy::needless_update)]
 pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
-    check_size(
-        p.struct_size,
-        std::mem::size_of::<ap_run_params>(),
-        "ap_run_params",
-    )?;
     let output_channels = match p.output_channels {
         0 | 4 => 4,
         3 => 3,
@@ -206,6 +210,99 @@ pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
         output_channels,
         vae_tiling: p.vae_tiling != 0,
         vae_slicing: p.vae_slicing != 0,
+        timesteps: opt_f64s(p.timesteps, p.num_timesteps, "timesteps", "num_timesteps")?,
+        sigmas: opt_f64s(p.sigmas, p.num_sigmas, "sigmas", "num_sigmas")?,
         ..RunParams::default()
     })
+}
+
+/// Hands `text` to C as a NUL-terminated string; release it with [`free_string`]. (JSON and
+/// messages never hold NUL; one would end the C string early rather than fail.)
+pub fn string_to_c(text: String) -> *mut c_char {
+    let text = match text.find('\0') {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    std::ffi::CString::new(text).unwrap_or_default().into_raw()
+}
+
+/// Releases what [`string_to_c`] allocated.
+///
+/// # Safety
+/// `s` is non-NULL, from [`string_to_c`], not released yet.
+pub unsafe fn free_string(s: *mut c_char) {
+    drop(std::ffi::CString::from_raw(s));
+}
+
+/// Hands `images` to C as one `ap_images` allocation; release it with [`free_images`].
+pub fn images_to_c(images: Vec<Image>) -> *mut ap_images {
+    let list: Vec<ap_image> = images.into_iter().map(image_to_c).collect();
+    let count = list.len();
+    let images = Box::into_raw(list.into_boxed_slice()) as *mut ap_image;
+    Box::into_raw(Box::new(ap_images { count, images }))
+}
+
+/// An image as C sees it; its pixels are released by [`free_image_data`].
+pub fn image_to_c(img: Image) -> ap_image {
+    let stride = img.width * img.channels;
+    let data = Box::into_raw(img.data.into_boxed_slice()) as *mut u8;
+    ap_image {
+        width: img.width,
+        height: img.height,
+        channels: img.channels,
+        stride,
+        data,
+    }
+}
+
+/// Releases what [`images_to_c`] allocated.
+///
+/// # Safety
+/// `images` is non-NULL, from [`images_to_c`], not released yet.
+pub unsafe fn free_images(images: *mut ap_images) {
+    let list = Box::from_raw(images);
+    let slice = Box::from_raw(std::ptr::slice_from_raw_parts_mut(list.images, list.count));
+    for img in slice.iter() {
+        free_image_data(img);
+    }
+}
+
+/// Releases the pixels of an image made by [`image_to_c`] (packed rows: `stride × height` bytes).
+///
+/// # Safety
+/// `img.data` is from [`image_to_c`], not released yet.
+pub unsafe fn free_image_data(img: &ap_image) {
+    let len = img.stride as usize * img.height as usize;
+    drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(img.data, len)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_fields_mean_the_decimal_the_caller_wrote() {
+        assert_eq!(f32_as_written(0.9), 0.9);
+        assert_eq!(f32_as_written(0.7), 0.7);
+        // What the widening cast gave: diffusers' `int(10 * 0.7)` is 7, with it 6.
+        assert_eq!((10.0 * 0.7f32 as f64) as usize, 6);
+        assert_eq!((10.0 * f32_as_written(0.7)) as usize, 7);
+        assert_eq!(f32_as_written(7.5), 7.5);
+        assert_eq!(f32_as_written(f32::MAX), f32::MAX as f64);
+    }
+
+    #[test]
+    fn custom_timesteps_and_sigmas_reach_run_params() {
+        let (ts, sigmas) = ([999.0, 500.0, 1.0], [14.6, 1.0, 0.0]);
+        let mut p = crate::ffi::ap_run_params_default();
+        p.timesteps = ts.as_ptr();
+        p.num_timesteps = 3;
+        p.sigmas = sigmas.as_ptr();
+        p.num_sigmas = 2;
+        let run = unsafe { run_params(&p) }.unwrap();
+        assert_eq!(run.timesteps.as_deref(), Some(&ts[..]));
+        assert_eq!(run.sigmas.as_deref(), Some(&sigmas[..2]));
+        let run = unsafe { run_params(&crate::ffi::ap_run_params_default()) }.unwrap();
+        assert_eq!((run.timesteps, run.sigmas), (None, None));
+    }
 }

@@ -1,14 +1,45 @@
 //! The C ABI: the only place with `extern "C"` and raw pointers. Every function null-checks its
-//! arguments, converts them in one place (`convert`), runs inside `guard` so no panic crosses the
-//! boundary, and returns an `ap_status` with details in the thread-local `ap_last_error()`.
+//! arguments, converts them in one place (`convert`), runs inside `guard` (or `guard_or`, for the few
+//! without a status) so no panic crosses the boundary, and returns an `ap_status` with details in the
+//! thread-local `ap_last_error()`.
+//!
+//! Layers, each using only those above it:
+//! - `types`: the `#[repr(C)]` structs, constants and callback types;
+//! - `convert`: C values to Rust ones and back (strings, images, parameter structs);
+//! - `abi`: growable parameter structs (the 0.1.0 layouts frozen, `struct_size` ranges, reading and
+//!   writing at the caller's size, `*_init`);
+//! - `callbacks`: `user_data`, progress / preview / log closures, the gate of a job's callbacks;
+//! - `handles`: the opaque handles, their boxing, and every free function;
+//! - `api` (pipelines), `jobs` (async), `images`, `info` (JSON introspection), `random`: the exported
+//!   functions.
 
-mod api;
-mod convert;
-mod jobs;
-mod random;
+// cbindgen writes the header in the order of these declarations; the blank lines keep rustfmt from
+// sorting them.
 mod types;
 
+mod abi;
+
+mod api;
+
+mod images;
+
+mod jobs;
+
+mod info;
+
+mod random;
+
+mod handles;
+
+mod callbacks;
+
+mod convert;
+
+pub use abi::*;
 pub use api::*;
+pub use handles::*;
+pub use images::*;
+pub use info::*;
 pub use jobs::*;
 pub use random::*;
 pub use types::*;
@@ -48,11 +79,14 @@ thread_local! {
 
 fn set_last_error(msg: &str) {
     let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    // `try_with`: during thread teardown the slot may be gone, and there is nobody left to read it.
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = c);
 }
 
 pub(crate) fn last_error_ptr() -> *const std::ffi::c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|e| e.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 /// The status code for an error, setting the thread's last-error message.
@@ -69,21 +103,42 @@ pub(crate) fn fail(err: &Error) -> ap_status {
     }
 }
 
-/// Runs `body` so that neither an error nor a panic escapes: the one panic boundary of the C ABI.
+/// Runs `body`, turning a panic into `Error::Internal`: the one place that catches panics.
+fn catch<T>(body: impl FnOnce() -> crate::Result<T>) -> crate::Result<T> {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        // The payload is dropped here, inside the boundary: a payload whose drop panics would
+        // otherwise unwind out of the caller's frame.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
+        Err(Error::Internal(format!("internal error (caught panic): {what}")))
+    })
+}
+
+/// The panic boundary of every function returning `ap_status`: neither an error nor a panic
+/// escapes; success clears the thread's last error, a failure sets it.
 pub(crate) fn guard(body: impl FnOnce() -> crate::Result<()>) -> ap_status {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => {
+    match catch(body) {
+        Ok(()) => {
             set_last_error("");
             AP_OK
         }
-        Ok(Err(e)) => fail(&e),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            fail(&Error::Internal(format!("internal error (caught panic): {what}")))
+        Err(e) => fail(&e),
+    }
+}
+
+/// The panic boundary of the functions that return no status (free functions, getters, the legacy
+/// `*_default()`): a panic sets the last error and returns `fallback()`. Success leaves the last
+/// error alone, so `ap_images_free` after a failed call does not erase its message.
+pub(crate) fn guard_or<T>(fallback: impl FnOnce() -> T, body: impl FnOnce() -> T) -> T {
+    match catch(|| Ok(body())) {
+        Ok(v) => v,
+        Err(e) => {
+            fail(&e);
+            fallback()
         }
     }
 }
@@ -131,5 +186,21 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(msg.contains("boom"), "{msg}");
+    }
+
+    #[test]
+    fn panics_in_functions_without_a_status_set_the_last_error() {
+        let v = super::guard_or(|| 7, || panic!("free failed"));
+        assert_eq!(v, 7);
+        let msg = unsafe { std::ffi::CStr::from_ptr(super::last_error_ptr()) }
+            .to_str()
+            .unwrap();
+        assert!(msg.contains("free failed"), "{msg}");
+        // A success leaves the message of the last failure alone.
+        assert_eq!(super::guard_or(|| 0, || 1), 1);
+        let msg = unsafe { std::ffi::CStr::from_ptr(super::last_error_ptr()) }
+            .to_str()
+            .unwrap();
+        assert!(msg.contains("free failed"), "{msg}");
     }
 }

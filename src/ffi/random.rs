@@ -1,6 +1,6 @@
 //! `ap_randn`: torch-compatible noise for callers who prepare latents themselves or check a seed.
 
-use super::convert::opt_str;
+use super::convert::{null, opt_str};
 use super::{ap_status, guard};
 use crate::error::Error;
 use crate::rng::{Generator, RngKind};
@@ -37,10 +37,10 @@ pub unsafe extern "C" fn ap_randn(
             return Ok(());
         }
         if sizes.is_null() {
-            return Err(Error::InvalidArgument("sizes is NULL".into()));
+            return Err(null("sizes"));
         }
         if out.is_null() {
-            return Err(Error::InvalidArgument("out is NULL".into()));
+            return Err(null("out"));
         }
         let sizes = std::slice::from_raw_parts(sizes, count);
         let total = sizes

@@ -51,13 +51,14 @@ pub struct ap_images {
     pub images: *mut ap_image,
 }
 
-/// Options of `ap_from_pretrained`. Initialise with `ap_load_params_default()`; NULL strings mean
-/// "default".
+/// Options of `ap_from_pretrained`. Initialise with `ap_load_params_init(&p, sizeof p)` (or
+/// `ap_load_params_default()`); NULL strings mean "default".
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 #[allow(non_camel_case_types)]
 pub struct ap_load_params {
-    /// `sizeof(ap_load_params)`; lets the library tell header versions apart.
+    /// `sizeof(ap_load_params)` of the caller's header, set by `ap_load_params_init`: lets the library
+    /// tell header versions apart (see "ABI policy" at the top).
     pub struct_size: u32,
     /// `"cpu"` (default), `"cuda"` or `"cuda:N"`.
     pub device: *const c_char,
@@ -87,13 +88,14 @@ pub struct ap_load_params {
     pub preload: i32,
 }
 
-/// Inputs of `ap_run`. Initialise with `ap_run_params_default()`; a 0 / negative / NULL field means
-/// "the pipeline's default", exactly as omitting the argument in diffusers.
+/// Inputs of `ap_run`. Initialise with `ap_run_params_init(&p, sizeof p)` (or
+/// `ap_run_params_default()`); a 0 / negative / NULL field means "the pipeline's default", exactly as
+/// omitting the argument in diffusers.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 #[allow(non_camel_case_types)]
 pub struct ap_run_params {
-    /// `sizeof(ap_run_params)`.
+    /// `sizeof(ap_run_params)` of the caller's header, set by `ap_run_params_init` (see "ABI policy").
     pub struct_size: u32,
     /// UTF-8 prompt (required; may be empty).
     pub prompt: *const c_char,
@@ -168,4 +170,60 @@ pub struct ap_run_params {
     /// GPU's launch limit depend on the GPU: `"cuda:SMS[:THREADS_PER_SM]"` names the one to imitate
     /// (default: the device the pipeline runs on, else an H100's 132:2048).
     pub rng: *const c_char,
+    // The 0.1.0 layout ends here: callers built against it get the defaults of the fields below.
+    /// (Added after 0.1.0.) Custom timesteps, descending, as diffusers' `timesteps=` argument: `num_timesteps` values
+    /// (finite). NULL / 0 = none. Only schedulers whose `set_timesteps` takes custom timesteps accept
+    /// them; they replace `num_inference_steps`. Only read during the call (async runs copy them).
+    pub timesteps: *const f64,
+    pub num_timesteps: u32,
+    /// (Added after 0.1.0.) Custom sigmas, descending, as diffusers' `sigmas=` argument: `num_sigmas`
+    /// values (finite).
+    /// NULL / 0 = none. As `timesteps`, for schedulers that take custom sigmas.
+    pub sigmas: *const f64,
+    pub num_sigmas: u32,
+}
+
+/// Job state: created, its worker thread not started yet.
+pub const AP_JOB_QUEUED: i32 = 0;
+/// Job state: working.
+pub const AP_JOB_RUNNING: i32 = 1;
+/// Job state: finished successfully; take the result.
+pub const AP_JOB_DONE: i32 = 2;
+/// Job state: finished with an error; `ap_job_take_*` returns it (status and `ap_last_error()`).
+pub const AP_JOB_FAILED: i32 = 3;
+/// Job state: finished because it was cancelled (`ap_job_cancel`, or a progress callback returned 0).
+pub const AP_JOB_CANCELLED: i32 = 4;
+
+/// Log level: details (timings).
+pub const AP_LOG_DEBUG: i32 = 0;
+/// Log level: notable events (a run cancelled).
+pub const AP_LOG_INFO: i32 = 1;
+/// Log level: non-fatal problems (a prompt truncated to CLIP's 77 tokens, previews turned off).
+pub const AP_LOG_WARN: i32 = 2;
+/// Log level: a run failed (the message also comes back through its status).
+pub const AP_LOG_ERROR: i32 = 3;
+
+/// Log callback: `message` (UTF-8, valid only during the call) at `level` (`AP_LOG_*`). Called on the
+/// thread doing the work: the caller's for `ap_run`, a job's worker thread for `ap_run_async`; runs in
+/// parallel on one pipeline may call it from several threads at once.
+#[allow(non_camel_case_types)]
+pub type ap_log_fn = Option<unsafe extern "C" fn(level: i32, message: *const c_char, user_data: *mut c_void)>;
+
+/// A snapshot of a job, filled by `ap_job_poll`. Initialise with `ap_job_status_init(&s, sizeof s)`
+/// (or `ap_job_status_default()`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(non_camel_case_types)]
+pub struct ap_job_status {
+    /// `sizeof(ap_job_status)` of the caller's header, set by `ap_job_status_init`; `ap_job_poll`
+    /// writes no further.
+    pub struct_size: u32,
+    /// One of `AP_JOB_*`.
+    pub state: i32,
+    /// Denoising steps (runs) or components (loads) done so far.
+    pub step: u32,
+    /// Their number; 0 until known (a run knows it once its prompt is encoded).
+    pub total: u32,
+    /// Seconds since the work started (0 while queued), frozen once the job has finished.
+    pub elapsed_seconds: f64,
 }

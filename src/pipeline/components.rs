@@ -38,6 +38,17 @@ pub struct Components {
     pub dtype: DType,
     /// Each model's deferred weights (see [`crate::weights`]).
     weights: Vec<Arc<WeightStore>>,
+    /// What was loaded, in load order: for introspection.
+    parts: Vec<ComponentPart>,
+}
+
+/// One loaded model: its folder name, its class as `model_index.json` names it, and the bytes of its
+/// weight files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentPart {
+    pub name: String,
+    pub class: String,
+    pub file_bytes: u64,
 }
 
 impl Components {
@@ -112,6 +123,8 @@ pub struct Loader<'a> {
     done: usize,
     total: usize,
     weights: Vec<Arc<WeightStore>>,
+    index: &'a ModelIndex,
+    parts: Vec<ComponentPart>,
 }
 
 impl<'a> Loader<'a> {
@@ -130,15 +143,31 @@ impl<'a> Loader<'a> {
             done: 0,
             total,
             weights: Vec::new(),
+            index: ctx.index,
+            parts: Vec::new(),
         }
     }
 
-    /// Records a loaded model's weights and reports progress (`Cancelled` when the callback says stop).
-    fn loaded(&mut self, store: Arc<WeightStore>) -> Result<()> {
+    /// Records a loaded model (folder `name`, its weight `files`) and reports progress (`Cancelled`
+    /// when the callback says stop).
+    fn loaded(&mut self, name: &str, files: &[PathBuf], store: Arc<WeightStore>) -> Result<()> {
         if self.preload {
             store.materialize()?;
         }
         self.weights.push(store);
+        self.parts.push(ComponentPart {
+            name: name.to_string(),
+            class: self
+                .index
+                .component(name)
+                .map(|c| c.class_name.clone())
+                .unwrap_or_default(),
+            file_bytes: files
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum(),
+        });
         self.done += 1;
         if (self.progress)(self.done, self.total) {
             Ok(())
@@ -172,14 +201,11 @@ impl<'a> Loader<'a> {
         let source = self.source;
         let cfg: UNetConfig = read_config(&source.file("unet", "config.json")?)?;
         let dir = PathBuf::from(source.component_location("unet"));
-        let vb = open_weights(
-            &source.weights("unet", "diffusion_pytorch_model")?,
-            self.dtype,
-            &self.device,
-        )?;
+        let files = source.weights("unet", "diffusion_pytorch_model")?;
+        let vb = open_weights(&files, self.dtype, &self.device)?;
         let store = vb.store();
         let unet = UNet2DConditionModel::new(vb, cfg).map_err(|e| model_error("unet", &dir, e))?;
-        self.loaded(store)?;
+        self.loaded("unet", &files, store)?;
         Ok(unet)
     }
 
@@ -198,7 +224,7 @@ impl<'a> Loader<'a> {
         };
         let store = vb.store();
         let vae = AutoencoderKL::new(vb, cfg).map_err(|e| model_error("vae", &dir, e))?;
-        self.loaded(store)?;
+        self.loaded("vae", &files, store)?;
         Ok(vae)
     }
 
@@ -213,6 +239,7 @@ impl<'a> Loader<'a> {
             device: self.device,
             dtype: self.dtype,
             weights: self.weights,
+            parts: self.parts,
         }
     }
 }
@@ -257,6 +284,11 @@ impl Components {
         self.vae.config().scale_factor()
     }
 
+    /// The models loaded, in load order.
+    pub fn parts(&self) -> &[ComponentPart] {
+        &self.parts
+    }
+
     /// The UNet, for families that denoise with one.
     pub fn unet(&self) -> Result<&UNet2DConditionModel> {
         self.unet
@@ -272,7 +304,7 @@ fn load_text_encoder(
     with_projection: bool,
     device: &Device,
     dtype: DType,
-) -> Result<(TextEncoder, Arc<WeightStore>)> {
+) -> Result<(TextEncoder, Arc<WeightStore>, Vec<PathBuf>)> {
     // Fetch (hub) or locate every tokenizer file first: the tokenizer reads its folder as a whole.
     let mut folder = None;
     for f in TOKENIZER_FILES {
@@ -289,7 +321,8 @@ fn load_text_encoder(
     let tok = ClipTokenizer::from_dir(&folder)?;
     let cfg: ClipTextConfig = read_config(&source.file(encoder, "config.json")?)?;
     let dir = PathBuf::from(source.component_location(encoder));
-    let vb = open_weights(&source.weights(encoder, "model")?, dtype, device)?;
+    let files = source.weights(encoder, "model")?;
+    let vb = open_weights(&files, dtype, device)?;
     let store = vb.store();
     let model = ClipTextModel::new(vb, cfg, with_projection).map_err(|e| model_error(encoder, &dir, e))?;
     // Ids or lengths the encoder cannot embed would only fail at the first run, with candle's index
@@ -313,5 +346,5 @@ fn load_text_encoder(
         tokenizer: tok,
         model,
     };
-    Ok((encoder, store))
+    Ok((encoder, store, files))
 }

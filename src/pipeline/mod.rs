@@ -7,6 +7,7 @@ pub mod control;
 mod denoise;
 pub mod families;
 mod generate;
+pub mod info;
 pub mod memory;
 pub mod params;
 mod prompt;

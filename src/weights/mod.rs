@@ -170,9 +170,19 @@ impl WeightStore {
     }
 }
 
-/// Starts the message of a deferred weight that could not be read; [`crate::error::Error`] turns a
-/// tensor-op failure carrying it into `Error::Io` (candle's errors carry only text).
-pub(crate) const FIRST_USE_READ_FAILED: &str = "reading a weight on first use failed:";
+/// A deferred weight that could not be read on first use. It travels up through the layers' forward
+/// calls inside a `candle_core::Error::Io` (candle's only variant whose payload can be downcast), so
+/// that [`crate::error::Error`] can tell it apart by type and report an I/O error, not a bug.
+#[derive(Debug)]
+pub(crate) struct FirstUseReadFailed(pub String);
+
+impl std::fmt::Display for FirstUseReadFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "reading a weight on first use failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for FirstUseReadFailed {}
 
 /// How a deferred weight is laid out for its kernel once read: its row-major float32 values and its
 /// stored shape in, the packed tensor out.
@@ -241,10 +251,10 @@ impl Deferred {
         }
         // Only failures to read the file are I/O errors (marked for `Error`); packing's are not.
         let io = |e: candle_core::Error| {
-            candle_core::Error::Msg(format!(
-                "{FIRST_USE_READ_FAILED} {e} (the checkpoint's files must stay unchanged while the pipeline \
-                 is alive, or load it with preload)"
-            ))
+            candle_core::Error::Io(std::io::Error::other(FirstUseReadFailed(format!(
+                "{e} (the checkpoint's files must stay unchanged while the pipeline is alive, or load it \
+                 with preload)"
+            ))))
         };
         // Straight from the file's pages when stored as float32 (one pass over the data), else read
         // and converted first.

@@ -87,6 +87,26 @@ int main(int argc, char **argv) {
     CHECK(ap_from_pipe(pipe, AP_TASK_IMAGE2IMAGE, "{\"requires_safety_checker\": true}", &img2img) == AP_OK,
           "from_pipe");
     CHECK(ap_from_pipe(pipe, AP_TASK_INPAINT, "[1, 2]", &bad) == AP_ERR_INVALID_ARGUMENT, "overrides must be an object");
+
+    /* Introspection: JSON strings the caller frees. */
+    {
+        char *json = NULL;
+        CHECK(ap_pipeline_info(img2img, &json) == AP_OK && json, "ap_pipeline_info");
+        CHECK(json && strstr(json, "\"class_name\":\"StableDiffusionImg2ImgPipeline\""), "info names the class");
+        ap_string_free(json);
+        json = NULL;
+        CHECK(ap_pipeline_config_json(img2img, &json) == AP_OK && json &&
+                  strstr(json, "\"requires_safety_checker\":true"),
+              "config carries the from_pipe override");
+        ap_string_free(json);
+        json = NULL;
+        CHECK(ap_supported_families(&json) == AP_OK && json && strstr(json, "\"status\":\"supported\""),
+              "supported families");
+        ap_string_free(json);
+        json = (char *)"not NULL";
+        CHECK(ap_pipeline_info(NULL, &json) == AP_ERR_INVALID_ARGUMENT && json == NULL, "info of NULL");
+        ap_string_free(NULL);
+    }
     CHECK(bad == NULL, "out cleared on failure");
 
     /* Invalid arguments. */

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cmath>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -152,6 +153,38 @@ int main(int argc, char** argv) {
           "scheduler by alias with overrides");
     expectError(ap::Status::InvalidArgument, [&] { pipe.run(ap::RunParams("x").steps(2).scheduler("no-such-scheduler")); },
                 "unknown scheduler");
+
+    // Custom timesteps / sigmas reach the C struct (pointing into the RunParams), and values the
+    // library refuses come back as InvalidArgument naming the list.
+    {
+        ap::RunParams custom = ap::RunParams("t").timesteps(std::vector<double>{999, 500, 1}).sigmas(std::vector<double>{1.0, 0.5});
+        ap_image im{}, mk{};
+        ap_run_params c = custom.toC(im, mk);
+        CHECK(c.struct_size == sizeof(ap_run_params), "toC has this header's struct_size");
+        CHECK(c.num_timesteps == 3 && c.timesteps == custom.timesteps()->data() && c.timesteps[1] == 500.0,
+              "timesteps in the C struct");
+        CHECK(c.num_sigmas == 2 && c.sigmas[0] == 1.0, "sigmas in the C struct");
+        ap_run_params none = ap::RunParams("t").toC(im, mk);
+        CHECK(none.timesteps == nullptr && none.num_timesteps == 0 && none.sigmas == nullptr, "none by default");
+        std::string bad = expectError(ap::Status::InvalidArgument,
+                                      [&] { pipe.run(ap::RunParams("x").steps(1).size(64, 64).sigmas(std::vector<double>{1.0, NAN})); },
+                                      "NaN sigma");
+        CHECK(bad.find("sigmas[1]") != std::string::npos, "the message names the value");
+    }
+
+    // Introspection as JSON (no parser here: the keys and values the Rust tests pin are looked for).
+    {
+        const std::string info = pipe.infoJson();
+        CHECK(info.find("\"class_name\":\"StableDiffusionPipeline\"") != std::string::npos, "info names the class");
+        CHECK(info.find("\"task\":\"text2img\"") != std::string::npos, "info names the task");
+        ap::Pipeline i2i = ap::Pipeline::fromPipe(pipe, ap::Task::Image2Image, std::string(R"({"requires_safety_checker": true})"));
+        CHECK(i2i.configJson().find("\"requires_safety_checker\":true") != std::string::npos, "config after from_pipe overrides");
+        CHECK(pipe.configJson().find("\"requires_safety_checker\":false") != std::string::npos, "the source's config unchanged");
+        const std::string families = ap::supportedFamiliesJson();
+        CHECK(families.find("\"family\":\"stable-diffusion-xl\"") != std::string::npos, "families list SDXL");
+        ap::Result<std::string> none = ap::Pipeline().tryInfoJson();
+        CHECK(!none && none.status() == ap::Status::InvalidArgument, "info of an empty Pipeline is an error");
+    }
 
     // Error statuses and messages.
     std::string msg = expectError(

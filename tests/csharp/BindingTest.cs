@@ -105,10 +105,21 @@ internal static class BindingTest
         string sd15 = data + "/checkpoints/sd15-tiny";
 
         Check(Library.Version == Library.BindingVersion, "library version " + Library.Version + " = binding version");
-        Check(Marshal.SizeOf(typeof(Native.ap_run_params)) == Native.ap_run_params_default().struct_size,
-            "ap_run_params layout matches the library");
-        Check(Marshal.SizeOf(typeof(Native.ap_load_params)) == Native.ap_load_params_default().struct_size,
-            "ap_load_params layout matches the library");
+        // The binding's structs have the C layouts (sizes and offsets from the Rust test, AP_LAYOUTS).
+        string[] layout = (Environment.GetEnvironmentVariable("AP_LAYOUTS") ?? "").Split(' ');
+        Check(layout.Length >= 2, "AP_LAYOUTS is set");
+        for (int i = 0; i + 1 < layout.Length; i += 2)
+        {
+            string[] name = layout[i].Split('.');
+            Type t = typeof(Native).GetNestedType(name[0]);
+            long want = long.Parse(layout[i + 1]);
+            long got = t == null ? -1 : name.Length == 1 ? Marshal.SizeOf(t) : Marshal.OffsetOf(t, name[1]).ToInt64();
+            Check(got == want, layout[i] + " is " + got + " in C#, " + want + " in C");
+        }
+        Native.ap_run_params defaults = Native.RunParamsDefault();
+        Check(defaults.struct_size == Marshal.SizeOf(typeof(Native.ap_run_params)) && defaults.guidance_scale == -1.0f
+            && defaults.timesteps == IntPtr.Zero, "ap_run_params_init fills this binding's layout");
+        Check(Native.JobStatusDefault().struct_size == Marshal.SizeOf(typeof(Native.ap_job_status)), "ap_job_status_init");
 
         var loadProgress = new Recorder();
         using (var pipe = Pipeline.FromPretrained(sd15, PipelineTask.Text2Image, new LoadOptions { LocalFilesOnly = true, Preload = true }, loadProgress))
@@ -153,6 +164,21 @@ internal static class BindingTest
                 "scheduler by alias");
             ExpectError(Status.InvalidArgument, () => pipe.Run(new RunParams("x") { Steps = 2, Scheduler = "no-such-scheduler" }),
                 "unknown scheduler");
+
+            // Introspection as JSON.
+            Check(pipe.InfoJson.Contains("\"class_name\":\"StableDiffusionPipeline\""), "info names the class: " + pipe.InfoJson);
+            Check(pipe.ConfigJson.Contains("\"requires_safety_checker\":false"), "config: " + pipe.ConfigJson);
+            Check(Library.SupportedFamiliesJson().Contains("\"family\":\"stable-diffusion-xl\""), "families list SDXL");
+
+            // Custom timesteps / sigmas reach the library (which reads the values: an infinite one is refused).
+            string bad = ExpectError(Status.InvalidArgument,
+                () => pipe.Run(new RunParams("x") { Steps = 1, Width = 64, Height = 64, Timesteps = new double[] { 999, double.PositiveInfinity } }),
+                "infinite timestep");
+            Check(bad.Contains("timesteps[1]"), "the message names the timestep: " + bad);
+            bad = ExpectError(Status.InvalidArgument,
+                () => pipe.Run(new RunParams("x") { Steps = 1, Width = 64, Height = 64, Sigmas = new double[] { 1.0, 0.5, double.NaN } }),
+                "NaN sigma");
+            Check(bad.Contains("sigmas[2]"), "the message names the sigma: " + bad);
 
             // Errors.
             string msg = ExpectError(Status.InvalidArgument, () => pipe.Run(new RunParams("x") { Width = 60, Height = 64 }), "width 60");

@@ -38,6 +38,17 @@ def boom(step, total):
         raise Boom()
 
 
+# The binding's structs have the C layouts (sizes and offsets from the Rust test, AP_LAYOUTS).
+_structs = {"ap_load_params": ap._LoadParams, "ap_run_params": ap._RunParams}
+_layout = os.environ.get("AP_LAYOUTS", "").split()
+check(len(_layout) >= 2, "AP_LAYOUTS is set")
+for name, want in zip(_layout[::2], _layout[1::2]):
+    struct, _, field = name.partition(".")
+    if struct not in _structs:
+        continue  # not wrapped here (jobs)
+    got = getattr(_structs[struct], field).offset if field else ap.ctypes.sizeof(_structs[struct])
+    check(got == int(want), f"{name} is {got} in Python, {want} in C")
+
 loaded = []
 with ap.Pipeline.from_pretrained(sd15, "text2img", local_files_only=True, preload=True,
                                  progress=lambda s, t: loaded.append((s, t))) as pipe:
@@ -75,6 +86,27 @@ with ap.Pipeline.from_pretrained(sd15, "text2img", local_files_only=True, preloa
     check(len(pipe.run("euler", num_inference_steps=2, width=64, height=64, scheduler="euler_a",
                        scheduler_config={"timestep_spacing": "trailing"})) == 1, "scheduler by alias with overrides")
     expect_error(ap.INVALID_ARGUMENT, lambda: pipe.run("x", scheduler="no-such-scheduler"), "unknown scheduler")
+    # Introspection.
+    info = pipe.info()
+    check((info["class_name"], info["task"], info["dtype"]) == ("StableDiffusionPipeline", "text2img", "f32"),
+          f"info {info}")
+    check([c["name"] for c in info["components"]] == ["text_encoder", "tokenizer", "unet", "vae", "scheduler"],
+          f"components {info['components']}")
+    check(pipe.config()["requires_safety_checker"] is False, f"config {pipe.config()}")
+    with ap.Pipeline.from_pipe(pipe, "img2img", requires_safety_checker=True) as i2i:
+        check(i2i.config()["requires_safety_checker"] is True, "config after from_pipe overrides")
+        check(i2i.info()["class_name"] == "StableDiffusionImg2ImgPipeline", "from_pipe class")
+    families = {f["family"]: f for f in ap.supported_families()}
+    check(families["stable-diffusion"]["status"] == "supported", "SD supported")
+    check(any(f["status"] == "not supported yet" for f in families.values()), "some families not supported yet")
+
+    # Custom timesteps / sigmas reach the library, which reads every value.
+    msg = expect_error(ap.INVALID_ARGUMENT, lambda: pipe.run("x", num_inference_steps=1, width=64, height=64,
+                                                             timesteps=[999, float("nan")]), "NaN timestep")
+    check("timesteps[1]" in msg, f"the message names the timestep: {msg}")
+    msg = expect_error(ap.INVALID_ARGUMENT, lambda: pipe.run("x", num_inference_steps=1, width=64, height=64,
+                                                             sigmas=[1.0, 0.5, float("inf")]), "infinite sigma")
+    check("sigmas[2]" in msg, f"the message names the sigma: {msg}")
     msg = expect_error(ap.INVALID_ARGUMENT, lambda: pipe.run("x", width=60, height=64), "width 60")
     check("divisible by 8" in msg, "diffusers' message")
     expect_error(ap.NOT_FOUND, lambda: ap.Pipeline.from_pretrained(os.path.join(data, "unsupported", "nope")), "missing")
