@@ -70,6 +70,15 @@ fn flags(case: &serde_json::Value) -> Vec<String> {
             f.extend([flag.to_string(), data.join(s).display().to_string()]);
         }
     }
+    if let Some(s) = case["scheduler"].as_str() {
+        f.extend(["--scheduler".to_string(), s.to_string()]);
+    }
+    for (key, flag) in [("timesteps", "--timesteps"), ("sigmas", "--sigmas")] {
+        if let Some(list) = case[key].as_array() {
+            let values: Vec<String> = list.iter().map(|v| v.to_string()).collect();
+            f.extend([flag.to_string(), values.join(",")]);
+        }
+    }
     if case["load"]["route"] == "from_pipe" {
         f.push("--from-pipe".into());
     }

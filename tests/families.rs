@@ -33,8 +33,13 @@ fn a_flow_matching_scheduler_config_on_an_sd_checkpoint_is_refused() {
             serde_json::json!(["diffusers", "FlowMatchEulerDiscreteScheduler"]),
         );
     });
-    let p = Pipeline::from_pretrained(dir.to_str().unwrap(), Task::Text2Image, &LoadOptions::default(), None)
-        .unwrap();
+    let p = Pipeline::from_pretrained(
+        dir.to_str().unwrap(),
+        Task::Text2Image,
+        &LoadOptions::default(),
+        None,
+    )
+    .unwrap();
     let err = p
         .run(
             &RunParams {
@@ -59,8 +64,13 @@ fn an_lcm_pipeline_needs_an_lcm_distilled_unet() {
     edit_json(&dir.join("model_index.json"), |m| {
         m.insert("_class_name".into(), "LatentConsistencyModelPipeline".into());
     });
-    let err = Pipeline::from_pretrained(dir.to_str().unwrap(), Task::Text2Image, &LoadOptions::default(), None)
-        .unwrap_err();
+    let err = Pipeline::from_pretrained(
+        dir.to_str().unwrap(),
+        Task::Text2Image,
+        &LoadOptions::default(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::InvalidModel(_)), "{err:?}");
     assert!(err.to_string().contains("time_cond_proj_dim"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -75,9 +85,22 @@ fn every_family_reports_its_defaults_through_its_module() {
         assert_eq!(f.family(), family);
         for task in Task::ALL {
             let d = f.defaults(task);
-            assert!(d.guidance_scale > 0.0 && d.num_inference_steps > 0, "{family:?} {task:?}");
+            assert!(
+                d.guidance_scale > 0.0 && d.num_inference_steps > 0,
+                "{family:?} {task:?}"
+            );
         }
     }
-    assert_eq!(imp(Family::LatentConsistency).defaults(Task::Text2Image).num_inference_steps, 4);
-    assert_eq!(imp(Family::StableDiffusionXl).defaults(Task::Image2Image).strength, 0.3);
+    assert_eq!(
+        imp(Family::LatentConsistency)
+            .defaults(Task::Text2Image)
+            .num_inference_steps,
+        4
+    );
+    assert_eq!(
+        imp(Family::StableDiffusionXl)
+            .defaults(Task::Image2Image)
+            .strength,
+        0.3
+    );
 }

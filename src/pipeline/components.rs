@@ -184,7 +184,7 @@ impl<'a> Loader<'a> {
         encoder: &str,
         with_projection: bool,
     ) -> Result<TextEncoder> {
-        let (enc, store) = load_text_encoder(
+        let (enc, store, files) = load_text_encoder(
             self.source,
             tokenizer,
             encoder,
@@ -192,7 +192,7 @@ impl<'a> Loader<'a> {
             &self.device,
             self.dtype,
         )?;
-        self.loaded(store)?;
+        self.loaded(encoder, &files, store)?;
         Ok(enc)
     }
 
