@@ -65,8 +65,8 @@
 
 #define AUTOPIPELINE_VERSION_MAJOR 0
 #define AUTOPIPELINE_VERSION_MINOR 1
-#define AUTOPIPELINE_VERSION_PATCH 0
-#define AUTOPIPELINE_VERSION "0.1.0"
+#define AUTOPIPELINE_VERSION_PATCH 1
+#define AUTOPIPELINE_VERSION "0.1.1"
 
 
 /**
@@ -383,14 +383,14 @@ typedef struct ap_run_params {
    */
   const char *rng;
   /**
-   * (Added after 0.1.0.) Custom timesteps, descending, as diffusers' `timesteps=` argument: `num_timesteps` values
+   * (Added in 0.1.1.) Custom timesteps, descending, as diffusers' `timesteps=` argument: `num_timesteps` values
    * (finite). NULL / 0 = none. Only schedulers whose `set_timesteps` takes custom timesteps accept
    * them; they replace `num_inference_steps`. Only read during the call (async runs copy them).
    */
   const double *timesteps;
   uint32_t num_timesteps;
   /**
-   * (Added after 0.1.0.) Custom sigmas, descending, as diffusers' `sigmas=` argument: `num_sigmas`
+   * (Added in 0.1.1.) Custom sigmas, descending, as diffusers' `sigmas=` argument: `num_sigmas`
    * values (finite).
    * NULL / 0 = none. As `timesteps`, for schedulers that take custom sigmas.
    */

@@ -288,7 +288,10 @@ mod tests {
         assert_eq!((10.0 * 0.7f32 as f64) as usize, 6);
         assert_eq!((10.0 * f32_as_written(0.7)) as usize, 7);
         assert_eq!(f32_as_written(7.5), 7.5);
-        assert_eq!(f32_as_written(f32::MAX), f32::MAX as f64);
+        // Every float maps back to itself.
+        for v in [f32::MAX, f32::MIN_POSITIVE, 1e-30, 123.456] {
+            assert_eq!(f32_as_written(v) as f32, v);
+        }
     }
 
     #[test]

@@ -171,12 +171,12 @@ pub struct ap_run_params {
     /// (default: the device the pipeline runs on, else an H100's 132:2048).
     pub rng: *const c_char,
     // The 0.1.0 layout ends here: callers built against it get the defaults of the fields below.
-    /// (Added after 0.1.0.) Custom timesteps, descending, as diffusers' `timesteps=` argument: `num_timesteps` values
+    /// (Added in 0.1.1.) Custom timesteps, descending, as diffusers' `timesteps=` argument: `num_timesteps` values
     /// (finite). NULL / 0 = none. Only schedulers whose `set_timesteps` takes custom timesteps accept
     /// them; they replace `num_inference_steps`. Only read during the call (async runs copy them).
     pub timesteps: *const f64,
     pub num_timesteps: u32,
-    /// (Added after 0.1.0.) Custom sigmas, descending, as diffusers' `sigmas=` argument: `num_sigmas`
+    /// (Added in 0.1.1.) Custom sigmas, descending, as diffusers' `sigmas=` argument: `num_sigmas`
     /// values (finite).
     /// NULL / 0 = none. As `timesteps`, for schedulers that take custom sigmas.
     pub sigmas: *const f64,
