@@ -49,9 +49,23 @@ impl From<candle_core::Error> for Error {
     }
 }
 
+/// A deferred weight that could not be read on first use. It travels up through the layers' forward
+/// calls inside a `candle_core::Error::Io` (candle's only variant whose payload can be downcast), so
+/// that [`Error`] can tell it apart by type and report an I/O error, not a bug.
+#[derive(Debug)]
+pub(crate) struct FirstUseReadFailed(pub String);
+
+impl std::fmt::Display for FirstUseReadFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "reading a weight on first use failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for FirstUseReadFailed {}
+
 /// The deferred-weight read failure inside `e`, looking through the context candle may wrap around
 /// an error on its way up.
-fn first_use_read_failure(e: &candle_core::Error) -> Option<&crate::weights::FirstUseReadFailed> {
+fn first_use_read_failure(e: &candle_core::Error) -> Option<&FirstUseReadFailed> {
     use candle_core::Error as E;
     match e {
         E::Io(io) => io.get_ref()?.downcast_ref(),

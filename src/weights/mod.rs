@@ -26,7 +26,7 @@ pub mod load;
 mod tensor_file;
 
 use self::tensor_file::TensorFile;
-use crate::error::{Error, Result};
+use crate::error::{Error, FirstUseReadFailed, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -169,20 +169,6 @@ impl WeightStore {
         Ok(())
     }
 }
-
-/// A deferred weight that could not be read on first use. It travels up through the layers' forward
-/// calls inside a `candle_core::Error::Io` (candle's only variant whose payload can be downcast), so
-/// that [`crate::error::Error`] can tell it apart by type and report an I/O error, not a bug.
-#[derive(Debug)]
-pub(crate) struct FirstUseReadFailed(pub String);
-
-impl std::fmt::Display for FirstUseReadFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "reading a weight on first use failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for FirstUseReadFailed {}
 
 /// How a deferred weight is laid out for its kernel once read: its row-major float32 values and its
 /// stored shape in, the packed tensor out.
