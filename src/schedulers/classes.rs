@@ -125,7 +125,7 @@ const NAMES: [&str; CLASSES.len()] = {
     out
 };
 
-/// Scheduler classes this build can construct (diffusers class names), from [`CLASSES`].
+/// Scheduler classes this build can construct (diffusers class names), from the class table (`classes.rs`).
 pub const SUPPORTED: &[&str] = &NAMES;
 
 /// The table entry of `name` (exact diffusers spelling).

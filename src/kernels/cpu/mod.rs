@@ -32,7 +32,7 @@ thread_local! {
 /// Runs `f` on the f32 data of `t` in row-major order (copying `t` to a contiguous layout if needed).
 ///
 /// A float16 or bfloat16 `t` (a weight kept in half precision, see
-/// [`super::weights::Weights::open_half_on_cpu`]) is converted into a per-thread buffer first, in
+/// [`crate::weights::Weights::open_half_on_cpu`]) is converted into a per-thread buffer first, in
 /// parallel: the kernels always compute in float32.
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = if t.is_contiguous() {

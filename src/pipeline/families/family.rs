@@ -143,7 +143,7 @@ fn channel_tensor(v: &[f64], like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (1, n, 1, 1), like.device())?.to_dtype(like.dtype())?)
 }
 
-/// Everything a pipeline family provides. One static instance per family ([`imp`]); every method takes
+/// Everything a pipeline family provides. One static instance per family ([`super::imp`]); every method takes
 /// the loaded components or the pipeline explicitly, so a family holds no state.
 pub trait FamilyPipeline: Sync {
     /// The registry key this implements.

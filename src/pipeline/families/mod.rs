@@ -3,7 +3,7 @@
 //!
 //! # Adding a family
 //! 1. A module here with a unit struct implementing [`FamilyPipeline`]: how its component set loads
-//!    (compose the loaders of [`super::components::Loader`]), its config keys and `__call__` defaults,
+//!    (compose the loaders of `pipeline::components::Loader`), its config keys and `__call__` defaults,
 //!    prompt encoding into a [`Conditioning`], its guidance mode, the [`Denoiser`] the loop calls, latent
 //!    normalisation, preview factors and the memory estimate. Methods with defaults (latent packing,
 //!    scheduler patches, `scale_model_input`) are overridden only where diffusers' pipeline differs.
