@@ -286,7 +286,29 @@ fn from_pipe_arguments() {
             AP_ERR_INVALID_ARGUMENT,
             "JSON",
         );
+        // Overrides are the caller's argument: unknown keys, wrong types, private keys, components and
+        // out-of-range run defaults are refused, naming the key.
+        for (text, mentions) in [
+            (c"{\"bogus_key\": 1}", "bogus_key"),
+            (
+                c"{\"requires_safety_checker\": \"yes\"}",
+                "requires_safety_checker",
+            ),
+            (c"{\"_class_name\": \"Evil\"}", "_class_name"),
+            (c"{\"vae\": null}", "vae"),
+            (c"{\"strength\": 7}", "strength"),
+        ] {
+            expect(
+                ap_from_pipe(pipe.0, 1, text.as_ptr(), &mut out),
+                AP_ERR_INVALID_ARGUMENT,
+                mentions,
+            );
+            assert!(out.is_null());
+        }
         expect(ap_from_pipe(pipe.0, 1, c"{}".as_ptr(), &mut out), AP_OK, "");
+        ap_pipeline_free(out);
+        let fine = c"{\"requires_safety_checker\": true, \"strength\": 0.3}";
+        expect(ap_from_pipe(pipe.0, 1, fine.as_ptr(), &mut out), AP_OK, "");
         ap_pipeline_free(out);
     }
 }

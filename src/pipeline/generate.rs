@@ -66,19 +66,24 @@ fn settings(p: &Pipeline, fam: &dyn FamilyPipeline, params: &RunParams) -> Resul
     let custom = params.timesteps.as_ref().or(params.sigmas.as_ref()).map(Vec::len);
     let steps = custom
         .or(params.num_inference_steps)
+        .or(p.run_defaults.num_inference_steps)
         .unwrap_or(defaults.num_inference_steps);
     if steps == 0 || steps > MAX_STEPS {
         return Err(Error::InvalidArgument(format!(
             "num_inference_steps must be 1..={MAX_STEPS}, not {steps}"
         )));
     }
-    let guidance_scale = params.guidance_scale.unwrap_or(defaults.guidance_scale);
+    let guidance_scale = (params.guidance_scale)
+        .or(p.run_defaults.guidance_scale)
+        .unwrap_or(defaults.guidance_scale);
     if !guidance_scale.is_finite() {
         return Err(Error::InvalidArgument(format!(
             "guidance_scale must be a finite number, not {guidance_scale}"
         )));
     }
-    let strength = params.strength.unwrap_or(defaults.strength);
+    let strength = (params.strength)
+        .or(p.run_defaults.strength)
+        .unwrap_or(defaults.strength);
     if !(0.0..=1.0).contains(&strength) {
         return Err(Error::InvalidArgument(format!(
             "The value of strength should in [0.0, 1.0] but is {strength}"
