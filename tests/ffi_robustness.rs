@@ -434,6 +434,59 @@ fn run_arguments() {
     expect(run(&pipe, &p), AP_OK, "");
 }
 
+/// The caller's `scheduler_config_json` is the caller's argument: a bad value in it is
+/// `AP_ERR_INVALID_ARGUMENT` naming the key, whichever scheduler checks it and whenever (switch time or
+/// `set_timesteps`). `AP_ERR_INVALID_MODEL` is for the checkpoint's own files only.
+#[test]
+fn bad_scheduler_config_values_are_argument_errors() {
+    let pipe = Pipe::load();
+    let cases: &[(Option<&std::ffi::CStr>, &std::ffi::CStr, &str)] = &[
+        (None, c"{\"beta_schedule\": \"bogus\"}", "beta_schedule"),
+        (
+            Some(c"DDIMScheduler"),
+            c"{\"beta_schedule\": \"bogus\"}",
+            "beta_schedule",
+        ),
+        (None, c"{\"timestep_spacing\": \"bogus\"}", "timestep_spacing"),
+        (
+            Some(c"EulerDiscreteScheduler"),
+            c"{\"timestep_spacing\": \"bogus\"}",
+            "timestep_spacing",
+        ),
+        (None, c"{\"steps_offset\": 999}", "steps_offset"),
+        (Some(c"DDIMScheduler"), c"{\"steps_offset\": 999}", "steps_offset"),
+        (
+            Some(c"EulerDiscreteScheduler"),
+            c"{\"final_sigmas_type\": \"bogus\"}",
+            "final_sigmas_type",
+        ),
+        (
+            Some(c"DPMSolverMultistepScheduler"),
+            c"{\"final_sigmas_type\": \"bogus\"}",
+            "final_sigmas_type",
+        ),
+        (
+            Some(c"UniPCMultistepScheduler"),
+            c"{\"final_sigmas_type\": \"bogus\"}",
+            "final_sigmas_type",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, json, key) in cases {
+        let mut params = small_run();
+        params.num_inference_steps = 2;
+        params.scheduler = name.map_or(null(), |n| n.as_ptr());
+        params.scheduler_config_json = json.as_ptr();
+        let status = run(&pipe, &params);
+        let msg = last_error();
+        if status != AP_ERR_INVALID_ARGUMENT || !msg.contains(key) {
+            wrong.push(format!("{name:?} {json:?}: status {status}, message {msg}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    expect(run(&pipe, &small_run()), AP_OK, "");
+}
+
 #[test]
 fn runs_that_cannot_fit_in_memory_are_refused_up_front() {
     let pipe = Pipe::load();

@@ -251,20 +251,35 @@ pub(super) fn run(
 
     // 2. Timesteps, truncated by strength for img2img / inpaint (diffusers `get_timesteps`), unless the
     //    family's scheduler takes the strength itself.
-    let mut scheduler = schedulers::build(&scheduler_config)?;
+    // The scheduler the caller chose or configured: its bad values are the caller's argument errors.
+    let caller_chose = params.scheduler.is_some()
+        || params
+            .scheduler_config
+            .as_ref()
+            .is_some_and(|v| v.as_object().is_some_and(|m| !m.is_empty()));
+    let blame = |e: Error| {
+        if caller_chose {
+            schedulers::caller_error(e)
+        } else {
+            e
+        }
+    };
+    let mut scheduler = schedulers::build(&scheduler_config).map_err(blame)?;
     let img2img_like = p.task != Task::Text2Image;
     let strength_in_scheduler = img2img_like && fam.strength_in_scheduler();
     let steps = if strength_in_scheduler {
         // LCM img2img: `set_timesteps(n, strength=…)` (custom timesteps are cut by strength there too;
         // custom sigmas get the scheduler's refusal).
         let custom = params.timesteps.is_some() || params.sigmas.is_some();
-        scheduler.set_timesteps_with(&schedulers::TimestepRequest {
-            num_inference_steps: (!custom).then_some(s.steps),
-            timesteps: params.timesteps.as_deref(),
-            sigmas: params.sigmas.as_deref(),
-            mu: None,
-            strength: Some(s.strength),
-        })?;
+        scheduler
+            .set_timesteps_with(&schedulers::TimestepRequest {
+                num_inference_steps: (!custom).then_some(s.steps),
+                timesteps: params.timesteps.as_deref(),
+                sigmas: params.sigmas.as_deref(),
+                mu: None,
+                strength: Some(s.strength),
+            })
+            .map_err(blame)?;
         scheduler.num_timesteps()
     } else {
         schedulers::retrieve_timesteps(
@@ -273,7 +288,8 @@ pub(super) fn run(
             params.timesteps.as_deref(),
             params.sigmas.as_deref(),
             None,
-        )?
+        )
+        .map_err(blame)?
     };
     let mut timesteps = scheduler.timesteps().to_vec();
     if img2img_like && !strength_in_scheduler {
