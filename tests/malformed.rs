@@ -1038,3 +1038,35 @@ fn messages_stay_one_line_under_rust_backtrace() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A family that needs a component `model_index.json` saves as `[null, null]` refuses to load, naming
+/// it, instead of loading the folder the index says is not there.
+#[test]
+fn needed_component_marked_null_in_the_index() {
+    for name in ["vae", "unet", "text_encoder", "tokenizer"] {
+        let ck = Checkpoint::sd15();
+        ck.edit_json("model_index.json", |m| {
+            m.insert(name.into(), json!([null, null]));
+        });
+        assert_error(&ck.fail(), invalid_model, &["model_index.json", name, "null"]);
+    }
+}
+
+/// SDXL's `addition_time_embed_dim` absurdly large (or not fitting
+/// `projection_class_embeddings_input_dim`) is refused at load, not at the first run.
+#[test]
+fn sdxl_addition_time_embed_dim_is_checked_at_load() {
+    for (dim, proj) in [(1_000_000_000u64, 80u64), (17, 80), (8, 0), (8, 1_000_000_000)] {
+        let ck = Checkpoint::copy_of("sdxl-tiny");
+        ck.edit_json("unet/config.json", |c| {
+            c.insert("addition_time_embed_dim".into(), json!(dim));
+            c.insert("projection_class_embeddings_input_dim".into(), json!(proj));
+        });
+        let key = if dim == 8 {
+            "projection_class_embeddings_input_dim"
+        } else {
+            "addition_time_embed_dim"
+        };
+        assert_error(&ck.fail(), invalid_model, &["unet", key]);
+    }
+}
