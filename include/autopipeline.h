@@ -554,7 +554,11 @@ ap_status ap_from_pretrained(const char *model,
  * `AutoPipelineFor<Task>.from_pipe(pipe, **overrides)`.
  *
  * `overrides_json`: NULL, or a JSON object of pipeline config keys to override (e.g.
- * `{"requires_aesthetics_score": true}`). The new pipeline is independent of `pipe` for freeing:
+ * `{"requires_aesthetics_score": true}`, with the type of the key's default) and of run defaults for
+ * the new pipeline (`strength` in [0, 1], finite `guidance_scale`, `num_inference_steps` 1..=1000),
+ * which runs that leave the value unset use. Unknown keys, wrong types, keys starting with `_` and
+ * component names (`vae`, `unet`, …; replacing a component will get its own function) fail with
+ * `AP_ERR_INVALID_ARGUMENT` naming the key. The new pipeline is independent of `pipe` for freeing:
  * free both, in any order.
  *
  * # Safety

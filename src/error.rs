@@ -45,8 +45,41 @@ impl From<candle_core::Error> for Error {
         if let Some(read) = first_use_read_failure(&e) {
             return Error::Io(read.to_string());
         }
-        Error::Internal(format!("tensor operation failed: {e}"))
+        Error::Internal(format!("tensor operation failed: {}", candle_message(&e)))
     }
+}
+
+/// A candle error as one line, without the backtrace candle attaches when `RUST_BACKTRACE` is set in
+/// the host's environment (a message is read by `ap_last_error()`, a log line or a dialog box).
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => candle_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        other => one_line(&other.to_string()),
+    }
+}
+
+/// `msg` on one line: lines of a Rust backtrace (`stack backtrace:`, `  12: symbol`, `at file:line`)
+/// dropped, the other lines joined with "; ".
+pub(crate) fn one_line(msg: &str) -> String {
+    if !msg.contains('\n') {
+        return msg.to_string();
+    }
+    let frame = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with("stack backtrace:")
+            || t.starts_with("at ")
+            || t.split_once(": ")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            || t.starts_with("note: Some details are omitted")
+    };
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !frame(l))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A deferred weight that could not be read on first use. It travels up through the layers' forward
@@ -73,5 +106,30 @@ fn first_use_read_failure(e: &candle_core::Error) -> Option<&FirstUseReadFailed>
             first_use_read_failure(inner)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn candle_backtraces_stay_out_of_messages() {
+        let bt = std::backtrace::Backtrace::force_capture();
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shape mismatch".into()).context("loading conv_in")),
+            backtrace: Box::new(bt),
+        };
+        assert!(
+            e.to_string().lines().count() > 2,
+            "the test needs a real backtrace"
+        );
+        let msg = super::Error::from(e).to_string();
+        assert_eq!(msg, "tensor operation failed: loading conv_in: shape mismatch");
+    }
+
+    #[test]
+    fn one_line_drops_backtrace_frames() {
+        let msg =
+            "bad thing\nstack backtrace:\n   0: foo::bar\n             at ./src/x.rs:1:2\n  12: baz\nmore";
+        assert_eq!(super::one_line(msg), "bad thing; more");
     }
 }

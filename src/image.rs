@@ -86,23 +86,25 @@ impl Image {
         Ok(())
     }
 
-    /// Writes a PNG (RGB or RGBA as stored).
+    /// Writes a PNG (RGB or RGBA as stored). Any write error is an [`Error::Io`] naming the path.
+    ///
+    /// A regular file (or a new name) is written through a temporary file in the same folder that is
+    /// then renamed over it, so a failed save leaves an existing file as it was. A target that exists
+    /// but is not a regular file (a device such as `/dev/full`, a FIFO) has no content to keep and
+    /// no folder to put a sibling in, so it is written in place; its errors are reported the same.
     pub fn save_png(&self, path: &std::path::Path) -> Result<()> {
+        use image::ImageEncoder;
         self.validate()?;
         let color = match self.channels {
             1 => image::ExtendedColorType::L8,
             3 => image::ExtendedColorType::Rgb8,
             _ => image::ExtendedColorType::Rgba8,
         };
-        image::save_buffer_with_format(
-            path,
-            &self.data,
-            self.width,
-            self.height,
-            color,
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
+        let mut png = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(&self.data, self.width, self.height, color)
+            .map_err(|e| Error::Internal(format!("cannot encode a PNG for {}: {e}", path.display())))?;
+        write_replacing(path, &png)
     }
 
     /// The image as float RGB `(1, 3, h, w)` in `[0, 1]` (alpha dropped, grey replicated).
@@ -145,4 +147,68 @@ impl Image {
         }
         Ok(out)
     }
+}
+
+/// Writes `bytes` to `path` without ever leaving a half-written regular file behind (see
+/// [`Image::save_png`]). Every failure is an [`Error::Io`] naming `path`.
+fn write_replacing(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let fail =
+        |what: &str, e: std::io::Error| Error::Io(format!("cannot write {}: {what}{e}", path.display()));
+    let existing = match std::fs::metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(fail("", e)),
+    };
+    if let Some(m) = &existing {
+        if m.is_dir() {
+            return Err(Error::Io(format!(
+                "cannot write {}: it is a directory; pass a file name",
+                path.display()
+            )));
+        }
+        if !m.is_file() {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .map_err(|e| fail("", e))?;
+            f.write_all(bytes).map_err(|e| fail("", e))?;
+            return f.flush().map_err(|e| fail("", e));
+        }
+    }
+    // A link to a regular file: replace the file it points to, not the link.
+    let target = match &existing {
+        Some(_) => std::fs::canonicalize(path).map_err(|e| fail("", e))?,
+        None => path.to_path_buf(),
+    };
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| fail("cannot create a temporary file in its folder: ", e))?;
+    let written = (|| {
+        f.write_all(bytes)?;
+        if let Some(m) = &existing {
+            f.set_permissions(m.permissions())?;
+        }
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &target)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail("", e)
+    })
 }

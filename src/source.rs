@@ -317,6 +317,10 @@ impl ModelSource {
                 return Err(hub.not_cached(&self.relative(component, &wanted)?));
             }
         }
+        // Something other than a file under that name (a folder, a FIFO, a device link): say so.
+        if let Location::Local(_) = &self.location {
+            self.lookup(&self.relative(component, &wanted)?)?;
+        }
         Err(Error::NotFound(format!(
             "Error no file named {wanted} found in directory {}.",
             self.component_location(component)
@@ -433,7 +437,7 @@ impl ModelSource {
                         local.contain(&path)?;
                         Ok(Some(path))
                     }
-                    Ok(_) => Ok(None),
+                    Ok(meta) => Err(crate::weights::load::not_a_regular_file(&path, &meta)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(Error::io(path, e)),
                 }

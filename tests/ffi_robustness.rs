@@ -286,7 +286,29 @@ fn from_pipe_arguments() {
             AP_ERR_INVALID_ARGUMENT,
             "JSON",
         );
+        // Overrides are the caller's argument: unknown keys, wrong types, private keys, components and
+        // out-of-range run defaults are refused, naming the key.
+        for (text, mentions) in [
+            (c"{\"bogus_key\": 1}", "bogus_key"),
+            (
+                c"{\"requires_safety_checker\": \"yes\"}",
+                "requires_safety_checker",
+            ),
+            (c"{\"_class_name\": \"Evil\"}", "_class_name"),
+            (c"{\"vae\": null}", "vae"),
+            (c"{\"strength\": 7}", "strength"),
+        ] {
+            expect(
+                ap_from_pipe(pipe.0, 1, text.as_ptr(), &mut out),
+                AP_ERR_INVALID_ARGUMENT,
+                mentions,
+            );
+            assert!(out.is_null());
+        }
         expect(ap_from_pipe(pipe.0, 1, c"{}".as_ptr(), &mut out), AP_OK, "");
+        ap_pipeline_free(out);
+        let fine = c"{\"requires_safety_checker\": true, \"strength\": 0.3}";
+        expect(ap_from_pipe(pipe.0, 1, fine.as_ptr(), &mut out), AP_OK, "");
         ap_pipeline_free(out);
     }
 }
@@ -410,6 +432,59 @@ fn run_arguments() {
     let mut p = small_run();
     p.seed = u64::MAX;
     expect(run(&pipe, &p), AP_OK, "");
+}
+
+/// The caller's `scheduler_config_json` is the caller's argument: a bad value in it is
+/// `AP_ERR_INVALID_ARGUMENT` naming the key, whichever scheduler checks it and whenever (switch time or
+/// `set_timesteps`). `AP_ERR_INVALID_MODEL` is for the checkpoint's own files only.
+#[test]
+fn bad_scheduler_config_values_are_argument_errors() {
+    let pipe = Pipe::load();
+    let cases: &[(Option<&std::ffi::CStr>, &std::ffi::CStr, &str)] = &[
+        (None, c"{\"beta_schedule\": \"bogus\"}", "beta_schedule"),
+        (
+            Some(c"DDIMScheduler"),
+            c"{\"beta_schedule\": \"bogus\"}",
+            "beta_schedule",
+        ),
+        (None, c"{\"timestep_spacing\": \"bogus\"}", "timestep_spacing"),
+        (
+            Some(c"EulerDiscreteScheduler"),
+            c"{\"timestep_spacing\": \"bogus\"}",
+            "timestep_spacing",
+        ),
+        (None, c"{\"steps_offset\": 999}", "steps_offset"),
+        (Some(c"DDIMScheduler"), c"{\"steps_offset\": 999}", "steps_offset"),
+        (
+            Some(c"EulerDiscreteScheduler"),
+            c"{\"final_sigmas_type\": \"bogus\"}",
+            "final_sigmas_type",
+        ),
+        (
+            Some(c"DPMSolverMultistepScheduler"),
+            c"{\"final_sigmas_type\": \"bogus\"}",
+            "final_sigmas_type",
+        ),
+        (
+            Some(c"UniPCMultistepScheduler"),
+            c"{\"final_sigmas_type\": \"bogus\"}",
+            "final_sigmas_type",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, json, key) in cases {
+        let mut params = small_run();
+        params.num_inference_steps = 2;
+        params.scheduler = name.map_or(null(), |n| n.as_ptr());
+        params.scheduler_config_json = json.as_ptr();
+        let status = run(&pipe, &params);
+        let msg = last_error();
+        if status != AP_ERR_INVALID_ARGUMENT || !msg.contains(key) {
+            wrong.push(format!("{name:?} {json:?}: status {status}, message {msg}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    expect(run(&pipe, &small_run()), AP_OK, "");
 }
 
 #[test]
@@ -612,6 +687,147 @@ fn image_files() {
             "stride",
         );
         ap_image_free(out);
+    }
+}
+
+/// A 64x64 RGB image with varied pixels (so its PNG does not compress to a few bytes).
+fn noise_image(data: &mut [u8]) -> ap_image {
+    for (i, v) in data.iter_mut().enumerate() {
+        *v = (i.wrapping_mul(2_654_435_761) >> 7) as u8;
+    }
+    ap_image {
+        width: 64,
+        height: 64,
+        channels: 3,
+        stride: 0,
+        data: data.as_mut_ptr(),
+    }
+}
+
+/// Set in the child process `image_save_failures` starts to save under a file-size limit.
+const SAVE_CHILD: &str = "AP_TEST_SAVE_UNDER_FSIZE_LIMIT";
+
+#[test]
+fn image_save_failures() {
+    let mut pixels = vec![0u8; 64 * 64 * 3];
+    let img = noise_image(&mut pixels);
+    if let Ok(target) = std::env::var(SAVE_CHILD) {
+        // The child: writes past 4 KiB fail with EFBIG (SIGXFSZ ignored), even for root.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+        let c = CString::new(target.clone()).unwrap();
+        expect(unsafe { ap_image_save_png(&img, c.as_ptr()) }, AP_ERR_IO, &target);
+        return;
+    }
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::set_permissions(&self.0, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("ap-ffi-save-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::create_dir_all(&dir).unwrap();
+    let cpath = |p: &std::path::Path| CString::new(p.to_str().unwrap()).unwrap();
+    let leftovers = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect::<Vec<_>>()
+    };
+
+    // A device that is full: the ENOSPC comes back, naming the path.
+    if std::path::Path::new("/dev/full").exists() {
+        expect(
+            unsafe { ap_image_save_png(&img, c"/dev/full".as_ptr()) },
+            AP_ERR_IO,
+            "/dev/full",
+        );
+        // A tiny one too: its whole PNG fits in one buffered write, whose error used to be dropped.
+        let mut px = [0u8; 3];
+        let tiny = ap_image {
+            width: 1,
+            height: 1,
+            channels: 3,
+            stride: 0,
+            data: px.as_mut_ptr(),
+        };
+        expect(
+            unsafe { ap_image_save_png(&tiny, c"/dev/full".as_ptr()) },
+            AP_ERR_IO,
+            "/dev/full",
+        );
+    }
+
+    // A normal save, then an overwrite of it, work and leave no temporary file.
+    let good = dir.join("good.png");
+    expect(
+        unsafe { ap_image_save_png(&img, cpath(&good).as_ptr()) },
+        AP_OK,
+        "",
+    );
+    expect(
+        unsafe { ap_image_save_png(&img, cpath(&good).as_ptr()) },
+        AP_OK,
+        "",
+    );
+    let mut back: *mut ap_image = null_mut();
+    expect(
+        unsafe { ap_image_load(cpath(&good).as_ptr(), &mut back) },
+        AP_OK,
+        "",
+    );
+    let read = unsafe { std::slice::from_raw_parts((*back).data, pixels.len()) };
+    assert_eq!(read, &pixels[..]);
+    unsafe { ap_image_free(back) };
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+
+    // A write that fails part-way (the file-size limit, in a child process) leaves the existing file
+    // as it was.
+    let kept = dir.join("kept.png");
+    std::fs::write(&kept, b"the old content").unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "image_save_failures",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SAVE_CHILD, &kept)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&kept).unwrap(), b"the old content");
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+
+    // A read-only folder: the save fails and the existing file is intact (root may write anyway, so
+    // this part checks only where the folder really refuses writes).
+    let ro = dir.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let old = ro.join("old.png");
+    std::fs::write(&old, b"keep me").unwrap();
+    std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    if std::fs::write(ro.join("probe"), b"").is_err() {
+        expect(
+            unsafe { ap_image_save_png(&img, cpath(&old).as_ptr()) },
+            AP_ERR_IO,
+            old.to_str().unwrap(),
+        );
+        assert_eq!(std::fs::read(&old).unwrap(), b"keep me");
     }
 }
 

@@ -126,3 +126,108 @@ fn from_pipe_patches_the_shared_scheduler_like_diffusers_constructors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn sd15() -> Pipeline {
+    let ckpt = common::data_dir().join("checkpoints/sd15-tiny");
+    Pipeline::from_pretrained(
+        ckpt.to_str().unwrap(),
+        Task::Text2Image,
+        &LoadOptions::default(),
+        None,
+    )
+    .unwrap()
+}
+
+/// Unknown keys, wrong types, private `_` keys, component names and out-of-range run defaults are the
+/// caller's mistake, refused with a message naming the key (diffusers drops what it does not take;
+/// a C caller has no warning to see that in).
+#[test]
+fn from_pipe_refuses_bad_overrides() {
+    let p = sd15();
+    for (text, mentions) in [
+        (r#"{"bogus_key": 1}"#, "bogus_key"),
+        (r#"{"requires_safety_checker": "yes"}"#, "requires_safety_checker"),
+        (r#"{"_class_name": "Evil"}"#, "_class_name"),
+        (r#"{"_name_or_path": "x"}"#, "_name_or_path"),
+        (r#"{"vae": null}"#, "vae"),
+        (r#"{"unet": ["diffusers", "UNet2DConditionModel"]}"#, "own API"),
+        (r#"{"strength": 7}"#, "strength"),
+        (r#"{"strength": -0.1}"#, "strength"),
+        (r#"{"strength": "0.5"}"#, "strength"),
+        (r#"{"guidance_scale": null}"#, "guidance_scale"),
+        (r#"{"num_inference_steps": 0}"#, "num_inference_steps"),
+        (r#"{"num_inference_steps": 1001}"#, "num_inference_steps"),
+        (r#"{"num_inference_steps": 2.5}"#, "num_inference_steps"),
+        (
+            r#"{"requires_aesthetics_score": true}"#,
+            "requires_aesthetics_score",
+        ),
+    ] {
+        let overrides: Map<String, Value> = serde_json::from_str(text).unwrap();
+        let err = p.from_pipe(Task::Image2Image, &overrides).unwrap_err();
+        assert!(
+            matches!(err, autopipeline::Error::InvalidArgument(_)),
+            "{text}: {err:?}"
+        );
+        assert!(err.to_string().contains(mentions), "{text}: {err}");
+    }
+    // The keys the class takes, with the right types, still go through.
+    let ok: Map<String, Value> =
+        serde_json::from_str(r#"{"requires_safety_checker": true, "strength": 1, "guidance_scale": -2}"#)
+            .unwrap();
+    assert!(p.from_pipe(Task::Image2Image, &ok).is_ok());
+}
+
+/// `strength`, `guidance_scale` and `num_inference_steps` overrides become the new pipeline's run
+/// defaults: a run that leaves them unset takes them, a run that sets them wins.
+#[test]
+fn from_pipe_run_defaults_apply_to_runs_that_leave_them_unset() {
+    use autopipeline::RunParams;
+    let p = sd15();
+    let overrides: Map<String, Value> =
+        serde_json::from_str(r#"{"strength": 0.5, "num_inference_steps": 4, "guidance_scale": 3.0}"#)
+            .unwrap();
+    let i2i = p.from_pipe(Task::Image2Image, &overrides).unwrap();
+    let plain = p.from_pipe(Task::Image2Image, &Map::new()).unwrap();
+    let image = autopipeline::Image::new(64, 64, 3, vec![128; 64 * 64 * 3]).unwrap();
+    let base = RunParams {
+        prompt: "a cat".into(),
+        image: Some(image),
+        seed: 7,
+        ..Default::default()
+    };
+    let steps_of = |pipe: &Pipeline, params: &RunParams| {
+        let mut total = 0;
+        let mut progress = |_: usize, n: usize| {
+            total = n;
+            true
+        };
+        let out = pipe.run(params, Some(&mut progress)).unwrap();
+        (total, out.images[0].data.clone())
+    };
+    let (steps, with_defaults) = steps_of(&i2i, &base);
+    let explicit = RunParams {
+        strength: Some(0.5),
+        num_inference_steps: Some(4),
+        guidance_scale: Some(3.0),
+        ..base.clone()
+    };
+    let (explicit_steps, same) = steps_of(&plain, &explicit);
+    assert_eq!(steps, explicit_steps);
+    assert_eq!(with_defaults, same, "the overrides act as the run's values");
+    let (plain_steps, _) = steps_of(&plain, &base);
+    assert_ne!(steps, plain_steps, "the family default (50 steps at 0.8) differs");
+    let own = RunParams {
+        strength: Some(1.0),
+        ..base.clone()
+    };
+    let (own_steps, _) = steps_of(&i2i, &own);
+    let (want, _) = steps_of(
+        &plain,
+        &RunParams {
+            num_inference_steps: Some(4),
+            ..own.clone()
+        },
+    );
+    assert_eq!(own_steps, want, "a run's own strength wins over the override");
+}

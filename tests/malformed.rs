@@ -944,3 +944,129 @@ mod c_abi {
         assert_eq!(msg, "");
     }
 }
+
+/// A UTF-8 byte-order mark before valid JSON: diffusers reads with `open(encoding="utf-8")` and
+/// `json.loads`, which refuses it ("Unexpected UTF-8 BOM"); we refuse it too, saying so.
+#[test]
+fn json_with_a_utf8_bom_is_refused_saying_so() {
+    for rel in [
+        "unet/config.json",
+        "scheduler/scheduler_config.json",
+        "model_index.json",
+        "tokenizer/vocab.json",
+    ] {
+        let ck = Checkpoint::sd15();
+        let mut text = b"\xef\xbb\xbf".to_vec();
+        text.extend(std::fs::read(ck.path(rel)).unwrap());
+        ck.write(rel, text);
+        let err = ck.fail();
+        let file = rel.rsplit('/').next().unwrap();
+        assert_error(&err, invalid_model, &[file, "UTF-8 byte-order mark"]);
+    }
+}
+
+/// A directory, a FIFO or a link to `/dev/zero` where a file should be: the message says what is
+/// there (not "no file named …"), and nothing blocks on the FIFO or reads the device forever.
+#[test]
+fn entries_that_are_not_regular_files_are_named_for_what_they_are() {
+    for rel in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/config.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+    ] {
+        for kind in ["directory", "fifo", "dev-zero"] {
+            eprintln!("case: {rel} as {kind}");
+            let ck = Checkpoint::sd15();
+            let path = ck.path(rel);
+            ck.remove(rel);
+            let want = match kind {
+                "directory" => {
+                    std::fs::create_dir(&path).unwrap();
+                    "is a directory"
+                }
+                "fifo" => {
+                    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+                    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+                    "is not a regular file"
+                }
+                _ => {
+                    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+                    "is not a regular file"
+                }
+            };
+            let err = ck.fail();
+            let msg = err.to_string();
+            assert!(!msg.contains("no file named"), "{rel} as {kind}: {msg}");
+            let file = rel.rsplit('/').next().unwrap();
+            assert_error(&err, invalid_model, &[file, want]);
+        }
+    }
+}
+
+/// With `RUST_BACKTRACE=1` in the host's environment candle attaches a backtrace to its errors; the
+/// message stays one clean line. (A child process: the standard library reads the variable once.)
+#[test]
+fn messages_stay_one_line_under_rust_backtrace() {
+    const CHILD: &str = "AP_TEST_BACKTRACE_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let ck = Checkpoint::sd15();
+        ck.edit_json("unet/config.json", |c| {
+            c.insert("block_out_channels".into(), json!([32, 64]));
+        });
+        let msg = ck.fail().to_string();
+        eprintln!("message: {msg}");
+        assert!(msg.contains("conv_in.weight"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        assert!(!msg.contains("backtrace"), "{msg}");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "messages_stay_one_line_under_rust_backtrace",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A family that needs a component `model_index.json` saves as `[null, null]` refuses to load, naming
+/// it, instead of loading the folder the index says is not there.
+#[test]
+fn needed_component_marked_null_in_the_index() {
+    for name in ["vae", "unet", "text_encoder", "tokenizer"] {
+        let ck = Checkpoint::sd15();
+        ck.edit_json("model_index.json", |m| {
+            m.insert(name.into(), json!([null, null]));
+        });
+        assert_error(&ck.fail(), invalid_model, &["model_index.json", name, "null"]);
+    }
+}
+
+/// SDXL's `addition_time_embed_dim` absurdly large (or not fitting
+/// `projection_class_embeddings_input_dim`) is refused at load, not at the first run.
+#[test]
+fn sdxl_addition_time_embed_dim_is_checked_at_load() {
+    for (dim, proj) in [(1_000_000_000u64, 80u64), (17, 80), (8, 0), (8, 1_000_000_000)] {
+        let ck = Checkpoint::copy_of("sdxl-tiny");
+        ck.edit_json("unet/config.json", |c| {
+            c.insert("addition_time_embed_dim".into(), json!(dim));
+            c.insert("projection_class_embeddings_input_dim".into(), json!(proj));
+        });
+        let key = if dim == 8 {
+            "projection_class_embeddings_input_dim"
+        } else {
+            "addition_time_embed_dim"
+        };
+        assert_error(&ck.fail(), invalid_model, &["unet", key]);
+    }
+}

@@ -91,7 +91,8 @@ pub(crate) fn last_error_ptr() -> *const std::ffi::c_char {
 
 /// The status code for an error, setting the thread's last-error message.
 pub(crate) fn fail(err: &Error) -> ap_status {
-    set_last_error(&err.to_string());
+    // One clean line whatever produced it (a backtrace from `RUST_BACKTRACE` never reaches the caller).
+    set_last_error(&crate::error::one_line(&err.to_string()));
     match err {
         Error::InvalidArgument(_) => AP_ERR_INVALID_ARGUMENT,
         Error::NotFound(_) => AP_ERR_NOT_FOUND,

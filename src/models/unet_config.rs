@@ -271,6 +271,27 @@ impl UNetConfig {
         {
             problems.push(format!("cross_attention_dim must be 1..={MAX_WIDTH}"));
         }
+        // SDXL's added conditioning: `projection_class_embeddings_input_dim` holds the 5 or 6 time
+        // ids, `addition_time_embed_dim` wide each, plus the pooled text embedding.
+        if let Some(d) = self.addition_time_embed_dim {
+            let p = self.projection_class_embeddings_input_dim;
+            if d == 0 || d > MAX_WIDTH {
+                problems.push(format!("addition_time_embed_dim {d} must be 1..={MAX_WIDTH}"));
+            } else if let Some(p) = p.filter(|&p| d * 5 > p) {
+                problems.push(format!(
+                    "addition_time_embed_dim {d} is too large for projection_class_embeddings_input_dim {p}, \
+                     which must hold 5 or 6 time ids of that width plus the pooled text embedding \
+                     (SDXL: 256 and 2816)"
+                ));
+            }
+        }
+        if let Some(p) = self.projection_class_embeddings_input_dim {
+            if p == 0 || p > MAX_WIDTH {
+                problems.push(format!(
+                    "projection_class_embeddings_input_dim {p} must be 1..={MAX_WIDTH}"
+                ));
+            }
+        }
         if self.sample_size == 0 || self.sample_size > MAX_WIDTH {
             problems.push(format!(
                 "sample_size {} must be 1..={MAX_WIDTH}",

@@ -176,6 +176,19 @@ impl<'a> Loader<'a> {
         }
     }
 
+    /// Refuses to load `name` when `model_index.json` saved it as `[null, null]` (`None`): the
+    /// family needs it, and its folder, if one is there, is not part of the checkpoint.
+    fn require(&self, name: &str) -> Result<()> {
+        if self.index.null_components.iter().any(|n| n == name) {
+            return Err(Error::InvalidModel(format!(
+                "model_index.json marks the component {name:?} as [null, null] (none), but this \
+                 pipeline needs it: give it its library and class (e.g. [\"diffusers\", \"...\"]) \
+                 and a {name} folder"
+            )));
+        }
+        Ok(())
+    }
+
     /// A CLIP tokenizer folder and the text encoder it feeds (`with_projection`:
     /// `CLIPTextModelWithProjection`).
     pub fn text_encoder(
@@ -184,6 +197,8 @@ impl<'a> Loader<'a> {
         encoder: &str,
         with_projection: bool,
     ) -> Result<TextEncoder> {
+        self.require(tokenizer)?;
+        self.require(encoder)?;
         let (enc, store, files) = load_text_encoder(
             self.source,
             tokenizer,
@@ -198,6 +213,7 @@ impl<'a> Loader<'a> {
 
     /// The `unet` folder's `UNet2DConditionModel`.
     pub fn unet(&mut self) -> Result<UNet2DConditionModel> {
+        self.require("unet")?;
         let source = self.source;
         let cfg: UNetConfig = read_config(&source.file("unet", "config.json")?)?;
         let dir = PathBuf::from(source.component_location("unet"));
@@ -213,6 +229,7 @@ impl<'a> Loader<'a> {
     /// pipeline in float32 (its half-precision values, computed in float32), as diffusers' SDXL
     /// pipelines do for every encode and decode.
     pub fn vae(&mut self, upcast: bool) -> Result<AutoencoderKL> {
+        self.require("vae")?;
         let source = self.source;
         let cfg: VaeConfig = read_config(&source.file("vae", "config.json")?)?;
         let dir = PathBuf::from(source.component_location("vae"));

@@ -66,19 +66,24 @@ fn settings(p: &Pipeline, fam: &dyn FamilyPipeline, params: &RunParams) -> Resul
     let custom = params.timesteps.as_ref().or(params.sigmas.as_ref()).map(Vec::len);
     let steps = custom
         .or(params.num_inference_steps)
+        .or(p.run_defaults.num_inference_steps)
         .unwrap_or(defaults.num_inference_steps);
     if steps == 0 || steps > MAX_STEPS {
         return Err(Error::InvalidArgument(format!(
             "num_inference_steps must be 1..={MAX_STEPS}, not {steps}"
         )));
     }
-    let guidance_scale = params.guidance_scale.unwrap_or(defaults.guidance_scale);
+    let guidance_scale = (params.guidance_scale)
+        .or(p.run_defaults.guidance_scale)
+        .unwrap_or(defaults.guidance_scale);
     if !guidance_scale.is_finite() {
         return Err(Error::InvalidArgument(format!(
             "guidance_scale must be a finite number, not {guidance_scale}"
         )));
     }
-    let strength = params.strength.unwrap_or(defaults.strength);
+    let strength = (params.strength)
+        .or(p.run_defaults.strength)
+        .unwrap_or(defaults.strength);
     if !(0.0..=1.0).contains(&strength) {
         return Err(Error::InvalidArgument(format!(
             "The value of strength should in [0.0, 1.0] but is {strength}"
@@ -246,20 +251,35 @@ pub(super) fn run(
 
     // 2. Timesteps, truncated by strength for img2img / inpaint (diffusers `get_timesteps`), unless the
     //    family's scheduler takes the strength itself.
-    let mut scheduler = schedulers::build(&scheduler_config)?;
+    // The scheduler the caller chose or configured: its bad values are the caller's argument errors.
+    let caller_chose = params.scheduler.is_some()
+        || params
+            .scheduler_config
+            .as_ref()
+            .is_some_and(|v| v.as_object().is_some_and(|m| !m.is_empty()));
+    let blame = |e: Error| {
+        if caller_chose {
+            schedulers::caller_error(e)
+        } else {
+            e
+        }
+    };
+    let mut scheduler = schedulers::build(&scheduler_config).map_err(blame)?;
     let img2img_like = p.task != Task::Text2Image;
     let strength_in_scheduler = img2img_like && fam.strength_in_scheduler();
     let steps = if strength_in_scheduler {
         // LCM img2img: `set_timesteps(n, strength=…)` (custom timesteps are cut by strength there too;
         // custom sigmas get the scheduler's refusal).
         let custom = params.timesteps.is_some() || params.sigmas.is_some();
-        scheduler.set_timesteps_with(&schedulers::TimestepRequest {
-            num_inference_steps: (!custom).then_some(s.steps),
-            timesteps: params.timesteps.as_deref(),
-            sigmas: params.sigmas.as_deref(),
-            mu: None,
-            strength: Some(s.strength),
-        })?;
+        scheduler
+            .set_timesteps_with(&schedulers::TimestepRequest {
+                num_inference_steps: (!custom).then_some(s.steps),
+                timesteps: params.timesteps.as_deref(),
+                sigmas: params.sigmas.as_deref(),
+                mu: None,
+                strength: Some(s.strength),
+            })
+            .map_err(blame)?;
         scheduler.num_timesteps()
     } else {
         schedulers::retrieve_timesteps(
@@ -268,7 +288,8 @@ pub(super) fn run(
             params.timesteps.as_deref(),
             params.sigmas.as_deref(),
             None,
-        )?
+        )
+        .map_err(blame)?
     };
     let mut timesteps = scheduler.timesteps().to_vec();
     if img2img_like && !strength_in_scheduler {

@@ -35,6 +35,10 @@ pub struct Pipeline {
     class_name: String,
     name_or_path: String,
     config: Map<String, Value>,
+    /// Run defaults set by `from_pipe` overrides (a run's own values win, the family's come last).
+    run_defaults: config::RunDefaultOverrides,
+    /// The entries of the checkpoint's `model_index.json` (`from_pipe` refuses them as overrides).
+    component_names: Vec<String>,
     components: Arc<Components>,
 }
 
@@ -108,19 +112,27 @@ impl Pipeline {
         let mut base = plan.index.config.clone();
         base.insert("_name_or_path".into(), Value::String(model.to_string()));
         let config = config::derive(&fam.config_keys(task), &base, &Map::new());
+        let component_names = (plan.index.components.iter().map(|c| c.name.clone()))
+            .chain(plan.index.null_components.iter().cloned())
+            .collect();
         Ok(Self {
             task,
             family: plan.family,
             class_name: plan.resolved.pipeline_class.to_string(),
             name_or_path: model.to_string(),
             config,
+            run_defaults: Default::default(),
+            component_names,
             components: Arc::new(components),
         })
     }
 
     /// A pipeline for `task` over the same loaded components (no extra model memory), like diffusers'
     /// `AutoPipelineFor<Task>.from_pipe(self, **overrides)`: the configuration carries over and
-    /// `overrides` (pipeline config keys such as `requires_aesthetics_score`) win.
+    /// `overrides` (pipeline config keys such as `requires_aesthetics_score`) win. `overrides` may also
+    /// set the new pipeline's run defaults `strength`, `guidance_scale` and `num_inference_steps`
+    /// (used by runs that leave them unset; not carried on by a further `from_pipe`). Anything else
+    /// (unknown keys, wrong types, `_` keys, component names) is [`Error::InvalidArgument`].
     pub fn from_pipe(&self, task: Task, overrides: &Map<String, Value>) -> Result<Self> {
         // diffusers' `from_pipe` looks the instance's class up as it is (no `from_pretrained` renames);
         // `controlnet=` / `enable_pag=` will arrive as modifiers.
@@ -132,7 +144,10 @@ impl Pipeline {
             ))
         })?;
         let fam = families::imp(family);
-        let config = config::derive(&fam.config_keys(task), &self.config, overrides);
+        let keys = fam.config_keys(task);
+        let run_defaults =
+            config::check_overrides(&keys, &self.component_names, overrides, generate::MAX_STEPS)?;
+        let config = config::derive(&keys, &self.config, overrides);
         // The new pipeline's constructor patches the scheduler both pipelines share.
         self.components.patch_scheduler(|s| fam.patch_scheduler(task, s));
         Ok(Self {
@@ -141,6 +156,8 @@ impl Pipeline {
             class_name: resolved.pipeline_class.to_string(),
             name_or_path: self.name_or_path.clone(),
             config,
+            run_defaults,
+            component_names: self.component_names.clone(),
             components: Arc::clone(&self.components),
         })
     }

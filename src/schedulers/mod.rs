@@ -46,6 +46,7 @@ pub use kdpm2_ancestral::Kdpm2AncestralDiscreteScheduler;
 pub use lcm::LcmScheduler;
 pub use lms::LmsDiscreteScheduler;
 pub use pndm::PndmScheduler;
+pub(crate) use select::caller_error;
 pub use select::{aliases, class_keys, python_json, select};
 pub use tcd::TcdScheduler;
 pub use unipc::UniPcMultistepScheduler;
@@ -382,9 +383,16 @@ pub(crate) fn alphas_cumprod(c: &SchedulerConfig) -> Result<Vec<f32>> {
                     })
                     .collect()
             }
-            other => {
+            // Schedules some diffusers schedulers have that we do not implement yet; any other
+            // value is a mistake in the config (diffusers raises NotImplementedError for both).
+            other @ ("sigmoid" | "exp" | "laplace") => {
                 return Err(Error::Unsupported(format!(
-                    "beta_schedule {other:?} is not supported; use linear, scaled_linear or squaredcos_cap_v2"
+                    "beta_schedule {other:?} is not supported yet; use linear, scaled_linear or squaredcos_cap_v2"
+                )))
+            }
+            other => {
+                return Err(Error::InvalidModel(format!(
+                    "beta_schedule {other:?} is not a beta schedule; use linear, scaled_linear or squaredcos_cap_v2"
                 )))
             }
         }

@@ -406,7 +406,14 @@ fn base_as_map(base: &SchedulerConfig) -> Map<String, Value> {
     m
 }
 
-/// Bad values in a user's choice are argument errors, not a broken model.
+/// Bad values in a user's choice are argument errors, not a broken model. The run applies it to the
+/// errors of building the chosen scheduler and of its `set_timesteps` (where `timestep_spacing`,
+/// `steps_offset` and `final_sigmas_type` are checked against the step count) when the caller chose
+/// the scheduler or passed `scheduler_config`.
+pub(crate) fn caller_error(e: Error) -> Error {
+    to_argument(e)
+}
+
 fn to_argument(e: Error) -> Error {
     match e {
         Error::InvalidModel(m) => Error::InvalidArgument(m),

@@ -10,15 +10,25 @@ pub const MAX_TEXT_FILE: u64 = 256 << 20;
 
 /// Reads a checkpoint's text file: missing → `Error::NotFound`, larger than [`MAX_TEXT_FILE`] or not
 /// UTF-8 → `Error::InvalidModel`, each naming the file.
+///
+/// A directory, FIFO or device in its place is `Error::InvalidModel` saying what is there (checked
+/// before opening: a FIFO would block the open, a device would be read to the size limit). A `.json`
+/// file that starts with a UTF-8 byte-order mark is refused as diffusers refuses it: it reads with
+/// `open(..., encoding="utf-8")` and `json.loads`, which raises "Unexpected UTF-8 BOM".
 pub fn read_text_file(path: &Path) -> Result<String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| {
+    let not_found = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound(format!("{} not found", path.display()))
         } else {
             Error::io(path, e)
         }
-    })?;
+    };
+    let meta = std::fs::metadata(path).map_err(not_found)?;
+    if !meta.is_file() {
+        return Err(not_a_regular_file(path, &meta));
+    }
+    let file = std::fs::File::open(path).map_err(not_found)?;
     let mut bytes = Vec::new();
     file.take(MAX_TEXT_FILE + 1)
         .read_to_end(&mut bytes)
@@ -30,8 +40,47 @@ pub fn read_text_file(path: &Path) -> Result<String> {
             MAX_TEXT_FILE >> 20
         )));
     }
-    String::from_utf8(bytes)
-        .map_err(|e| Error::InvalidModel(format!("{} is not UTF-8 text: {e}", path.display())))
+    let text = String::from_utf8(bytes)
+        .map_err(|e| Error::InvalidModel(format!("{} is not UTF-8 text: {e}", path.display())))?;
+    if text.starts_with('\u{feff}') && path.extension().is_some_and(|e| e == "json") {
+        return Err(Error::InvalidModel(format!(
+            "{} starts with a UTF-8 byte-order mark, which diffusers' JSON reader refuses; save it as \
+             UTF-8 without a BOM",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+/// The error for an entry at `path` that should be a regular file but is something else, saying what.
+pub fn not_a_regular_file(path: &Path, meta: &std::fs::Metadata) -> Error {
+    let t = meta.file_type();
+    #[cfg(unix)]
+    let (fifo, device, socket) = {
+        use std::os::unix::fs::FileTypeExt;
+        (
+            t.is_fifo(),
+            t.is_char_device() || t.is_block_device(),
+            t.is_socket(),
+        )
+    };
+    #[cfg(not(unix))]
+    let (fifo, device, socket) = (false, false, false);
+    let what = if t.is_dir() {
+        "is a directory"
+    } else if fifo {
+        "is not a regular file (it is a FIFO)"
+    } else if device {
+        "is not a regular file (it is a device)"
+    } else if socket {
+        "is not a regular file (it is a socket)"
+    } else {
+        "is not a regular file"
+    };
+    Error::InvalidModel(format!(
+        "{} {what}; the checkpoint needs a file there",
+        path.display()
+    ))
 }
 
 /// Parses a JSON config file into `T`, naming the file and the bad key on failure.
@@ -232,7 +281,8 @@ fn check_header(header: &[u8], data_len: u64, what: &str) -> Result<()> {
 /// Maps a candle error raised while building a model to a message naming the component folder.
 pub fn model_error(component: &str, dir: &Path, e: candle_core::Error) -> Error {
     Error::InvalidModel(format!(
-        "{component} in {} does not match its config.json: {e}",
-        dir.display()
+        "{component} in {} does not match its config.json: {}",
+        dir.display(),
+        crate::error::candle_message(&e)
     ))
 }
