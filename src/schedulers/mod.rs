@@ -505,13 +505,26 @@ pub(crate) fn discrete_timesteps(c: &SchedulerConfig, n: usize) -> Result<Vec<i6
     }
     // `steps_offset` can push "leading" timesteps past the schedule (diffusers then fails with an
     // IndexError); refuse it here rather than index out of range later.
-    if let Some(bad) = ts.iter().find(|&&v| v >= t as i64) {
-        return Err(Error::InvalidModel(format!(
-            "scheduler config: steps_offset {} puts timestep {bad} beyond num_train_timesteps {t} for {n} steps",
-            c.steps_offset
-        )));
+    if let Some(&bad) = ts.iter().find(|&&v| v >= t as i64) {
+        return Err(past_schedule(c, n, bad));
     }
     Ok(ts)
+}
+
+/// The refusal of a "leading" schedule whose `steps_offset` pushes its last timestep past the training
+/// range: SD's own PNDM config (`steps_offset` 1) at 1000 steps gives timestep 1000, and diffusers fails
+/// there with an IndexError. The config is fine for fewer steps, so the caller's step count is what to
+/// change: the message names the most that fit.
+pub(crate) fn past_schedule(c: &SchedulerConfig, n: usize, bad: i64) -> Error {
+    let t = c.num_train_timesteps;
+    let fits = |k: usize| (k - 1) * (t / k) + c.steps_offset < t;
+    let most = (1..n).rev().find(|&k| fits(k)).unwrap_or(0);
+    Error::InvalidArgument(format!(
+        "num_inference_steps {n} with this scheduler's steps_offset {} and \"leading\" spacing puts timestep \
+         {bad} past num_train_timesteps {t} (diffusers fails there with an IndexError): use at most {most} \
+         steps, or a scheduler config with timestep_spacing \"trailing\"",
+        c.steps_offset
+    ))
 }
 
 pub(crate) fn spacing_error(other: &str) -> Error {
@@ -597,6 +610,30 @@ mod tests {
         assert_eq!(round_half_even(3.5), 4.0);
         assert_eq!(round_half_even(-0.5), -0.0);
         assert_eq!(round_half_even(1.4), 1.0);
+    }
+
+    #[test]
+    fn leading_schedules_past_the_training_range_are_the_callers_step_count() {
+        // SD 1.5's own scheduler configs at the documented maximum of 1000 steps: timestep 1000.
+        for class in ["PNDMScheduler", "DDIMScheduler"] {
+            let cfg = SchedulerConfig::from_json(
+                &format!(
+                    r#"{{"_class_name": "{class}", "steps_offset": 1, "timestep_spacing": "leading",
+                        "skip_prk_steps": true}}"#
+                ),
+                "test",
+            )
+            .unwrap();
+            let mut s = build(&cfg).unwrap();
+            let err = s.set_timesteps(1000).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{class}: {err:?}");
+            assert!(
+                err.to_string().contains("use at most 999 steps"),
+                "{class}: {err}"
+            );
+            s.set_timesteps(999).unwrap();
+            assert_eq!(s.timesteps()[0], 999.0, "{class}");
+        }
     }
 
     #[test]

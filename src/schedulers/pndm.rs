@@ -148,11 +148,8 @@ impl super::Scheduler for PndmScheduler {
             }
             other => return Err(spacing_error(other)),
         };
-        if let Some(bad) = base.iter().find(|&&v| v >= t as i64) {
-            return Err(Error::InvalidModel(format!(
-                "scheduler config: steps_offset {} puts timestep {bad} beyond num_train_timesteps {t} for {n} steps",
-                self.config.steps_offset
-            )));
+        if let Some(&bad) = base.iter().find(|&&v| v >= t as i64) {
+            return Err(super::past_schedule(&self.config, n, bad));
         }
         let plms: Vec<i64> = if self.config.skip_prk_steps {
             // PLMS alone: all but the last, the second-to-last again, then the last; reversed.
