@@ -363,7 +363,7 @@ namespace Autopipeline
     public static class Library
     {
         /// <summary>The C API version this binding was written for (AUTOPIPELINE_VERSION).</summary>
-        public const string BindingVersion = "0.1.0";
+        public const string BindingVersion = "0.1.1";
 
         private static volatile bool loaded;
 

@@ -214,7 +214,7 @@ namespace Autopipeline
             public int vae_tiling;
             public int vae_slicing;
             public IntPtr rng;
-            // Added after 0.1.0 (the library reads them only when struct_size covers them).
+            // Added in 0.1.1 (the library reads them only when struct_size covers them).
             public IntPtr timesteps;
             public uint num_timesteps;
             public IntPtr sigmas;

@@ -93,7 +93,7 @@ class _RunParams(ctypes.Structure):
         ("vae_tiling", ctypes.c_int32),
         ("vae_slicing", ctypes.c_int32),
         ("rng", ctypes.c_char_p),
-        # Added after 0.1.0 (read by the library only when struct_size covers them).
+        # Added in 0.1.1 (read by the library only when struct_size covers them).
         ("timesteps", ctypes.POINTER(ctypes.c_double)),
         ("num_timesteps", ctypes.c_uint32),
         ("sigmas", ctypes.POINTER(ctypes.c_double)),

@@ -50,6 +50,16 @@ pub(crate) fn dpm_timesteps(c: &SchedulerConfig, n: usize, last: usize) -> Resul
         }
         "leading" => {
             let ratio = last / (n + 1);
+            if ratio == 0 {
+                // Every timestep would be `steps_offset`: diffusers steps past its sigmas (IndexError).
+                return Err(Error::InvalidArgument(format!(
+                    "num_inference_steps {n} is too many for \"leading\" spacing over {last} timesteps (the step \
+                     ratio {last} // {} is 0; diffusers fails there with an IndexError): use at most {} steps, or \
+                     timestep_spacing \"trailing\"",
+                    n + 1,
+                    last.saturating_sub(1)
+                )));
+            }
             let mut v: Vec<i64> = (0..=n)
                 .map(|i| (i * ratio) as i64 + c.steps_offset as i64)
                 .collect();
@@ -63,9 +73,12 @@ pub(crate) fn dpm_timesteps(c: &SchedulerConfig, n: usize, last: usize) -> Resul
             .collect(),
         other => return Err(super::spacing_error(other)),
     };
-    if let Some(bad) = ts.iter().find(|&&v| v >= t as i64 || v < 0) {
+    // Timesteps past the training range (999 "leading" steps with steps_offset 1 start at 1000) are
+    // run as diffusers runs them: their sigmas clamp to the last one (`np.interp`), and the model sees the
+    // timestep as it is. Negative ones never arise from a valid config.
+    if let Some(bad) = ts.iter().find(|&&v| v < 0) {
         return Err(Error::InvalidModel(format!(
-            "scheduler config: timestep {bad} for {n} steps lies outside 0..{t} (check steps_offset)"
+            "scheduler config: timestep {bad} for {n} steps is negative (check steps_offset)"
         )));
     }
     Ok(ts)

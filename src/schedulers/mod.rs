@@ -643,3 +643,54 @@ mod tests {
         assert_eq!(v[4], 0.9);
     }
 }
+#[cfg(test)]
+mod step_count_limits {
+    /// diffusers (0.42.1, SD 1.5's scheduler config switched to each class) runs 999 "leading" steps
+    /// with a first timestep of 1000, its sigma clamped to the last training sigma by `np.interp`, and
+    /// fails at 1000 steps (the step ratio is 0: IndexError). The same here: 999 run to the end, 1000
+    /// is the caller's argument error.
+    #[test]
+    fn dpm_family_at_the_step_limit_behaves_as_diffusers() {
+        let cfg = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/checkpoints/sd15-tiny/scheduler/scheduler_config.json"
+        ))
+        .unwrap();
+        let base = super::SchedulerConfig::from_json(&cfg, "test").unwrap();
+        let cpu = candle_core::Device::Cpu;
+        for class in [
+            "DPMSolverMultistepScheduler",
+            "DEISMultistepScheduler",
+            "UniPCMultistepScheduler",
+        ] {
+            let c = super::select(&base, Some(class), None).unwrap();
+            let mut s = super::build(&c).unwrap();
+            s.set_timesteps(999).unwrap();
+            let ts = s.timesteps().to_vec();
+            assert_eq!(
+                (ts.len(), ts[0], ts[1], ts[998]),
+                (999, 1000.0, 999.0, 2.0),
+                "{class}"
+            );
+            if let Some(sig) = s.sigmas() {
+                assert_eq!(sig[0], sig[1], "{class}: timestep 1000 clamps to the last sigma");
+            }
+            let x = candle_core::Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &cpu).unwrap();
+            let mut rng =
+                crate::rng::Generator::new(crate::rng::RngKind::Cpu, 0, &cpu, candle_core::DType::F32);
+            let mut y = x.clone();
+            for &t in &ts {
+                y = s.step(&x, t, &y, &mut rng).unwrap();
+            }
+            let err = s.set_timesteps(1000).unwrap_err();
+            assert!(
+                matches!(err, super::Error::InvalidArgument(_)),
+                "{class}: {err:?}"
+            );
+            assert!(
+                err.to_string().contains("use at most 999 steps"),
+                "{class}: {err}"
+            );
+        }
+    }
+}
