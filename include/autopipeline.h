@@ -225,6 +225,8 @@ typedef struct ap_load_params {
 /**
  * An 8-bit image: `channels` 1 (mask), 3 (RGB) or 4 (RGBA); row `y` starts at `data + y * stride`.
  * Images returned by the library are RGBA8 (or RGB8 on request) with `stride = width * channels`.
+ * Images passed in (run inputs, `ap_image_save_png`) may give `stride = 0` for tightly packed rows
+ * (`width * channels`); a nonzero stride smaller than that fails with AP_ERR_INVALID_ARGUMENT.
  */
 typedef struct ap_image {
   uint32_t width;

@@ -31,6 +31,8 @@ pub const AP_PREVIEW_VAE: i32 = 1;
 
 /// An 8-bit image: `channels` 1 (mask), 3 (RGB) or 4 (RGBA); row `y` starts at `data + y * stride`.
 /// Images returned by the library are RGBA8 (or RGB8 on request) with `stride = width * channels`.
+/// Images passed in (run inputs, `ap_image_save_png`) may give `stride = 0` for tightly packed rows
+/// (`width * channels`); a nonzero stride smaller than that fails with AP_ERR_INVALID_ARGUMENT.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 #[allow(non_camel_case_types)]
