@@ -76,3 +76,25 @@ fn padding_mask_crop_pastes_back_into_the_original() {
         "outside {outside}, changed inside {changed_inside}"
     );
 }
+
+/// An all-black mask has no region to crop. diffusers' `get_crop_region` then gives an inverted box for
+/// a padding under half the side (PIL refuses the crop), an empty one at exactly half (division by
+/// zero), and the whole image once the padding covers it. Ours: refused with a message below that
+/// size, the whole image from there on.
+#[test]
+fn padding_mask_crop_with_an_empty_mask_follows_diffusers() {
+    let case = common::cases::inputs("sd15-inpaint4ch-nocfg");
+    let pipe = common::cases::pipeline(&case);
+    let mut params = common::cases::params(&case);
+    let mask = params.mask.as_mut().unwrap();
+    mask.data.iter_mut().for_each(|v| *v = 0);
+    for pad in [1, 32] {
+        params.padding_mask_crop = Some(pad);
+        let err = pipe.run(&params, None).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "pad {pad}: {err:?}");
+    }
+    params.padding_mask_crop = Some(100_000);
+    let out = pipe.run(&params, None).unwrap();
+    // Nothing to repaint: every pixel is pasted back from the original.
+    assert_eq!(out.images[0].data, params.image.as_ref().unwrap().data);
+}
