@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::models::vae::DecodeOptions;
 use crate::registry::Family;
-use crate::schedulers::div_s;
 use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -329,15 +328,12 @@ pub fn latent_rgb_preview(latents: &Tensor, family: Family) -> Result<Vec<Image>
 }
 
 /// A full decode of the current latents, post-processed as the final image is (the same steps as the
-/// pipeline's decode, with the family's latent normalisation).
+/// pipeline's decode: `FamilyPipeline::decode`).
 fn vae_preview(
     family: Family,
     c: &super::Components,
     opts: DecodeOptions,
     latents: &Tensor,
 ) -> Result<Vec<Image>> {
-    let z = super::families::imp(family).latent_norm(c).denormalize(latents)?;
-    let image = c.vae.decode_with(&z, opts)?;
-    let image = (div_s(&image, 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-    Image::from_tensor01(&image, 4)
+    Image::from_tensor01(&super::families::imp(family).decode(c, latents, opts)?, 4)
 }

@@ -11,7 +11,7 @@ use crate::image::Image;
 use crate::models::vae::DecodeOptions;
 use crate::registry::Task;
 use crate::rng::Generator;
-use crate::schedulers::{self, div_s, mul_s, Scheduler};
+use crate::schedulers::{self, mul_s, Scheduler};
 use candle_core::{DType, Device, Tensor};
 
 /// Largest side we accept, in pixels: beyond this the activations cannot fit anyway, and refusing early
@@ -442,7 +442,7 @@ pub(super) fn run(
     Ok(RunOutput { images, warnings })
 }
 
-/// VAE decode of final latents and diffusers' postprocess: `(x / 2 + 0.5).clamp(0, 1)`.
+/// The family's decode of the final latents (see `FamilyPipeline::decode`), recorded in the trace.
 fn decode(
     p: &Pipeline,
     fam: &dyn FamilyPipeline,
@@ -450,10 +450,7 @@ fn decode(
     vae_opts: DecodeOptions,
     trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
-    let c = &*p.components;
-    let z = fam.latent_norm(c).denormalize(latents)?;
-    let image = c.vae.decode_with(&z, vae_opts)?;
-    let image = (div_s(&image, 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+    let image = fam.decode(&p.components, latents, vae_opts)?;
     if let Some(trace) = trace {
         trace.image = Some(image.clone());
     }

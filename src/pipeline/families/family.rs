@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::unet::AddedCond;
+use crate::models::vae::DecodeOptions;
 use crate::pipeline::components::{Components, LoadContext};
 use crate::pipeline::memory::RunShape;
 use crate::pipeline::{Pipeline, RunParams, Trace};
@@ -220,6 +221,15 @@ pub trait FamilyPipeline: Sync {
 
     /// Latent normalisation between the VAE and the denoiser.
     fn latent_norm(&self, c: &Components) -> LatentNorm;
+
+    /// Denoiser latents → images as floats in `[0, 1]`, `(b, 3, h, w)`: the latent normalisation undone,
+    /// the VAE decode, and diffusers' postprocess `(x / 2 + 0.5).clamp(0, 1)`. The final image and VAE
+    /// previews both come from here.
+    fn decode(&self, c: &Components, latents: &Tensor, opts: DecodeOptions) -> Result<Tensor> {
+        let z = self.latent_norm(c).denormalize(latents)?;
+        let image = c.vae.decode_with(&z, opts)?;
+        Ok((crate::schedulers::div_s(&image, 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
+    }
 
     /// The dtype VAE posterior samples are drawn in (`None`: the pipeline's).
     fn vae_sample_dtype(&self, _c: &Components) -> Option<DType> {

@@ -4,14 +4,14 @@
 //! negative prompt; the model input is not scaled; `LCMScheduler` applies img2img's strength itself.
 
 use super::family::{
-    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, Settings,
+    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, RunDefaults, Settings,
 };
 use super::unet;
 use crate::error::{Error, Result};
 use crate::pipeline::components::Components;
 use crate::pipeline::components::LoadContext;
 use crate::pipeline::memory::RunShape;
-use crate::pipeline::prompt::{encode_sd, repeat_batch, tokenize};
+use crate::pipeline::prompt::repeat_batch;
 use crate::pipeline::{Pipeline, RunParams, Trace};
 use crate::registry::{Family, Task};
 use crate::schedulers::SchedulerConfig;
@@ -88,24 +88,18 @@ impl FamilyPipeline for LatentConsistency {
         trace: Option<&mut Trace>,
         warnings: &mut Vec<String>,
     ) -> Result<Conditioning> {
-        // LCMs take no negative prompt (diffusers passes `negative_prompt=None` and no CFG).
+        // LCMs take no negative prompt (diffusers passes `negative_prompt=None` and no CFG): the SD
+        // encoding without a negative, plus the guidance-scale embedding as `timestep_cond`.
+        let mut cond = unet::encode_clip(p, params, s, guidance, trace, warnings)?;
         let c = &**p.components();
-        let ids = tokenize(&c.text_encoder, &params.prompt, &c.device, warnings)?;
-        let embeds = encode_sd(&c.text_encoder, &ids, params.clip_skip)?;
-        if let Some(trace) = trace {
-            trace.prompt_embeds = Some(embeds.clone());
-        }
         let dim = c.unet()?.config().time_cond_proj_dim.unwrap_or(0);
-        let w = guidance_scale_embedding(s.guidance_scale - 1.0, dim, s.batch, &c.device)?;
-        Ok(Conditioning {
-            guidance,
-            cond: ModelCond {
-                context: repeat_batch(&embeds, s.batch)?,
-                added: None,
-                timestep_cond: Some(w),
-            },
-            negative: None,
-        })
+        cond.cond.timestep_cond = Some(guidance_scale_embedding(
+            s.guidance_scale - 1.0,
+            dim,
+            s.batch,
+            &c.device,
+        )?);
+        Ok(cond)
     }
 
     fn denoiser<'a>(&self, c: &'a Components) -> Result<&'a dyn Denoiser> {

@@ -1,18 +1,16 @@
 //! Stable Diffusion 1.x / 2.x (`StableDiffusionPipeline`, `…Img2ImgPipeline`, `…InpaintPipeline`).
 
 use super::family::{
-    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, Settings,
+    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, RunDefaults, Settings,
 };
 use super::unet;
 use crate::error::Result;
 use crate::pipeline::components::Components;
 use crate::pipeline::components::LoadContext;
 use crate::pipeline::memory::RunShape;
-use crate::pipeline::prompt::{encode_sd, repeat_batch, tokenize};
 use crate::pipeline::{Pipeline, RunParams, Trace};
 use crate::registry::{Family, Task};
 use crate::schedulers::SchedulerConfig;
-use candle_core::Tensor;
 use serde_json::Value;
 
 /// The `stable-diffusion` family.
@@ -69,7 +67,7 @@ impl FamilyPipeline for StableDiffusion {
         trace: Option<&mut Trace>,
         warnings: &mut Vec<String>,
     ) -> Result<Conditioning> {
-        encode(p, params, s, guidance, trace, warnings)
+        unet::encode_clip(p, params, s, guidance, trace, warnings)
     }
 
     fn denoiser<'a>(&self, c: &'a Components) -> Result<&'a dyn Denoiser> {
@@ -124,49 +122,6 @@ pub(super) fn patch_legacy_scheduler(task: Task, cfg: &mut SchedulerConfig) {
         }
         _ => {}
     }
-}
-
-/// Prompt embeddings, with the negative (or empty) prompt's first under CFG
-/// (`StableDiffusionPipeline.encode_prompt`).
-pub(super) fn encode(
-    p: &Pipeline,
-    params: &RunParams,
-    s: &Settings,
-    guidance: GuidanceMode,
-    trace: Option<&mut Trace>,
-    warnings: &mut Vec<String>,
-) -> Result<Conditioning> {
-    let do_cfg = guidance.needs_negative();
-    let c = &**p.components();
-    let device = &c.device;
-    let ids = tokenize(&c.text_encoder, &params.prompt, device, warnings)?;
-    let prompt_embeds = encode_sd(&c.text_encoder, &ids, params.clip_skip)?;
-    let negative = if do_cfg {
-        let neg = params.negative_prompt.as_deref().unwrap_or("");
-        let ids = tokenize(&c.text_encoder, neg, device, warnings)?;
-        // diffusers applies clip_skip to the prompt only; the negative uses last_hidden_state.
-        Some(encode_sd(&c.text_encoder, &ids, None)?)
-    } else {
-        None
-    };
-    if let Some(trace) = trace {
-        trace.prompt_embeds = Some(prompt_embeds.clone());
-        trace.negative_prompt_embeds = negative.clone();
-    }
-    let pos = repeat_batch(&prompt_embeds, s.batch)?;
-    let context = match &negative {
-        Some(neg) => Tensor::cat(&[&repeat_batch(neg, s.batch)?, &pos], 0)?,
-        None => pos,
-    };
-    Ok(Conditioning {
-        guidance,
-        cond: ModelCond {
-            context,
-            added: None,
-            timestep_cond: None,
-        },
-        negative: None,
-    })
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 //! `UNet2DConditionModel`, an `AutoencoderKL`), the UNet as the loop's [`Denoiser`], the task checks
 //! on its input channels, and its activation-memory estimate.
 
-use super::family::{Denoiser, GuidanceMode, ModelCond, Settings};
+use super::family::{Conditioning, Denoiser, GuidanceMode, ModelCond, Settings};
 use crate::error::{Error, Result};
 use crate::models::unet::UNet2DConditionModel;
 use crate::pipeline::components::LoadContext;
 use crate::pipeline::components::{load_scheduler, Components, Loader, Models};
 use crate::pipeline::memory::RunShape;
-use crate::pipeline::RunParams;
+use crate::pipeline::prompt::{encode_sd, repeat_batch, tokenize};
+use crate::pipeline::{Pipeline, RunParams, Trace};
 use crate::registry::Task;
 use candle_core::{DType, Tensor};
 
@@ -150,3 +151,46 @@ pub(super) const SD_LATENT_RGB: [[f32; 3]; 4] = [
     [-0.2829, 0.1762, 0.2721],
     [-0.2120, -0.2616, -0.7177],
 ];
+
+/// One CLIP encoder's prompt embeddings, with the negative (or empty) prompt's first when the guidance
+/// mode needs one (`StableDiffusionPipeline.encode_prompt`; the LCM pipelines call it without CFG).
+pub(super) fn encode_clip(
+    p: &Pipeline,
+    params: &RunParams,
+    s: &Settings,
+    guidance: GuidanceMode,
+    trace: Option<&mut Trace>,
+    warnings: &mut Vec<String>,
+) -> Result<Conditioning> {
+    let do_cfg = guidance.needs_negative();
+    let c = &**p.components();
+    let device = &c.device;
+    let ids = tokenize(&c.text_encoder, &params.prompt, device, warnings)?;
+    let prompt_embeds = encode_sd(&c.text_encoder, &ids, params.clip_skip)?;
+    let negative = if do_cfg {
+        let neg = params.negative_prompt.as_deref().unwrap_or("");
+        let ids = tokenize(&c.text_encoder, neg, device, warnings)?;
+        // diffusers applies clip_skip to the prompt only; the negative uses last_hidden_state.
+        Some(encode_sd(&c.text_encoder, &ids, None)?)
+    } else {
+        None
+    };
+    if let Some(trace) = trace {
+        trace.prompt_embeds = Some(prompt_embeds.clone());
+        trace.negative_prompt_embeds = negative.clone();
+    }
+    let pos = repeat_batch(&prompt_embeds, s.batch)?;
+    let context = match &negative {
+        Some(neg) => Tensor::cat(&[&repeat_batch(neg, s.batch)?, &pos], 0)?,
+        None => pos,
+    };
+    Ok(Conditioning {
+        guidance,
+        cond: ModelCond {
+            context,
+            added: None,
+            timestep_cond: None,
+        },
+        negative: None,
+    })
+}
