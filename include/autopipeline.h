@@ -65,8 +65,8 @@
 
 #define AUTOPIPELINE_VERSION_MAJOR 0
 #define AUTOPIPELINE_VERSION_MINOR 1
-#define AUTOPIPELINE_VERSION_PATCH 1
-#define AUTOPIPELINE_VERSION "0.1.1"
+#define AUTOPIPELINE_VERSION_PATCH 2
+#define AUTOPIPELINE_VERSION "0.1.2"
 
 
 /**
@@ -271,7 +271,8 @@ typedef struct ap_run_params {
   const char *prompt;
   const char *negative_prompt;
   /**
-   * SDXL's second-encoder prompts; NULL = same as `prompt` / `negative_prompt`.
+   * The second encoder's prompts (SDXL's `text_encoder_2`, FLUX's T5); NULL = same as `prompt` /
+   * `negative_prompt`.
    */
   const char *prompt_2;
   const char *negative_prompt_2;
@@ -398,6 +399,18 @@ typedef struct ap_run_params {
    */
   const double *sigmas;
   uint32_t num_sigmas;
+  /**
+   * (Added in 0.1.2.) FLUX: the T5 prompt length in tokens, 1..=512 (diffusers'
+   * `max_sequence_length`); longer prompts are truncated with a warning. 0 = default (512).
+   */
+  int32_t max_sequence_length;
+  /**
+   * (Added in 0.1.2.) FLUX: true classifier-free guidance (diffusers' `true_cfg_scale`). Above 1 and
+   * with a `negative_prompt`, every step runs the transformer a second time on the negative prompt
+   * (twice the time). Negative = default (1.0: off). FLUX [dev]'s own `guidance_scale` is the
+   * distilled guidance the model takes as input (default 3.5); [schnell] ignores it.
+   */
+  float true_cfg_scale;
 } ap_run_params;
 
 /**

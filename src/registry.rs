@@ -69,14 +69,17 @@ pub enum Family {
     StableDiffusionXl,
     /// diffusers family `lcm` (latent consistency models: `LatentConsistencyModelPipeline`).
     LatentConsistency,
+    /// diffusers family `flux` (FLUX.1 [dev] and [schnell]: `FluxPipeline`).
+    Flux,
 }
 
 impl Family {
     /// Every implemented family.
-    pub const ALL: [Family; 3] = [
+    pub const ALL: [Family; 4] = [
         Family::StableDiffusion,
         Family::StableDiffusionXl,
         Family::LatentConsistency,
+        Family::Flux,
     ];
 
     /// diffusers' name for the family (the key in the AutoPipeline mappings).
@@ -85,6 +88,7 @@ impl Family {
             Family::StableDiffusion => "stable-diffusion",
             Family::StableDiffusionXl => "stable-diffusion-xl",
             Family::LatentConsistency => "lcm",
+            Family::Flux => "flux",
         }
     }
 

@@ -616,6 +616,10 @@ public:
     RunParams& timesteps(std::optional<std::vector<double>> v) { timesteps_ = std::move(v); return *this; }
     /// Custom sigmas, descending (diffusers' sigmas=), for schedulers that take them.
     RunParams& sigmas(std::optional<std::vector<double>> v) { sigmas_ = std::move(v); return *this; }
+    /// FLUX: T5 prompt length in tokens, 1..512 (diffusers' max_sequence_length; default 512).
+    RunParams& maxSequenceLength(std::optional<int32_t> v) { maxSequenceLength_ = v; return *this; }
+    /// FLUX: true classifier-free guidance scale (diffusers' true_cfg_scale; > 1 with a negative prompt).
+    RunParams& trueCfgScale(std::optional<float> v) { trueCfgScale_ = v; return *this; }
     /// Called after each denoising step; return false to cancel.
     RunParams& onProgress(ProgressFn fn) { progress_ = std::move(fn); return *this; }
     /// Called after every `every`-th denoising step with preview images (see PreviewMode).
@@ -654,6 +658,8 @@ public:
     const std::optional<std::string>& rng() const noexcept { return rng_; }
     const std::optional<std::vector<double>>& timesteps() const noexcept { return timesteps_; }
     const std::optional<std::vector<double>>& sigmas() const noexcept { return sigmas_; }
+    std::optional<int32_t> maxSequenceLength() const noexcept { return maxSequenceLength_; }
+    std::optional<float> trueCfgScale() const noexcept { return trueCfgScale_; }
 
     /// The C struct. Its strings point into this object and its image / mask into `image_out` /
     /// `mask_out`, so all three must outlive the C call; no callback is set (preview_every is).
@@ -687,6 +693,8 @@ public:
             p.sigmas = sigmas_->data();
             p.num_sigmas = static_cast<uint32_t>(sigmas_->size());
         }
+        if (maxSequenceLength_) p.max_sequence_length = *maxSequenceLength_;
+        if (trueCfgScale_) p.true_cfg_scale = *trueCfgScale_;
         if (preview_) {
             p.preview_every = previewEvery_;
             p.preview_mode = static_cast<int32_t>(previewMode_);
@@ -705,8 +713,9 @@ public:
 private:
     std::string prompt_;
     std::optional<std::string> negativePrompt_, prompt2_, negativePrompt2_, scheduler_, schedulerConfigJson_, rng_;
-    std::optional<int32_t> steps_, width_, height_, numImages_, clipSkip_, outputChannels_, paddingMaskCrop_;
-    std::optional<float> guidanceScale_, strength_, guidanceRescale_;
+    std::optional<int32_t> steps_, width_, height_, numImages_, clipSkip_, outputChannels_, paddingMaskCrop_,
+        maxSequenceLength_;
+    std::optional<float> guidanceScale_, strength_, guidanceRescale_, trueCfgScale_;
     std::optional<std::vector<double>> timesteps_, sigmas_;
     uint64_t seed_ = 0;
     std::optional<ImageView> image_, mask_;

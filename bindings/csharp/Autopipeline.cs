@@ -309,6 +309,11 @@ namespace Autopipeline
         public double[] Timesteps { get; set; }
         /// <summary>Custom sigmas, descending (diffusers' sigmas=), for schedulers that take them.</summary>
         public double[] Sigmas { get; set; }
+        /// <summary>FLUX: T5 prompt length in tokens, 1..512 (diffusers' max_sequence_length; default 512).</summary>
+        public int? MaxSequenceLength { get; set; }
+        /// <summary>FLUX: true classifier-free guidance scale (diffusers' true_cfg_scale); above 1 with a
+        /// <see cref="NegativePrompt"/> each step also runs the negative prompt.</summary>
+        public float? TrueCfgScale { get; set; }
 
         /// <summary>A shallow copy (images are shared, not copied).</summary>
         public RunParams Clone() { return (RunParams)MemberwiseClone(); }
@@ -350,6 +355,8 @@ namespace Autopipeline
                 p.sigmas = arena.Doubles(Sigmas);
                 p.num_sigmas = (uint)Sigmas.Length;
             }
+            if (MaxSequenceLength.HasValue) p.max_sequence_length = MaxSequenceLength.Value;
+            if (TrueCfgScale.HasValue) p.true_cfg_scale = TrueCfgScale.Value;
             if (OnPreview != null)
             {
                 p.preview_every = PreviewEvery.HasValue ? PreviewEvery.Value : 1;
@@ -363,7 +370,7 @@ namespace Autopipeline
     public static class Library
     {
         /// <summary>The C API version this binding was written for (AUTOPIPELINE_VERSION).</summary>
-        public const string BindingVersion = "0.1.1";
+        public const string BindingVersion = "0.1.2";
 
         private static volatile bool loaded;
 

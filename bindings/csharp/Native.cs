@@ -219,6 +219,9 @@ namespace Autopipeline
             public uint num_timesteps;
             public IntPtr sigmas;
             public uint num_sigmas;
+            // Added in 0.1.2.
+            public int max_sequence_length;
+            public float true_cfg_scale;
         }
 
         [StructLayout(LayoutKind.Sequential)]

@@ -98,6 +98,9 @@ class _RunParams(ctypes.Structure):
         ("num_timesteps", ctypes.c_uint32),
         ("sigmas", ctypes.POINTER(ctypes.c_double)),
         ("num_sigmas", ctypes.c_uint32),
+        # Added in 0.1.2.
+        ("max_sequence_length", ctypes.c_int32),
+        ("true_cfg_scale", ctypes.c_float),
     ]
 
 
@@ -355,7 +358,7 @@ class Pipeline:
             seed=0, num_images_per_prompt=None, guidance_rescale=None, clip_skip=None,
             output_channels=None, image=None, mask_image=None, padding_mask_crop=None, scheduler=None,
             scheduler_config=None, progress=None, vae_tiling=False, vae_slicing=False, rng=None,
-            timesteps=None, sigmas=None):
+            timesteps=None, sigmas=None, max_sequence_length=None, true_cfg_scale=None):
         """Generates images (a list of Image). `progress(step, total)` returning False cancels.
 
         `scheduler`: a diffusers scheduler class name or alias ("euler_a", "dpm++2m_karras", …);
@@ -364,6 +367,7 @@ class Pipeline:
         `rng`: "cpu" (default) or "cuda": which torch.Generator `seed` is for.
         `timesteps` / `sigmas`: custom descending lists (diffusers' timesteps= / sigmas=), for
         schedulers that take them.
+        `max_sequence_length` / `true_cfg_scale`: FLUX's T5 prompt length and true CFG scale.
         """
         p = _defaults(_RunParams, _run_params_init)
         p.prompt = _utf8(prompt)
@@ -373,7 +377,8 @@ class Pipeline:
                             ("strength", strength), ("width", width), ("height", height),
                             ("num_images_per_prompt", num_images_per_prompt),
                             ("guidance_rescale", guidance_rescale), ("clip_skip", clip_skip),
-                            ("output_channels", output_channels), ("padding_mask_crop", padding_mask_crop)):
+                            ("output_channels", output_channels), ("padding_mask_crop", padding_mask_crop),
+                            ("max_sequence_length", max_sequence_length), ("true_cfg_scale", true_cfg_scale)):
             if value is not None:
                 setattr(p, name, value)
         p.seed = seed

@@ -7,7 +7,8 @@
  *            [--seed N] [--width N] [--height N] [--image PNG] [--mask PNG] [--from-pipe]
  *            [--preview-every N --preview-dir DIR] [--scheduler NAME] [--scheduler-config JSON]
  *            [--vae-tiling] [--vae-slicing] [--rng cpu|cuda] [--device cpu|cuda[:N]]
- *            [--dtype f32|f16|bf16] [--preload] [--timesteps T,T,...] [--sigmas S,S,...] --out PNG
+ *            [--dtype f32|f16|bf16] [--preload] [--timesteps T,T,...] [--sigmas S,S,...]
+ *            [--max-sequence-length N] [--true-cfg F] --out PNG
  *
  * --scheduler switches the scheduler for this run (a diffusers class name or an alias such as
  * euler_a, dpm++2m_karras, dpm++2m_sde_karras, dpm++2s, deis, heun, unipc, lcm); --scheduler-config adds config
@@ -17,7 +18,9 @@
  * on a GPU (CUDA builds), --dtype sets the UNet / text encoder precision. --preload reads every weight
  * while loading (by default the first run reads them as it first uses them). --timesteps / --sigmas
  * pass custom descending schedules as comma lists (diffusers' timesteps= / sigmas=, e.g.
- * --timesteps 999,500,1), for schedulers that take them.
+ * --timesteps 999,500,1), for schedulers that take them. FLUX: --prompt-2 goes to T5,
+ * --max-sequence-length sets T5's prompt length (default 512), --true-cfg F > 1 with --negative-prompt
+ * runs true classifier-free guidance (--guidance is [dev]'s distilled guidance).
  *
  * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
  * exits 0 on success and 1 (with ap_last_error()) on any error. With --preview-every N, writes a cheap
@@ -40,7 +43,8 @@ static void usage(FILE *f) {
             "                [--scheduler NAME] [--scheduler-config JSON]\n"
             "                [--vae-tiling] [--vae-slicing] [--rng cpu|cuda]\n"
             "                [--device cpu|cuda[:N]] [--dtype f32|f16|bf16] [--preload]\n"
-            "                [--timesteps T,T,...] [--sigmas S,S,...] --out PNG\n");
+            "                [--timesteps T,T,...] [--sigmas S,S,...]\n"
+            "                [--max-sequence-length N] [--true-cfg F] --out PNG\n");
 }
 
 static int fail(const char *what) {
@@ -214,6 +218,12 @@ int main(int argc, char **argv) {
         } else if (strcmp(flag, "--sigmas") == 0) {
             if (!parse_list(val, sigmas, MAX_LIST, &run.num_sigmas)) return bad_arg(flag, val);
             run.sigmas = sigmas;
+        }
+        else if (strcmp(flag, "--max-sequence-length") == 0) {
+            if (!parse_long(val, 1, 512, &n)) return bad_arg(flag, val);
+            run.max_sequence_length = (int32_t)n;
+        } else if (strcmp(flag, "--true-cfg") == 0) {
+            if (!parse_float(val, &run.true_cfg_scale)) return bad_arg(flag, val);
         }
         else if (strcmp(flag, "--device") == 0) load.device = val;
         else if (strcmp(flag, "--dtype") == 0) load.dtype = val;

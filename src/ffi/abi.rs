@@ -171,6 +171,8 @@ unsafe impl Growable for ap_run_params {
         end_of!(ap_run_params, num_timesteps),
         end_of!(ap_run_params, sigmas),
         end_of!(ap_run_params, num_sigmas),
+        end_of!(ap_run_params, max_sequence_length),
+        end_of!(ap_run_params, true_cfg_scale),
     ];
     fn defaults() -> Self {
         ap_run_params {
@@ -207,6 +209,8 @@ unsafe impl Growable for ap_run_params {
             num_timesteps: 0,
             sigmas: std::ptr::null(),
             num_sigmas: 0,
+            max_sequence_length: 0,
+            true_cfg_scale: -1.0,
         }
     }
 }

@@ -212,6 +212,8 @@ pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
         vae_slicing: p.vae_slicing != 0,
         timesteps: opt_f64s(p.timesteps, p.num_timesteps, "timesteps", "num_timesteps")?,
         sigmas: opt_f64s(p.sigmas, p.num_sigmas, "sigmas", "num_sigmas")?,
+        max_sequence_length: opt_positive(p.max_sequence_length, "max_sequence_length")?,
+        true_cfg_scale: opt_f32(p.true_cfg_scale, "true_cfg_scale")?,
         ..RunParams::default()
     })
 }

@@ -102,7 +102,8 @@ pub struct ap_run_params {
     /// UTF-8 prompt (required; may be empty).
     pub prompt: *const c_char,
     pub negative_prompt: *const c_char,
-    /// SDXL's second-encoder prompts; NULL = same as `prompt` / `negative_prompt`.
+    /// The second encoder's prompts (SDXL's `text_encoder_2`, FLUX's T5); NULL = same as `prompt` /
+    /// `negative_prompt`.
     pub prompt_2: *const c_char,
     pub negative_prompt_2: *const c_char,
     /// 0 = default (50).
@@ -183,6 +184,14 @@ pub struct ap_run_params {
     /// NULL / 0 = none. As `timesteps`, for schedulers that take custom sigmas.
     pub sigmas: *const f64,
     pub num_sigmas: u32,
+    /// (Added in 0.1.2.) FLUX: the T5 prompt length in tokens, 1..=512 (diffusers'
+    /// `max_sequence_length`); longer prompts are truncated with a warning. 0 = default (512).
+    pub max_sequence_length: i32,
+    /// (Added in 0.1.2.) FLUX: true classifier-free guidance (diffusers' `true_cfg_scale`). Above 1 and
+    /// with a `negative_prompt`, every step runs the transformer a second time on the negative prompt
+    /// (twice the time). Negative = default (1.0: off). FLUX [dev]'s own `guidance_scale` is the
+    /// distilled guidance the model takes as input (default 3.5); [schnell] ignores it.
+    pub true_cfg_scale: f32,
 }
 
 /// Job state: created, its worker thread not started yet.

@@ -2,6 +2,8 @@
 //! (`new(weights, config)`, `forward`): no pipeline, FFI or file-finding code here.
 
 pub mod clip;
+pub mod flux;
+pub mod t5;
 pub mod transformer;
 pub mod unet;
 pub mod unet_config;

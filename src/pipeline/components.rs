@@ -3,11 +3,14 @@
 use crate::error::{Error, Result};
 use crate::model_index::ModelIndex;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::flux::{FluxConfig, FluxTransformer2DModel};
+use crate::models::t5::{T5Config, T5EncoderModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
 use crate::schedulers::SchedulerConfig;
 use crate::source::ModelSource;
 use crate::text::clip_tokenizer::ClipTokenizer;
+use crate::text::t5_tokenizer::T5Tokenizer;
 use crate::weights::load::{model_error, read_config};
 use crate::weights::{WeightStore, Weights};
 use candle_core::{DType, Device};
@@ -21,6 +24,13 @@ pub struct TextEncoder {
     pub model: ClipTextModel,
 }
 
+/// A T5 tokenizer and the `T5EncoderModel` it feeds (FLUX's `text_encoder_2`).
+#[derive(Debug, Clone)]
+pub struct T5TextEncoder {
+    pub tokenizer: T5Tokenizer,
+    pub model: T5EncoderModel,
+}
+
 /// Every model of a checkpoint, loaded by its family ([`super::families::FamilyPipeline::load`]). The models are immutable once loaded, so runs on any number of pipelines
 /// and threads may use them at once; the scheduler config is the one shared, mutable piece, as in
 /// diffusers, where pipeline constructors patch the shared scheduler's config (see
@@ -32,6 +42,10 @@ pub struct Components {
     pub text_encoder_2: Option<TextEncoder>,
     /// The denoiser of UNet families (SD, SDXL, LCM).
     pub unet: Option<UNet2DConditionModel>,
+    /// FLUX's T5 encoder (`text_encoder_2`).
+    pub t5: Option<T5TextEncoder>,
+    /// FLUX's denoiser.
+    pub flux_transformer: Option<FluxTransformer2DModel>,
     pub vae: AutoencoderKL,
     scheduler: std::sync::RwLock<SchedulerConfig>,
     pub device: Device,
@@ -225,6 +239,57 @@ impl<'a> Loader<'a> {
         Ok(unet)
     }
 
+    /// A T5 tokenizer folder (`tokenizer.json`) and the `T5EncoderModel` it feeds.
+    pub fn t5_encoder(&mut self, tokenizer: &str, encoder: &str) -> Result<T5TextEncoder> {
+        self.require(tokenizer)?;
+        self.require(encoder)?;
+        let source = self.source;
+        let tok_file = source.file(tokenizer, "tokenizer.json")?;
+        // Fetched (hub) or checked (local) so the folder read below finds it.
+        source.optional_file(tokenizer, "tokenizer_config.json")?;
+        let folder = tok_file.parent().map(PathBuf::from).unwrap_or_default();
+        let tok = T5Tokenizer::from_dir(&folder)?;
+        let cfg: T5Config = read_config(&source.file(encoder, "config.json")?)?;
+        let dir = PathBuf::from(source.component_location(encoder));
+        let files = source.weights(encoder, "model")?;
+        let vb = open_weights(&files, self.dtype, &self.device)?;
+        let store = vb.store();
+        let model = T5EncoderModel::new(vb, cfg).map_err(|e| model_error(encoder, &dir, e))?;
+        let vocab = model.config().vocab_size;
+        if tok.max_id() as usize >= vocab {
+            return Err(Error::InvalidModel(format!(
+                "{tokenizer} produces ids up to {} but {encoder} embeds only {vocab}",
+                tok.max_id()
+            )));
+        }
+        self.loaded(encoder, &files, store)?;
+        Ok(T5TextEncoder {
+            tokenizer: tok,
+            model,
+        })
+    }
+
+    /// The `transformer` folder's `FluxTransformer2DModel`.
+    pub fn flux_transformer(&mut self) -> Result<FluxTransformer2DModel> {
+        self.require("transformer")?;
+        let source = self.source;
+        let cfg: FluxConfig = read_config(&source.file("transformer", "config.json")?)?;
+        let dir = PathBuf::from(source.component_location("transformer"));
+        if let Err(why) = cfg.validate() {
+            return Err(Error::InvalidModel(format!(
+                "{}/config.json is not a FluxTransformer2DModel the FLUX pipelines can run: {why}",
+                dir.display()
+            )));
+        }
+        let files = source.weights("transformer", "diffusion_pytorch_model")?;
+        let vb = open_weights(&files, self.dtype, &self.device)?;
+        let store = vb.store();
+        let model =
+            FluxTransformer2DModel::new(vb, cfg).map_err(|e| model_error("transformer", &dir, e))?;
+        self.loaded("transformer", &files, store)?;
+        Ok(model)
+    }
+
     /// The `vae` folder's `AutoencoderKL`. `upcast`: keep a `force_upcast` VAE of a half-precision
     /// pipeline in float32 (its half-precision values, computed in float32), as diffusers' SDXL
     /// pipelines do for every encode and decode.
@@ -251,6 +316,8 @@ impl<'a> Loader<'a> {
             text_encoder: models.text_encoder,
             text_encoder_2: models.text_encoder_2,
             unet: models.unet,
+            t5: models.t5,
+            flux_transformer: models.flux_transformer,
             vae: models.vae,
             scheduler: std::sync::RwLock::new(scheduler),
             device: self.device,
@@ -266,6 +333,8 @@ pub struct Models {
     pub text_encoder: TextEncoder,
     pub text_encoder_2: Option<TextEncoder>,
     pub unet: Option<UNet2DConditionModel>,
+    pub t5: Option<T5TextEncoder>,
+    pub flux_transformer: Option<FluxTransformer2DModel>,
     pub vae: AutoencoderKL,
 }
 

@@ -22,10 +22,32 @@ pub(crate) const MAX_IMAGES: usize = 64;
 /// Most denoising steps one run may take.
 pub(crate) const MAX_STEPS: usize = 1000;
 
-fn settings(p: &Pipeline, fam: &dyn FamilyPipeline, params: &RunParams) -> Result<Settings> {
+fn settings(
+    p: &Pipeline,
+    fam: &dyn FamilyPipeline,
+    params: &RunParams,
+    warnings: &mut Vec<String>,
+) -> Result<Settings> {
     let defaults = fam.defaults(p.task);
-    let f = p.components.vae_scale_factor();
+    let rule = fam.size_rule(&p.components);
+    let f = rule.multiple;
     let (width, height) = match p.task {
+        _ if rule.round_down => {
+            // FLUX: every task makes the given (or default) size, rounded down to whole packed latents
+            // with diffusers' warning; img2img resizes its input to it.
+            if p.task == Task::Image2Image && params.image.is_none() {
+                return Err(need("image", p.task));
+            }
+            let size = p.default_size();
+            let (w, h) = (params.width.unwrap_or(size), params.height.unwrap_or(size));
+            if !w.is_multiple_of(f) || !h.is_multiple_of(f) {
+                warnings.push(format!(
+                    "`height` and `width` have to be divisible by {f} but are {h} and {w}. Dimensions will be \
+                     resized accordingly"
+                ));
+            }
+            (round_down(w, f), round_down(h, f))
+        }
         Task::Text2Image => {
             let size = p.default_size();
             let (w, h) = (params.width.unwrap_or(size), params.height.unwrap_or(size));
@@ -217,7 +239,15 @@ pub(super) fn run(
     let c = &*p.components;
     let device = &c.device;
     fam.check_task(c, p.task)?;
-    let s = settings(p, fam, params)?;
+    fam.check_params(c, params)?;
+    if params.timesteps.is_some() && !fam.accepts_custom_timesteps() {
+        return Err(Error::InvalidArgument(format!(
+            "the {} pipelines take custom `sigmas`, not `timesteps`",
+            fam.family().name()
+        )));
+    }
+    let mut warnings = Vec::new();
+    let s = settings(p, fam, params, &mut warnings)?;
     // The run's scheduler (the checkpoint's, or the one `params.scheduler` names), checked before any work.
     let scheduler_config = schedulers::select(
         &c.scheduler(),
@@ -225,7 +255,6 @@ pub(super) fn run(
         params.scheduler_config.as_ref(),
     )?;
     fam.check_scheduler(&scheduler_config)?;
-    let mut warnings = Vec::new();
     let guidance = fam.guidance(&s, params);
     // Images built by hand through the public fields may disagree with their size; the crops index by it.
     for img in [&params.image, &params.mask].into_iter().flatten() {
@@ -282,18 +311,21 @@ pub(super) fn run(
             .map_err(blame)?;
         scheduler.num_timesteps()
     } else {
+        // The pipeline's own sigmas (FLUX) unless the caller gave a schedule; its `mu` either way.
+        let own = fam.schedule_args(c, &scheduler_config, &s);
+        let sigmas = params.sigmas.as_deref().or(own.sigmas.as_deref());
         schedulers::retrieve_timesteps(
             scheduler.as_mut(),
             Some(s.steps),
             params.timesteps.as_deref(),
-            params.sigmas.as_deref(),
-            None,
+            sigmas,
+            own.mu,
         )
         .map_err(blame)?
     };
     let mut timesteps = scheduler.timesteps().to_vec();
     if img2img_like && !strength_in_scheduler {
-        let (start, remaining) = schedulers::strength_start(steps, s.strength, scheduler.order());
+        let (start, remaining) = fam.strength_start(steps, s.strength, scheduler.order());
         if remaining < 1 || start >= timesteps.len() {
             return Err(Error::InvalidArgument(format!(
                 "After adjusting the num_inference_steps by strength parameter: {}, the number of pipeline steps is \

@@ -98,9 +98,15 @@ impl Pipeline {
                 _ => None,
             };
             if let Some(t) = tokenizer {
+                // FLUX's second encoder is T5, fed by a T5 tokenizer.
+                let class = if t == "tokenizer_2" && c.t5.is_some() {
+                    "T5TokenizerFast"
+                } else {
+                    "CLIPTokenizer"
+                };
                 components.push(ComponentInfo {
                     name: t.into(),
-                    class: "CLIPTokenizer".into(),
+                    class: class.into(),
                     dtype: None,
                     bytes: None,
                 });

@@ -38,7 +38,7 @@ pub type ProgressFn<'a> = dyn FnMut(usize, usize) -> bool + Send + 'a;
 pub struct RunParams {
     pub prompt: String,
     pub negative_prompt: Option<String>,
-    /// SDXL's second prompt (for `text_encoder_2`); defaults to `prompt`.
+    /// The second encoder's prompt (SDXL's `text_encoder_2`, FLUX's T5); defaults to `prompt`.
     pub prompt_2: Option<String>,
     pub negative_prompt_2: Option<String>,
     pub num_inference_steps: Option<usize>,
@@ -89,6 +89,12 @@ pub struct RunParams {
     /// Custom sigmas, descending (diffusers' `sigmas=` argument); only schedulers whose `set_timesteps`
     /// takes them accept it. Overrides `num_inference_steps` (set to its length).
     pub sigmas: Option<Vec<f64>>,
+    /// FLUX: T5 prompt length in tokens, 1..=512 (diffusers' `max_sequence_length`; `None`: 512). The
+    /// prompt is padded or truncated to it.
+    pub max_sequence_length: Option<usize>,
+    /// FLUX: true classifier-free guidance scale (diffusers' `true_cfg_scale`; `None`: 1.0). Above 1
+    /// with a negative prompt, every step also runs the negative prompt and mixes the two.
+    pub true_cfg_scale: Option<f64>,
 }
 
 impl RunParams {
@@ -128,6 +134,8 @@ impl Default for RunParams {
             vae_slicing: false,
             timesteps: None,
             sigmas: None,
+            max_sequence_length: None,
+            true_cfg_scale: None,
         }
     }
 }

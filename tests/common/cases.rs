@@ -11,7 +11,7 @@ pub fn inputs(id: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-fn npy(id: &str, file: &str) -> Tensor {
+pub fn npy(id: &str, file: &str) -> Tensor {
     let (shape, data) = read_npy(&data_dir().join("cases").join(id).join(file));
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
@@ -91,6 +91,9 @@ pub fn params(case: &Value) -> RunParams {
         scheduler: s("scheduler"),
         timesteps: floats(&case["timesteps"]),
         sigmas: floats(&case["sigmas"]),
+        padding_mask_crop: case["padding_mask_crop"].as_u64().map(|v| v as u32),
+        max_sequence_length: case["max_sequence_length"].as_u64().map(|v| v as usize),
+        true_cfg_scale: case["true_cfg_scale"].as_f64(),
         ..Default::default()
     }
 }

@@ -77,6 +77,47 @@ pub struct ModelCond {
     pub added: Option<AddedCond>,
     /// `timestep_cond`: LCM's guidance-scale embedding.
     pub timestep_cond: Option<Tensor>,
+    /// FLUX's `pooled_projections` (CLIP's pooled output).
+    pub pooled: Option<Tensor>,
+    /// FLUX [dev]'s distilled guidance, `(batch,)` float32 (the model scales it by 1000).
+    pub guidance: Option<Tensor>,
+}
+
+impl ModelCond {
+    /// A conditioning of encoder hidden states alone.
+    pub fn context(context: Tensor) -> Self {
+        Self {
+            context,
+            added: None,
+            timestep_cond: None,
+            pooled: None,
+            guidance: None,
+        }
+    }
+}
+
+/// How a family's pipelines resolve the output size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeRule {
+    /// Sides of image inputs (and of every output when `round_down`) are rounded down to multiples
+    /// of this.
+    pub multiple: usize,
+    /// Text-to-image sides that are not multiples are rounded down with diffusers' warning (FLUX),
+    /// instead of refused unless they are multiples of 8 (SD, SDXL).
+    pub round_down: bool,
+    /// Image-to-image without `width`/`height` makes the default size, resizing the input (FLUX),
+    /// instead of the input image's size.
+    pub img2img_default_size: bool,
+}
+
+/// What the pipeline passes to `retrieve_timesteps` besides the step count when the caller gives no
+/// schedule of their own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScheduleArgs {
+    /// The pipeline's own sigmas (FLUX: `linspace(1, 1/n, n)`).
+    pub sigmas: Option<Vec<f64>>,
+    /// Dynamic shifting's `mu` (FLUX: from the image's token count).
+    pub mu: Option<f64>,
 }
 
 /// A run's conditioning: what the denoiser is called with, and the negative for
@@ -184,6 +225,36 @@ pub trait FamilyPipeline: Sync {
 
     /// Default output side in pixels.
     fn default_size(&self, c: &Components) -> usize;
+
+    /// How requested sizes become the output size (SD's rules unless overridden).
+    fn size_rule(&self, c: &Components) -> SizeRule {
+        SizeRule {
+            multiple: c.vae_scale_factor(),
+            round_down: false,
+            img2img_default_size: false,
+        }
+    }
+
+    /// The pipeline's own `sigmas` and `mu` for a run of `s` (none: the scheduler's spacing).
+    fn schedule_args(&self, _c: &Components, _cfg: &SchedulerConfig, _s: &Settings) -> ScheduleArgs {
+        ScheduleArgs::default()
+    }
+
+    /// Whether the pipeline's `__call__` takes custom `timesteps` (FLUX's takes only `sigmas`).
+    fn accepts_custom_timesteps(&self) -> bool {
+        true
+    }
+
+    /// img2img's truncation of an `n`-step schedule by `strength`: `(first timestep index, steps
+    /// left)`, diffusers' `get_timesteps` (SD's form unless overridden).
+    fn strength_start(&self, n: usize, strength: f64, order: usize) -> (usize, usize) {
+        crate::schedulers::strength_start(n, strength, order)
+    }
+
+    /// Refuses run arguments the family's pipelines refuse (before any work).
+    fn check_params(&self, _c: &Components, _params: &RunParams) -> Result<()> {
+        Ok(())
+    }
 
     /// How guidance runs for these settings.
     fn guidance(&self, s: &Settings, params: &RunParams) -> GuidanceMode;

@@ -11,9 +11,10 @@
 //! 3. Parity tests against references made with diffusers (see `scripts/references/`), through the C CLI
 //!    `examples/c/generate` where the family takes no new arguments.
 //!
-//! Shared model parts (CLIP, T5, UNet, VAE) live in `crate::components`; a family composes them.
+//! Shared model parts (CLIP, T5, UNet, FLUX transformer, VAE) live in `crate::models`; a family composes them.
 
 mod family;
+mod flux;
 mod lcm;
 mod sd;
 mod sdxl;
@@ -21,7 +22,8 @@ mod unet;
 
 pub use crate::pipeline::components::LoadContext;
 pub use family::{
-    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, Settings,
+    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, ScheduleArgs,
+    Settings, SizeRule,
 };
 
 use crate::registry::Family;
@@ -32,5 +34,6 @@ pub fn imp(family: Family) -> &'static dyn FamilyPipeline {
         Family::StableDiffusion => &sd::StableDiffusion,
         Family::StableDiffusionXl => &sdxl::StableDiffusionXl,
         Family::LatentConsistency => &lcm::LatentConsistency,
+        Family::Flux => &flux::Flux,
     }
 }

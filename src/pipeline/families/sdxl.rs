@@ -292,6 +292,8 @@ fn encode(
                 time_ids,
             }),
             timestep_cond: None,
+            pooled: None,
+            guidance: None,
         },
         negative: None,
     })

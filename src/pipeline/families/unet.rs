@@ -58,6 +58,8 @@ pub(super) fn load(
             text_encoder,
             text_encoder_2,
             unet: Some(unet),
+            t5: None,
+            flux_transformer: None,
             vae,
         },
         scheduler,
@@ -186,11 +188,7 @@ pub(super) fn encode_clip(
     };
     Ok(Conditioning {
         guidance,
-        cond: ModelCond {
-            context,
-            added: None,
-            timestep_cond: None,
-        },
+        cond: ModelCond::context(context),
         negative: None,
     })
 }

@@ -1,0 +1,218 @@
+//! FLUX.1 parity with diffusers 0.42.1 (`FluxPipeline`, `FluxImg2ImgPipeline`, `FluxInpaintPipeline`) on
+//! the tiny checkpoints `scripts/references/make_flux.py` made: every generator draw, the T5 and CLIP
+//! embeddings, the schedule (sigmas shifted by `mu`), the first transformer call (packed), the latents
+//! after each step (packed), the image, and diffusers' warnings.
+
+mod common;
+
+use autopipeline::models::flux::pack_latents;
+use autopipeline::{Error, Trace};
+use common::cases::{inputs, max_abs, npy, params, pipeline};
+use serde_json::Value;
+
+/// Largest absolute value of `t`, at least 1: tolerances scale with it.
+fn scale_of(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1.0)
+}
+
+fn close(id: &str, what: &str, got: &candle_core::Tensor, want: &candle_core::Tensor, tol: f32) {
+    let d = max_abs(got, want);
+    let limit = tol * scale_of(want);
+    assert!(d < limit, "{id}: {what} differs by {d} (limit {limit})");
+}
+
+fn check_flux_case(id: &str) {
+    let case = inputs(id);
+    assert_eq!(case["status"], "ok", "{id} is an error case");
+    let pipe = pipeline(&case);
+    let mut trace = Trace::default();
+    let out = pipe
+        .run_traced(&params(&case), None, Some(&mut trace))
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
+
+    // Generator draws (unpacked, as drawn): bit-exact.
+    let draws = case["randn_tensor_draws"].as_array().unwrap();
+    assert_eq!(trace.noise.len(), draws.len(), "{id}: number of generator draws");
+    for (i, d) in draws.iter().enumerate() {
+        let want = npy(id, d["file"].as_str().unwrap());
+        assert_eq!(max_abs(&trace.noise[i], &want), 0.0, "{id}: draw {i} differs");
+    }
+
+    // T5 sequence and CLIP pooled embeddings, and the negative ones under true CFG.
+    let emb = &case["embeddings"];
+    for (name, got) in [
+        ("prompt_embeds", &trace.prompt_embeds),
+        ("pooled_prompt_embeds", &trace.pooled_prompt_embeds),
+        ("negative_prompt_embeds", &trace.negative_prompt_embeds),
+        ("negative_pooled_prompt_embeds", &trace.negative_pooled_prompt_embeds),
+    ] {
+        match emb.get(name) {
+            Some(e) => {
+                let got = got.as_ref().unwrap_or_else(|| panic!("{id}: no {name}"));
+                close(id, name, got, &npy(id, e["file"].as_str().unwrap()), 1e-5);
+            }
+            None => assert!(got.is_none(), "{id}: diffusers made no {name}"),
+        }
+    }
+
+    // The schedule: the transformer sees t / 1000 of each timestep, twice per step under true CFG.
+    let want_t: Vec<f64> = case["schedule"]["scheduler_timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let calls: Vec<f64> = case["transformer_timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let per_step = if case.get("transformer_output_step0_uncond").is_some_and(|v| !v.is_null()) {
+        2
+    } else {
+        1
+    };
+    assert_eq!(calls.len(), trace.unet_timesteps.len() * per_step, "{id}: transformer calls");
+    let start = want_t.len() - trace.unet_timesteps.len();
+    for (i, (&got, &want)) in trace.unet_timesteps.iter().zip(&want_t[start..]).enumerate() {
+        assert_eq!(got as f32, want as f32, "{id}: timestep {i}");
+        assert_eq!(((want as f32) / 1000.0) as f64, calls[i * per_step], "{id}: t/1000 at step {i}");
+    }
+
+    // The first transformer call, packed as diffusers passes it.
+    let step0 = &case["transformer_input_step0"];
+    let input = pack_latents(trace.unet_input_step0.as_ref().unwrap()).unwrap();
+    close(
+        id,
+        "transformer input at step 0",
+        &input,
+        &npy(id, step0["hidden_states"]["file"].as_str().unwrap()),
+        1e-5,
+    );
+    let output = pack_latents(trace.unet_output_step0.as_ref().unwrap()).unwrap();
+    close(
+        id,
+        "transformer output at step 0",
+        &output,
+        &npy(id, case["transformer_output_step0"]["file"].as_str().unwrap()),
+        1e-4,
+    );
+
+    // Latents after every step (packed).
+    let want = npy(id, case["latents_per_step"]["file"].as_str().unwrap());
+    assert_eq!(trace.latents.len(), want.dim(0).unwrap(), "{id}: number of steps");
+    for (i, got) in trace.latents.iter().enumerate() {
+        close(
+            id,
+            &format!("latents after step {i}"),
+            &pack_latents(got).unwrap(),
+            &want.get(i).unwrap(),
+            1e-4,
+        );
+    }
+
+    // The image, as floats and as the PNG diffusers saved (1/255). With `padding_mask_crop` diffusers'
+    // output is the crop pasted back into the original (8-bit), so only the PNG compares.
+    if case["padding_mask_crop"].is_null() {
+        let want = npy(id, "output.npy");
+        let got = trace.image.as_ref().unwrap().get(0).unwrap().permute((1, 2, 0)).unwrap();
+        let d = max_abs(&got, &want);
+        assert!(d < 1e-4, "{id}: image differs from output.npy by {d}");
+    }
+    let png = autopipeline::Image::load(&common::data_dir().join("cases").join(id).join("output.png")).unwrap();
+    let ours = &out.images[0];
+    assert_eq!((ours.width, ours.height), (png.width, png.height), "{id}: size");
+    let worst = ours
+        .data
+        .iter()
+        .zip(&png.data)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "{id}: PNG pixels differ by up to {worst}/255");
+
+    // diffusers' warnings (size rounding, T5 truncation) come back as run warnings.
+    for w in case["warnings"].as_array().into_iter().flatten() {
+        let w = w.as_str().unwrap();
+        let key = if w.contains("divisible by") {
+            w.split(". Dimensions").next().unwrap().to_string()
+        } else if w.contains("max_sequence_length") {
+            "because `max_sequence_length` is set to".to_string()
+        } else {
+            continue;
+        };
+        assert!(
+            out.warnings.iter().any(|o| o.contains(&key)),
+            "{id}: diffusers warned {w:?}; we said {:?}",
+            out.warnings
+        );
+    }
+}
+
+macro_rules! flux_cases {
+    ($($name:ident => $id:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_flux_case($id);
+            }
+        )*
+    };
+}
+
+flux_cases! {
+    dev_t2i => "flux-dev-t2i",
+    schnell_t2i => "flux-schnell-t2i",
+    dev_t2i_true_cfg => "flux-dev-t2i-truecfg",
+    dev_t2i_short_max_sequence_length => "flux-dev-t2i-maxseq-short",
+    dev_t2i_size_not_a_multiple => "flux-dev-t2i-oddsize",
+    dev_t2i_default_size => "flux-dev-t2i-default-size",
+    dev_img2img => "flux-dev-i2i",
+    dev_img2img_from_pipe => "flux-dev-i2i-frompipe",
+    dev_inpaint => "flux-dev-inpaint",
+    dev_inpaint_padding_mask_crop => "flux-dev-inpaint-crop",
+    schnell_img2img => "flux-schnell-i2i",
+}
+
+/// The AutoPipeline classes diffusers resolved for these checkpoints are the ones we report.
+#[test]
+fn resolves_the_flux_pipeline_classes() {
+    for id in ["flux-dev-t2i", "flux-dev-i2i", "flux-dev-inpaint", "flux-schnell-t2i"] {
+        let case = inputs(id);
+        let pipe = pipeline(&case);
+        assert_eq!(
+            pipe.class_name(),
+            case["resolved_class"].as_str().unwrap(),
+            "{id}"
+        );
+    }
+}
+
+/// FLUX refuses what diffusers' FLUX pipelines refuse, as the caller's argument.
+#[test]
+fn refuses_bad_flux_arguments() {
+    let case: Value = inputs("flux-dev-t2i");
+    let pipe = pipeline(&case);
+    let base = params(&case);
+    let run = |p: autopipeline::RunParams| pipe.run(&p, None).err();
+    let mut p = base.clone();
+    p.max_sequence_length = Some(600);
+    let e = run(p).expect("refused");
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("cannot be greater than 512 but is 600"), "{e}");
+    let mut p = base.clone();
+    p.timesteps = Some(vec![900.0, 500.0]);
+    assert!(matches!(run(p), Some(Error::InvalidArgument(_))));
+    let mut p = base.clone();
+    p.scheduler = Some("EulerDiscreteScheduler".into());
+    assert!(matches!(run(p), Some(Error::InvalidArgument(_))));
+}
