@@ -1,4 +1,4 @@
-//! The ABI grows, it never breaks: a C program compiled against the frozen 0.1.0 header
+//! The ABI grows, it never breaks: C programs compiled against the frozen 0.1.0 and 0.1.1 headers
 //! (`tests/abi/autopipeline-0.1.0.h`, a copy of the first published header, never to be edited) is
 //! linked against the library of this build and run. It loads the tiny checkpoint and generates with
 //! 0.1.0-sized structs and the 0.1.0 by-value `*_default()` symbols, with every struct placed against
@@ -73,6 +73,34 @@ fn a_program_built_against_the_0_1_0_header_runs_on_this_library() {
     // The sizes the 0.1.0 header gives are those the library takes as its first layouts.
     #[cfg(target_pointer_width = "64")]
     assert!(stdout.contains("sizes 88 184 24"), "{stdout}");
+    let _ = std::fs::remove_dir_all(exe.parent().unwrap());
+}
+
+/// A program built against the 0.1.1 header (custom schedules; `tests/abi/autopipeline-0.1.1.h`, a
+/// frozen copy) runs with its 0.1.1-sized `ap_run_params` on this library, which has grown since.
+#[test]
+#[cfg(unix)]
+fn a_program_built_against_the_0_1_1_header_runs_on_this_library() {
+    let exe = compile(
+        &std::env::var("CC").unwrap_or_else(|_| "cc".into()),
+        "c99",
+        &root().join("tests/abi/frozen_0_1_1.c"),
+        &root().join("tests/abi"),
+        "frozen_0_1_1",
+    );
+    let output = Command::new(&exe)
+        .arg(common::data_dir().join("checkpoints/sd15-tiny"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the 0.1.1 program failed ({}):\n{}{stdout}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+    );
+    #[cfg(target_pointer_width = "64")]
+    assert!(stdout.contains("ok size 216"), "{stdout}");
     let _ = std::fs::remove_dir_all(exe.parent().unwrap());
 }
 
