@@ -60,6 +60,9 @@ fn flags(case: &serde_json::Value) -> Vec<String> {
         ("strength", "--strength"),
         ("width", "--width"),
         ("height", "--height"),
+        ("max_sequence_length", "--max-sequence-length"),
+        ("true_cfg_scale", "--true-cfg"),
+        ("padding_mask_crop", "--padding-mask-crop"),
     ] {
         if !case[key].is_null() {
             f.extend([flag.to_string(), case[key].to_string()]);

@@ -7,11 +7,12 @@ mod common;
 
 use autopipeline::models::flux::pack_latents;
 use autopipeline::{Error, Trace};
+use candle_core::Tensor;
 use common::cases::{inputs, max_abs, npy, params, pipeline};
 use serde_json::Value;
 
 /// Largest absolute value of `t`, at least 1: tolerances scale with it.
-fn scale_of(t: &candle_core::Tensor) -> f32 {
+fn scale_of(t: &Tensor) -> f32 {
     t.abs()
         .unwrap()
         .flatten_all()
@@ -23,9 +24,40 @@ fn scale_of(t: &candle_core::Tensor) -> f32 {
         .max(1.0)
 }
 
-fn close(id: &str, what: &str, got: &candle_core::Tensor, want: &candle_core::Tensor, tol: f32) {
-    let d = max_abs(got, want);
-    let limit = tol * scale_of(want);
+
+/// `got` as the recorded `entry` holds it: whole, or (large arrays, to keep the repository small)
+/// every `stride`-th value of the C-order flattening, as `make_flux.py` samples them.
+fn as_recorded(got: &Tensor, entry: &Value) -> Tensor {
+    let shape: Vec<usize> = entry["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(got.dims(), shape.as_slice(), "recorded shape");
+    match entry.get("sampled") {
+        Some(sampled) => {
+            let stride = sampled["stride"].as_u64().unwrap() as usize;
+            let all = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let picked: Vec<f32> = all.into_iter().step_by(stride).collect();
+            let n = picked.len();
+            Tensor::from_vec(picked, n, &candle_core::Device::Cpu).unwrap()
+        }
+        None => got.clone(),
+    }
+}
+
+/// Compares `got` with the recorded `entry` (a `{file, shape[, sampled]}` object): relative `tol`
+/// (0: bit-exact), never tighter than `floor`.
+fn check(id: &str, what: &str, got: &Tensor, entry: &Value, tol: f32, floor: f32) {
+    let want = npy(id, entry["file"].as_str().unwrap());
+    let got = as_recorded(&got.to_device(&candle_core::Device::Cpu).unwrap(), entry);
+    if tol == 0.0 {
+        assert_eq!(max_abs(&got, &want), 0.0, "{id}: {what} differs");
+        return;
+    }
+    let d = max_abs(&got, &want);
+    let limit = (tol * scale_of(&want)).max(floor);
     assert!(d < limit, "{id}: {what} differs by {d} (limit {limit})");
 }
 
@@ -42,8 +74,7 @@ fn check_flux_case(id: &str) {
     let draws = case["randn_tensor_draws"].as_array().unwrap();
     assert_eq!(trace.noise.len(), draws.len(), "{id}: number of generator draws");
     for (i, d) in draws.iter().enumerate() {
-        let want = npy(id, d["file"].as_str().unwrap());
-        assert_eq!(max_abs(&trace.noise[i], &want), 0.0, "{id}: draw {i} differs");
+        check(id, &format!("draw {i}"), &trace.noise[i], d, 0.0, 0.0);
     }
 
     // T5 sequence and CLIP pooled embeddings, and the negative ones under true CFG.
@@ -57,7 +88,7 @@ fn check_flux_case(id: &str) {
         match emb.get(name) {
             Some(e) => {
                 let got = got.as_ref().unwrap_or_else(|| panic!("{id}: no {name}"));
-                close(id, name, got, &npy(id, e["file"].as_str().unwrap()), 1e-5);
+                check(id, name, got, e, 1e-5, 0.0);
             }
             None => assert!(got.is_none(), "{id}: diffusers made no {name}"),
         }
@@ -90,45 +121,30 @@ fn check_flux_case(id: &str) {
 
     // The first transformer call, packed as diffusers passes it.
     let step0 = &case["transformer_input_step0"];
+    // Right after a VAE encode, diffusers disagrees with itself by `torch_layout_spread` (its pipeline
+    // encodes a channels-last view, which torch convolves with other rounding than a contiguous tensor;
+    // ~4e-4 at 512² on this random VAE, see make_flux.py): no comparison there is tighter than that.
+    let spread = case["torch_layout_spread"].as_f64().unwrap_or(0.0) as f32;
     let input = pack_latents(trace.unet_input_step0.as_ref().unwrap()).unwrap();
-    close(
-        id,
-        "transformer input at step 0",
-        &input,
-        &npy(id, step0["hidden_states"]["file"].as_str().unwrap()),
-        1e-5,
-    );
+    check(id, "transformer input at step 0", &input, &step0["hidden_states"], 1e-5, spread);
     let output = pack_latents(trace.unet_output_step0.as_ref().unwrap()).unwrap();
-    close(
-        id,
-        "transformer output at step 0",
-        &output,
-        &npy(id, case["transformer_output_step0"]["file"].as_str().unwrap()),
-        1e-4,
-    );
+    check(id, "transformer output at step 0", &output, &case["transformer_output_step0"], 1e-4, 0.0);
 
-    // Latents after every step (packed).
-    let want = npy(id, case["latents_per_step"]["file"].as_str().unwrap());
-    assert_eq!(trace.latents.len(), want.dim(0).unwrap(), "{id}: number of steps");
-    for (i, got) in trace.latents.iter().enumerate() {
-        close(
-            id,
-            &format!("latents after step {i}"),
-            &pack_latents(got).unwrap(),
-            &want.get(i).unwrap(),
-            1e-4,
-        );
-    }
+    // Latents after every step (packed), stacked as recorded.
+    let packed: Vec<Tensor> = trace.latents.iter().map(|l| pack_latents(l).unwrap()).collect();
+    check(id, "latents per step", &Tensor::stack(&packed, 0).unwrap(), &case["latents_per_step"], 1e-4, 0.0);
 
     // The image, as floats and as the PNG diffusers saved (1/255). With `padding_mask_crop` diffusers'
     // output is the crop pasted back into the original (8-bit), so only the PNG compares.
     if case["padding_mask_crop"].is_null() {
-        let want = npy(id, "output.npy");
         let got = trace.image.as_ref().unwrap().get(0).unwrap().permute((1, 2, 0)).unwrap();
-        let d = max_abs(&got, &want);
+        let d = max_abs(&as_recorded(&got, &case["output"]), &npy(id, "output.npy"));
         assert!(d < 1e-4, "{id}: image differs from output.npy by {d}");
     }
-    let png = autopipeline::Image::load(&common::data_dir().join("cases").join(id).join("output.png")).unwrap();
+    let Some(png) = case["output"]["png"].as_str() else {
+        return; // large outputs are recorded sampled, without a PNG
+    };
+    let png = autopipeline::Image::load(&common::data_dir().join("cases").join(id).join(png)).unwrap();
     let ours = &out.images[0];
     assert_eq!((ours.width, ours.height), (png.width, png.height), "{id}: size");
     let worst = ours
@@ -180,6 +196,7 @@ flux_cases! {
     dev_img2img_from_pipe => "flux-dev-i2i-frompipe",
     dev_inpaint => "flux-dev-inpaint",
     dev_inpaint_padding_mask_crop => "flux-dev-inpaint-crop",
+    dev_inpaint_padding_mask_crop_rect => "flux-dev-inpaint-crop-rect",
     schnell_img2img => "flux-schnell-i2i",
 }
 

@@ -8,7 +8,7 @@
  *            [--preview-every N --preview-dir DIR] [--scheduler NAME] [--scheduler-config JSON]
  *            [--vae-tiling] [--vae-slicing] [--rng cpu|cuda] [--device cpu|cuda[:N]]
  *            [--dtype f32|f16|bf16] [--preload] [--timesteps T,T,...] [--sigmas S,S,...]
- *            [--max-sequence-length N] [--true-cfg F] --out PNG
+ *            [--max-sequence-length N] [--true-cfg F] [--padding-mask-crop N] --out PNG
  *
  * --scheduler switches the scheduler for this run (a diffusers class name or an alias such as
  * euler_a, dpm++2m_karras, dpm++2m_sde_karras, dpm++2s, deis, heun, unipc, lcm); --scheduler-config adds config
@@ -20,7 +20,8 @@
  * pass custom descending schedules as comma lists (diffusers' timesteps= / sigmas=, e.g.
  * --timesteps 999,500,1), for schedulers that take them. FLUX: --prompt-2 goes to T5,
  * --max-sequence-length sets T5's prompt length (default 512), --true-cfg F > 1 with --negative-prompt
- * runs true classifier-free guidance (--guidance is [dev]'s distilled guidance).
+ * runs true classifier-free guidance (--guidance is [dev]'s distilled guidance). --padding-mask-crop N
+ * inpaints only the mask's box grown by N pixels, at full size, and pastes it back.
  *
  * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
  * exits 0 on success and 1 (with ap_last_error()) on any error. With --preview-every N, writes a cheap
@@ -44,7 +45,8 @@ static void usage(FILE *f) {
             "                [--vae-tiling] [--vae-slicing] [--rng cpu|cuda]\n"
             "                [--device cpu|cuda[:N]] [--dtype f32|f16|bf16] [--preload]\n"
             "                [--timesteps T,T,...] [--sigmas S,S,...]\n"
-            "                [--max-sequence-length N] [--true-cfg F] --out PNG\n");
+            "                [--max-sequence-length N] [--true-cfg F] [--padding-mask-crop N]\n"
+            "                --out PNG\n");
 }
 
 static int fail(const char *what) {
@@ -224,6 +226,9 @@ int main(int argc, char **argv) {
             run.max_sequence_length = (int32_t)n;
         } else if (strcmp(flag, "--true-cfg") == 0) {
             if (!parse_float(val, &run.true_cfg_scale)) return bad_arg(flag, val);
+        } else if (strcmp(flag, "--padding-mask-crop") == 0) {
+            if (!parse_long(val, 1, 1 << 20, &n)) return bad_arg(flag, val);
+            run.padding_mask_crop = (int32_t)n;
         }
         else if (strcmp(flag, "--device") == 0) load.device = val;
         else if (strcmp(flag, "--dtype") == 0) load.dtype = val;
