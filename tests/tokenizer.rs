@@ -303,3 +303,47 @@ fn special_tokens_in_prompts_follow_transformers() {
     let full = full.with_pad_token("!").unwrap();
     assert_eq!(full.encode_unpadded("Σ!"), vec![49406, 139, 481, 0, 49407]);
 }
+
+/// T5 (FLUX's `tokenizer_2`) through the `tokenizers` crate: the ids transformers' `T5TokenizerFast`
+/// gives as `FluxPipeline` calls it (`padding="max_length", truncation=True`) at 512 and 16 tokens, on
+/// empty, long (truncated), unicode, whitespace, punctuation and special-token strings
+/// (`tests/data/tokenizers/t5-tiny-ids.json`, made by `scripts/references/make_flux.py`).
+#[test]
+fn t5_ids_match_transformers() {
+    use autopipeline::text::t5_tokenizer::T5Tokenizer;
+    let path = common::data_dir().join("tokenizers/t5-tiny-ids.json");
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let tok = T5Tokenizer::from_dir(&common::data_dir().join(file["tokenizer"].as_str().unwrap())).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let cases = file["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let untruncated = ids(&case["ids_untruncated"]);
+        for n in [512usize, 16] {
+            let want = ids(&case[format!("ids_max_length_{n}").as_str()]);
+            let got = tok.encode(text, n).unwrap();
+            assert_eq!(got.ids, want, "{text:?} at max_length {n}");
+            assert_eq!(got.untruncated_len, untruncated.len(), "{text:?}: untruncated length");
+            assert_eq!(got.truncated(), untruncated.len() > n, "{text:?}: truncated at {n}");
+        }
+    }
+}
+
+/// A T5 tokenizer folder without `tokenizer.json`, or with one that does not parse, is refused with a
+/// message naming the file.
+#[test]
+fn t5_tokenizer_errors_name_the_file() {
+    use autopipeline::text::t5_tokenizer::T5Tokenizer;
+    let dir = std::env::temp_dir().join(format!("ap-t5-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = T5Tokenizer::from_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("has no tokenizer.json"), "{e}");
+    std::fs::write(dir.join("tokenizer.json"), "{\"model\": 3}").unwrap();
+    let e = T5Tokenizer::from_dir(&dir).unwrap_err();
+    assert!(matches!(e, autopipeline::Error::InvalidModel(_)), "{e}");
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
