@@ -233,3 +233,78 @@ fn refuses_bad_flux_arguments() {
     p.scheduler = Some("EulerDiscreteScheduler".into());
     assert!(matches!(run(p), Some(Error::InvalidArgument(_))));
 }
+
+/// A copy of the dev checkpoint, changed by `edit`, loaded for text-to-image.
+fn load_edited(name: &str, edit: impl FnOnce(&std::path::Path)) -> autopipeline::Result<autopipeline::Pipeline> {
+    let dir = std::env::temp_dir().join(format!("ap-flux-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_dir(&common::data_dir().join("checkpoints/flux-dev-tiny"), &dir);
+    edit(&dir);
+    let out = autopipeline::Pipeline::from_pretrained(
+        dir.to_str().unwrap(),
+        autopipeline::Task::Text2Image,
+        &common::cases::load_options(),
+        None,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// Rewrites a key of a component's config.json.
+fn set_config(dir: &std::path::Path, component: &str, key: &str, value: Value) {
+    let path = dir.join(component).join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[key] = value;
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+}
+
+/// Broken FLUX checkpoints fail to load with an error naming what is wrong, never a panic.
+#[test]
+fn broken_flux_checkpoints_are_refused_clearly() {
+    let msg = |r: autopipeline::Result<autopipeline::Pipeline>| match r {
+        Ok(_) => panic!("loaded a broken checkpoint"),
+        Err(e) => (e.to_string(), e),
+    };
+    // A transformer config that is not FLUX-shaped.
+    let (m, e) = msg(load_edited("axes", |d| {
+        set_config(d, "transformer", "axes_dims_rope", serde_json::json!([4, 6, 8]))
+    }));
+    assert!(matches!(e, Error::InvalidModel(_)) && m.contains("axes_dims_rope"), "{m}");
+    let (m, _) = msg(load_edited("patch", |d| {
+        set_config(d, "transformer", "patch_size", serde_json::json!(2))
+    }));
+    assert!(m.contains("patch_size"), "{m}");
+    // FLUX Fill-style extra input channels: another pipeline.
+    let (m, e) = msg(load_edited("fill", |d| {
+        set_config(d, "transformer", "in_channels", serde_json::json!(384))
+    }));
+    assert!(matches!(e, Error::InvalidModel(_) | Error::Unsupported(_)), "{m}");
+    // Encoders that do not fit the transformer.
+    let (m, _) = msg(load_edited("joint", |d| {
+        set_config(d, "transformer", "joint_attention_dim", serde_json::json!(48))
+    }));
+    assert!(m.contains("joint_attention_dim") || m.contains("context_embedder"), "{m}");
+    // No T5 folder.
+    let (m, _) = msg(load_edited("no-t5", |d| {
+        std::fs::remove_dir_all(d.join("text_encoder_2")).unwrap()
+    }));
+    assert!(m.contains("text_encoder_2"), "{m}");
+    // A tokenizer.json that does not parse.
+    let (m, e) = msg(load_edited("bad-tok", |d| {
+        std::fs::write(d.join("tokenizer_2/tokenizer.json"), "{ not json").unwrap()
+    }));
+    assert!(matches!(e, Error::InvalidModel(_)) && m.contains("tokenizer.json"), "{m}");
+}
+
+/// A mask of another size than the image is resized to it, as diffusers' mask processor does (no
+/// error there either).
+#[test]
+fn inpaint_mask_of_another_size_is_resized() {
+    let case = inputs("flux-dev-inpaint");
+    let pipe = pipeline(&case);
+    let mut p = params(&case);
+    p.num_inference_steps = Some(1);
+    p.mask = Some(autopipeline::Image::load(&common::data_dir().join("images/mask_rect_48x64.png")).unwrap());
+    let out = pipe.run(&p, None).unwrap();
+    assert_eq!((out.images[0].width, out.images[0].height), (64, 64));
+}
