@@ -277,11 +277,13 @@ typedef struct ap_run_params {
   const char *prompt_2;
   const char *negative_prompt_2;
   /**
-   * 0 = default (50).
+   * 0 = default (the pipeline class's: 50 SD/SDXL, 4 LCM, 28 FLUX).
    */
   int32_t num_inference_steps;
   /**
-   * Negative = default (7.5 SD, 5.0 SDXL); values ≤ 1 turn classifier-free guidance off.
+   * Negative = default (7.5 SD, 5.0 SDXL, 8.5 LCM, 3.5 FLUX text2img / 7.0 FLUX img2img and inpaint);
+   * for SD / SDXL values ≤ 1 turn classifier-free guidance off; for FLUX [dev] it is the distilled
+   * guidance the model takes as input ([schnell] ignores it).
    */
   float guidance_scale;
   /**
@@ -289,7 +291,9 @@ typedef struct ap_run_params {
    */
   float strength;
   /**
-   * 0 = default (`unet.sample_size × vae_scale_factor`); multiples of 8.
+   * 0 = default (`unet.sample_size × vae_scale_factor`; FLUX: 128 × vae_scale_factor). SD / SDXL
+   * text2img take multiples of 8; FLUX rounds down to multiples of 2 × vae_scale_factor (16) with a
+   * warning, as diffusers does.
    */
   int32_t width;
   int32_t height;

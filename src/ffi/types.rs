@@ -106,13 +106,17 @@ pub struct ap_run_params {
     /// `negative_prompt`.
     pub prompt_2: *const c_char,
     pub negative_prompt_2: *const c_char,
-    /// 0 = default (50).
+    /// 0 = default (the pipeline class's: 50 SD/SDXL, 4 LCM, 28 FLUX).
     pub num_inference_steps: i32,
-    /// Negative = default (7.5 SD, 5.0 SDXL); values ≤ 1 turn classifier-free guidance off.
+    /// Negative = default (7.5 SD, 5.0 SDXL, 8.5 LCM, 3.5 FLUX text2img / 7.0 FLUX img2img and inpaint);
+    /// for SD / SDXL values ≤ 1 turn classifier-free guidance off; for FLUX [dev] it is the distilled
+    /// guidance the model takes as input ([schnell] ignores it).
     pub guidance_scale: f32,
     /// img2img / inpaint strength in [0, 1]; negative = default.
     pub strength: f32,
-    /// 0 = default (`unet.sample_size × vae_scale_factor`); multiples of 8.
+    /// 0 = default (`unet.sample_size × vae_scale_factor`; FLUX: 128 × vae_scale_factor). SD / SDXL
+    /// text2img take multiples of 8; FLUX rounds down to multiples of 2 × vae_scale_factor (16) with a
+    /// warning, as diffusers does.
     pub width: i32,
     pub height: i32,
     /// Seed of the torch-compatible CPU generator (`torch.Generator("cpu").manual_seed(seed)`).
