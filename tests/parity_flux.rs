@@ -24,7 +24,6 @@ fn scale_of(t: &Tensor) -> f32 {
         .max(1.0)
 }
 
-
 /// `got` as the recorded `entry` holds it: whole, or (large arrays, to keep the repository small)
 /// every `stride`-th value of the C-order flattening, as `make_flux.py` samples them.
 fn as_recorded(got: &Tensor, entry: &Value) -> Tensor {
@@ -83,7 +82,10 @@ fn check_flux_case(id: &str) {
         ("prompt_embeds", &trace.prompt_embeds),
         ("pooled_prompt_embeds", &trace.pooled_prompt_embeds),
         ("negative_prompt_embeds", &trace.negative_prompt_embeds),
-        ("negative_pooled_prompt_embeds", &trace.negative_pooled_prompt_embeds),
+        (
+            "negative_pooled_prompt_embeds",
+            &trace.negative_pooled_prompt_embeds,
+        ),
     ] {
         match emb.get(name) {
             Some(e) => {
@@ -107,16 +109,27 @@ fn check_flux_case(id: &str) {
         .iter()
         .map(|v| v.as_f64().unwrap())
         .collect();
-    let per_step = if case.get("transformer_output_step0_uncond").is_some_and(|v| !v.is_null()) {
+    let per_step = if case
+        .get("transformer_output_step0_uncond")
+        .is_some_and(|v| !v.is_null())
+    {
         2
     } else {
         1
     };
-    assert_eq!(calls.len(), trace.unet_timesteps.len() * per_step, "{id}: transformer calls");
+    assert_eq!(
+        calls.len(),
+        trace.unet_timesteps.len() * per_step,
+        "{id}: transformer calls"
+    );
     let start = want_t.len() - trace.unet_timesteps.len();
     for (i, (&got, &want)) in trace.unet_timesteps.iter().zip(&want_t[start..]).enumerate() {
         assert_eq!(got as f32, want as f32, "{id}: timestep {i}");
-        assert_eq!(((want as f32) / 1000.0) as f64, calls[i * per_step], "{id}: t/1000 at step {i}");
+        assert_eq!(
+            ((want as f32) / 1000.0) as f64,
+            calls[i * per_step],
+            "{id}: t/1000 at step {i}"
+        );
     }
 
     // The first transformer call, packed as diffusers passes it.
@@ -126,18 +139,46 @@ fn check_flux_case(id: &str) {
     // ~4e-4 at 512² on this random VAE, see make_flux.py): no comparison there is tighter than that.
     let spread = case["torch_layout_spread"].as_f64().unwrap_or(0.0) as f32;
     let input = pack_latents(trace.unet_input_step0.as_ref().unwrap()).unwrap();
-    check(id, "transformer input at step 0", &input, &step0["hidden_states"], 1e-5, spread);
+    check(
+        id,
+        "transformer input at step 0",
+        &input,
+        &step0["hidden_states"],
+        1e-5,
+        spread,
+    );
     let output = pack_latents(trace.unet_output_step0.as_ref().unwrap()).unwrap();
-    check(id, "transformer output at step 0", &output, &case["transformer_output_step0"], 1e-4, 0.0);
+    check(
+        id,
+        "transformer output at step 0",
+        &output,
+        &case["transformer_output_step0"],
+        1e-4,
+        0.0,
+    );
 
     // Latents after every step (packed), stacked as recorded.
     let packed: Vec<Tensor> = trace.latents.iter().map(|l| pack_latents(l).unwrap()).collect();
-    check(id, "latents per step", &Tensor::stack(&packed, 0).unwrap(), &case["latents_per_step"], 1e-4, 0.0);
+    check(
+        id,
+        "latents per step",
+        &Tensor::stack(&packed, 0).unwrap(),
+        &case["latents_per_step"],
+        1e-4,
+        0.0,
+    );
 
     // The image, as floats and as the PNG diffusers saved (1/255). With `padding_mask_crop` diffusers'
     // output is the crop pasted back into the original (8-bit), so only the PNG compares.
     if case["padding_mask_crop"].is_null() {
-        let got = trace.image.as_ref().unwrap().get(0).unwrap().permute((1, 2, 0)).unwrap();
+        let got = trace
+            .image
+            .as_ref()
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .permute((1, 2, 0))
+            .unwrap();
         let d = max_abs(&as_recorded(&got, &case["output"]), &npy(id, "output.npy"));
         assert!(d < 1e-4, "{id}: image differs from output.npy by {d}");
     }
@@ -203,7 +244,12 @@ flux_cases! {
 /// The AutoPipeline classes diffusers resolved for these checkpoints are the ones we report.
 #[test]
 fn resolves_the_flux_pipeline_classes() {
-    for id in ["flux-dev-t2i", "flux-dev-i2i", "flux-dev-inpaint", "flux-schnell-t2i"] {
+    for id in [
+        "flux-dev-t2i",
+        "flux-dev-i2i",
+        "flux-dev-inpaint",
+        "flux-schnell-t2i",
+    ] {
         let case = inputs(id);
         let pipe = pipeline(&case);
         assert_eq!(
@@ -225,7 +271,10 @@ fn refuses_bad_flux_arguments() {
     p.max_sequence_length = Some(600);
     let e = run(p).expect("refused");
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
-    assert!(e.to_string().contains("cannot be greater than 512 but is 600"), "{e}");
+    assert!(
+        e.to_string().contains("cannot be greater than 512 but is 600"),
+        "{e}"
+    );
     let mut p = base.clone();
     p.timesteps = Some(vec![900.0, 500.0]);
     assert!(matches!(run(p), Some(Error::InvalidArgument(_))));
@@ -235,7 +284,10 @@ fn refuses_bad_flux_arguments() {
 }
 
 /// A copy of the dev checkpoint, changed by `edit`, loaded for text-to-image.
-fn load_edited(name: &str, edit: impl FnOnce(&std::path::Path)) -> autopipeline::Result<autopipeline::Pipeline> {
+fn load_edited(
+    name: &str,
+    edit: impl FnOnce(&std::path::Path),
+) -> autopipeline::Result<autopipeline::Pipeline> {
     let dir = std::env::temp_dir().join(format!("ap-flux-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     common::copy_dir(&common::data_dir().join("checkpoints/flux-dev-tiny"), &dir);
@@ -269,7 +321,10 @@ fn broken_flux_checkpoints_are_refused_clearly() {
     let (m, e) = msg(load_edited("axes", |d| {
         set_config(d, "transformer", "axes_dims_rope", serde_json::json!([4, 6, 8]))
     }));
-    assert!(matches!(e, Error::InvalidModel(_)) && m.contains("axes_dims_rope"), "{m}");
+    assert!(
+        matches!(e, Error::InvalidModel(_)) && m.contains("axes_dims_rope"),
+        "{m}"
+    );
     let (m, _) = msg(load_edited("patch", |d| {
         set_config(d, "transformer", "patch_size", serde_json::json!(2))
     }));
@@ -283,7 +338,10 @@ fn broken_flux_checkpoints_are_refused_clearly() {
     let (m, _) = msg(load_edited("joint", |d| {
         set_config(d, "transformer", "joint_attention_dim", serde_json::json!(48))
     }));
-    assert!(m.contains("joint_attention_dim") || m.contains("context_embedder"), "{m}");
+    assert!(
+        m.contains("joint_attention_dim") || m.contains("context_embedder"),
+        "{m}"
+    );
     // No T5 folder.
     let (m, _) = msg(load_edited("no-t5", |d| {
         std::fs::remove_dir_all(d.join("text_encoder_2")).unwrap()
@@ -293,7 +351,10 @@ fn broken_flux_checkpoints_are_refused_clearly() {
     let (m, e) = msg(load_edited("bad-tok", |d| {
         std::fs::write(d.join("tokenizer_2/tokenizer.json"), "{ not json").unwrap()
     }));
-    assert!(matches!(e, Error::InvalidModel(_)) && m.contains("tokenizer.json"), "{m}");
+    assert!(
+        matches!(e, Error::InvalidModel(_)) && m.contains("tokenizer.json"),
+        "{m}"
+    );
 }
 
 /// A mask of another size than the image is resized to it, as diffusers' mask processor does (no

@@ -315,7 +315,11 @@ fn t5_ids_match_transformers() {
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let tok = T5Tokenizer::from_dir(&common::data_dir().join(file["tokenizer"].as_str().unwrap())).unwrap();
     let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
     };
     let cases = file["cases"].as_array().unwrap();
     assert!(cases.len() >= 10);
@@ -326,8 +330,16 @@ fn t5_ids_match_transformers() {
             let want = ids(&case[format!("ids_max_length_{n}").as_str()]);
             let got = tok.encode(text, n).unwrap();
             assert_eq!(got.ids, want, "{text:?} at max_length {n}");
-            assert_eq!(got.untruncated_len, untruncated.len(), "{text:?}: untruncated length");
-            assert_eq!(got.truncated(), untruncated.len() > n, "{text:?}: truncated at {n}");
+            assert_eq!(
+                got.untruncated_len,
+                untruncated.len(),
+                "{text:?}: untruncated length"
+            );
+            assert_eq!(
+                got.truncated(),
+                untruncated.len() > n,
+                "{text:?}: truncated at {n}"
+            );
         }
     }
 }

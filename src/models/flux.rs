@@ -388,9 +388,7 @@ impl SingleBlock {
         let mlp = self.proj_mlp.forward(&normed)?.gelu()?;
         let (q, k, v) = self.qkv.project(&normed, m.heads)?;
         let attn = joint_attention(&q, &k, &v, rope)?;
-        let out = self
-            .proj_out
-            .forward(&Tensor::cat(&[&attn, &mlp], D::Minus1)?)?;
+        let out = self.proj_out.forward(&Tensor::cat(&[&attn, &mlp], D::Minus1)?)?;
         xs + gated(&e[2], &out)?
     }
 }
@@ -478,7 +476,11 @@ impl FluxTransformer2DModel {
             double,
             single,
             norm_out: linear(dim, 2 * dim, vb.pp("norm_out.linear"))?,
-            proj_out: linear(dim, c.patch_size * c.patch_size * c.out_channels(), vb.pp("proj_out"))?,
+            proj_out: linear(
+                dim,
+                c.patch_size * c.patch_size * c.out_channels(),
+                vb.pp("proj_out"),
+            )?,
             shared: Shared {
                 norm: PlainLayerNorm::new(dim, vb.dtype(), vb.device())?,
                 heads: c.num_attention_heads,
@@ -513,9 +515,7 @@ impl FluxTransformer2DModel {
             candle_core::bail!("this FLUX transformer has guidance_embeds and needs a guidance value");
         }
         let temb = (temb + self.text_embedder.forward(&pooled)?)?;
-        let mut context = self
-            .context_embedder
-            .forward(&inputs.context.to_dtype(dtype)?)?;
+        let mut context = self.context_embedder.forward(&inputs.context.to_dtype(dtype)?)?;
         let text_len = context.dim(1)?;
         let mut ids = vec![[0f32; 3]; text_len];
         ids.extend_from_slice(img_ids);

@@ -284,8 +284,7 @@ impl<'a> Loader<'a> {
         let files = source.weights("transformer", "diffusion_pytorch_model")?;
         let vb = open_weights(&files, self.dtype, &self.device)?;
         let store = vb.store();
-        let model =
-            FluxTransformer2DModel::new(vb, cfg).map_err(|e| model_error("transformer", &dir, e))?;
+        let model = FluxTransformer2DModel::new(vb, cfg).map_err(|e| model_error("transformer", &dir, e))?;
         self.loaded("transformer", &files, store)?;
         Ok(model)
     }

@@ -87,7 +87,7 @@ impl T5Tokenizer {
         let max_length = config
             .get("model_max_length")
             .and_then(serde_json::Value::as_f64)
-            .filter(|&v| v >= 1.0 && v < 1e9)
+            .filter(|v| (1.0..1e9).contains(v))
             .map_or(512, |v| v as usize);
         Ok(Self {
             inner,
@@ -121,7 +121,13 @@ impl T5Tokenizer {
             .post_process(enc, None, true)
             .map_err(|e| Error::InvalidModel(format!("the T5 tokenizer's post-processor failed: {e}")))?;
         if enc.len() < max_length {
-            enc.pad(max_length, self.pad_id, 0, &self.pad_token, PaddingDirection::Right);
+            enc.pad(
+                max_length,
+                self.pad_id,
+                0,
+                &self.pad_token,
+                PaddingDirection::Right,
+            );
         }
         let mut ids = enc.get_ids().to_vec();
         ids.truncate(max_length);
@@ -144,12 +150,7 @@ impl T5Tokenizer {
 
     /// The largest id the tokenizer can produce.
     pub fn max_id(&self) -> u32 {
-        self.inner
-            .get_vocab(true)
-            .values()
-            .copied()
-            .max()
-            .unwrap_or(0)
+        self.inner.get_vocab(true).values().copied().max().unwrap_or(0)
     }
 
     /// `model_max_length`.

@@ -10,7 +10,9 @@ use super::family::{
     Settings, SizeRule,
 };
 use crate::error::{Error, Result};
-use crate::models::flux::{latent_image_ids, pack_latents, unpack_latents, FluxInputs, FluxTransformer2DModel};
+use crate::models::flux::{
+    latent_image_ids, pack_latents, unpack_latents, FluxInputs, FluxTransformer2DModel,
+};
 use crate::pipeline::components::{load_scheduler, Components, LoadContext, Loader, Models, T5TextEncoder};
 use crate::pipeline::memory::RunShape;
 use crate::pipeline::prompt::{repeat_batch, tokenize};
@@ -247,13 +249,7 @@ impl FamilyPipeline for Flux {
     ) -> Result<Conditioning> {
         let c = &**p.components();
         let max_len = params.max_sequence_length.unwrap_or(MAX_SEQUENCE_LENGTH);
-        let (embeds, pooled) = encode(
-            c,
-            &params.prompt,
-            params.prompt_2.as_deref(),
-            max_len,
-            warnings,
-        )?;
+        let (embeds, pooled) = encode(c, &params.prompt, params.prompt_2.as_deref(), max_len, warnings)?;
         let negative = if guidance.needs_negative() {
             let neg = params.negative_prompt.as_deref().unwrap_or("");
             Some(encode(
@@ -327,8 +323,8 @@ impl FamilyPipeline for Flux {
         };
         let cfg = t.config();
         let f = (2 * c.vae_scale_factor()).max(1) as u128;
-        let tokens = (run.width as u128 / f).max(1) * (run.height as u128 / f).max(1)
-            + MAX_SEQUENCE_LENGTH as u128;
+        let tokens =
+            (run.width as u128 / f).max(1) * (run.height as u128 / f).max(1) + MAX_SEQUENCE_LENGTH as u128;
         let act = t.dtype().size_in_bytes() as u128;
         // A single-stream block holds the joint sequence's attention output and 4× MLP side by side
         // (5 × the width) next to its input.
