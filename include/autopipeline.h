@@ -282,8 +282,8 @@ typedef struct ap_run_params {
   int32_t num_inference_steps;
   /**
    * Negative = default (7.5 SD, 5.0 SDXL, 8.5 LCM, 3.5 FLUX text2img / 7.0 FLUX img2img and inpaint);
-   * for SD / SDXL values ≤ 1 turn classifier-free guidance off; for FLUX [dev] it is the distilled
-   * guidance the model takes as input ([schnell] ignores it).
+   * for SD / SDXL values ≤ 1 turn classifier-free guidance off; for FLUX (dev) it is the distilled
+   * guidance the model takes as input ((schnell) ignores it).
    */
   float guidance_scale;
   /**
@@ -411,8 +411,8 @@ typedef struct ap_run_params {
   /**
    * (Added in 0.1.2.) FLUX: true classifier-free guidance (diffusers' `true_cfg_scale`). Above 1 and
    * with a `negative_prompt`, every step runs the transformer a second time on the negative prompt
-   * (twice the time). Negative = default (1.0: off). FLUX [dev]'s own `guidance_scale` is the
-   * distilled guidance the model takes as input (default 3.5); [schnell] ignores it.
+   * (twice the time). Negative = default (1.0: off). FLUX (dev)'s own `guidance_scale` is the
+   * distilled guidance the model takes as input (default 3.5); (schnell) ignores it.
    */
   float true_cfg_scale;
 } ap_run_params;

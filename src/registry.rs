@@ -69,7 +69,7 @@ pub enum Family {
     StableDiffusionXl,
     /// diffusers family `lcm` (latent consistency models: `LatentConsistencyModelPipeline`).
     LatentConsistency,
-    /// diffusers family `flux` (FLUX.1 [dev] and [schnell]: `FluxPipeline`).
+    /// diffusers family `flux` (FLUX.1 (dev) and (schnell): `FluxPipeline`).
     Flux,
 }
 

@@ -1,4 +1,4 @@
-//! diffusers' `FluxTransformer2DModel` (FLUX.1 [dev] and [schnell]), built from its `config.json`:
+//! diffusers' `FluxTransformer2DModel` (FLUX.1 (dev) and (schnell)), built from its `config.json`:
 //! timestep (+ guidance) + pooled-text conditioning, double-stream blocks (image and text tokens with
 //! their own weights, one joint attention), single-stream blocks (one token sequence, attention and MLP
 //! in parallel), rotary position embeddings over `axes_dims_rope`, and the 2×2 latent packing of the

@@ -79,7 +79,7 @@ pub struct ModelCond {
     pub timestep_cond: Option<Tensor>,
     /// FLUX's `pooled_projections` (CLIP's pooled output).
     pub pooled: Option<Tensor>,
-    /// FLUX [dev]'s distilled guidance, `(batch,)` float32 (the model scales it by 1000).
+    /// FLUX (dev)'s distilled guidance, `(batch,)` float32 (the model scales it by 1000).
     pub guidance: Option<Tensor>,
 }
 

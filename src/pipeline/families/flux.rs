@@ -1,9 +1,9 @@
-//! FLUX.1 [dev] and [schnell] (`FluxPipeline`, `FluxImg2ImgPipeline`, `FluxInpaintPipeline`): CLIP's
+//! FLUX.1 (dev) and (schnell) (`FluxPipeline`, `FluxImg2ImgPipeline`, `FluxInpaintPipeline`): CLIP's
 //! pooled embedding and T5's sequence condition a `FluxTransformer2DModel`; flow matching with the
 //! pipeline's own sigmas (`linspace(1, 1/n, n)`) shifted by `mu` for the image's token count; latents
 //! packed 2×2 into tokens around each model call (the loop itself works on `(b, 16, h, w)` latents:
 //! every scheduler and blending step is elementwise, so packing commutes with it); distilled guidance
-//! as model input ([dev]), true CFG as a second pass with a negative prompt.
+//! as model input ((dev)), true CFG as a second pass with a negative prompt.
 
 use super::family::{
     Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, ScheduleArgs,
