@@ -404,6 +404,11 @@ typedef struct ap_run_params {
   const double *sigmas;
   uint32_t num_sigmas;
   /**
+   * (Added in 0.1.2.) Never read: it fills what was the 0.1.1 layout's tail padding, so that no
+   * later field lies in bytes a 0.1.1 caller never initialised.
+   */
+  uint32_t reserved0;
+  /**
    * (Added in 0.1.2.) FLUX: the T5 prompt length in tokens, 1..=512 (diffusers'
    * `max_sequence_length`); longer prompts are truncated with a warning. 0 = default (512).
    */

@@ -709,7 +709,7 @@ mod tests {
     fn diffusers_error_texts() {
         let m = error(resolve("ShapEImg2ImgPipeline", Task::Text2Image));
         assert!(m.starts_with("AutoPipeline can't find a pipeline linked to ShapEImg2ImgPipeline for None. "));
-        assert!(m.ends_with("stable-diffusion, stable-diffusion-xl, lcm"));
+        assert!(m.ends_with("stable-diffusion, stable-diffusion-xl, lcm, flux"));
         let m = error(resolve("LatentConsistencyModelPipeline", Task::Inpaint));
         assert!(m.starts_with(
             "AutoPipeline can't find a pipeline linked to LatentConsistencyModelPipeline for lcm."

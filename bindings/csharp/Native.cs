@@ -220,6 +220,7 @@ namespace Autopipeline
             public IntPtr sigmas;
             public uint num_sigmas;
             // Added in 0.1.2.
+            public uint reserved0;
             public int max_sequence_length;
             public float true_cfg_scale;
         }

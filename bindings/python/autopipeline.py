@@ -99,6 +99,7 @@ class _RunParams(ctypes.Structure):
         ("sigmas", ctypes.POINTER(ctypes.c_double)),
         ("num_sigmas", ctypes.c_uint32),
         # Added in 0.1.2.
+        ("reserved0", ctypes.c_uint32),
         ("max_sequence_length", ctypes.c_int32),
         ("true_cfg_scale", ctypes.c_float),
     ]

@@ -209,6 +209,7 @@ unsafe impl Growable for ap_run_params {
             num_timesteps: 0,
             sigmas: std::ptr::null(),
             num_sigmas: 0,
+            reserved0: 0,
             max_sequence_length: 0,
             true_cfg_scale: -1.0,
         }
@@ -452,7 +453,8 @@ mod tests {
         assert_eq!(<ap_load_params as Growable>::FIRST_SIZE, 88);
         assert_eq!(<ap_run_params as Growable>::FIRST_SIZE, 184);
         assert_eq!(<ap_job_status as Growable>::FIRST_SIZE, 24);
-        assert_eq!(size_of::<ap_run_params>(), 216);
+        // 0.1.1 (custom timesteps and sigmas): 216; 0.1.2 (FLUX's max_sequence_length, true_cfg_scale): 224.
+        assert_eq!(size_of::<ap_run_params>(), 224);
     }
 
     #[test]
@@ -462,9 +464,12 @@ mod tests {
         assert_eq!(whole_fields::<ap_run_params>(first + 7), first);
         assert_eq!(whole_fields::<ap_run_params>(first + 8), first + 8); // timesteps
         assert_eq!(whole_fields::<ap_run_params>(first + 16), first + 12); // + num_timesteps
+                                                                           // 0.1.1's sizeof (216) ends in padding: no field may be read from it.
+        assert_eq!(whole_fields::<ap_run_params>(first + 32), first + 28);
+        assert_eq!(whole_fields::<ap_run_params>(first + 36), first + 36); // + max_sequence_length
         assert_eq!(
             whole_fields::<ap_run_params>(size_of::<ap_run_params>()),
-            first + 28
+            size_of::<ap_run_params>()
         );
     }
 

@@ -188,6 +188,9 @@ pub struct ap_run_params {
     /// NULL / 0 = none. As `timesteps`, for schedulers that take custom sigmas.
     pub sigmas: *const f64,
     pub num_sigmas: u32,
+    /// (Added in 0.1.2.) Never read: it fills what was the 0.1.1 layout's tail padding, so that no
+    /// later field lies in bytes a 0.1.1 caller never initialised.
+    pub reserved0: u32,
     /// (Added in 0.1.2.) FLUX: the T5 prompt length in tokens, 1..=512 (diffusers'
     /// `max_sequence_length`); longer prompts are truncated with a warning. 0 = default (512).
     pub max_sequence_length: i32,

@@ -8,7 +8,9 @@
 #include "autopipeline-0.1.1.h"
 
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -43,9 +45,17 @@ int main(int argc, char **argv) {
     return 1;
   }
   run = before_guard_page(sizeof(ap_run_params));
+  /* Garbage everywhere first: init fills the fields, not the tail padding of this layout, which a
+   * later library must never read as one of its own fields. */
+  memset(run, 0xff, sizeof(ap_run_params));
   if (ap_run_params_init(run, sizeof(ap_run_params)) != AP_OK) {
     fprintf(stderr, "init: %s\n", ap_last_error());
     return 1;
+  }
+  /* A struct copy need not preserve padding: garbage in this layout's tail padding again. */
+  {
+    size_t end = offsetof(ap_run_params, num_sigmas) + sizeof(run->num_sigmas);
+    memset((unsigned char *)run + end, 0xff, sizeof(ap_run_params) - end);
   }
   run->prompt = "a lighthouse";
   run->width = 32;
