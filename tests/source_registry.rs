@@ -141,7 +141,7 @@ fn every_errors_json_case_has_diffusers_category_and_text() {
                 );
                 assert!(message.starts_with(&format!("{expected}. ")), "{context}");
                 assert!(
-                    message.ends_with("stable-diffusion, stable-diffusion-xl, lcm"),
+                    message.ends_with("stable-diffusion, stable-diffusion-xl, lcm, flux"),
                     "{context}"
                 );
             }
@@ -289,7 +289,7 @@ fn family_table_mirrors_diffusers() {
     );
     assert_eq!(
         registry::supported_families(),
-        ["stable-diffusion", "stable-diffusion-xl", "lcm"]
+        ["stable-diffusion", "stable-diffusion-xl", "lcm", "flux"]
     );
     for name in [
         "if",
@@ -300,7 +300,6 @@ fn family_table_mirrors_diffusers() {
         "pixart-alpha",
         "pixart-sigma",
         "sana",
-        "flux",
         "cascade",
         "hunyuan",
         "lumina",
@@ -315,6 +314,8 @@ fn family_table_mirrors_diffusers() {
             .unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(row.family, None, "{name}");
     }
+    let flux = rows.iter().find(|r| r.name == "flux").expect("flux row");
+    assert_eq!(flux.family, Some(autopipeline::Family::Flux));
     // Any class of a family, as `_class_name`, gives the family's class for each task (or diffusers'
     // error when the family has none).
     for row in &rows {
@@ -359,7 +360,7 @@ fn unsupported_family_with_all_folders_is_reported_as_not_yet() {
     assert!(
         matches!(&err, Error::Unsupported(m)
         if m.starts_with("kolors (KolorsImg2ImgPipeline) is known to diffusers but not supported by autopipeline yet")
-        && m.ends_with("stable-diffusion, stable-diffusion-xl, lcm")),
+        && m.ends_with("stable-diffusion, stable-diffusion-xl, lcm, flux")),
         "{err:?}"
     );
     // The task lookup comes first: kolors has no inpainting pipeline.
