@@ -12,7 +12,7 @@ pub fn tokenize(
     device: &Device,
     warnings: &mut Vec<String>,
 ) -> Result<Tensor> {
-    let e = enc.tokenizer.encode(text);
+    let e = enc.tokenizer.try_encode(text)?;
     if e.truncated {
         warnings.push(format!(
             "the prompt {:?} is longer than CLIP's {} tokens and was truncated, as diffusers does",
