@@ -4,7 +4,10 @@
 //! in parallel), rotary position embeddings over `axes_dims_rope`, and the 2×2 latent packing of the
 //! FLUX pipelines.
 
-use crate::layers::nn::{attention, linear, timestep_embedding, Linear};
+use super::dit::{
+    gated, modulate, modulation, AdaNormContinuous, FeedForward, PlainLayerNorm, RmsNorm, TimeTextEmbed,
+};
+use crate::layers::nn::{attention, linear, Linear};
 use crate::weights::Weights;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use serde::Deserialize;
@@ -127,56 +130,6 @@ impl FluxConfig {
     }
 }
 
-/// `nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)`.
-#[derive(Debug, Clone)]
-struct PlainLayerNorm {
-    ones: Tensor,
-    zeros: Tensor,
-}
-
-impl PlainLayerNorm {
-    fn new(dim: usize, dtype: DType, device: &Device) -> Result<Self> {
-        Ok(Self {
-            ones: Tensor::ones(dim, dtype, device)?,
-            zeros: Tensor::zeros(dim, dtype, device)?,
-        })
-    }
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::layer_norm(xs, &self.ones, &self.zeros, 1e-6)
-    }
-}
-
-/// `torch.nn.RMSNorm(head_dim, eps=1e-6)` over the last dimension.
-#[derive(Debug, Clone)]
-struct RmsNorm(Tensor);
-
-impl RmsNorm {
-    fn new(dim: usize, vb: Weights) -> Result<Self> {
-        Ok(Self(vb.get(dim, "weight")?))
-    }
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(xs, &self.0, 1e-6)
-    }
-}
-
-/// `(1 + scale) · x + shift` with `(b, dim)` modulation rows broadcast over the tokens.
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?
-        .broadcast_add(&shift.unsqueeze(1)?)
-}
-
-/// `gate · x` with a `(b, dim)` gate row.
-fn gated(gate: &Tensor, x: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&gate.unsqueeze(1)?)
-}
-
-/// `linear(silu(emb))` cut into `n` chunks of the model width (AdaLayerNormZero's shift, scale, gate …).
-fn modulation(lin: &Linear, temb: &Tensor, n: usize) -> Result<Vec<Tensor>> {
-    let emb = lin.forward(&temb.silu()?)?;
-    let dim = emb.dim(1)? / n;
-    (0..n).map(|i| emb.narrow(1, i * dim, dim)).collect()
-}
-
 /// The rotary embedding's cos and sin, `(tokens, head_dim / 2)` each: diffusers' `FluxPosEmbed`
 /// without the pairwise repeat (candle's interleaved `rope_i` rotates pairs itself).
 #[derive(Debug, Clone)]
@@ -271,25 +224,6 @@ fn joint_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> Result<Te
     let k = flat(rope.apply(k)?)?;
     let v = v.reshape((b, l, heads * d))?;
     attention(&q, &k, &v, heads)
-}
-
-/// `FeedForward(dim, activation_fn="gelu-approximate")`: linear → tanh-GELU → linear.
-#[derive(Debug, Clone)]
-struct FeedForward {
-    proj: Linear,
-    out: Linear,
-}
-
-impl FeedForward {
-    fn new(vb: Weights, dim: usize) -> Result<Self> {
-        Ok(Self {
-            proj: linear(dim, 4 * dim, vb.pp("net.0.proj"))?,
-            out: linear(4 * dim, dim, vb.pp("net.2"))?,
-        })
-    }
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.out.forward(&self.proj.forward(xs)?.gelu()?)
-    }
 }
 
 /// `FluxTransformerBlock`: the double-stream block.
@@ -400,25 +334,6 @@ struct Shared {
     heads: usize,
 }
 
-/// `TimestepEmbedding`: linear → SiLU → linear.
-#[derive(Debug, Clone)]
-struct Mlp {
-    linear_1: Linear,
-    linear_2: Linear,
-}
-
-impl Mlp {
-    fn new(vb: Weights, in_dim: usize, dim: usize) -> Result<Self> {
-        Ok(Self {
-            linear_1: linear(in_dim, dim, vb.pp("linear_1"))?,
-            linear_2: linear(dim, dim, vb.pp("linear_2"))?,
-        })
-    }
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.linear_2.forward(&self.linear_1.forward(xs)?.silu()?)
-    }
-}
-
 /// The model's inputs besides the latents.
 pub struct FluxInputs<'a> {
     /// T5 embeddings `(b, text_len, joint_attention_dim)`.
@@ -437,12 +352,10 @@ pub struct FluxTransformer2DModel {
     config: FluxConfig,
     x_embedder: Linear,
     context_embedder: Linear,
-    timestep_embedder: Mlp,
-    guidance_embedder: Option<Mlp>,
-    text_embedder: Mlp,
+    time_text_embed: TimeTextEmbed,
     double: Vec<DoubleBlock>,
     single: Vec<SingleBlock>,
-    norm_out: Linear,
+    norm_out: AdaNormContinuous,
     proj_out: Linear,
     shared: Shared,
     dtype: DType,
@@ -455,12 +368,6 @@ impl FluxTransformer2DModel {
         let c = &config;
         let dim = c.inner_dim();
         let hd = c.attention_head_dim;
-        let tte = vb.pp("time_text_embed");
-        let guidance_embedder = if c.guidance_embeds {
-            Some(Mlp::new(tte.pp("guidance_embedder"), 256, dim)?)
-        } else {
-            None
-        };
         let double = (0..c.num_layers)
             .map(|i| DoubleBlock::new(vb.pp(format!("transformer_blocks.{i}")), dim, hd))
             .collect::<Result<Vec<_>>>()?;
@@ -470,12 +377,15 @@ impl FluxTransformer2DModel {
         Ok(Self {
             x_embedder: linear(c.in_channels, dim, vb.pp("x_embedder"))?,
             context_embedder: linear(c.joint_attention_dim, dim, vb.pp("context_embedder"))?,
-            timestep_embedder: Mlp::new(tte.pp("timestep_embedder"), 256, dim)?,
-            guidance_embedder,
-            text_embedder: Mlp::new(tte.pp("text_embedder"), c.pooled_projection_dim, dim)?,
+            time_text_embed: TimeTextEmbed::new(
+                vb.pp("time_text_embed"),
+                dim,
+                c.pooled_projection_dim,
+                c.guidance_embeds,
+            )?,
             double,
             single,
-            norm_out: linear(dim, 2 * dim, vb.pp("norm_out.linear"))?,
+            norm_out: AdaNormContinuous::new(vb.pp("norm_out"), dim)?,
             proj_out: linear(
                 dim,
                 c.patch_size * c.patch_size * c.out_channels(),
@@ -506,15 +416,9 @@ impl FluxTransformer2DModel {
         let device = packed.device();
         let mut hidden = self.x_embedder.forward(&packed.to_dtype(dtype)?)?;
         let pooled = inputs.pooled.to_dtype(dtype)?;
-        let t_emb = timestep_embedding(&inputs.timestep.to_dtype(dtype)?, 256, true, 0.0)?;
-        let mut temb = self.timestep_embedder.forward(&t_emb.to_dtype(dtype)?)?;
-        if let (Some(embedder), Some(g)) = (&self.guidance_embedder, inputs.guidance) {
-            let g_emb = timestep_embedding(&g.to_dtype(dtype)?, 256, true, 0.0)?;
-            temb = (temb + embedder.forward(&g_emb.to_dtype(dtype)?)?)?;
-        } else if self.guidance_embedder.is_some() {
-            candle_core::bail!("this FLUX transformer has guidance_embeds and needs a guidance value");
-        }
-        let temb = (temb + self.text_embedder.forward(&pooled)?)?;
+        let temb = self
+            .time_text_embed
+            .forward(inputs.timestep, inputs.guidance, &pooled)?;
         let mut context = self.context_embedder.forward(&inputs.context.to_dtype(dtype)?)?;
         let text_len = context.dim(1)?;
         let mut ids = vec![[0f32; 3]; text_len];
@@ -533,9 +437,7 @@ impl FluxTransformer2DModel {
             joint = block.forward(&joint, &temb, &rope, &self.shared)?;
         }
         let hidden = joint.narrow(1, text_len, image_len)?;
-        // AdaLayerNormContinuous: scale first, then shift.
-        let e = modulation(&self.norm_out, &temb, 2)?;
-        let hidden = modulate(&self.shared.norm.forward(&hidden)?, &e[1], &e[0])?;
+        let hidden = self.norm_out.forward(&hidden, &temb, &self.shared.norm)?;
         self.proj_out.forward(&hidden)?.to_dtype(DType::F32)
     }
 }

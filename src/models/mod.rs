@@ -2,6 +2,7 @@
 //! (`new(weights, config)`, `forward`): no pipeline, FFI or file-finding code here.
 
 pub mod clip;
+pub mod dit;
 pub mod flux;
 pub mod t5;
 pub mod transformer;
