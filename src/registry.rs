@@ -71,15 +71,18 @@ pub enum Family {
     LatentConsistency,
     /// diffusers family `flux` (FLUX.1 (dev) and (schnell): `FluxPipeline`).
     Flux,
+    /// diffusers family `stable-diffusion-3` (SD 3 and 3.5: `StableDiffusion3Pipeline`).
+    StableDiffusion3,
 }
 
 impl Family {
     /// Every implemented family.
-    pub const ALL: [Family; 4] = [
+    pub const ALL: [Family; 5] = [
         Family::StableDiffusion,
         Family::StableDiffusionXl,
         Family::LatentConsistency,
         Family::Flux,
+        Family::StableDiffusion3,
     ];
 
     /// diffusers' name for the family (the key in the AutoPipeline mappings).
@@ -89,6 +92,7 @@ impl Family {
             Family::StableDiffusionXl => "stable-diffusion-xl",
             Family::LatentConsistency => "lcm",
             Family::Flux => "flux",
+            Family::StableDiffusion3 => "stable-diffusion-3",
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod clip;
 pub mod dit;
 pub mod flux;
+pub mod sd3;
 pub mod t5;
 pub mod transformer;
 pub mod unet;

@@ -130,7 +130,10 @@ impl RmsNorm {
         let dtype = xs.dtype();
         let x = xs.to_dtype(DType::F32)?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
+        // `x * rsqrt(var + eps)`, as transformers writes it.
+        let x = x
+            .broadcast_mul(&(var + self.eps)?.sqrt()?.recip()?)?
+            .to_dtype(dtype)?;
         x.broadcast_mul(&self.weight.to_dtype(dtype)?)
     }
 }
@@ -215,7 +218,7 @@ impl FeedForward {
         let h = self.wi_0.forward(xs)?;
         let h = match self.act {
             Act::Relu => h.relu()?,
-            Act::GeluTanh => h.gelu()?,
+            Act::GeluTanh => gelu_new(&h)?,
             Act::Gelu => h.gelu_erf()?,
             Act::Silu => h.silu()?,
         };
@@ -325,6 +328,15 @@ impl T5EncoderModel {
             .unsqueeze(0)?
             .contiguous()
     }
+}
+
+/// transformers' `NewGELUActivation` as it writes it: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`
+/// (candle's `gelu` groups the same terms differently, one rounding apart).
+fn gelu_new(x: &Tensor) -> Result<Tensor> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let cube = (x * x)?.broadcast_mul(x)?;
+    let inner = ((x + (cube * 0.044715)?)? * c)?;
+    (x * 0.5)?.broadcast_mul(&(inner.tanh()? + 1.0)?)
 }
 
 /// transformers' `T5Attention._relative_position_bucket` for the encoder (bidirectional): half the

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::model_index::ModelIndex;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::flux::{FluxConfig, FluxTransformer2DModel};
+use crate::models::sd3::{SD3Transformer2DModel, Sd3Config};
 use crate::models::t5::{T5Config, T5EncoderModel};
 use crate::models::unet::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
@@ -46,6 +47,8 @@ pub struct Components {
     pub t5: Option<T5TextEncoder>,
     /// FLUX's denoiser.
     pub flux_transformer: Option<FluxTransformer2DModel>,
+    /// SD3's denoiser.
+    pub sd3_transformer: Option<SD3Transformer2DModel>,
     pub vae: AutoencoderKL,
     scheduler: std::sync::RwLock<SchedulerConfig>,
     pub device: Device,
@@ -289,6 +292,26 @@ impl<'a> Loader<'a> {
         Ok(model)
     }
 
+    /// The `transformer` folder's `SD3Transformer2DModel`.
+    pub fn sd3_transformer(&mut self) -> Result<SD3Transformer2DModel> {
+        self.require("transformer")?;
+        let source = self.source;
+        let cfg: Sd3Config = read_config(&source.file("transformer", "config.json")?)?;
+        let dir = PathBuf::from(source.component_location("transformer"));
+        if let Err(why) = cfg.validate() {
+            return Err(Error::InvalidModel(format!(
+                "{}/config.json is not an SD3Transformer2DModel the SD3 pipelines can run: {why}",
+                dir.display()
+            )));
+        }
+        let files = source.weights("transformer", "diffusion_pytorch_model")?;
+        let vb = open_weights(&files, self.dtype, &self.device)?;
+        let store = vb.store();
+        let model = SD3Transformer2DModel::new(vb, cfg).map_err(|e| model_error("transformer", &dir, e))?;
+        self.loaded("transformer", &files, store)?;
+        Ok(model)
+    }
+
     /// The `vae` folder's `AutoencoderKL`. `upcast`: keep a `force_upcast` VAE of a half-precision
     /// pipeline in float32 (its half-precision values, computed in float32), as diffusers' SDXL
     /// pipelines do for every encode and decode.
@@ -317,6 +340,7 @@ impl<'a> Loader<'a> {
             unet: models.unet,
             t5: models.t5,
             flux_transformer: models.flux_transformer,
+            sd3_transformer: models.sd3_transformer,
             vae: models.vae,
             scheduler: std::sync::RwLock::new(scheduler),
             device: self.device,
@@ -334,6 +358,7 @@ pub struct Models {
     pub unet: Option<UNet2DConditionModel>,
     pub t5: Option<T5TextEncoder>,
     pub flux_transformer: Option<FluxTransformer2DModel>,
+    pub sd3_transformer: Option<SD3Transformer2DModel>,
     pub vae: AutoencoderKL,
 }
 

@@ -83,6 +83,7 @@ struct Preview<'a> {
 /// What the decoder of previews needs from the pipeline; bound when a run starts.
 struct Bound {
     family: Family,
+    task: crate::registry::Task,
     components: Arc<super::Components>,
     /// The run's VAE tiling/slicing, which VAE previews follow too.
     vae: DecodeOptions,
@@ -202,6 +203,7 @@ impl<'a> RunControl<'a> {
     pub(crate) fn bind(&mut self, p: &Pipeline, vae: DecodeOptions) -> Result<()> {
         self.bound = Some(Bound {
             family: p.family(),
+            task: p.task(),
             components: Arc::clone(p.components()),
             vae,
         });
@@ -267,7 +269,7 @@ impl<'a> RunControl<'a> {
         };
         let images = match preview.mode {
             PreviewMode::Latent => latent_rgb_preview(latents, bound.family),
-            PreviewMode::Vae => vae_preview(bound.family, &bound.components, bound.vae, latents),
+            PreviewMode::Vae => vae_preview(bound.family, bound.task, &bound.components, bound.vae, latents),
         };
         match images {
             Ok(images) => (preview.f)(step, total, &images),
@@ -331,9 +333,10 @@ pub fn latent_rgb_preview(latents: &Tensor, family: Family) -> Result<Vec<Image>
 /// pipeline's decode: `FamilyPipeline::decode`).
 fn vae_preview(
     family: Family,
+    task: crate::registry::Task,
     c: &super::Components,
     opts: DecodeOptions,
     latents: &Tensor,
 ) -> Result<Vec<Image>> {
-    Image::from_tensor01(&super::families::imp(family).decode(c, latents, opts)?, 4)
+    Image::from_tensor01(&super::families::imp(family).decode(c, task, latents, opts)?, 4)
 }

@@ -84,7 +84,20 @@ impl Denoise<'_> {
             let noise_pred = match guidance {
                 GuidanceMode::BatchCfg { scale, rescale } => {
                     let b = out.dim(0)? / 2;
-                    apply_guidance(&out.narrow(0, 0, b)?, &out.narrow(0, b, b)?, scale, rescale)?
+                    let text = out.narrow(0, b, b)?;
+                    let pred = apply_guidance(&out.narrow(0, 0, b)?, &text, scale, rescale)?;
+                    match &self.cond.skip_layer {
+                        // SD3's skip-layer guidance: the positive prompt again with blocks skipped, on
+                        // the un-doubled latents.
+                        Some(slg) if slg.active(i) => {
+                            let ts = Tensor::full(t as f32, latents.dim(0)?, latents.device())?;
+                            let skipped =
+                                self.denoiser
+                                    .forward_skipping(&latents, &ts, &slg.cond, &slg.layers)?;
+                            (pred + mul_s(&(text - skipped)?, slg.scale as f32)?)?
+                        }
+                        _ => pred,
+                    }
                 }
                 GuidanceMode::SeparateCfg { scale } => {
                     let negative = self.cond.negative.as_ref().ok_or_else(|| {

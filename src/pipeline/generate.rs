@@ -62,8 +62,13 @@ fn settings(
             // img2img takes its size from the image (diffusers has no width/height here); an explicit
             // size resizes the image first.
             let img = params.image.as_ref().ok_or_else(|| need("image", p.task))?;
-            let w = round_down(params.width.unwrap_or(img.width as usize), f);
-            let h = round_down(params.height.unwrap_or(img.height as usize), f);
+            let (dw, dh) = if rule.img2img_default_size {
+                (p.default_size(), p.default_size())
+            } else {
+                (img.width as usize, img.height as usize)
+            };
+            let w = round_down(params.width.unwrap_or(dw), f);
+            let h = round_down(params.height.unwrap_or(dh), f);
             (w, h)
         }
         Task::Inpaint => {
@@ -239,7 +244,7 @@ pub(super) fn run(
     let c = &*p.components;
     let device = &c.device;
     fam.check_task(c, p.task)?;
-    fam.check_params(c, params)?;
+    fam.check_params(c, p.task, params)?;
     if params.timesteps.is_some() && !fam.accepts_custom_timesteps() {
         return Err(Error::InvalidArgument(format!(
             "the {} pipelines take custom `sigmas`, not `timesteps`",
@@ -482,7 +487,7 @@ fn decode(
     vae_opts: DecodeOptions,
     trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
-    let image = fam.decode(&p.components, latents, vae_opts)?;
+    let image = fam.decode(&p.components, p.task, latents, vae_opts)?;
     if let Some(trace) = trace {
         trace.image = Some(image.clone());
     }

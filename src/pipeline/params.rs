@@ -95,6 +95,17 @@ pub struct RunParams {
     /// FLUX: true classifier-free guidance scale (diffusers' `true_cfg_scale`; `None`: 1.0). Above 1
     /// with a negative prompt, every step also runs the negative prompt and mixes the two.
     pub true_cfg_scale: Option<f64>,
+    /// SD3: the T5 prompt and negative prompt (`text_encoder_3`); default `prompt` / `negative_prompt`.
+    pub prompt_3: Option<String>,
+    pub negative_prompt_3: Option<String>,
+    /// SD3 text-to-image: skip-layer guidance's transformer blocks to skip (diffusers'
+    /// `skip_guidance_layers`, e.g. `[7, 8, 9]` for SD 3.5 Medium); `None`: off. Runs with CFG only.
+    pub skip_guidance_layers: Option<Vec<usize>>,
+    /// Skip-layer guidance scale (default 2.8) and the fractions of the steps it runs between
+    /// (defaults 0.01 and 0.2).
+    pub skip_layer_guidance_scale: Option<f64>,
+    pub skip_layer_guidance_start: Option<f64>,
+    pub skip_layer_guidance_stop: Option<f64>,
 }
 
 impl RunParams {
@@ -136,6 +147,12 @@ impl Default for RunParams {
             sigmas: None,
             max_sequence_length: None,
             true_cfg_scale: None,
+            prompt_3: None,
+            negative_prompt_3: None,
+            skip_guidance_layers: None,
+            skip_layer_guidance_scale: None,
+            skip_layer_guidance_start: None,
+            skip_layer_guidance_stop: None,
         }
     }
 }

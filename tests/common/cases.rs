@@ -94,6 +94,15 @@ pub fn params(case: &Value) -> RunParams {
         padding_mask_crop: case["padding_mask_crop"].as_u64().map(|v| v as u32),
         max_sequence_length: case["max_sequence_length"].as_u64().map(|v| v as usize),
         true_cfg_scale: case["true_cfg_scale"].as_f64(),
+        prompt_3: s("prompt_3"),
+        negative_prompt_3: s("negative_prompt_3"),
+        clip_skip: case["clip_skip"].as_u64().map(|v| v as usize),
+        skip_guidance_layers: case["skip_guidance_layers"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap() as usize).collect()),
+        skip_layer_guidance_scale: case["skip_layer_guidance_scale"].as_f64(),
+        skip_layer_guidance_start: case["skip_layer_guidance_start"].as_f64(),
+        skip_layer_guidance_stop: case["skip_layer_guidance_stop"].as_f64(),
         ..Default::default()
     }
 }

@@ -26,6 +26,39 @@ pub trait Denoiser: Sync {
     /// The model's prediction for `x` (`(batch, channels, …)`) at `t` (float32 `(batch,)` on `x`'s
     /// device: a device tensor, so a CUDA graph replays new values), in float32.
     fn forward(&self, x: &Tensor, t: &Tensor, cond: &ModelCond) -> candle_core::Result<Tensor>;
+
+    /// The prediction with the blocks in `skip` left out (SD3's skip-layer guidance).
+    fn forward_skipping(
+        &self,
+        _x: &Tensor,
+        _t: &Tensor,
+        _cond: &ModelCond,
+        _skip: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        candle_core::bail!("this model cannot skip layers")
+    }
+}
+
+/// SD3's skip-layer guidance: on the steps `i` with `steps·start < i < steps·stop`, one more call on
+/// the positive conditioning with `layers` skipped, and `pred += scale · (text − skipped)`.
+#[derive(Debug, Clone)]
+pub struct SkipLayerGuidance {
+    pub layers: Vec<usize>,
+    pub scale: f64,
+    pub start: f64,
+    pub stop: f64,
+    /// The pipeline's `num_inference_steps` the fractions are of.
+    pub steps: usize,
+    /// The positive conditioning alone (no CFG batch).
+    pub cond: ModelCond,
+}
+
+impl SkipLayerGuidance {
+    /// Whether step `i` runs the skipped-layer call (diffusers compares floats, both bounds open).
+    pub fn active(&self, i: usize) -> bool {
+        let (i, n) = (i as f64, self.steps as f64);
+        i > n * self.start && i < n * self.stop
+    }
 }
 
 /// Settings of one run after the pipeline's defaults are applied.
@@ -127,6 +160,8 @@ pub struct Conditioning {
     pub guidance: GuidanceMode,
     pub cond: ModelCond,
     pub negative: Option<ModelCond>,
+    /// SD3's skip-layer guidance, when the run asks for it (with CFG).
+    pub skip_layer: Option<SkipLayerGuidance>,
 }
 
 /// How VAE latents are normalised into the denoiser's space and back.
@@ -251,9 +286,10 @@ pub trait FamilyPipeline: Sync {
         crate::schedulers::strength_start(n, strength, order)
     }
 
-    /// Refuses run arguments the family's pipelines refuse (before any work).
-    fn check_params(&self, _c: &Components, _params: &RunParams) -> Result<()> {
-        Ok(())
+    /// Refuses run arguments the family's pipelines refuse (before any work). The default refuses
+    /// the arguments only some families take (FLUX's and SD3's).
+    fn check_params(&self, _c: &Components, _task: Task, params: &RunParams) -> Result<()> {
+        refuse_others(self.family(), params, &[])
     }
 
     /// How guidance runs for these settings.
@@ -293,11 +329,17 @@ pub trait FamilyPipeline: Sync {
     /// Latent normalisation between the VAE and the denoiser.
     fn latent_norm(&self, c: &Components) -> LatentNorm;
 
+    /// The normalisation undone before the final decode of `task`, where a pipeline's decode differs
+    /// from its encode (SD3 inpainting divides by the scaling factor and adds no shift).
+    fn decode_norm(&self, c: &Components, _task: Task) -> LatentNorm {
+        self.latent_norm(c)
+    }
+
     /// Denoiser latents → images as floats in `[0, 1]`, `(b, 3, h, w)`: the latent normalisation undone,
     /// the VAE decode, and diffusers' postprocess `(x / 2 + 0.5).clamp(0, 1)`. The final image and VAE
     /// previews both come from here.
-    fn decode(&self, c: &Components, latents: &Tensor, opts: DecodeOptions) -> Result<Tensor> {
-        let z = self.latent_norm(c).denormalize(latents)?;
+    fn decode(&self, c: &Components, task: Task, latents: &Tensor, opts: DecodeOptions) -> Result<Tensor> {
+        let z = self.decode_norm(c, task).denormalize(latents)?;
         let image = c.vae.decode_with(&z, opts)?;
         Ok((crate::schedulers::div_s(&image, 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     }
@@ -313,4 +355,37 @@ pub trait FamilyPipeline: Sync {
 
     /// A lower bound on the run's peak activation memory, in bytes (see [`crate::pipeline::memory`]).
     fn estimate_bytes(&self, c: &Components, run: RunShape) -> u128;
+}
+
+/// img2img's truncation by `strength` in the flow-matching pipelines (SD3's `get_timesteps`, which FLUX
+/// copies): `init = min(n · strength, n)` stays a float and `t_start = int(max(n − init, 0))`
+/// truncates, where SD's pipelines truncate `n · strength` instead.
+pub fn flow_strength_start(n: usize, strength: f64, order: usize) -> (usize, usize) {
+    let init = (n as f64 * strength).min(n as f64);
+    let t_start = (n as f64 - init).max(0.0) as usize;
+    (t_start * order, n - t_start)
+}
+
+/// Python's `a or b` for optional prompts: an empty string falls back too.
+pub fn or_prompt<'a>(a: Option<&'a str>, b: &'a str) -> &'a str {
+    a.filter(|s| !s.is_empty()).unwrap_or(b)
+}
+
+/// Refuses the run arguments only some families take, unless `family` takes them (`takes`).
+pub fn refuse_others(family: Family, params: &RunParams, takes: &[&str]) -> Result<()> {
+    let name = family.name();
+    for (arg, given) in [
+        ("max_sequence_length", params.max_sequence_length.is_some()),
+        ("true_cfg_scale", params.true_cfg_scale.is_some()),
+        ("prompt_3", params.prompt_3.is_some()),
+        ("negative_prompt_3", params.negative_prompt_3.is_some()),
+        ("skip_guidance_layers", params.skip_guidance_layers.is_some()),
+    ] {
+        if given && !takes.contains(&arg) {
+            return Err(Error::InvalidArgument(format!(
+                "the {name} pipelines take no {arg} (diffusers' have no such argument)"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -112,6 +112,7 @@ impl FamilyPipeline for Flux {
                 unet: None,
                 t5: Some(t5),
                 flux_transformer: Some(transformer),
+                sd3_transformer: None,
                 vae,
             },
             scheduler,
@@ -154,7 +155,8 @@ impl FamilyPipeline for Flux {
         Ok(())
     }
 
-    fn check_params(&self, _c: &Components, params: &RunParams) -> Result<()> {
+    fn check_params(&self, _c: &Components, _task: Task, params: &RunParams) -> Result<()> {
+        super::family::refuse_others(Family::Flux, params, &["max_sequence_length", "true_cfg_scale"])?;
         if let Some(n) = params.max_sequence_length {
             if n > MAX_SEQUENCE_LENGTH {
                 return Err(Error::InvalidArgument(format!(
@@ -221,11 +223,7 @@ impl FamilyPipeline for Flux {
     }
 
     fn strength_start(&self, n: usize, strength: f64, order: usize) -> (usize, usize) {
-        // FluxImg2ImgPipeline.get_timesteps: `init = min(n · strength, n)` stays a float, and
-        // `t_start = int(max(n − init, 0))` truncates (SD's pipelines truncate `n · strength` instead).
-        let init = (n as f64 * strength).min(n as f64);
-        let t_start = (n as f64 - init).max(0.0) as usize;
-        (t_start * order, n - t_start)
+        super::family::flow_strength_start(n, strength, order)
     }
 
     fn guidance(&self, s: &Settings, params: &RunParams) -> GuidanceMode {
@@ -287,6 +285,7 @@ impl FamilyPipeline for Flux {
             guidance,
             cond: cond_of(&(embeds, pooled))?,
             negative: negative.as_ref().map(cond_of).transpose()?,
+            skip_layer: None,
         })
     }
 
@@ -357,7 +356,7 @@ fn encode(
     let ids = tokenize(&c.text_encoder, prompt, &c.device, warnings)?;
     let pooled = c.text_encoder.model.forward(&ids)?.pooled;
     let t5 = t5(c)?;
-    let text = prompt_2.unwrap_or(prompt);
+    let text = super::family::or_prompt(prompt_2, prompt);
     let enc = t5.tokenizer.encode(text, max_len)?;
     if enc.truncated() {
         warnings.push(format!(

@@ -17,13 +17,14 @@ mod family;
 mod flux;
 mod lcm;
 mod sd;
+mod sd3;
 mod sdxl;
 mod unet;
 
 pub use crate::pipeline::components::LoadContext;
 pub use family::{
-    Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, ScheduleArgs,
-    Settings, SizeRule,
+    flow_strength_start, or_prompt, refuse_others, Conditioning, Denoiser, FamilyPipeline, GuidanceMode,
+    LatentNorm, ModelCond, RunDefaults, ScheduleArgs, Settings, SizeRule, SkipLayerGuidance,
 };
 
 use crate::registry::Family;
@@ -35,5 +36,6 @@ pub fn imp(family: Family) -> &'static dyn FamilyPipeline {
         Family::StableDiffusionXl => &sdxl::StableDiffusionXl,
         Family::LatentConsistency => &lcm::LatentConsistency,
         Family::Flux => &flux::Flux,
+        Family::StableDiffusion3 => &sd3::StableDiffusion3,
     }
 }

@@ -296,5 +296,6 @@ fn encode(
             guidance: None,
         },
         negative: None,
+        skip_layer: None,
     })
 }

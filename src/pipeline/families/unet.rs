@@ -60,6 +60,7 @@ pub(super) fn load(
             unet: Some(unet),
             t5: None,
             flux_transformer: None,
+            sd3_transformer: None,
             vae,
         },
         scheduler,
@@ -190,5 +191,6 @@ pub(super) fn encode_clip(
         guidance,
         cond: ModelCond::context(context),
         negative: None,
+        skip_layer: None,
     })
 }
