@@ -420,6 +420,26 @@ typedef struct ap_run_params {
    * distilled guidance the model takes as input (default 3.5); (schnell) ignores it.
    */
   float true_cfg_scale;
+  /**
+   * (Added in 0.1.2.) SD3: the T5 prompts (`text_encoder_3`); NULL = `prompt` / `negative_prompt`.
+   */
+  const char *prompt_3;
+  const char *negative_prompt_3;
+  /**
+   * (Added in 0.1.2.) SD3 text2img: skip-layer guidance's transformer blocks to skip (diffusers'
+   * `skip_guidance_layers`, e.g. {7, 8, 9} for SD 3.5 Medium), `num_skip_guidance_layers` of them;
+   * NULL / 0 = off. Runs with CFG only; each step in the window costs one more transformer call.
+   * Only read during the call.
+   */
+  const uint32_t *skip_guidance_layers;
+  uint32_t num_skip_guidance_layers;
+  /**
+   * (Added in 0.1.2.) Skip-layer guidance scale and the fractions of the steps it runs between;
+   * negative = default (2.8, 0.01, 0.2).
+   */
+  float skip_layer_guidance_scale;
+  float skip_layer_guidance_start;
+  float skip_layer_guidance_stop;
 } ap_run_params;
 
 /**

@@ -77,12 +77,13 @@ pub enum Family {
 
 impl Family {
     /// Every implemented family.
+    /// (In the order of diffusers' AutoPipeline mappings.)
     pub const ALL: [Family; 5] = [
         Family::StableDiffusion,
         Family::StableDiffusionXl,
+        Family::StableDiffusion3,
         Family::LatentConsistency,
         Family::Flux,
-        Family::StableDiffusion3,
     ];
 
     /// diffusers' name for the family (the key in the AutoPipeline mappings).
@@ -713,7 +714,7 @@ mod tests {
     fn diffusers_error_texts() {
         let m = error(resolve("ShapEImg2ImgPipeline", Task::Text2Image));
         assert!(m.starts_with("AutoPipeline can't find a pipeline linked to ShapEImg2ImgPipeline for None. "));
-        assert!(m.ends_with("stable-diffusion, stable-diffusion-xl, lcm, flux"));
+        assert!(m.ends_with("stable-diffusion, stable-diffusion-xl, stable-diffusion-3, lcm, flux"));
         let m = error(resolve("LatentConsistencyModelPipeline", Task::Inpaint));
         assert!(m.starts_with(
             "AutoPipeline can't find a pipeline linked to LatentConsistencyModelPipeline for lcm."

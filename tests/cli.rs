@@ -48,6 +48,8 @@ fn flags(case: &serde_json::Value) -> Vec<String> {
         ("negative_prompt", "--negative-prompt"),
         ("prompt_2", "--prompt-2"),
         ("negative_prompt_2", "--negative-prompt-2"),
+        ("prompt_3", "--prompt-3"),
+        ("negative_prompt_3", "--negative-prompt-3"),
     ] {
         if let Some(s) = case[key].as_str() {
             f.extend([flag.to_string(), s.to_string()]);
@@ -63,6 +65,10 @@ fn flags(case: &serde_json::Value) -> Vec<String> {
         ("max_sequence_length", "--max-sequence-length"),
         ("true_cfg_scale", "--true-cfg"),
         ("padding_mask_crop", "--padding-mask-crop"),
+        ("clip_skip", "--clip-skip"),
+        ("skip_layer_guidance_scale", "--slg-scale"),
+        ("skip_layer_guidance_start", "--slg-start"),
+        ("skip_layer_guidance_stop", "--slg-stop"),
     ] {
         if !case[key].is_null() {
             f.extend([flag.to_string(), case[key].to_string()]);
@@ -76,7 +82,11 @@ fn flags(case: &serde_json::Value) -> Vec<String> {
     if let Some(s) = case["scheduler"].as_str() {
         f.extend(["--scheduler".to_string(), s.to_string()]);
     }
-    for (key, flag) in [("timesteps", "--timesteps"), ("sigmas", "--sigmas")] {
+    for (key, flag) in [
+        ("timesteps", "--timesteps"),
+        ("sigmas", "--sigmas"),
+        ("skip_guidance_layers", "--skip-layers"),
+    ] {
         if let Some(list) = case[key].as_array() {
             let values: Vec<String> = list.iter().map(|v| v.to_string()).collect();
             f.extend([flag.to_string(), values.join(",")]);

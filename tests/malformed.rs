@@ -873,7 +873,11 @@ fn added_token_ids_at_the_top_of_the_range() {
     let ck = Checkpoint::copy_of("sdxl-tiny");
     ck.edit_json("tokenizer/tokenizer.json", |t| {
         let added = t["added_tokens"].as_array_mut().unwrap();
-        added.push(json!({"id": u32::MAX, "content": "<huge>", "normalized": false, "special": true}));
+        // A complete AddedToken (the tokenizers crate requires every field): only its id is wrong.
+        added.push(
+            json!({"id": u32::MAX, "content": "<huge>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}),
+        );
     });
     assert_error(&ck.fail(), invalid_model, &["tokenizer", "text_encoder"]);
 }

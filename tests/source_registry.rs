@@ -141,7 +141,7 @@ fn every_errors_json_case_has_diffusers_category_and_text() {
                 );
                 assert!(message.starts_with(&format!("{expected}. ")), "{context}");
                 assert!(
-                    message.ends_with("stable-diffusion, stable-diffusion-xl, lcm, flux"),
+                    message.ends_with("stable-diffusion, stable-diffusion-xl, stable-diffusion-3, lcm, flux"),
                     "{context}"
                 );
             }
@@ -289,7 +289,13 @@ fn family_table_mirrors_diffusers() {
     );
     assert_eq!(
         registry::supported_families(),
-        ["stable-diffusion", "stable-diffusion-xl", "lcm", "flux"]
+        [
+            "stable-diffusion",
+            "stable-diffusion-xl",
+            "stable-diffusion-3",
+            "lcm",
+            "flux"
+        ]
     );
     for name in [
         "if",
@@ -360,7 +366,7 @@ fn unsupported_family_with_all_folders_is_reported_as_not_yet() {
     assert!(
         matches!(&err, Error::Unsupported(m)
         if m.starts_with("kolors (KolorsImg2ImgPipeline) is known to diffusers but not supported by autopipeline yet")
-        && m.ends_with("stable-diffusion, stable-diffusion-xl, lcm, flux")),
+        && m.ends_with("stable-diffusion, stable-diffusion-xl, stable-diffusion-3, lcm, flux")),
         "{err:?}"
     );
     // The task lookup comes first: kolors has no inpainting pipeline.

@@ -620,6 +620,18 @@ public:
     RunParams& maxSequenceLength(std::optional<int32_t> v) { maxSequenceLength_ = v; return *this; }
     /// FLUX: true classifier-free guidance scale (diffusers' true_cfg_scale; > 1 with a negative prompt).
     RunParams& trueCfgScale(std::optional<float> v) { trueCfgScale_ = v; return *this; }
+    /// SD3: the T5 prompts (default prompt() / negativePrompt()).
+    RunParams& prompt3(std::optional<std::string> v) { prompt3_ = std::move(v); return *this; }
+    RunParams& negativePrompt3(std::optional<std::string> v) { negativePrompt3_ = std::move(v); return *this; }
+    /// SD3 text2img: skip-layer guidance's blocks to skip (e.g. {7, 8, 9} for SD 3.5 Medium), with its
+    /// scale and step window (defaults 2.8, 0.01, 0.2).
+    RunParams& skipGuidanceLayers(std::optional<std::vector<uint32_t>> v) { skipLayers_ = std::move(v); return *this; }
+    RunParams& skipLayerGuidance(float scale, float start = 0.01f, float stop = 0.2f) {
+        slgScale_ = scale;
+        slgStart_ = start;
+        slgStop_ = stop;
+        return *this;
+    }
     /// Called after each denoising step; return false to cancel.
     RunParams& onProgress(ProgressFn fn) { progress_ = std::move(fn); return *this; }
     /// Called after every `every`-th denoising step with preview images (see PreviewMode).
@@ -694,6 +706,15 @@ public:
             p.num_sigmas = static_cast<uint32_t>(sigmas_->size());
         }
         if (maxSequenceLength_) p.max_sequence_length = *maxSequenceLength_;
+        p.prompt_3 = detail::cstr(prompt3_);
+        p.negative_prompt_3 = detail::cstr(negativePrompt3_);
+        if (skipLayers_) {
+            p.skip_guidance_layers = skipLayers_->data();
+            p.num_skip_guidance_layers = static_cast<uint32_t>(skipLayers_->size());
+        }
+        if (slgScale_) p.skip_layer_guidance_scale = *slgScale_;
+        if (slgStart_) p.skip_layer_guidance_start = *slgStart_;
+        if (slgStop_) p.skip_layer_guidance_stop = *slgStop_;
         if (trueCfgScale_) p.true_cfg_scale = *trueCfgScale_;
         if (preview_) {
             p.preview_every = previewEvery_;
@@ -715,7 +736,9 @@ private:
     std::optional<std::string> negativePrompt_, prompt2_, negativePrompt2_, scheduler_, schedulerConfigJson_, rng_;
     std::optional<int32_t> steps_, width_, height_, numImages_, clipSkip_, outputChannels_, paddingMaskCrop_,
         maxSequenceLength_;
-    std::optional<float> guidanceScale_, strength_, guidanceRescale_, trueCfgScale_;
+    std::optional<float> guidanceScale_, strength_, guidanceRescale_, trueCfgScale_, slgScale_, slgStart_, slgStop_;
+    std::optional<std::string> prompt3_, negativePrompt3_;
+    std::optional<std::vector<uint32_t>> skipLayers_;
     std::optional<std::vector<double>> timesteps_, sigmas_;
     uint64_t seed_ = 0;
     std::optional<ImageView> image_, mask_;

@@ -314,6 +314,16 @@ namespace Autopipeline
         /// <summary>FLUX: true classifier-free guidance scale (diffusers' true_cfg_scale); above 1 with a
         /// <see cref="NegativePrompt"/> each step also runs the negative prompt.</summary>
         public float? TrueCfgScale { get; set; }
+        /// <summary>SD3: the T5 prompts (default <see cref="Prompt"/> / <see cref="NegativePrompt"/>).</summary>
+        public string Prompt3 { get; set; }
+        public string NegativePrompt3 { get; set; }
+        /// <summary>SD3 text2img: skip-layer guidance's transformer blocks to skip (e.g. {7, 8, 9} for SD 3.5
+        /// Medium); null = off.</summary>
+        public int[] SkipGuidanceLayers { get; set; }
+        /// <summary>Skip-layer guidance scale and step fractions (defaults 2.8, 0.01, 0.2).</summary>
+        public float? SkipLayerGuidanceScale { get; set; }
+        public float? SkipLayerGuidanceStart { get; set; }
+        public float? SkipLayerGuidanceStop { get; set; }
 
         /// <summary>A shallow copy (images are shared, not copied).</summary>
         public RunParams Clone() { return (RunParams)MemberwiseClone(); }
@@ -357,6 +367,16 @@ namespace Autopipeline
             }
             if (MaxSequenceLength.HasValue) p.max_sequence_length = MaxSequenceLength.Value;
             if (TrueCfgScale.HasValue) p.true_cfg_scale = TrueCfgScale.Value;
+            p.prompt_3 = arena.String(Prompt3);
+            p.negative_prompt_3 = arena.String(NegativePrompt3);
+            if (SkipGuidanceLayers != null)
+            {
+                p.skip_guidance_layers = arena.UInts(SkipGuidanceLayers);
+                p.num_skip_guidance_layers = (uint)SkipGuidanceLayers.Length;
+            }
+            if (SkipLayerGuidanceScale.HasValue) p.skip_layer_guidance_scale = SkipLayerGuidanceScale.Value;
+            if (SkipLayerGuidanceStart.HasValue) p.skip_layer_guidance_start = SkipLayerGuidanceStart.Value;
+            if (SkipLayerGuidanceStop.HasValue) p.skip_layer_guidance_stop = SkipLayerGuidanceStop.Value;
             if (OnPreview != null)
             {
                 p.preview_every = PreviewEvery.HasValue ? PreviewEvery.Value : 1;

@@ -223,6 +223,13 @@ namespace Autopipeline
             public uint reserved0;
             public int max_sequence_length;
             public float true_cfg_scale;
+            public IntPtr prompt_3;
+            public IntPtr negative_prompt_3;
+            public IntPtr skip_guidance_layers;
+            public uint num_skip_guidance_layers;
+            public float skip_layer_guidance_scale;
+            public float skip_layer_guidance_start;
+            public float skip_layer_guidance_stop;
         }
 
         [StructLayout(LayoutKind.Sequential)]
@@ -422,6 +429,14 @@ namespace Autopipeline
         {
             if (values == null || values.Length == 0) return IntPtr.Zero;
             IntPtr p = Alloc(values.Length * sizeof(double));
+            Marshal.Copy(values, 0, p, values.Length);
+            return p;
+        }
+
+        public IntPtr UInts(int[] values)
+        {
+            if (values == null || values.Length == 0) return IntPtr.Zero;
+            IntPtr p = Alloc(values.Length * sizeof(int));
             Marshal.Copy(values, 0, p, values.Length);
             return p;
         }

@@ -102,6 +102,13 @@ class _RunParams(ctypes.Structure):
         ("reserved0", ctypes.c_uint32),
         ("max_sequence_length", ctypes.c_int32),
         ("true_cfg_scale", ctypes.c_float),
+        ("prompt_3", ctypes.c_char_p),
+        ("negative_prompt_3", ctypes.c_char_p),
+        ("skip_guidance_layers", ctypes.POINTER(ctypes.c_uint32)),
+        ("num_skip_guidance_layers", ctypes.c_uint32),
+        ("skip_layer_guidance_scale", ctypes.c_float),
+        ("skip_layer_guidance_start", ctypes.c_float),
+        ("skip_layer_guidance_stop", ctypes.c_float),
     ]
 
 
@@ -359,7 +366,9 @@ class Pipeline:
             seed=0, num_images_per_prompt=None, guidance_rescale=None, clip_skip=None,
             output_channels=None, image=None, mask_image=None, padding_mask_crop=None, scheduler=None,
             scheduler_config=None, progress=None, vae_tiling=False, vae_slicing=False, rng=None,
-            timesteps=None, sigmas=None, max_sequence_length=None, true_cfg_scale=None):
+            timesteps=None, sigmas=None, max_sequence_length=None, true_cfg_scale=None, prompt_3=None,
+            negative_prompt_3=None, skip_guidance_layers=None, skip_layer_guidance_scale=None,
+            skip_layer_guidance_start=None, skip_layer_guidance_stop=None):
         """Generates images (a list of Image). `progress(step, total)` returning False cancels.
 
         `scheduler`: a diffusers scheduler class name or alias ("euler_a", "dpm++2m_karras", …);
@@ -368,7 +377,8 @@ class Pipeline:
         `rng`: "cpu" (default) or "cuda": which torch.Generator `seed` is for.
         `timesteps` / `sigmas`: custom descending lists (diffusers' timesteps= / sigmas=), for
         schedulers that take them.
-        `max_sequence_length` / `true_cfg_scale`: FLUX's T5 prompt length and true CFG scale.
+        `max_sequence_length` / `true_cfg_scale`: FLUX's (and SD3's) T5 prompt length, FLUX's true CFG scale.
+        `prompt_3` / `negative_prompt_3` / `skip_guidance_layers` / `skip_layer_guidance_*`: SD3's.
         """
         p = _defaults(_RunParams, _run_params_init)
         p.prompt = _utf8(prompt)
@@ -379,7 +389,10 @@ class Pipeline:
                             ("num_images_per_prompt", num_images_per_prompt),
                             ("guidance_rescale", guidance_rescale), ("clip_skip", clip_skip),
                             ("output_channels", output_channels), ("padding_mask_crop", padding_mask_crop),
-                            ("max_sequence_length", max_sequence_length), ("true_cfg_scale", true_cfg_scale)):
+                            ("max_sequence_length", max_sequence_length), ("true_cfg_scale", true_cfg_scale),
+                            ("skip_layer_guidance_scale", skip_layer_guidance_scale),
+                            ("skip_layer_guidance_start", skip_layer_guidance_start),
+                            ("skip_layer_guidance_stop", skip_layer_guidance_stop)):
             if value is not None:
                 setattr(p, name, value)
         p.seed = seed
@@ -387,7 +400,13 @@ class Pipeline:
         p.scheduler_config_json = json.dumps(scheduler_config).encode() if scheduler_config is not None else None
         p.vae_tiling, p.vae_slicing = int(bool(vae_tiling)), int(bool(vae_slicing))
         p.rng = _utf8(rng)
+        p.prompt_3, p.negative_prompt_3 = _utf8(prompt_3), _utf8(negative_prompt_3)
         keep = []
+        if skip_guidance_layers:
+            layers = (ctypes.c_uint32 * len(skip_guidance_layers))(*skip_guidance_layers)
+            keep.append(layers)
+            p.skip_guidance_layers = ctypes.cast(layers, ctypes.POINTER(ctypes.c_uint32))
+            p.num_skip_guidance_layers = len(skip_guidance_layers)
         for name, values in (("timesteps", timesteps), ("sigmas", sigmas)):
             arr, n = _doubles(values)
             if arr is not None:

@@ -8,7 +8,9 @@
  *            [--preview-every N --preview-dir DIR] [--scheduler NAME] [--scheduler-config JSON]
  *            [--vae-tiling] [--vae-slicing] [--rng cpu|cuda] [--device cpu|cuda[:N]]
  *            [--dtype f32|f16|bf16] [--preload] [--timesteps T,T,...] [--sigmas S,S,...]
- *            [--max-sequence-length N] [--true-cfg F] [--padding-mask-crop N] --out PNG
+ *            [--max-sequence-length N] [--true-cfg F] [--padding-mask-crop N]
+ *            [--prompt-3 S] [--negative-prompt-3 S] [--skip-layers L,L,... [--slg-scale F]
+ *             [--slg-start F] [--slg-stop F]] [--clip-skip N] --out PNG
  *
  * --scheduler switches the scheduler for this run (a diffusers class name or an alias such as
  * euler_a, dpm++2m_karras, dpm++2m_sde_karras, dpm++2s, deis, heun, unipc, lcm); --scheduler-config adds config
@@ -21,7 +23,8 @@
  * --timesteps 999,500,1), for schedulers that take them. FLUX: --prompt-2 goes to T5,
  * --max-sequence-length sets T5's prompt length (default 512), --true-cfg F > 1 with --negative-prompt
  * runs true classifier-free guidance (--guidance is [dev]'s distilled guidance). --padding-mask-crop N
- * inpaints only the mask's box grown by N pixels, at full size, and pastes it back.
+ * inpaints only the mask's box grown by N pixels, at full size, and pastes it back. SD3: --prompt-3 /
+ * --negative-prompt-3 go to T5, --skip-layers turns on skip-layer guidance over those blocks.
  *
  * An omitted flag means the pipeline's default, as in diffusers. Prints a progress bar to stderr,
  * exits 0 on success and 1 (with ap_last_error()) on any error. With --preview-every N, writes a cheap
@@ -46,6 +49,8 @@ static void usage(FILE *f) {
             "                [--device cpu|cuda[:N]] [--dtype f32|f16|bf16] [--preload]\n"
             "                [--timesteps T,T,...] [--sigmas S,S,...]\n"
             "                [--max-sequence-length N] [--true-cfg F] [--padding-mask-crop N]\n"
+            "                [--prompt-3 S] [--negative-prompt-3 S] [--skip-layers L,L,...]\n"
+            "                [--slg-scale F] [--slg-start F] [--slg-stop F] [--clip-skip N]\n"
             "                --out PNG\n");
 }
 
@@ -93,6 +98,7 @@ static int parse_float(const char *s, float *out) {
 
 /* A comma list of numbers ("999,500,1") into `out` (room for `cap`); NaN and empty items refused. */
 #define MAX_LIST 1000
+#define MAX_LAYERS 64
 static int parse_list(const char *s, double *out, uint32_t cap, uint32_t *n) {
     *n = 0;
     for (;;) {
@@ -153,7 +159,8 @@ int main(int argc, char **argv) {
     const char *image_path = NULL, *mask_path = NULL, *preview_dir = NULL;
     int from_pipe = 0, have_prompt = 0, rc = 1, i;
     int32_t task;
-    static double timesteps[MAX_LIST], sigmas[MAX_LIST];
+    static double timesteps[MAX_LIST], sigmas[MAX_LIST], layer_values[MAX_LAYERS];
+    static uint32_t skip_layers[MAX_LAYERS];
     ap_run_params run = ap_run_params_default();
     ap_load_params load = ap_load_params_default();
     ap_pipeline *pipe = NULL, *base = NULL;
@@ -188,6 +195,27 @@ int main(int argc, char **argv) {
         else if (strcmp(flag, "--negative-prompt") == 0) run.negative_prompt = val;
         else if (strcmp(flag, "--prompt-2") == 0) run.prompt_2 = val;
         else if (strcmp(flag, "--negative-prompt-2") == 0) run.negative_prompt_2 = val;
+        else if (strcmp(flag, "--prompt-3") == 0) run.prompt_3 = val;
+        else if (strcmp(flag, "--negative-prompt-3") == 0) run.negative_prompt_3 = val;
+        else if (strcmp(flag, "--skip-layers") == 0) {
+            uint32_t k;
+            if (!parse_list(val, layer_values, MAX_LAYERS, &run.num_skip_guidance_layers)) return bad_arg(flag, val);
+            for (k = 0; k < run.num_skip_guidance_layers; k++) {
+                if (layer_values[k] < 0 || layer_values[k] > 1023 || layer_values[k] != (double)(uint32_t)layer_values[k])
+                    return bad_arg(flag, val);
+                skip_layers[k] = (uint32_t)layer_values[k];
+            }
+            run.skip_guidance_layers = skip_layers;
+        } else if (strcmp(flag, "--clip-skip") == 0) {
+            if (!parse_long(val, 1, 64, &n)) return bad_arg(flag, val);
+            run.clip_skip = (int32_t)n;
+        } else if (strcmp(flag, "--slg-scale") == 0) {
+            if (!parse_float(val, &run.skip_layer_guidance_scale)) return bad_arg(flag, val);
+        } else if (strcmp(flag, "--slg-start") == 0) {
+            if (!parse_float(val, &run.skip_layer_guidance_start)) return bad_arg(flag, val);
+        } else if (strcmp(flag, "--slg-stop") == 0) {
+            if (!parse_float(val, &run.skip_layer_guidance_stop)) return bad_arg(flag, val);
+        }
         else if (strcmp(flag, "--steps") == 0) {
             if (!parse_long(val, 1, 1000, &n)) return bad_arg(flag, val);
             run.num_inference_steps = (int32_t)n;

@@ -173,6 +173,13 @@ unsafe impl Growable for ap_run_params {
         end_of!(ap_run_params, num_sigmas),
         end_of!(ap_run_params, max_sequence_length),
         end_of!(ap_run_params, true_cfg_scale),
+        end_of!(ap_run_params, prompt_3),
+        end_of!(ap_run_params, negative_prompt_3),
+        end_of!(ap_run_params, skip_guidance_layers),
+        end_of!(ap_run_params, num_skip_guidance_layers),
+        end_of!(ap_run_params, skip_layer_guidance_scale),
+        end_of!(ap_run_params, skip_layer_guidance_start),
+        end_of!(ap_run_params, skip_layer_guidance_stop),
     ];
     fn defaults() -> Self {
         ap_run_params {
@@ -212,6 +219,13 @@ unsafe impl Growable for ap_run_params {
             reserved0: 0,
             max_sequence_length: 0,
             true_cfg_scale: -1.0,
+            prompt_3: std::ptr::null(),
+            negative_prompt_3: std::ptr::null(),
+            skip_guidance_layers: std::ptr::null(),
+            num_skip_guidance_layers: 0,
+            skip_layer_guidance_scale: -1.0,
+            skip_layer_guidance_start: -1.0,
+            skip_layer_guidance_stop: -1.0,
         }
     }
 }
@@ -453,8 +467,9 @@ mod tests {
         assert_eq!(<ap_load_params as Growable>::FIRST_SIZE, 88);
         assert_eq!(<ap_run_params as Growable>::FIRST_SIZE, 184);
         assert_eq!(<ap_job_status as Growable>::FIRST_SIZE, 24);
-        // 0.1.1 (custom timesteps and sigmas): 216; 0.1.2 (FLUX's max_sequence_length, true_cfg_scale): 224.
-        assert_eq!(size_of::<ap_run_params>(), 224);
+        // 0.1.1 (custom timesteps and sigmas): 216; 0.1.2 (FLUX's max_sequence_length and
+        // true_cfg_scale, SD3's third prompts and skip-layer guidance): 264.
+        assert_eq!(size_of::<ap_run_params>(), 264);
     }
 
     #[test]

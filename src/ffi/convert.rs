@@ -164,6 +164,14 @@ unsafe fn opt_f64s(p: *const f64, count: u32, what: &str, count_name: &str) -> R
             "{what} is NULL but {count_name} is {count}: pass {count} values, or {count_name} 0 for none"
         )));
     }
+    // A schedule is at most one value per step (and one more): refuse a count that cannot be one
+    // before reading or allocating that much.
+    if count as usize > crate::pipeline::generate::MAX_STEPS + 1 {
+        return Err(Error::InvalidArgument(format!(
+            "{count_name} is {count}; a schedule has at most {} values",
+            crate::pipeline::generate::MAX_STEPS + 1
+        )));
+    }
     let values = std::slice::from_raw_parts(p, count as usize).to_vec();
     if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(Error::InvalidArgument(format!(
@@ -171,6 +179,29 @@ unsafe fn opt_f64s(p: *const f64, count: u32, what: &str, count_name: &str) -> R
         )));
     }
     Ok(Some(values))
+}
+
+/// SD3's `skip_guidance_layers`: `count` block indices (0 = off).
+unsafe fn layers(p: *const u32, count: u32) -> Result<Option<Vec<usize>>> {
+    if count == 0 {
+        return Ok(None);
+    }
+    if p.is_null() {
+        return Err(Error::InvalidArgument(format!(
+            "skip_guidance_layers is NULL but num_skip_guidance_layers is {count}"
+        )));
+    }
+    if count > 1024 {
+        return Err(Error::InvalidArgument(format!(
+            "num_skip_guidance_layers is {count}; a transformer has at most 1024 blocks"
+        )));
+    }
+    Ok(Some(
+        std::slice::from_raw_parts(p, count as usize)
+            .iter()
+            .map(|&l| l as usize)
+            .collect(),
+    ))
 }
 
 /// Run parameters from a struct already read at the caller's size (`abi::read`).
@@ -214,6 +245,12 @@ pub unsafe fn run_params(p: &ap_run_params) -> Result<RunParams> {
         sigmas: opt_f64s(p.sigmas, p.num_sigmas, "sigmas", "num_sigmas")?,
         max_sequence_length: opt_positive(p.max_sequence_length, "max_sequence_length")?,
         true_cfg_scale: opt_f32(p.true_cfg_scale, "true_cfg_scale")?,
+        prompt_3: opt_str(p.prompt_3, "prompt_3")?,
+        negative_prompt_3: opt_str(p.negative_prompt_3, "negative_prompt_3")?,
+        skip_guidance_layers: layers(p.skip_guidance_layers, p.num_skip_guidance_layers)?,
+        skip_layer_guidance_scale: opt_f32(p.skip_layer_guidance_scale, "skip_layer_guidance_scale")?,
+        skip_layer_guidance_start: opt_f32(p.skip_layer_guidance_start, "skip_layer_guidance_start")?,
+        skip_layer_guidance_stop: opt_f32(p.skip_layer_guidance_stop, "skip_layer_guidance_stop")?,
         ..RunParams::default()
     })
 }

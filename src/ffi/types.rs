@@ -199,6 +199,20 @@ pub struct ap_run_params {
     /// (twice the time). Negative = default (1.0: off). FLUX (dev)'s own `guidance_scale` is the
     /// distilled guidance the model takes as input (default 3.5); (schnell) ignores it.
     pub true_cfg_scale: f32,
+    /// (Added in 0.1.2.) SD3: the T5 prompts (`text_encoder_3`); NULL = `prompt` / `negative_prompt`.
+    pub prompt_3: *const c_char,
+    pub negative_prompt_3: *const c_char,
+    /// (Added in 0.1.2.) SD3 text2img: skip-layer guidance's transformer blocks to skip (diffusers'
+    /// `skip_guidance_layers`, e.g. {7, 8, 9} for SD 3.5 Medium), `num_skip_guidance_layers` of them;
+    /// NULL / 0 = off. Runs with CFG only; each step in the window costs one more transformer call.
+    /// Only read during the call.
+    pub skip_guidance_layers: *const u32,
+    pub num_skip_guidance_layers: u32,
+    /// (Added in 0.1.2.) Skip-layer guidance scale and the fractions of the steps it runs between;
+    /// negative = default (2.8, 0.01, 0.2).
+    pub skip_layer_guidance_scale: f32,
+    pub skip_layer_guidance_start: f32,
+    pub skip_layer_guidance_stop: f32,
 }
 
 /// Job state: created, its worker thread not started yet.

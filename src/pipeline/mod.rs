@@ -6,7 +6,7 @@ mod config;
 pub mod control;
 mod denoise;
 pub mod families;
-mod generate;
+pub(crate) mod generate;
 pub mod info;
 pub mod memory;
 pub mod params;
