@@ -196,3 +196,70 @@ fn refuses_bad_sd3_arguments() {
     p.true_cfg_scale = Some(2.0);
     assert!(matches!(run(p), Error::InvalidArgument(_)));
 }
+
+/// A copy of the SD3 checkpoint, changed by `edit`, loaded for text-to-image.
+fn load_edited(
+    name: &str,
+    edit: impl FnOnce(&std::path::Path),
+) -> autopipeline::Result<autopipeline::Pipeline> {
+    let dir = std::env::temp_dir().join(format!("ap-sd3-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_dir(&common::data_dir().join("checkpoints/sd3-tiny"), &dir);
+    edit(&dir);
+    let out = autopipeline::Pipeline::from_pretrained(
+        dir.to_str().unwrap(),
+        autopipeline::Task::Text2Image,
+        &common::cases::load_options(),
+        None,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+fn set_config(dir: &std::path::Path, component: &str, key: &str, value: serde_json::Value) {
+    let path = dir.join(component).join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[key] = value;
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+}
+
+/// Broken SD3 checkpoints fail to load with an error naming what is wrong, never a panic.
+#[test]
+fn broken_sd3_checkpoints_are_refused_clearly() {
+    let msg = |r: autopipeline::Result<autopipeline::Pipeline>| match r {
+        Ok(_) => panic!("loaded a broken checkpoint"),
+        Err(e) => (e.to_string(), e),
+    };
+    // A transformer config that does not fit the model's own shapes.
+    let (m, e) = msg(load_edited("caption", |d| {
+        set_config(d, "transformer", "caption_projection_dim", serde_json::json!(48))
+    }));
+    assert!(
+        matches!(e, Error::InvalidModel(_)) && m.contains("caption_projection_dim"),
+        "{m}"
+    );
+    let (m, _) = msg(load_edited("dual", |d| {
+        set_config(d, "transformer", "dual_attention_layers", serde_json::json!([5]))
+    }));
+    assert!(m.contains("dual_attention_layers"), "{m}");
+    // The joint-attention width does not match T5's.
+    let (m, e) = msg(load_edited("joint", |d| {
+        set_config(d, "transformer", "joint_attention_dim", serde_json::json!(48))
+    }));
+    assert!(matches!(e, Error::InvalidModel(_)), "{m}");
+    assert!(
+        m.contains("joint_attention_dim") || m.contains("context_embedder"),
+        "{m}"
+    );
+    // Pooled projections that do not add up.
+    let (m, _) = msg(load_edited("pooled", |d| {
+        set_config(d, "transformer", "pooled_projection_dim", serde_json::json!(40))
+    }));
+    // (The weights' shapes already disagree with such a config: the error names the tensor.)
+    assert!(m.contains("pooled_projection_dim") || m.contains("text_embedder"), "{m}");
+    // model_index.json lists text_encoder_3 but its folder is gone.
+    let (m, _) = msg(load_edited("no-t5-folder", |d| {
+        std::fs::remove_dir_all(d.join("text_encoder_3")).unwrap()
+    }));
+    assert!(m.contains("text_encoder_3"), "{m}");
+}
