@@ -256,7 +256,10 @@ fn broken_sd3_checkpoints_are_refused_clearly() {
         set_config(d, "transformer", "pooled_projection_dim", serde_json::json!(40))
     }));
     // (The weights' shapes already disagree with such a config: the error names the tensor.)
-    assert!(m.contains("pooled_projection_dim") || m.contains("text_embedder"), "{m}");
+    assert!(
+        m.contains("pooled_projection_dim") || m.contains("text_embedder"),
+        "{m}"
+    );
     // model_index.json lists text_encoder_3 but its folder is gone.
     let (m, _) = msg(load_edited("no-t5-folder", |d| {
         std::fs::remove_dir_all(d.join("text_encoder_3")).unwrap()
