@@ -173,7 +173,7 @@ fn refuses_bad_sd3_arguments() {
     let case = inputs("sd3-t2i");
     let pipe = pipeline(&case);
     let base = params(&case);
-    let run = |p: autopipeline::RunParams| pipe.run(&p, None).err().expect("refused");
+    let run = |p: autopipeline::RunParams| pipe.run(&p, None).expect_err("refused");
     let mut p = base.clone();
     p.width = Some(72);
     p.height = Some(60);

@@ -94,7 +94,7 @@ impl Mlp {
     }
 }
 
-/// `CombinedTimestepTextProjEmbeddings` (+ FLUX [dev]'s guidance embedder): the conditioning vector
+/// `CombinedTimestepTextProjEmbeddings` (+ FLUX dev's guidance embedder): the conditioning vector
 /// `timestep_embedder(sinusoid(t)) (+ guidance_embedder(sinusoid(g))) + text_embedder(pooled)`.
 #[derive(Debug, Clone)]
 pub struct TimeTextEmbed {
