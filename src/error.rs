@@ -40,6 +40,10 @@ impl Error {
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
+        // A cancellation point inside a model call (crate::layers::cancel).
+        if crate::layers::cancel::is_cancelled(&e) {
+            return Error::Cancelled;
+        }
         // A weight read on first use (crate::weights) fails inside a layer's forward, so it
         // arrives as a tensor-op error; it is an I/O problem with the checkpoint's files, not a bug.
         if let Some(read) = first_use_read_failure(&e) {

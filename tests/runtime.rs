@@ -586,3 +586,69 @@ fn eight_threads_mixing_runs_and_cancels_stay_exact() {
         want[0]
     );
 }
+
+/// Cancellation points inside model calls: with the run's cancel flag set, the UNet, the VAE, the
+/// text encoders and the FLUX and SD3 transformers stop at their next block with `Cancelled` (so a
+/// cancel does not wait for the end of a long step); with it clear they run to the end.
+#[test]
+fn models_stop_at_their_next_block_once_cancelled() {
+    use autopipeline::layers::cancel;
+    use autopipeline::pipeline::families::{Denoiser, ModelCond};
+    use candle_core::{DType, Device, Tensor};
+    let load = |name: &str| {
+        let dir = common::data_dir().join("checkpoints").join(name);
+        Pipeline::from_pretrained(dir.to_str().unwrap(), Task::Text2Image, &Default::default(), None).unwrap()
+    };
+    let dev = Device::Cpu;
+    let outcome = |f: &dyn Fn() -> candle_core::Result<Tensor>, set: bool| {
+        let _scope = cancel::scope(Arc::new(AtomicBool::new(set)));
+        f().map_err(autopipeline::Error::from)
+    };
+    let expect = |what: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| {
+        assert!(outcome(f, false).is_ok(), "{what}: fails without a cancel");
+        let e = outcome(f, true).expect_err(what);
+        assert!(matches!(e, autopipeline::Error::Cancelled), "{what}: {e}");
+    };
+
+    let sd = load("sd15-tiny");
+    let c = sd.components();
+    let t = Tensor::full(500f32, 1, &dev).unwrap();
+    let ctx = Tensor::zeros((1, 77, 32), DType::F32, &dev).unwrap();
+    let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &dev).unwrap();
+    let unet = c.unet().unwrap();
+    expect("unet", &|| {
+        Denoiser::forward(unet, &x, &t, &ModelCond::context(ctx.clone()))
+    });
+    expect("vae decode", &|| c.vae.decode_with(&x, Default::default()));
+    let ids = Tensor::new(&[[0u32; 77]], &dev).unwrap();
+    expect("clip", &|| {
+        Ok(c.text_encoder.model.forward(&ids)?.last_hidden_state)
+    });
+
+    let flux = load("flux-dev-tiny");
+    let c = flux.components();
+    let x = Tensor::zeros((1, 16, 8, 8), DType::F32, &dev).unwrap();
+    let cond = ModelCond {
+        pooled: Some(Tensor::zeros((1, 32), DType::F32, &dev).unwrap()),
+        guidance: Some(Tensor::full(3.5f32, 1, &dev).unwrap()),
+        ..ModelCond::context(Tensor::zeros((1, 8, 32), DType::F32, &dev).unwrap())
+    };
+    let transformer = c.flux_transformer.as_ref().unwrap();
+    expect("flux transformer", &|| {
+        Denoiser::forward(transformer, &x, &t, &cond)
+    });
+    let t5 = &c.t5.as_ref().unwrap().model;
+    let ids = Tensor::new(&[[1u32, 0, 0, 0]], &dev).unwrap();
+    expect("t5", &|| t5.forward(&ids));
+
+    let sd3 = load("sd3-tiny");
+    let c = sd3.components();
+    let cond = ModelCond {
+        pooled: Some(Tensor::zeros((1, 48), DType::F32, &dev).unwrap()),
+        ..ModelCond::context(Tensor::zeros((1, 8, 64), DType::F32, &dev).unwrap())
+    };
+    let transformer = c.sd3_transformer.as_ref().unwrap();
+    expect("sd3 transformer", &|| {
+        Denoiser::forward(transformer, &x, &t, &cond)
+    });
+}

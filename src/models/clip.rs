@@ -228,6 +228,7 @@ impl ClipTextModel {
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         hidden_states.push(xs.clone());
         for layer in &self.layers {
+            crate::layers::cancel::check()?;
             xs = layer.forward(&xs, &mask)?;
             hidden_states.push(xs.clone());
         }

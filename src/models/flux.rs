@@ -429,11 +429,13 @@ impl FluxTransformer2DModel {
             sin: rope.sin.to_dtype(dtype)?,
         };
         for block in &self.double {
+            crate::layers::cancel::check()?;
             (context, hidden) = block.forward(&hidden, &context, &temb, &rope, &self.shared)?;
         }
         let image_len = hidden.dim(1)?;
         let mut joint = Tensor::cat(&[&context, &hidden], 1)?;
         for block in &self.single {
+            crate::layers::cancel::check()?;
             joint = block.forward(&joint, &temb, &rope, &self.shared)?;
         }
         let hidden = joint.narrow(1, text_len, image_len)?;

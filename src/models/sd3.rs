@@ -498,6 +498,7 @@ impl SD3Transformer2DModel {
             if skip_layers.contains(&i) {
                 continue;
             }
+            crate::layers::cancel::check()?;
             let Some(ctx) = context.as_ref() else {
                 candle_core::bail!("internal error: a joint block after the context-pre-only one");
             };

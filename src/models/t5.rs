@@ -298,6 +298,7 @@ impl T5EncoderModel {
         let mut xs = self.embed.forward(ids)?;
         let bias = self.position_bias(l, ids.device())?;
         for block in &self.blocks {
+            crate::layers::cancel::check()?;
             let h = block.attn_norm.forward(&xs)?;
             xs = block.attn.forward(&h, &bias, &xs)?;
             let h = block.ff_norm.forward(&xs)?;

@@ -1,5 +1,6 @@
 //! diffusers `UNet2DConditionModel`, built from the checkpoint's own `config.json` (SD 1.x, SD 2.x, SDXL).
 
+use crate::layers::cancel;
 use crate::layers::nn::{
     conv2d, group_norm, timestep_embedding, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, ResnetConfig,
     TimestepEmbedding, Upsample2D,
@@ -347,6 +348,7 @@ impl UNet2DConditionModel {
         let mut residuals = vec![xs.clone()];
         for block in &self.down_blocks {
             for (j, resnet) in block.resnets.iter().enumerate() {
+                cancel::check()?;
                 xs = resnet.forward(&xs, Some(&emb))?;
                 if let Some(attn) = block.attentions.get(j) {
                     xs = attn.forward(&xs, context)?;
@@ -361,11 +363,13 @@ impl UNet2DConditionModel {
         if let Some(mid) = &self.mid_block {
             xs = mid.first.forward(&xs, Some(&emb))?;
             for (attn, resnet) in &mid.layers {
+                cancel::check()?;
                 xs = resnet.forward(&attn.forward(&xs, context)?, Some(&emb))?;
             }
         }
         for block in &self.up_blocks {
             for (j, resnet) in block.resnets.iter().enumerate() {
+                cancel::check()?;
                 let skip = residuals.pop().expect("one residual per up-block resnet");
                 xs = resnet.forward(&Tensor::cat(&[&xs, &skip], 1)?, Some(&emb))?;
                 if let Some(attn) = block.attentions.get(j) {

@@ -1,5 +1,6 @@
 //! diffusers `AutoencoderKL`: encoder (image → latent distribution) and decoder (latents → image).
 
+use crate::layers::cancel;
 use crate::layers::nn::{
     conv2d, group_norm, Conv2d, Downsample2D, GroupNorm, ResnetBlock2D, ResnetConfig, Upsample2D,
 };
@@ -294,6 +295,7 @@ impl Encoder {
         let mut xs = self.conv_in.forward(xs)?;
         for (resnets, down) in &self.blocks {
             for r in resnets {
+                cancel::check()?;
                 xs = r.forward(&xs, None)?;
             }
             if let Some(d) = down {
@@ -352,9 +354,12 @@ impl Decoder {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.mid.forward(&self.conv_in.forward(xs)?)?;
+        let xs = self.conv_in.forward(xs)?;
+        cancel::check()?;
+        let mut xs = self.mid.forward(&xs)?;
         for (resnets, up) in &self.blocks {
             for r in resnets {
+                cancel::check()?;
                 xs = r.forward(&xs, None)?;
             }
             if let Some(u) = up {
@@ -579,6 +584,7 @@ fn tiled(
     for i in (0..h).step_by(overlap) {
         let mut row = Vec::new();
         for j in (0..w).step_by(overlap) {
+            cancel::check()?;
             let t = x.narrow(2, i, tile.min(h - i))?.narrow(3, j, tile.min(w - j))?;
             let mut out = f(&t)?;
             if let Some(above) = rows.last().and_then(|r: &Vec<Tensor>| r.get(row.len())) {

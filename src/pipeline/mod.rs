@@ -234,6 +234,9 @@ impl Pipeline {
         let mut scratch = Trace::default();
         let trace_on = trace.is_some();
         let trace = trace.unwrap_or(&mut scratch);
+        // The models check the run's cancel flag between their blocks (see `layers::cancel`), so a
+        // cancel takes effect inside a long step, not after it.
+        let _cancel_points = crate::layers::cancel::scope(control.cancel_flag().clone());
         let out = control
             .bind(self, params.vae_options())
             .and_then(|()| generate::run(self, params, control, trace, trace_on));
