@@ -749,9 +749,12 @@ ap_status ap_job_wait(const struct ap_job *job,
                       int32_t timeout_ms);
 
 /**
- * Asks the job to stop and returns at once. A run stops after the denoising step in progress, a load
- * after the component in progress; the job then reports `AP_JOB_CANCELLED` (or its real outcome, if
- * it had already finished). The pipeline stays fully usable.
+ * Asks the job to stop and returns at once. A run stops at the next cancellation point: the models
+ * check between their blocks (UNet and transformer blocks, text-encoder layers, VAE blocks and tiles),
+ * so within one block's time, not a whole step's (on a GPU the kernels already queued still finish; a
+ * step replayed as a CUDA graph is one unit). A load stops after the component in progress. The job
+ * then reports `AP_JOB_CANCELLED` (or its real outcome, if it had already finished). The pipeline
+ * stays fully usable. `ap_job_free` on a running job cancels it the same way.
  *
  * Thread safety: may be called from any thread, including from inside the job's own callbacks.
  *

@@ -597,7 +597,7 @@ namespace Autopipeline
         /// worker thread of its own, ap_run_async). <paramref name="progress"/> is reported after each
         /// denoising step from that thread (a System.Progress&lt;T&gt; created on the main thread posts back
         /// to it, as Unity's and Godot's synchronization contexts do). Cancelling the token ends the run
-        /// after the current step; the task is then cancelled. The parameters are copied at the call.</summary>
+        /// at the next block of the model call in progress; the task is then cancelled. The parameters are copied at the call.</summary>
         public async Task<Image[]> RunAsync(RunParams parameters, IProgress<Progress> progress = null,
             CancellationToken cancellationToken = default(CancellationToken))
         {

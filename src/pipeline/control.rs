@@ -151,7 +151,8 @@ impl<'a> RunControl<'a> {
     }
 
     /// Shares `flag` as this run's cancel flag: setting it (from any thread) cancels the run with
-    /// [`Error::Cancelled`] at the latest after the denoising step in progress.
+    /// [`Error::Cancelled`] at the next cancellation point (between model blocks, see
+    /// [`crate::layers::cancel`]), or after the step in progress for models without them.
     pub fn with_cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.cancel = flag;
         self

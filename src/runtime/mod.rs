@@ -20,7 +20,7 @@
 //! until that thread is scheduled). Jobs own everything they touch — a clone of the pipeline (which
 //! shares the loaded models through an `Arc`), their parameters, their callbacks — so dropping the
 //! handle, the pipeline, or both while a job runs is safe: dropping the handle cancels the job, whose
-//! thread stops after the step in progress and frees what it holds.
+//! thread stops at the next cancellation point (between model blocks) and frees what it holds.
 
 use crate::error::{Error, Result};
 use crate::pipeline::{LoadOptions, Pipeline, ProgressFn, RunControl, RunOutput, RunParams};
@@ -227,8 +227,8 @@ impl<T> Job<T> {
         }
     }
 
-    /// Asks the job to stop: a run stops at the latest after the denoising step in progress, a load
-    /// after the component in progress. Returns at once.
+    /// Asks the job to stop: a run stops at the next cancellation point (between model blocks), a
+    /// load after the component in progress. Returns at once.
     pub fn cancel(&self) {
         self.shared.cancel.store(true, Ordering::Release);
     }
