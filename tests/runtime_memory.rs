@@ -175,3 +175,73 @@ fn load_run_free_cycles_do_not_grow_resident_memory() {
         CYCLES - WARMUP
     );
 }
+
+/// Under an address-space limit (`ulimit -v`, `RLIMIT_AS`) a run that cannot fit is refused up front
+/// instead of aborting the host process at an allocation (issue #21's reproducer: sd15-tiny at
+/// 1024×1024 with 8 images). Run in a child process: the limit is the child's alone.
+#[test]
+#[cfg(target_os = "linux")]
+fn address_space_limit_is_honoured_before_allocating() {
+    const CHILD: &str = "AP_TEST_RLIMIT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let dir = common::data_dir().join("checkpoints/sd15-tiny");
+        let pipe = autopipeline::Pipeline::from_pretrained(
+            dir.to_str().unwrap(),
+            autopipeline::Task::Text2Image,
+            &Default::default(),
+            None,
+        )
+        .unwrap();
+        // Room for what is mapped now plus 256 MiB: far below the run's activations.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        let limit = vm_kb * 1024 + (256 << 20);
+        let lim = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+        let params = autopipeline::RunParams {
+            prompt: "a cat".into(),
+            width: Some(1024),
+            height: Some(1024),
+            num_images_per_prompt: 8,
+            num_inference_steps: Some(1),
+            ..Default::default()
+        };
+        match pipe.run(&params, None) {
+            Err(autopipeline::Error::InvalidArgument(m)) => {
+                assert!(m.contains("RLIMIT_AS"), "{m}");
+                println!("refused: {m}");
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "address_space_limit_is_honoured_before_allocating",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the child failed ({}):\n{text}", out.status);
+    assert!(text.contains("refused:"), "{text}");
+}

@@ -10,8 +10,9 @@
 //! added: a lazily loaded model too large for the machine is refused here, at its first run, rather
 //! than aborting the process halfway through reading it. That sum is every unread weight, including
 //! ones this task never reads (text2img leaves the VAE encoder unread, about 3 % of SD 1.5), so the
-//! bound can overshoot by that much on a first run. Memory available comes from `/proc/meminfo` (`MemAvailable + SwapFree`) and a
-//! cgroup v2 limit when there is one; elsewhere (other systems, CUDA devices) only the
+//! bound can overshoot by that much on a first run. Memory available comes from `/proc/meminfo` (`MemAvailable + SwapFree`), a
+//! cgroup v2 limit when there is one, and the process's address-space limit (`RLIMIT_AS`, e.g.
+//! `ulimit -v`, less what is already mapped); elsewhere (other systems, CUDA devices) only the
 //! address-space bound applies.
 
 use crate::error::{Error, Result};
@@ -41,7 +42,10 @@ pub fn check_run(run: RunShape, activations: u128, pending_weights: u128, on_cpu
     let limit = available.unwrap_or(isize::MAX as u128);
     if need > limit {
         let whence = match available {
-            Some(_) => "memory available to this process (MemAvailable + SwapFree, or the cgroup limit)",
+            Some(_) => {
+                "memory available to this process (MemAvailable + SwapFree, the cgroup limit, or what \
+                        RLIMIT_AS leaves)"
+            }
             None => "the address space",
         };
         let unread = if weights > 0 {
@@ -84,6 +88,44 @@ fn bytes_of(dtype: DType) -> u128 {
 
 /// Memory this process could still get, when the system says.
 fn available_bytes() -> Option<u128> {
+    match (system_available(), address_space_room()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What `RLIMIT_AS` leaves: the soft limit less the process's mapped size (`VmSize`), when limited.
+/// An allocation past it fails (and Rust aborts), however much memory the machine has free.
+fn address_space_room() -> Option<u128> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+            return None;
+        }
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let kb: u128 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some((lim.rlim_cur as u128).saturating_sub(kb * 1024))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// `MemAvailable + SwapFree`, bounded by the cgroup's room.
+fn system_available() -> Option<u128> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u128> {
         let line = meminfo.lines().find(|l| l.starts_with(name))?;
