@@ -34,6 +34,21 @@
  *    result when the state is AP_JOB_DONE / FAILED / CANCELLED. No call keeps a lock across calls.
  *  - A cancelled or failed run or job leaves the pipeline fully usable.
  *
+ * Cancellation
+ *  - ap_job_cancel, ap_job_free on a running job, and a progress callback returning 0 stop a run at its
+ *    next cancellation point: the models check between their blocks (UNet and transformer blocks,
+ *    text-encoder layers, VAE blocks and tiles), so a cancel waits for one block, not a whole step
+ *    (bench/README.md measures it). On a GPU the kernels already queued finish first, and a step
+ *    replayed as a CUDA graph is one unit. A load stops after the component in progress.
+ *
+ * Memory
+ *  - A run is refused up front (AP_ERR_INVALID_ARGUMENT, with the sizes) when a lower bound of its
+ *    activation memory plus the weights it has yet to read exceeds what the process can get on the
+ *    CPU: MemAvailable + SwapFree, the cgroup v2 limit, and the address-space limit (RLIMIT_AS,
+ *    `ulimit -v`) less what is mapped. The bound is a lower one: a run that passes can still exhaust
+ *    memory, and an allocation that fails inside the library aborts the process (Rust's default);
+ *    keep headroom, use vae_tiling for large images, and run one job per device.
+ *
  * ABI policy (the ABI grows, it never breaks)
  *  - A program built against an older header of the same ABI line keeps working with a newer library
  *    of that line, without recompiling. The line is the major version (soname libautopipeline.so.MAJOR);
