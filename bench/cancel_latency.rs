@@ -6,7 +6,7 @@
 //! cargo run --release --example cancel_latency -- --model DIR [--size 512] [--trials 5]
 //! ```
 //! It first times one denoising step at `--size` (text2img, CFG, the checkpoint's scheduler), then per
-//! trial starts a 4-step run, sets the cancel flag at a fraction of a step into the first step
+//! trial starts a 4-step run, sets the cancel flag at a fraction of a step into the second step
 //! (0.1, 0.3, 0.5, 0.7, 0.9, …) and measures the time until the run returns `Cancelled`. Without
 //! cancellation points inside the model call, a cancel would wait for the rest of the step: the
 //! `(1 − fraction) × step` column.
@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let pipe = Arc::new(Pipeline::from_pretrained(&model, Task::Text2Image, &opts, None)?);
 
-    // One step's time: the interval between the loop's start and the first step's end.
+    // One step's time: the interval between the first and the second step's ends.
     let marks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let m = Arc::clone(&marks);
     let mut control = RunControl::new().with_progress(move |step, _| {
@@ -70,14 +70,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut control = RunControl::new()
                 .with_cancel_flag(flag2)
                 .with_progress(move |step, _| {
-                    if step == 0 {
+                    // The first step's end is the second step's start.
+                    if step == 1 {
                         let _ = began_tx.send(Instant::now());
                     }
                     true
                 });
             pipe2.run_with(&params(size, 4), &mut control)
         });
-        let began = began_rx.recv()?;
+        let Ok(began) = began_rx.recv() else {
+            let out = worker.join().map_err(|_| "the run panicked")?;
+            return Err(format!(
+                "trial {trial}: the run ended before its first step: {:?}",
+                out.map(|_| ())
+            )
+            .into());
+        };
         let at = began + step.mul_f64(fraction);
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
         let cancelled = Instant::now();

@@ -214,10 +214,15 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        // Self-attention at the UNet's finest level is its longest piece (4096 tokens at 512²): a
+        // cancellation point before each part keeps a cancel's wait to one of them.
+        crate::layers::cancel::check()?;
         let xs = self.attn1.forward_add(&self.norm1.forward(xs)?, None, Some(xs))?;
+        crate::layers::cancel::check()?;
         let xs = self
             .attn2
             .forward_add(&self.norm2.forward(&xs)?, Some(context), Some(&xs))?;
+        crate::layers::cancel::check()?;
         self.ff.forward_add(&self.norm3.forward(&xs)?, &xs)
     }
 }
