@@ -4,8 +4,8 @@ make_checkpoint.py). Each side runs in its own process; the parent samples the G
 NVML every 10 ms, so peak VRAM is measured the same way for both (context included). Driven by
 bench/gpu.sh.
 
-    python3 bench/gpu.py OUT_DIR CKPT_DIR [sd15 sdxl]            # the whole comparison
-    python3 bench/gpu.py measure ours|diffusers MODEL SIZE       # one side (prints one JSON line)
+    python3 bench/gpu.py OUT_DIR CKPT_DIR [sd15 sdxl sd35m flux-schnell]   # the whole comparison
+    python3 bench/gpu.py measure ours|diffusers MODEL SIZE [STEPS [f16|bf16]]   # one side (one JSON line)
     python3 bench/gpu.py profile ours|diffusers MODEL SIZE OUT.txt [cpu]   # kernel table of one side
 
 With AP_PROFILE=sdxl (or sd15, or both, comma-separated), the comparison also writes
@@ -24,6 +24,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 20
+# arch: (size, steps, dtype, checkpoint maker). sd35m and flux-schnell are the published SD 3.5 Medium and
+# FLUX.1-schnell architectures in bfloat16 at their usual step counts (issues #22 / #23; prepared, not yet run
+# on a GPU).
+ARCHS = {
+    "sd15": (512, STEPS, "f16", "make_checkpoint.py"),
+    "sdxl": (1024, STEPS, "f16", "make_checkpoint.py"),
+    "sd35m": (1024, 28, "bf16", "make_dit_checkpoint.py"),
+    "flux-schnell": (1024, 4, "bf16", "make_dit_checkpoint.py"),
+}
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low quality"
 
@@ -31,7 +40,7 @@ NEGATIVE = "blurry, low quality"
 WARNINGS = []  # our side's log warnings in this process
 
 
-def build(side, model, size, device="cuda"):
+def build(side, model, size, device="cuda", dtype="f16"):
     """Loads one side's pipeline on `device`; returns the load seconds and `run(steps, stamps=None)`, which
     generates with `steps` steps, appending a timestamp to `stamps` after each step (after a device
     synchronisation on both sides: ours synchronises before reporting progress)."""
@@ -40,8 +49,8 @@ def build(side, model, size, device="cuda"):
         import torch
         from diffusers import AutoPipelineForText2Image
 
-        dtype = torch.float16 if device == "cuda" else torch.float32
-        pipe = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=dtype).to(device)
+        torch_dtype = {"f16": torch.float16, "bf16": torch.bfloat16}[dtype] if device == "cuda" else torch.float32
+        pipe = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=torch_dtype).to(device)
         pipe.set_progress_bar_config(disable=True)
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         sync()
@@ -62,7 +71,7 @@ def build(side, model, size, device="cuda"):
         import autopipeline as ap
 
         pipe = ap.Pipeline.from_pretrained(model, "text2img", device=device,
-                                           dtype="f16" if device == "cuda" else None)
+                                           dtype=dtype if device == "cuda" else None)
         load_s = time.perf_counter() - t
         # Warnings land in the result row: e.g. a CUDA graph capture that failed and ran eagerly.
         pipe.set_log_callback(lambda _level, message: WARNINGS.append(message), "warn")
@@ -75,20 +84,20 @@ def build(side, model, size, device="cuda"):
     return load_s, run
 
 
-def measure(side, model, size):
+def measure(side, model, size, steps=STEPS, dtype="f16"):
     """Load time, then a 2-step warm-up run and REPEATS timed 20-step runs (AP_BENCH_REPEATS, default 3);
     it/s over steps 2..20 of each (the first step includes one-off kernel loading), and the whole timed
     run's seconds. A side's `it_s` and `run_s` are its best over the runs (each run's it/s in `it_s_runs`): a single
     20-step run of diffusers on a lent H100 varied from 20 to 32 it/s (SD 1.5 512²) between processes,
     as host-bound Python does, and the best of each side is the comparison that favours neither."""
-    out = {"side": side, "size": size}
-    out["load_s"], run = build(side, model, size)
+    out = {"side": side, "size": size, "steps": steps, "dtype": dtype}
+    out["load_s"], run = build(side, model, size, dtype=dtype)
     run(2)
     runs = []
     for _ in range(max(1, int(os.environ.get("AP_BENCH_REPEATS", "3")))):
         stamps = []
         t = time.perf_counter()
-        run(STEPS, stamps)
+        run(steps, stamps)
         runs.append((time.perf_counter() - t, (len(stamps) - 1) / (stamps[-1] - stamps[0])))
     out["run_s"] = min(r for r, _ in runs)
     out["it_s"] = max(i for _, i in runs)
@@ -159,11 +168,11 @@ class MemorySampler(threading.Thread):
             time.sleep(0.01)
 
 
-def side(name, model, size, log):
+def side(name, model, size, log, steps=STEPS, dtype="f16"):
     sampler = MemorySampler()
     sampler.start()
-    proc = subprocess.run([sys.executable, __file__, "measure", name, str(model), str(size)],
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([sys.executable, __file__, "measure", name, str(model), str(size), str(steps), dtype],
+                          capture_output=True, text=True, timeout=int(os.environ.get("AP_SIDE_SECONDS", "240")))
     sampler.stop = True
     sampler.join()
     log.write(f"--- {name} {model} {size}\n{proc.stdout}\n{proc.stderr[-4000:]}\n")
@@ -181,19 +190,20 @@ def main(out_dir, ckpt_dir, archs):
 
     results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": STEPS, "rows": []}
     with open(out_dir / "gpu_bench.log", "w") as log:
-        for arch, size in (("sd15", 512), ("sdxl", 1024)):
+        for arch, (size, steps, dtype, maker) in ARCHS.items():
             if arch not in archs:
                 continue
             model = ckpt_dir / arch
             t = time.time()
-            subprocess.run([sys.executable, str(REPO / "bench" / "make_checkpoint.py"), str(model), "--arch", arch,
-                            "--fp16", "--device", "cuda"], check=True, capture_output=True, timeout=300)
+            extra = ["--fp16"] if maker == "make_checkpoint.py" else []
+            subprocess.run([sys.executable, str(REPO / "bench" / maker), str(model), "--arch", arch, *extra,
+                            "--device", "cuda"], check=True, capture_output=True, timeout=900)
             print(f"{arch}: checkpoint in {time.time() - t:.0f} s", flush=True)
             subprocess.run(["sh", "-c", f"cat {model}/*/*.safetensors > /dev/null"])  # same page cache for both
             # AP_BENCH_SIDES=ours re-measures our side alone (compare with an earlier diffusers run on the
             # same GPU kind only).
             for name in os.environ.get("AP_BENCH_SIDES", "diffusers,ours").split(","):
-                row = dict(side(name, model, size, log), arch=arch)
+                row = dict(side(name, model, size, log, steps, dtype), arch=arch)
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 (out_dir / "gpu_bench.json").write_text(json.dumps(results, indent=1))
@@ -209,7 +219,8 @@ def main(out_dir, ckpt_dir, archs):
                     log.write(f"--- profile {name} {arch}\n{proc.stdout}\n{proc.stderr[-4000:]}\n")
                     print(f"{arch} {name}: profile {'written to ' + str(dest) if proc.returncode == 0 else 'failed'}",
                           flush=True)
-    print(f"\n{results['gpu']}, torch {results['torch']}, fp16, {STEPS} steps, CFG")
+    print(f"\n{results['gpu']}, torch {results['torch']} (sd15/sdxl: fp16, {STEPS} steps, CFG; sd35m: bf16, 28 "
+          "steps, CFG; flux-schnell: bf16, 4 steps)")
     print(f"{'arch':6} {'size':>5} {'side':10} {'load s':>7} {'run s':>7} {'it/s':>7} {'peak MiB':>9}")
     by = {}
     for r in results["rows"]:
@@ -219,7 +230,7 @@ def main(out_dir, ckpt_dir, archs):
             continue
         print(f"{r['arch']:6} {r['size']:5} {r['side']:10} {r['load_s']:7.2f} {r['run_s']:7.2f} {r['it_s']:7.2f} "
               f"{r['peak_vram_mib']:9}")
-    for arch in ("sd15", "sdxl"):
+    for arch in ARCHS:
         o, d = by.get((arch, "ours")), by.get((arch, "diffusers"))
         if o and d and "error" not in o and "error" not in d:
             print(f"{arch}: it/s ours/diffusers = {o['it_s'] / d['it_s']:.2f} (higher is better), "
@@ -229,7 +240,8 @@ def main(out_dir, ckpt_dir, archs):
 
 if __name__ == "__main__":
     if sys.argv[1] == "measure":
-        print(json.dumps(measure(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        steps = int(sys.argv[5]) if len(sys.argv) > 5 else STEPS
+        print(json.dumps(measure(sys.argv[2], sys.argv[3], int(sys.argv[4]), steps, *sys.argv[6:7])))
     elif sys.argv[1] == "profile":
         profile(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], *sys.argv[6:7])
     else:

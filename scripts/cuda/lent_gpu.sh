@@ -19,6 +19,10 @@
 # left out of every later phase's AP_CUDA_KERNELS (kernel_tests.log says which), so that one broken
 # kernel does not fail the device check's every case and hide whether the others are right.
 #
+# AP_BENCH_ARCHS picks the benchmark's architectures (default "sd15 sdxl"; "sd35m flux-schnell" are the
+# published SD 3.5 Medium and FLUX.1-schnell in bf16 at 1024² — issues #22 / #23 — which need
+# AP_BENCH_SECONDS=540 AP_SIDE_SECONDS=400 and a call of their own: writing their random checkpoints alone
+# takes minutes).
 # Time limits (seconds): AP_TEST_SECONDS (kernel tests, 90), AP_BENCH_SECONDS (benchmark, 270; 0 skips
 # it), AP_CHECK_SECONDS (device check, 240), AP_AB_SECONDS (each A/B run, 60). AP_AB lists
 # AP_CUDA_KERNELS settings to measure our side under after the benchmark (default
@@ -125,7 +129,7 @@ without_failed() {
 if [ "${AP_BENCH_SECONDS:-270}" != 0 ]; then
   echo "== benchmark"
   AP_CUDA_KERNELS=$(without_failed "${AP_CUDA_KERNELS:-}") tmo "$(limit "${AP_BENCH_SECONDS:-270}")" \
-    bench/gpu.sh /tmp/ap/libautopipeline.so "$res" 2>&1 | tee "$res/gpu_bench.txt"
+    bench/gpu.sh /tmp/ap/libautopipeline.so "$res" ${AP_BENCH_ARCHS:-} 2>&1 | tee "$res/gpu_bench.txt"
   pack
 fi
 # The A/B: our side alone under each AP_CUDA_KERNELS setting, per architecture the benchmark wrote.
