@@ -1074,3 +1074,20 @@ fn sdxl_addition_time_embed_dim_is_checked_at_load() {
         assert_error(&ck.fail(), invalid_model, &["unet", key]);
     }
 }
+
+/// A `bos_token` missing from the vocabulary is the tokenizer config's mistake: the message names
+/// `tokenizer_config.json` and the key, not only the text encoder (issue #21).
+#[test]
+fn bos_token_missing_from_the_vocabulary_names_the_tokenizer_config() {
+    let ck = Checkpoint::copy_of("sd15-tiny");
+    ck.edit_json("tokenizer/tokenizer_config.json", |t| {
+        t["bos_token"] = json!("<|not-in-the-vocab|>");
+    });
+    let e = ck.fail();
+    let m = e.to_string();
+    assert!(matches!(e, autopipeline::Error::InvalidModel(_)), "{m}");
+    assert!(
+        m.contains("tokenizer_config.json") && m.contains("bos_token"),
+        "{m}"
+    );
+}

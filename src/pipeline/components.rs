@@ -438,6 +438,16 @@ fn load_text_encoder(
     // Ids or lengths the encoder cannot embed would only fail at the first run, with candle's index
     // error; refuse the pair here, naming both folders.
     let vocab_size = model.config().vocab_size;
+    // A special token missing from the vocabulary is appended by transformers as a new id: the
+    // tokenizer's config is what is wrong, not the encoder.
+    if let Some((key, content, id)) = tok.special_beyond(vocab_size) {
+        return Err(Error::InvalidModel(format!(
+            "{}: {key} {content:?} is not in the tokenizer's vocabulary, so it would get the new id {id}, \
+             beyond the {vocab_size} tokens {encoder} embeds: name a token of the vocabulary (CLIP's are \
+             \"<|startoftext|>\" and \"<|endoftext|>\")",
+            tok.config_file()
+        )));
+    }
     if vocab_size < tok.vocab_size() || tok.max_id() as usize >= vocab_size {
         return Err(Error::InvalidModel(format!(
             "{tokenizer} has {} tokens (largest id {}) but {encoder} embeds only {vocab_size}",

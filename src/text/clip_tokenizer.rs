@@ -286,6 +286,24 @@ impl ClipTokenizer {
             .unwrap_or(0)
     }
 
+    /// The first special token (`bos_token`, `eos_token`, `unk_token`, `pad_token`) whose id is `limit`
+    /// or more, with its content and id: a special token missing from the vocabulary, which
+    /// transformers appends as a new token. For a message naming the config key and file.
+    pub fn special_beyond(&self, limit: usize) -> Option<(&'static str, String, u32)> {
+        ["bos_token", "eos_token", "unk_token", "pad_token"]
+            .into_iter()
+            .zip(&self.specials)
+            .find_map(|(key, spec)| {
+                let id = self.inner.token_to_id(&spec.content)?;
+                (id as usize >= limit).then(|| (key, spec.content.clone(), id))
+            })
+    }
+
+    /// The `tokenizer_config.json` path the special tokens come from (for messages).
+    pub fn config_file(&self) -> &str {
+        &self.config_name
+    }
+
     /// Rebuilds the added vocabulary from `base_added` and the special tokens, then the bos, eos
     /// and pad ids. Like transformers, each special token that is not an added token yet is added
     /// as one; if any special token with that content was given as a plain string it gets
