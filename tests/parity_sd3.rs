@@ -266,3 +266,41 @@ fn broken_sd3_checkpoints_are_refused_clearly() {
     }));
     assert!(m.contains("text_encoder_3"), "{m}");
 }
+
+/// `ap_pipeline_info`'s component list names each encoder's tokenizer class: CLIP's for the two CLIP
+/// encoders, T5's for `text_encoder_3` (and FLUX's `text_encoder_2`).
+#[test]
+fn info_lists_each_encoder_with_its_tokenizer() {
+    let class_of = |ckpt: &str, name: &str| {
+        let dir = common::data_dir().join("checkpoints").join(ckpt);
+        let p = autopipeline::Pipeline::from_pretrained(
+            dir.to_str().unwrap(),
+            autopipeline::Task::Text2Image,
+            &Default::default(),
+            None,
+        )
+        .unwrap();
+        p.info()
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.class.clone())
+    };
+    assert_eq!(
+        class_of("sd3-tiny", "tokenizer_2").as_deref(),
+        Some("CLIPTokenizer")
+    );
+    assert_eq!(
+        class_of("sd3-tiny", "tokenizer_3").as_deref(),
+        Some("T5TokenizerFast")
+    );
+    assert_eq!(
+        class_of("sd3-tiny", "text_encoder_3").as_deref(),
+        Some("T5EncoderModel")
+    );
+    assert_eq!(class_of("sd3-tiny-no-t5", "text_encoder_3"), None);
+    assert_eq!(
+        class_of("flux-dev-tiny", "tokenizer_2").as_deref(),
+        Some("T5TokenizerFast")
+    );
+}

@@ -92,18 +92,17 @@ impl Pipeline {
                 dtype: Some(dtype_name(dtype)),
                 bytes: Some(part.file_bytes),
             });
+            // Each text encoder's tokenizer: CLIP's, or T5's for the T5 encoder (FLUX's second, SD3's
+            // third).
+            let t5 = part.class.starts_with("T5");
             let tokenizer = match part.name.as_str() {
                 "text_encoder" => Some("tokenizer"),
                 "text_encoder_2" => Some("tokenizer_2"),
+                "text_encoder_3" => Some("tokenizer_3"),
                 _ => None,
             };
             if let Some(t) = tokenizer {
-                // FLUX's second encoder is T5, fed by a T5 tokenizer.
-                let class = if t == "tokenizer_2" && c.t5.is_some() {
-                    "T5TokenizerFast"
-                } else {
-                    "CLIPTokenizer"
-                };
+                let class = if t5 { "T5TokenizerFast" } else { "CLIPTokenizer" };
                 components.push(ComponentInfo {
                     name: t.into(),
                     class: class.into(),
