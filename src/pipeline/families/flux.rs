@@ -5,6 +5,7 @@
 //! every scheduler and blending step is elementwise, so packing commutes with it); distilled guidance
 //! as model input ((dev)), true CFG as a second pass with a negative prompt.
 
+use super::dit::{self, MAX_SEQUENCE_LENGTH};
 use super::family::{
     Conditioning, Denoiser, FamilyPipeline, GuidanceMode, LatentNorm, ModelCond, RunDefaults, ScheduleArgs,
     Settings, SizeRule,
@@ -27,8 +28,6 @@ pub struct Flux;
 
 /// diffusers' FLUX pipelines' `default_sample_size` (latent pixels per side before packing).
 const DEFAULT_SAMPLE_SIZE: usize = 128;
-/// The longest T5 prompt the FLUX pipelines accept.
-const MAX_SEQUENCE_LENGTH: usize = 512;
 
 impl Denoiser for FluxTransformer2DModel {
     fn forward(&self, x: &Tensor, t: &Tensor, cond: &ModelCond) -> candle_core::Result<Tensor> {
@@ -143,31 +142,16 @@ impl FamilyPipeline for Flux {
     }
 
     fn check_scheduler(&self, cfg: &SchedulerConfig) -> Result<()> {
-        // The pipelines pass `sigmas` and `mu` to `set_timesteps`: only flow-matching schedulers take
-        // them (diffusers fails on others with a TypeError about `mu`).
-        if !cfg.class_name.starts_with("FlowMatch") {
-            return Err(Error::InvalidArgument(format!(
-                "the FLUX pipelines denoise with flow-matching schedulers (FlowMatchEulerDiscreteScheduler), not \
-                 {}",
-                cfg.class_name
-            )));
-        }
-        Ok(())
+        dit::require_flow_match("FLUX", cfg)
     }
 
     fn check_params(&self, _c: &Components, _task: Task, params: &RunParams) -> Result<()> {
         super::family::refuse_others(Family::Flux, params, &["max_sequence_length", "true_cfg_scale"])?;
-        if let Some(n) = params.max_sequence_length {
-            if n > MAX_SEQUENCE_LENGTH {
-                return Err(Error::InvalidArgument(format!(
-                    "`max_sequence_length` cannot be greater than {MAX_SEQUENCE_LENGTH} but is {n}"
-                )));
-            }
-            if n == 0 {
-                return Err(Error::InvalidArgument(
-                    "`max_sequence_length` must be at least 1 (T5's end-of-sequence token)".into(),
-                ));
-            }
+        dit::check_max_sequence_length(params.max_sequence_length)?;
+        if params.max_sequence_length == Some(0) {
+            return Err(Error::InvalidArgument(
+                "`max_sequence_length` must be at least 1 (T5's end-of-sequence token)".into(),
+            ));
         }
         if let Some(s) = params.true_cfg_scale {
             if !s.is_finite() {
@@ -304,11 +288,7 @@ impl FamilyPipeline for Flux {
     }
 
     fn latent_norm(&self, c: &Components) -> LatentNorm {
-        let v = c.vae.config();
-        LatentNorm::Scale {
-            scaling: v.scaling_factor,
-            shift: v.shift_factor.unwrap_or(0.0),
-        }
+        dit::scale_shift_norm(c)
     }
 
     fn preview_factors(&self) -> Option<&'static [[f32; 3]]> {
@@ -355,18 +335,8 @@ fn encode(
 ) -> Result<(Tensor, Tensor)> {
     let ids = tokenize(&c.text_encoder, prompt, &c.device, warnings)?;
     let pooled = c.text_encoder.model.forward(&ids)?.pooled;
-    let t5 = t5(c)?;
     let text = super::family::or_prompt(prompt_2, prompt);
-    let enc = t5.tokenizer.encode(text, max_len)?;
-    if enc.truncated() {
-        warnings.push(format!(
-            "The following part of your input was truncated because `max_sequence_length` is set to {max_len} \
-             tokens: {}",
-            t5.tokenizer.decode(&enc.removed)
-        ));
-    }
-    let ids = Tensor::new(enc.ids, &c.device)?.unsqueeze(0)?;
-    let embeds = t5.model.forward(&ids)?;
+    let embeds = dit::encode_t5(t5(c)?, text, max_len, &c.device, warnings)?;
     Ok((embeds.to_dtype(c.dtype)?, pooled.to_dtype(c.dtype)?))
 }
 

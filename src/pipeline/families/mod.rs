@@ -13,6 +13,7 @@
 //!
 //! Shared model parts (CLIP, T5, UNet, FLUX transformer, VAE) live in `crate::models`; a family composes them.
 
+mod dit;
 mod family;
 mod flux;
 mod lcm;

@@ -5,6 +5,7 @@
 //! flow matching with the scheduler's own spacing and shift; the 16-channel VAE's scaling and shift.
 //! A checkpoint saved without T5 (`text_encoder_3: [null, null]`) puts zeros in its place.
 
+use super::dit::{self, MAX_SEQUENCE_LENGTH};
 use super::family::{
     flow_strength_start, or_prompt, refuse_others, Conditioning, Denoiser, FamilyPipeline, GuidanceMode,
     LatentNorm, ModelCond, RunDefaults, ScheduleArgs, Settings, SizeRule, SkipLayerGuidance,
@@ -23,8 +24,6 @@ use serde_json::Value;
 /// The `stable-diffusion-3` family.
 pub struct StableDiffusion3;
 
-/// The longest T5 prompt the SD3 pipelines accept.
-const MAX_SEQUENCE_LENGTH: usize = 512;
 /// Their default T5 prompt length.
 const DEFAULT_SEQUENCE_LENGTH: usize = 256;
 
@@ -150,13 +149,7 @@ impl FamilyPipeline for StableDiffusion3 {
     }
 
     fn check_scheduler(&self, cfg: &SchedulerConfig) -> Result<()> {
-        if !cfg.class_name.starts_with("FlowMatch") {
-            return Err(Error::InvalidArgument(format!(
-                "the SD3 pipelines denoise with flow-matching schedulers (FlowMatchEulerDiscreteScheduler), not {}",
-                cfg.class_name
-            )));
-        }
-        Ok(())
+        dit::require_flow_match("SD3", cfg)
     }
 
     fn check_params(&self, c: &Components, task: Task, params: &RunParams) -> Result<()> {
@@ -170,13 +163,7 @@ impl FamilyPipeline for StableDiffusion3 {
                 "skip_guidance_layers",
             ],
         )?;
-        if let Some(n) = params.max_sequence_length {
-            if n > MAX_SEQUENCE_LENGTH {
-                return Err(Error::InvalidArgument(format!(
-                    "`max_sequence_length` cannot be greater than {MAX_SEQUENCE_LENGTH} but is {n}"
-                )));
-            }
-        }
+        dit::check_max_sequence_length(params.max_sequence_length)?;
         let t = transformer(c)?;
         let m = c.vae_scale_factor() * t.config().patch_size;
         if task == Task::Text2Image {
@@ -370,11 +357,7 @@ impl FamilyPipeline for StableDiffusion3 {
     }
 
     fn latent_norm(&self, c: &Components) -> LatentNorm {
-        let v = c.vae.config();
-        LatentNorm::Scale {
-            scaling: v.scaling_factor,
-            shift: v.shift_factor.unwrap_or(0.0),
-        }
+        dit::scale_shift_norm(c)
     }
 
     fn decode_norm(&self, c: &Components, task: Task) -> LatentNorm {
@@ -461,18 +444,7 @@ fn encode(
     let width = clip_hidden.dim(D::Minus1)?;
     let clip_hidden = clip_hidden.pad_with_zeros(D::Minus1, 0, joint - width)?;
     let t5 = match &c.t5 {
-        Some(t5) => {
-            let enc = t5.tokenizer.encode(prompts[2], max_len)?;
-            if enc.truncated() {
-                warnings.push(format!(
-                    "The following part of your input was truncated because `max_sequence_length` is set to \
-                     {max_len} tokens: {}",
-                    t5.tokenizer.decode(&enc.removed)
-                ));
-            }
-            let ids = Tensor::new(enc.ids, &c.device)?.unsqueeze(0)?;
-            t5.model.forward(&ids)?
-        }
+        Some(t5) => dit::encode_t5(t5, prompts[2], max_len, &c.device, warnings)?,
         // `text_encoder_3=None`: zeros of T5's shape.
         None => Tensor::zeros((1, max_len, joint), DType::F32, &c.device)?,
     };
