@@ -8,8 +8,8 @@ mod common;
 use autopipeline::models::flux::pack_latents;
 use autopipeline::{Error, Trace};
 use candle_core::Tensor;
-use common::cases::{inputs, max_abs, npy, params, pipeline};
-use common::recorded::{as_recorded, check};
+use common::cases::{inputs, params, pipeline};
+use common::recorded::{check, check_image, load_edited, set_config};
 use serde_json::Value;
 
 fn check_flux_case(id: &str) {
@@ -120,34 +120,7 @@ fn check_flux_case(id: &str) {
         0.0,
     );
 
-    // The image, as floats and as the PNG diffusers saved (1/255). With `padding_mask_crop` diffusers'
-    // output is the crop pasted back into the original (8-bit), so only the PNG compares.
-    if case["padding_mask_crop"].is_null() {
-        let got = trace
-            .image
-            .as_ref()
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .permute((1, 2, 0))
-            .unwrap();
-        let d = max_abs(&as_recorded(&got, &case["output"]), &npy(id, "output.npy"));
-        assert!(d < 1e-4, "{id}: image differs from output.npy by {d}");
-    }
-    let Some(png) = case["output"]["png"].as_str() else {
-        return; // large outputs are recorded sampled, without a PNG
-    };
-    let png = autopipeline::Image::load(&common::data_dir().join("cases").join(id).join(png)).unwrap();
-    let ours = &out.images[0];
-    assert_eq!((ours.width, ours.height), (png.width, png.height), "{id}: size");
-    let worst = ours
-        .data
-        .iter()
-        .zip(&png.data)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
-    assert!(worst <= 1, "{id}: PNG pixels differ by up to {worst}/255");
+    check_image(id, &case, &trace, &out);
 
     // diffusers' warnings (size rounding, T5 truncation) come back as run warnings.
     for w in case["warnings"].as_array().into_iter().flatten() {
@@ -235,33 +208,6 @@ fn refuses_bad_flux_arguments() {
     assert!(matches!(run(p), Some(Error::InvalidArgument(_))));
 }
 
-/// A copy of the dev checkpoint, changed by `edit`, loaded for text-to-image.
-fn load_edited(
-    name: &str,
-    edit: impl FnOnce(&std::path::Path),
-) -> autopipeline::Result<autopipeline::Pipeline> {
-    let dir = std::env::temp_dir().join(format!("ap-flux-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    common::copy_dir(&common::data_dir().join("checkpoints/flux-dev-tiny"), &dir);
-    edit(&dir);
-    let out = autopipeline::Pipeline::from_pretrained(
-        dir.to_str().unwrap(),
-        autopipeline::Task::Text2Image,
-        &common::cases::load_options(),
-        None,
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    out
-}
-
-/// Rewrites a key of a component's config.json.
-fn set_config(dir: &std::path::Path, component: &str, key: &str, value: Value) {
-    let path = dir.join(component).join("config.json");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg[key] = value;
-    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
-}
-
 /// Broken FLUX checkpoints fail to load with an error naming what is wrong, never a panic.
 #[test]
 fn broken_flux_checkpoints_are_refused_clearly() {
@@ -270,24 +216,24 @@ fn broken_flux_checkpoints_are_refused_clearly() {
         Err(e) => (e.to_string(), e),
     };
     // A transformer config that is not FLUX-shaped.
-    let (m, e) = msg(load_edited("axes", |d| {
+    let (m, e) = msg(load_edited("flux-dev-tiny", "axes", |d| {
         set_config(d, "transformer", "axes_dims_rope", serde_json::json!([4, 6, 8]))
     }));
     assert!(
         matches!(e, Error::InvalidModel(_)) && m.contains("axes_dims_rope"),
         "{m}"
     );
-    let (m, _) = msg(load_edited("patch", |d| {
+    let (m, _) = msg(load_edited("flux-dev-tiny", "patch", |d| {
         set_config(d, "transformer", "patch_size", serde_json::json!(2))
     }));
     assert!(m.contains("patch_size"), "{m}");
     // FLUX Fill-style extra input channels: another pipeline.
-    let (m, e) = msg(load_edited("fill", |d| {
+    let (m, e) = msg(load_edited("flux-dev-tiny", "fill", |d| {
         set_config(d, "transformer", "in_channels", serde_json::json!(384))
     }));
     assert!(matches!(e, Error::InvalidModel(_) | Error::Unsupported(_)), "{m}");
     // Encoders that do not fit the transformer.
-    let (m, _) = msg(load_edited("joint", |d| {
+    let (m, _) = msg(load_edited("flux-dev-tiny", "joint", |d| {
         set_config(d, "transformer", "joint_attention_dim", serde_json::json!(48))
     }));
     assert!(
@@ -295,12 +241,12 @@ fn broken_flux_checkpoints_are_refused_clearly() {
         "{m}"
     );
     // No T5 folder.
-    let (m, _) = msg(load_edited("no-t5", |d| {
+    let (m, _) = msg(load_edited("flux-dev-tiny", "no-t5", |d| {
         std::fs::remove_dir_all(d.join("text_encoder_2")).unwrap()
     }));
     assert!(m.contains("text_encoder_2"), "{m}");
     // A tokenizer.json that does not parse.
-    let (m, e) = msg(load_edited("bad-tok", |d| {
+    let (m, e) = msg(load_edited("flux-dev-tiny", "bad-tok", |d| {
         std::fs::write(d.join("tokenizer_2/tokenizer.json"), "{ not json").unwrap()
     }));
     assert!(

@@ -7,8 +7,8 @@
 mod common;
 
 use autopipeline::{Error, Trace};
-use common::cases::{inputs, max_abs, npy, params, pipeline};
-use common::recorded::{as_recorded, check};
+use common::cases::{inputs, params, pipeline};
+use common::recorded::{check, check_image, load_edited, set_config};
 
 fn check_sd3_case(id: &str) {
     let case = inputs(id);
@@ -101,31 +101,7 @@ fn check_sd3_case(id: &str) {
         0.0,
     );
 
-    if case["padding_mask_crop"].is_null() {
-        let got = trace
-            .image
-            .as_ref()
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .permute((1, 2, 0))
-            .unwrap();
-        let d = max_abs(&as_recorded(&got, &case["output"]), &npy(id, "output.npy"));
-        assert!(d < 1e-4, "{id}: image differs from output.npy by {d}");
-    }
-    if let Some(png) = case["output"]["png"].as_str() {
-        let png = autopipeline::Image::load(&common::data_dir().join("cases").join(id).join(png)).unwrap();
-        let ours = &out.images[0];
-        assert_eq!((ours.width, ours.height), (png.width, png.height), "{id}: size");
-        let worst = ours
-            .data
-            .iter()
-            .zip(&png.data)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(worst <= 1, "{id}: PNG pixels differ by up to {worst}/255");
-    }
+    check_image(id, &case, &trace, &out);
     for w in case["warnings"].as_array().into_iter().flatten() {
         let w = w.as_str().unwrap();
         if w.contains("max_sequence_length") {
@@ -197,32 +173,6 @@ fn refuses_bad_sd3_arguments() {
     assert!(matches!(run(p), Error::InvalidArgument(_)));
 }
 
-/// A copy of the SD3 checkpoint, changed by `edit`, loaded for text-to-image.
-fn load_edited(
-    name: &str,
-    edit: impl FnOnce(&std::path::Path),
-) -> autopipeline::Result<autopipeline::Pipeline> {
-    let dir = std::env::temp_dir().join(format!("ap-sd3-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    common::copy_dir(&common::data_dir().join("checkpoints/sd3-tiny"), &dir);
-    edit(&dir);
-    let out = autopipeline::Pipeline::from_pretrained(
-        dir.to_str().unwrap(),
-        autopipeline::Task::Text2Image,
-        &common::cases::load_options(),
-        None,
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    out
-}
-
-fn set_config(dir: &std::path::Path, component: &str, key: &str, value: serde_json::Value) {
-    let path = dir.join(component).join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg[key] = value;
-    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
-}
-
 /// Broken SD3 checkpoints fail to load with an error naming what is wrong, never a panic.
 #[test]
 fn broken_sd3_checkpoints_are_refused_clearly() {
@@ -231,19 +181,19 @@ fn broken_sd3_checkpoints_are_refused_clearly() {
         Err(e) => (e.to_string(), e),
     };
     // A transformer config that does not fit the model's own shapes.
-    let (m, e) = msg(load_edited("caption", |d| {
+    let (m, e) = msg(load_edited("sd3-tiny", "caption", |d| {
         set_config(d, "transformer", "caption_projection_dim", serde_json::json!(48))
     }));
     assert!(
         matches!(e, Error::InvalidModel(_)) && m.contains("caption_projection_dim"),
         "{m}"
     );
-    let (m, _) = msg(load_edited("dual", |d| {
+    let (m, _) = msg(load_edited("sd3-tiny", "dual", |d| {
         set_config(d, "transformer", "dual_attention_layers", serde_json::json!([5]))
     }));
     assert!(m.contains("dual_attention_layers"), "{m}");
     // The joint-attention width does not match T5's.
-    let (m, e) = msg(load_edited("joint", |d| {
+    let (m, e) = msg(load_edited("sd3-tiny", "joint", |d| {
         set_config(d, "transformer", "joint_attention_dim", serde_json::json!(48))
     }));
     assert!(matches!(e, Error::InvalidModel(_)), "{m}");
@@ -252,7 +202,7 @@ fn broken_sd3_checkpoints_are_refused_clearly() {
         "{m}"
     );
     // Pooled projections that do not add up.
-    let (m, _) = msg(load_edited("pooled", |d| {
+    let (m, _) = msg(load_edited("sd3-tiny", "pooled", |d| {
         set_config(d, "transformer", "pooled_projection_dim", serde_json::json!(40))
     }));
     // (The weights' shapes already disagree with such a config: the error names the tensor.)
@@ -261,7 +211,7 @@ fn broken_sd3_checkpoints_are_refused_clearly() {
         "{m}"
     );
     // model_index.json lists text_encoder_3 but its folder is gone.
-    let (m, _) = msg(load_edited("no-t5-folder", |d| {
+    let (m, _) = msg(load_edited("sd3-tiny", "no-t5-folder", |d| {
         std::fs::remove_dir_all(d.join("text_encoder_3")).unwrap()
     }));
     assert!(m.contains("text_encoder_3"), "{m}");
