@@ -292,12 +292,13 @@ typedef struct ap_run_params {
   const char *prompt_2;
   const char *negative_prompt_2;
   /**
-   * 0 = default (the pipeline class's: 50 SD/SDXL, 4 LCM, 28 FLUX).
+   * 0 = default (the pipeline class's: 50 SD/SDXL, 4 LCM, 28 FLUX, 28 SD3 text2img and 50 SD3
+   * img2img / inpaint).
    */
   int32_t num_inference_steps;
   /**
-   * Negative = default (7.5 SD, 5.0 SDXL, 8.5 LCM, 3.5 FLUX text2img / 7.0 FLUX img2img and inpaint);
-   * for SD / SDXL values ≤ 1 turn classifier-free guidance off; for FLUX (dev) it is the distilled
+   * Negative = default (7.5 SD, 5.0 SDXL, 8.5 LCM, 3.5 FLUX text2img / 7.0 FLUX img2img and inpaint,
+   * 7.0 SD3); for SD / SDXL / SD3 values ≤ 1 turn classifier-free guidance off; for FLUX (dev) it is the distilled
    * guidance the model takes as input ((schnell) ignores it).
    */
   float guidance_scale;
@@ -307,8 +308,8 @@ typedef struct ap_run_params {
   float strength;
   /**
    * 0 = default (`unet.sample_size × vae_scale_factor`; FLUX: 128 × vae_scale_factor). SD / SDXL
-   * text2img take multiples of 8; FLUX rounds down to multiples of 2 × vae_scale_factor (16) with a
-   * warning, as diffusers does.
+   * text2img take multiples of 8, SD3 multiples of 16 (vae_scale_factor × patch_size); FLUX rounds
+   * down to multiples of 2 × vae_scale_factor (16) with a warning, as diffusers does.
    */
   int32_t width;
   int32_t height;
@@ -424,8 +425,9 @@ typedef struct ap_run_params {
    */
   uint32_t reserved0;
   /**
-   * (Added in 0.1.2.) FLUX: the T5 prompt length in tokens, 1..=512 (diffusers'
-   * `max_sequence_length`); longer prompts are truncated with a warning. 0 = default (512).
+   * (Added in 0.1.2.) FLUX and SD3: the T5 prompt length in tokens, 1..=512 (diffusers'
+   * `max_sequence_length`); longer prompts are truncated with a warning. 0 = default (512 FLUX,
+   * 256 SD3).
    */
   int32_t max_sequence_length;
   /**

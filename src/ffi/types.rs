@@ -106,17 +106,18 @@ pub struct ap_run_params {
     /// `negative_prompt`.
     pub prompt_2: *const c_char,
     pub negative_prompt_2: *const c_char,
-    /// 0 = default (the pipeline class's: 50 SD/SDXL, 4 LCM, 28 FLUX).
+    /// 0 = default (the pipeline class's: 50 SD/SDXL, 4 LCM, 28 FLUX, 28 SD3 text2img and 50 SD3
+    /// img2img / inpaint).
     pub num_inference_steps: i32,
-    /// Negative = default (7.5 SD, 5.0 SDXL, 8.5 LCM, 3.5 FLUX text2img / 7.0 FLUX img2img and inpaint);
-    /// for SD / SDXL values ≤ 1 turn classifier-free guidance off; for FLUX (dev) it is the distilled
+    /// Negative = default (7.5 SD, 5.0 SDXL, 8.5 LCM, 3.5 FLUX text2img / 7.0 FLUX img2img and inpaint,
+    /// 7.0 SD3); for SD / SDXL / SD3 values ≤ 1 turn classifier-free guidance off; for FLUX (dev) it is the distilled
     /// guidance the model takes as input ((schnell) ignores it).
     pub guidance_scale: f32,
     /// img2img / inpaint strength in [0, 1]; negative = default.
     pub strength: f32,
     /// 0 = default (`unet.sample_size × vae_scale_factor`; FLUX: 128 × vae_scale_factor). SD / SDXL
-    /// text2img take multiples of 8; FLUX rounds down to multiples of 2 × vae_scale_factor (16) with a
-    /// warning, as diffusers does.
+    /// text2img take multiples of 8, SD3 multiples of 16 (vae_scale_factor × patch_size); FLUX rounds
+    /// down to multiples of 2 × vae_scale_factor (16) with a warning, as diffusers does.
     pub width: i32,
     pub height: i32,
     /// Seed of the torch-compatible CPU generator (`torch.Generator("cpu").manual_seed(seed)`).
@@ -191,8 +192,9 @@ pub struct ap_run_params {
     /// (Added in 0.1.2.) Never read: it fills what was the 0.1.1 layout's tail padding, so that no
     /// later field lies in bytes a 0.1.1 caller never initialised.
     pub reserved0: u32,
-    /// (Added in 0.1.2.) FLUX: the T5 prompt length in tokens, 1..=512 (diffusers'
-    /// `max_sequence_length`); longer prompts are truncated with a warning. 0 = default (512).
+    /// (Added in 0.1.2.) FLUX and SD3: the T5 prompt length in tokens, 1..=512 (diffusers'
+    /// `max_sequence_length`); longer prompts are truncated with a warning. 0 = default (512 FLUX,
+    /// 256 SD3).
     pub max_sequence_length: i32,
     /// (Added in 0.1.2.) FLUX: true classifier-free guidance (diffusers' `true_cfg_scale`). Above 1 and
     /// with a `negative_prompt`, every step runs the transformer a second time on the negative prompt
